@@ -1,0 +1,48 @@
+// Schemas of every fna_ext op. Kernels live next to their op (nms/nms_cpu.cpp, ...) in
+// TORCH_LIBRARY_IMPL blocks; fake (meta) kernels and autograd are registered from Python
+// (fna_ext/ops), following PyTorch's custom-op guidance.
+#include <torch/library.h>
+#include <torch/version.h>
+
+#include <string>
+
+namespace fna_ext {
+namespace {
+
+std::string compiler_version() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+// What this binary was compiled against, as a JSON object: Python compares it with the torch
+// it runs under and warns on a mismatch.
+std::string build_info() {
+#ifdef FNA_EXT_WITH_CUDA
+  const char* cuda = "true";
+#else
+  const char* cuda = "false";
+#endif
+  return std::string("{\"torch_version\": \"") + TORCH_VERSION + "\", \"cuda\": " + cuda +
+         ", \"compiler\": \"" + compiler_version() + "\"}";
+}
+
+}  // namespace
+
+TORCH_LIBRARY(fna_ext, m) {
+  m.def("build_info() -> str", &build_info);
+  // Greedy non-maximum suppression with torchvision's semantics: boxes (N, 4) as x1, y1, x2, y2,
+  // a box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold; returns the
+  // kept indices (int64) by descending score (ties keep the input order).
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  // The same, but boxes only suppress boxes of the same idxs entry (class-wise NMS).
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+}
+
+}  // namespace fna_ext

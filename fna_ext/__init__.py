@@ -1,0 +1,20 @@
+"""fna_ext: Fast Neural Network Adaptation (FNA, FNA++) for PyTorch.
+
+Adapts a pretrained seed network's architecture and parameters to a dense task (detection,
+segmentation, pose) through parameter remapping and differentiable architecture search.
+"""
+
+from ._version import __version__
+from . import _extension
+
+# Load an installed extension now (cheap), so a torch mismatch warns at import; a missing one is
+# compiled only when an op first needs it.
+_extension.status(compile_if_missing=False)
+
+from .arch import Arch, Op, Stage  # noqa: E402
+from .cost import CostReport, count  # noqa: E402
+from .models import build_network, load_seed_weights, mobilenet_v2  # noqa: E402
+from . import ops  # noqa: E402
+
+__all__ = ["__version__", "Arch", "Op", "Stage", "count", "CostReport", "build_network",
+           "mobilenet_v2", "load_seed_weights", "ops"]

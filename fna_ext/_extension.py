@@ -1,0 +1,142 @@
+"""Finds, loads and checks the compiled extension (``fna_ext._C``).
+
+Three outcomes, all reported by ``python -m fna_ext.info``:
+- the extension built at install time (``pip install --no-build-isolation .``) imports;
+- it is absent (an isolated ``pip install .``): the sources shipped in the package are compiled on
+  first use into torch's extension cache, with one message saying so;
+- it cannot be had (no compiler, a torch it was not built for, ``FNA_EXT_DISABLE_EXTENSION=1``):
+  every op runs its pure-PyTorch reference path and nothing claims to be fused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import _build_config
+
+REBUILD_COMMAND = "pip install --no-build-isolation --force-reinstall --no-deps ."
+DISABLE_ENV = "FNA_EXT_DISABLE_EXTENSION"
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
+@dataclass
+class ExtensionStatus:
+    loaded: bool = False
+    how: str = "not loaded"  # "installed", "compiled on first use", or why not
+    build_info: dict = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def devices(self) -> list[str]:
+        """Device types that have compiled kernels."""
+        if not self.loaded:
+            return []
+        return [d for d, key in _DISPATCH_KEYS.items()
+                if torch._C._dispatch_has_kernel_for_dispatch_key("fna_ext::nms", key)]
+
+
+_status: ExtensionStatus | None = None
+_jit_tried = False
+_on_load: list[Callable[[], None]] = []
+
+
+def on_load(register: Callable[[], None]) -> None:
+    """Runs ``register`` (fake kernels, autograd) once the library is loaded, or now if it is."""
+    _on_load.append(register)
+    if _status is not None and _status.loaded:
+        register()
+
+
+def _runtime_torch_version() -> str:
+    return torch.__version__.split("+")[0]
+
+
+def _finish_loading(how: str) -> ExtensionStatus:
+    info = json.loads(torch.ops.fna_ext.build_info())
+    status = ExtensionStatus(loaded=True, how=how, build_info=info)
+    if info.get("torch_version") != _runtime_torch_version():
+        warnings.warn(
+            f"fna_ext: the compiled extension was built against torch {info.get('torch_version')} "
+            f"but torch {torch.__version__} is running; rebuild it with `{REBUILD_COMMAND}` "
+            "in the fna_ext source tree", RuntimeWarning, stacklevel=3)
+    for register in _on_load:
+        register()
+    return status
+
+
+def _load_installed() -> ExtensionStatus | None:
+    """The extension built at install time, or None when there is none."""
+    try:
+        importlib.import_module("fna_ext._C")
+    except ModuleNotFoundError:
+        return None
+    except (ImportError, OSError) as err:  # typically undefined symbols: another torch
+        warnings.warn(
+            f"fna_ext: the compiled extension does not load with torch {torch.__version__} "
+            f"({err}); rebuild it with `{REBUILD_COMMAND}` in the fna_ext source tree. "
+            "Using the pure-PyTorch reference paths.", RuntimeWarning, stacklevel=3)
+        return ExtensionStatus(how="failed to load", error=str(err))
+    return _finish_loading("installed")
+
+
+def _compile_on_first_use() -> ExtensionStatus:
+    from torch.utils import cpp_extension
+
+    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if with_cuda:
+        _build_config.ensure_cuda_arch_list(torch.cuda.is_available())
+    print("fna_ext: no prebuilt extension; compiling the C++ ops once into torch's extension "
+          "cache (about a minute). `pip install --no-build-isolation .` builds them at install "
+          "time instead.", file=sys.stderr)
+    try:
+        cpp_extension.load(
+            name="fna_ext_C",
+            sources=_build_config.sources(with_cuda, python_module=False),
+            extra_cflags=_build_config.cxx_flags(with_cuda),
+            extra_cuda_cflags=_build_config.NVCC_FLAGS + [
+                f"-D{k}={v}" for k, v in _build_config.define_macros(with_cuda)],
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as err:  # no compiler, no ninja, a compile error: fall back, loudly
+        warnings.warn(f"fna_ext: compiling the extension failed ({err}); using the pure-PyTorch "
+                      "reference paths", RuntimeWarning, stacklevel=3)
+        return ExtensionStatus(how="first-use compile failed", error=str(err))
+    return _finish_loading("compiled on first use")
+
+
+def status(compile_if_missing: bool = True) -> ExtensionStatus:
+    """The extension's state, loading it (and compiling it if allowed and needed) on first call."""
+    global _status, _jit_tried
+    if _status is not None and (_status.loaded or _jit_tried or not compile_if_missing):
+        return _status
+    if os.environ.get(DISABLE_ENV) == "1":
+        _status = ExtensionStatus(how=f"disabled by {DISABLE_ENV}=1")
+        return _status
+    if _status is None:
+        _status = _load_installed()
+    if _status is None:
+        _status = ExtensionStatus(how="not built yet")
+        if not compile_if_missing:
+            return _status
+    if not _status.loaded and _status.error is None and compile_if_missing and not _jit_tried:
+        _jit_tried = True
+        _status = _compile_on_first_use()
+    return _status
+
+
+def has_kernel(op: str, device: torch.device | str) -> bool:
+    """Whether fna_ext::<op> has a compiled kernel for this device type."""
+    device_type = torch.device(device).type
+    if device_type not in _DISPATCH_KEYS or not status().loaded:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"fna_ext::{op}", _DISPATCH_KEYS[device_type])

@@ -1,0 +1,263 @@
+"""Architectures as data.
+
+An :class:`Arch` is the backbone between the fixed stem (3x3 stride-2 conv to the first stage's
+input channels) and the fixed head: a list of stages, each ``[[C_in, C_out], [op, ...], stride]``
+where the stride applies to the stage's first layer. Ops are ``k{K}_e{E}`` (an MBConv block with a
+KxK depthwise conv and expansion E) and ``skip`` (identity; never a stage's first layer).
+
+Three text forms parse: the published ``net_config`` (stages joined by ``|``), the project's JSON
+form (which may also carry the task, input size and search record), and a registered name such as
+``mobilenet_v2``. ``str(arch)`` writes ``net_config``; ``arch.to_json()`` writes JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .atomic import atomic_write_text
+
+SKIP = "skip"
+_OP_RE = re.compile(r"^k(\d+)_e(\d+)$")
+JSON_FORMAT = "fna_ext.arch"
+
+
+@dataclass(frozen=True)
+class Op:
+    """One layer's operation: an MBConv block (kernel, expansion) or a skip."""
+
+    kernel: int = 0
+    expansion: int = 0
+
+    @property
+    def is_skip(self) -> bool:
+        return self.kernel == 0
+
+    @property
+    def name(self) -> str:
+        return SKIP if self.is_skip else f"k{self.kernel}_e{self.expansion}"
+
+    @classmethod
+    def parse(cls, name: str) -> "Op":
+        if name == SKIP:
+            return cls()
+        match = _OP_RE.match(name) if isinstance(name, str) else None
+        if not match or int(match[1]) % 2 == 0 or int(match[2]) < 1:
+            raise ValueError(f"unknown op {name!r}; ops are k{{odd kernel}}_e{{expansion}} "
+                             "(for example k3_e6, k5_e3, k7_e6) or skip")
+        return cls(int(match[1]), int(match[2]))
+
+
+@dataclass(frozen=True)
+class Stage:
+    in_channels: int
+    out_channels: int
+    ops: tuple[str, ...]
+    stride: int
+
+    def layer_ops(self) -> list[Op]:
+        return [Op.parse(op) for op in self.ops]
+
+    def layers(self):
+        """(in_channels, out_channels, stride, Op) of each layer, skip layers included."""
+        for i, op in enumerate(self.layer_ops()):
+            yield (self.in_channels if i == 0 else self.out_channels, self.out_channels,
+                   self.stride if i == 0 else 1, op)
+
+    def to_net_config(self) -> str:
+        ops = ", ".join(f"'{op}'" for op in self.ops)
+        return f"[[{self.in_channels}, {self.out_channels}], [{ops}], {self.stride}]"
+
+
+def _validate_stage(index: int, stage: Stage) -> None:
+    where = f"stage {index} ({stage.to_net_config()})"
+    for name, value in (("C_in", stage.in_channels), ("C_out", stage.out_channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
+    if stage.stride not in (1, 2) or isinstance(stage.stride, bool):
+        raise ValueError(f"{where}: stride must be 1 or 2, got {stage.stride!r}")
+    if not stage.ops:
+        raise ValueError(f"{where}: a stage needs at least one op")
+    for j, name in enumerate(stage.ops):
+        try:
+            op = Op.parse(name)
+        except ValueError as err:
+            raise ValueError(f"{where}, layer {j}: {err}") from None
+        if op.is_skip and j == 0:
+            raise ValueError(f"{where}: 'skip' cannot be the first layer of a stage, which changes "
+                             "channels or resolution; use an MBConv op there")
+
+
+@dataclass(frozen=True)
+class Arch:
+    stages: tuple[Stage, ...]
+    # Task, input size, search record...: carried along, not part of the architecture's identity.
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "stages", tuple(self.stages))
+        if not self.stages:
+            raise ValueError("an architecture needs at least one stage")
+        for i, stage in enumerate(self.stages):
+            _validate_stage(i, stage)
+            if i and stage.in_channels != self.stages[i - 1].out_channels:
+                raise ValueError(
+                    f"stage {i} ({stage.to_net_config()}): C_in {stage.in_channels} does not match "
+                    f"the previous stage's C_out {self.stages[i - 1].out_channels}")
+
+    # ---- properties -----------------------------------------------------------------------
+    @property
+    def stem_channels(self) -> int:
+        return self.stages[0].in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.stages[-1].out_channels
+
+    def num_layers(self, include_skips: bool = True) -> int:
+        return sum(1 for s in self.stages for op in s.layer_ops() if include_skips or not op.is_skip)
+
+    def with_meta(self, **meta) -> "Arch":
+        return Arch(self.stages, {**self.meta, **meta})
+
+    # ---- text forms -----------------------------------------------------------------------
+    def __str__(self) -> str:
+        return "|".join(stage.to_net_config() for stage in self.stages)
+
+    def to_dict(self) -> dict:
+        stages = [{"in": s.in_channels, "out": s.out_channels, "ops": list(s.ops), "stride": s.stride}
+                  for s in self.stages]
+        return {"format": JSON_FORMAT, "version": 1, "net_config": str(self), "stages": stages,
+                **self.meta}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path) -> Path:
+        """Writes the JSON form atomically."""
+        return atomic_write_text(path, self.to_json() + "\n")
+
+    @classmethod
+    def parse(cls, text: str) -> "Arch":
+        """Parses net_config text, the JSON form, or a registered name."""
+        if not isinstance(text, str):
+            raise ValueError(f"an architecture must be given as text, got {type(text).__name__}")
+        text = text.strip()
+        if text in NAMED_ARCHS:
+            return NAMED_ARCHS[text]()
+        if text.startswith("{"):
+            return cls._from_json_text(text)
+        if text.startswith("["):
+            return cls._from_net_config(text)
+        raise ValueError(f"cannot parse architecture {text[:60]!r}: expected net_config text "
+                         f"('[[32, 16], ['k3_e1'], 1]|...'), the JSON form, or one of the names "
+                         f"{sorted(NAMED_ARCHS)}")
+
+    @classmethod
+    def load(cls, path) -> "Arch":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: cannot read the architecture file ({err})") from None
+        try:
+            return cls.parse(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_arg(cls, value: str) -> "Arch":
+        """A CLI's ARCH argument: a registered name, a file, or inline net_config/JSON text."""
+        if value.strip() in NAMED_ARCHS or value.lstrip().startswith(("[", "{")):
+            return cls.parse(value)
+        if Path(value).is_file():
+            return cls.load(value)
+        raise ValueError(f"--arch {value!r} is neither a file, nor net_config/JSON text, nor one of "
+                         f"the names {sorted(NAMED_ARCHS)}")
+
+    @classmethod
+    def _from_net_config(cls, text: str, meta: dict | None = None) -> "Arch":
+        stages = []
+        for i, chunk in enumerate(text.split("|")):
+            try:
+                value = ast.literal_eval(chunk.strip())
+            except (ValueError, SyntaxError):
+                raise ValueError(f"stage {i} ({chunk.strip()[:60]!r}): not a list of the form "
+                                 "[[C_in, C_out], [op, ...], stride]") from None
+            stages.append(_stage_from_list(i, value))
+        return cls(tuple(stages), meta or {})
+
+    @classmethod
+    def _from_json_text(cls, text: str) -> "Arch":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"invalid JSON architecture: {err}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Arch":
+        if not isinstance(data, dict):
+            raise ValueError("a JSON architecture must be an object")
+        meta = {k: v for k, v in data.items()
+                if k not in ("format", "version", "net_config", "stages")}
+        if "stages" in data:
+            if not isinstance(data["stages"], list):
+                raise ValueError("field 'stages' must be a list")
+            stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(data["stages"]))
+            arch = cls(stages, meta)
+            if "net_config" in data and Arch.parse(data["net_config"]) != arch:
+                raise ValueError("fields 'net_config' and 'stages' describe different architectures")
+            return arch
+        if "net_config" in data:
+            return cls._from_net_config(str(data["net_config"]), meta)
+        raise ValueError("a JSON architecture needs a 'stages' or a 'net_config' field")
+
+
+def _stage_from_list(index: int, value) -> Stage:
+    shape_ok = (isinstance(value, (list, tuple)) and len(value) == 3
+                and isinstance(value[0], (list, tuple)) and len(value[0]) == 2
+                and isinstance(value[1], (list, tuple)))
+    if not shape_ok:
+        raise ValueError(f"stage {index} ({value!r}): expected [[C_in, C_out], [op, ...], stride]")
+    return Stage(value[0][0], value[0][1], tuple(value[1]), value[2])
+
+
+def _stage_from_dict(index: int, value) -> Stage:
+    missing = [k for k in ("in", "out", "ops", "stride") if not isinstance(value, dict) or k not in value]
+    if missing:
+        raise ValueError(f"stage {index}: missing field(s) {missing} (each stage is "
+                         "{'in': C_in, 'out': C_out, 'ops': [...], 'stride': 1 or 2})")
+    if not isinstance(value["ops"], list):
+        raise ValueError(f"stage {index}: field 'ops' must be a list")
+    return Stage(value["in"], value["out"], tuple(value["ops"]), value["stride"])
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Rounds channels to a multiple of ``divisor`` without going more than 10% below (torchvision)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+# MobileNetV2: (expansion, channels, layers, stride of the first layer) per stage.
+_MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def mobilenet_v2_arch(width_mult: float = 1.0) -> Arch:
+    """MobileNetV2's backbone, channels scaled by ``width_mult`` and rounded to multiples of 8."""
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    in_ch = make_divisible(32 * width_mult)
+    stages = []
+    for expansion, channels, layers, stride in _MOBILENET_V2_STAGES:
+        out_ch = make_divisible(channels * width_mult)
+        stages.append(Stage(in_ch, out_ch, (f"k3_e{expansion}",) * layers, stride))
+        in_ch = out_ch
+    return Arch(tuple(stages))
+
+
+NAMED_ARCHS = {"mobilenet_v2": mobilenet_v2_arch}

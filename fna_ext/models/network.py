@@ -1,0 +1,74 @@
+"""The classification network of any :class:`~fna_ext.arch.Arch`: stem, stages, 1x1 head conv,
+pooling and classifier, laid out as MobileNetV2 is."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..arch import Arch, make_divisible, mobilenet_v2_arch
+from .blocks import ConvBNAct, make_layer
+
+
+class Network(nn.Module):
+    """``stem`` -> ``stages[i][j]`` (MBConv or Skip) -> ``head`` (1x1 conv) -> pool ->
+    ``classifier``. With ``num_classes=None`` there is no classifier and ``forward`` returns the
+    pooled features; ``forward_stages`` gives every stage's output for dense tasks."""
+
+    def __init__(self, arch: Arch, num_classes: int | None = 1000, head_channels: int | None = 1280,
+                 dropout: float = 0.2, bn_eps: float = 1e-5):
+        super().__init__()
+        self.arch = arch
+        self.stem = ConvBNAct(3, arch.stem_channels, 3, stride=2, bn_eps=bn_eps)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(make_layer(c_in, c_out, stride, op, bn_eps)
+                            for c_in, c_out, stride, op in stage.layers()))
+            for stage in arch.stages)
+        self.head = (ConvBNAct(arch.out_channels, head_channels, 1, bn_eps=bn_eps)
+                     if head_channels else None)
+        features = head_channels or arch.out_channels
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(features, num_classes) if num_classes else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage (before the head conv)."""
+        outputs = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stages(x)[-1]
+        if self.head is not None:
+            x = self.head(x)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.classifier(self.dropout(x)) if self.classifier is not None else x
+
+
+def build_network(arch: Arch | str, num_classes: int | None = 1000, *,
+                  head_channels: int | None = 1280, dropout: float = 0.2,
+                  bn_eps: float = 1e-5) -> Network:
+    """The classification network of ``arch`` (an Arch, or text :meth:`Arch.parse` accepts)."""
+    if isinstance(arch, str):
+        arch = Arch.parse(arch)
+    return Network(arch, num_classes, head_channels, dropout, bn_eps)
+
+
+def mobilenet_v2(num_classes: int | None = 1000, width_mult: float = 1.0, **kwargs) -> Network:
+    """MobileNetV2 (torchvision's layout and channel rounding): 3,504,872 parameters at width 1."""
+    head = make_divisible(1280 * max(1.0, width_mult))
+    return build_network(mobilenet_v2_arch(width_mult), num_classes, head_channels=head, **kwargs)
