@@ -59,14 +59,22 @@ def _runtime_torch_version() -> str:
     return torch.__version__.split("+")[0]
 
 
+def warn_if_built_for_another_torch(build_info: dict) -> bool:
+    """Warns (and returns True) when the extension was compiled against another torch version."""
+    built = build_info.get("torch_version")
+    if built == _runtime_torch_version():
+        return False
+    warnings.warn(
+        f"fna_ext: the compiled extension was built against torch {built} but torch "
+        f"{torch.__version__} is running; rebuild it with `{REBUILD_COMMAND}` in the fna_ext "
+        "source tree", RuntimeWarning, stacklevel=4)
+    return True
+
+
 def _finish_loading(how: str) -> ExtensionStatus:
     info = json.loads(torch.ops.fna_ext.build_info())
     status = ExtensionStatus(loaded=True, how=how, build_info=info)
-    if info.get("torch_version") != _runtime_torch_version():
-        warnings.warn(
-            f"fna_ext: the compiled extension was built against torch {info.get('torch_version')} "
-            f"but torch {torch.__version__} is running; rebuild it with `{REBUILD_COMMAND}` "
-            "in the fna_ext source tree", RuntimeWarning, stacklevel=3)
+    warn_if_built_for_another_torch(info)
     for register in _on_load:
         register()
     return status

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -14,15 +15,25 @@ import torch
 from . import __version__, _extension, cli
 
 
-def _first_line(command: list[str], last: bool = False) -> str | None:
+def _command_output(command: list[str]) -> str:
     if shutil.which(command[0]) is None:
-        return None
+        return ""
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip()
+        return subprocess.run(command, capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    lines = out.splitlines()
-    return (lines[-1] if last else lines[0]) if lines else None
+        return ""
+
+
+def _compiler_on_path() -> str | None:
+    """First line of ``c++ --version``: the compiler a first-use build would run."""
+    lines = _command_output(["c++", "--version"]).splitlines()
+    return lines[0] if lines else None
+
+
+def _nvcc_release(nvcc: str) -> str | None:
+    """'13.0, V13.0.88' from nvcc's 'Cuda compilation tools, release 13.0, V13.0.88' line."""
+    match = re.search(r"release (\S+ V\S+|\S+)", _command_output([nvcc, "--version"]))
+    return match.group(1) if match else None
 
 
 def collect(compile_if_missing: bool = True) -> dict:
@@ -35,8 +46,8 @@ def collect(compile_if_missing: bool = True) -> dict:
         "torch_version": torch.__version__,
         "torch_cuda_version": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
-        "nvcc_version": _first_line([nvcc, "--version"], last=True),
-        "compiler": status.build_info.get("compiler") or _first_line(["c++", "--version"]),
+        "nvcc_version": _nvcc_release(nvcc),
+        "compiler": status.build_info.get("compiler") or _compiler_on_path(),
         "extension_loaded": status.loaded,
         "extension_how": status.how,
         "extension_devices": status.devices,
