@@ -1,7 +1,7 @@
 // Torch glue of the CUDA NMS: sorts on the device, launches the mask kernel (nms_cuda.cu), then
 // runs the short greedy pass over the mask on the host. Built only against a CUDA torch.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -44,7 +44,7 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
 
   at::Tensor mask = at::empty({n * nms_mask_words(n)}, boxes.options().dtype(at::kLong));
   auto* mask_ptr = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const cudaError_t err =
       as_double ? nms_mask_launch_f64(sorted.data_ptr<double>(), group_ptr, n, iou_threshold,
                                       mask_ptr, stream)
