@@ -43,6 +43,12 @@ TORCH_LIBRARY(fna_ext, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   // The same, but boxes only suppress boxes of the same idxs entry (class-wise NMS).
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // Parameter remapping of a whole network in one call: targets[t][i0, i1, ...] =
+  // sources[t][m0[i0], m1[i1], ...], where index_maps[t] is the concatenation of the
+  // per-dimension maps m_d (-1: take fills[t]); multiplied by scales[t][i_d] along
+  // d = scale_dims[t] when that is >= 0.
+  m.def("remap_copy(Tensor[] sources, Tensor(a!)[] targets, Tensor[] index_maps, float[] fills, "
+        "Tensor[] scales, int[] scale_dims) -> ()");
 }
 
 }  // namespace fna_ext

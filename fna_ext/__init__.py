@@ -14,7 +14,8 @@ _extension.status(compile_if_missing=False)
 from .arch import Arch, Op, Stage  # noqa: E402
 from .cost import CostReport, count  # noqa: E402
 from .models import build_network, load_seed_weights, mobilenet_v2  # noqa: E402
-from . import ops  # noqa: E402
+from . import ops, remap  # noqa: E402
+from .remap import remap_network  # noqa: E402
 
 __all__ = ["__version__", "Arch", "Op", "Stage", "count", "CostReport", "build_network",
-           "mobilenet_v2", "load_seed_weights", "ops"]
+           "mobilenet_v2", "load_seed_weights", "ops", "remap", "remap_network"]

@@ -18,6 +18,7 @@ EXTENSION_NAME = "fna_ext._C"
 CPU_SOURCES = [
     "registration.cpp",
     "nms/nms_cpu.cpp",
+    "remap/remap_cpu.cpp",
 ]
 # Only in the Python extension (defines PyInit__C so ``import fna_ext._C`` works).
 PYTHON_MODULE_SOURCES = ["python_module.cpp"]
@@ -26,6 +27,8 @@ PYTHON_MODULE_SOURCES = ["python_module.cpp"]
 CUDA_SOURCES = [
     "nms/nms_cuda.cu",
     "nms/nms_cuda_glue.cpp",
+    "remap/remap_cuda.cu",
+    "remap/remap_cuda_glue.cpp",
 ]
 # The C++ test executable of the CMake build.
 CPP_TEST_SOURCES = ["tests/test_ops.cpp"]

@@ -1,0 +1,406 @@
+"""Parameter remapping (FNA, Sec. 3.2 and Algorithm 1): a seed network's parameters become those of
+a network of another depth, width (expansion) or kernel size.
+
+Every remapping here is a set of per-dimension index maps: for each dimension of a target tensor,
+which index of the seed tensor each position takes, or -1 where the position gets a fill value
+(zero for weights, BN's initial value for BN entries). Kernel remapping is a map on the two spatial
+dimensions, width remapping a map on the channel dimensions. One :class:`RemapPlan` holds the
+maps of a whole network. The Python path (:meth:`RemapPlan.apply_reference`) gathers them with
+``index_select``; the compiled op ``fna_ext::remap_copy`` copies every tensor of the network in one
+call per device (:meth:`RemapPlan.apply`). The tests compare the two.
+
+Published behaviour (FNA's code) and what the paper only describes:
+- depth (Eq. 1): target layer i of a stage takes seed layer min(i, l-1); ``skip`` layers of either
+  network are dropped first;
+- width (Eq. 2, ``first``): the first channels; a wider target keeps every seed channel and zeros
+  the rest (BN entries at their initial values). ``bn``/``std``/``l1`` (Algorithm 1) choose the
+  hidden channels with the largest |gamma|, filter std or filter L1 norm; ``net2net`` widens by
+  replicating channels and dividing the projection's incoming weights, preserving the function;
+- kernel (Eq. 3, ``center``): the seed kernel in the centre of a zero kernel, a centre crop when
+  smaller; ``dilate`` (Eq. 6) places the taps on rows/columns 0, (k-1)/2 and k-1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import _extension, cli
+from .arch import Arch
+from .atomic import atomic_torch_save
+from .models import MBConv, Network, build_network, load_seed_weights
+
+WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
+KERNEL_MODES = ("center", "dilate")
+FILL = -1  # index-map entry: this position takes the fill value
+
+
+# ---- tensor level ------------------------------------------------------------------------------
+
+def first_channels(num_target: int, num_seed: int) -> torch.Tensor:
+    """Eq. 2: target channel j takes seed channel j; channels beyond the seed's are fills."""
+    index = torch.arange(num_target)
+    index[index >= num_seed] = FILL
+    return index
+
+
+def select_channels(reference: torch.Tensor, k: int) -> torch.Tensor:
+    """Algorithm 1: indices of the k largest entries of ``reference``, in ascending order (ties go
+    to the lower index)."""
+    if not 0 <= k <= reference.numel():
+        raise ValueError(f"select_channels: cannot select {k} of {reference.numel()} channels")
+    order = torch.sort(reference.detach().flatten().float(), descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def depth_map(num_seed_layers: int, num_target_layers: int) -> list[int]:
+    """Eq. 1, 0-based: target layer i takes seed layer min(i, l-1)."""
+    if num_seed_layers < 1:
+        raise ValueError("depth_map: the seed stage has no layer to take from")
+    return [min(i, num_seed_layers - 1) for i in range(num_target_layers)]
+
+
+def kernel_index(seed_size: int, size: int, mode: str = "center") -> torch.Tensor:
+    """Index map of one spatial dimension: which seed row/column each target row/column takes."""
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"kernel mode {mode!r} is not one of {KERNEL_MODES}")
+    if seed_size % 2 == 0 or size % 2 == 0:
+        raise ValueError(f"kernel sizes must be odd, got {seed_size} -> {size}")
+    positions = torch.arange(size)
+    if mode == "center" or seed_size == size or 1 in (seed_size, size):
+        index = positions - (size - seed_size) // 2
+        index[(index < 0) | (index >= seed_size)] = FILL
+        return index
+    small, large = sorted((seed_size, size))
+    if (large - 1) % (small - 1):
+        raise ValueError(f"dilate mode needs (k_large - 1) divisible by (k_small - 1); "
+                         f"cannot map {seed_size}x{seed_size} to {size}x{size}")
+    step = (large - 1) // (small - 1)
+    if size > seed_size:  # taps spread over the larger kernel, zeros between
+        index = torch.full((size,), FILL)
+        index[::step] = torch.arange(seed_size)
+        return index
+    return positions * step  # shrinking takes those taps back
+
+
+def gather(src: torch.Tensor, index_maps: list[torch.Tensor | None], fill: float = 0.0,
+           scale: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    """The reference remap of one tensor: ``out[i0, i1, ...] = src[m0[i0], m1[i1], ...]``, or
+    ``fill`` where any map is -1, times ``scale[1][i_d]`` along dimension ``scale[0]``."""
+    out = src
+    for dim, index in enumerate(index_maps):
+        if index is None:
+            continue
+        index = index.to(src.device)
+        taken = out.index_select(dim, index.clamp(min=0))
+        shape = [1] * src.dim()
+        shape[dim] = -1
+        out = torch.where((index >= 0).view(shape), taken, torch.full((), fill, dtype=src.dtype,
+                                                                        device=src.device))
+    if scale is not None:
+        dim, factors = scale
+        shape = [1] * src.dim()
+        shape[dim] = -1
+        out = out * factors.to(out).view(shape)
+    return out
+
+
+def kernel(w: torch.Tensor, size: int, mode: str = "center") -> torch.Tensor:
+    """Eq. 3 (``center``) or Eq. 6 (``dilate``): remaps the last two (spatial) dims to size x size."""
+    index = kernel_index(w.shape[-1], size, mode)
+    maps = [None] * (w.dim() - 2) + [kernel_index(w.shape[-2], size, mode), index]
+    return gather(w, maps)
+
+
+def width_index(seed_size: int, size: int, reference: torch.Tensor | None = None,
+                mode: str = "first") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Index map of a channel dimension and, for ``net2net``, the divisor of each seed channel's
+    outgoing weights. Narrower: a subset (the first, or Algorithm 1's top-k of ``reference``).
+    Wider: every seed channel, then zeros (or Net2Net's replicas)."""
+    if mode not in WIDTH_MODES:
+        raise ValueError(f"width mode {mode!r} is not one of {WIDTH_MODES}")
+    if size <= seed_size and mode in ("bn", "std", "l1"):
+        return select_channels(reference, size), None
+    if size > seed_size and mode == "net2net":
+        index = torch.cat([torch.arange(seed_size), torch.arange(size - seed_size) % seed_size])
+        counts = torch.bincount(index, minlength=seed_size)
+        return index, counts
+    return first_channels(size, seed_size), None
+
+
+# ---- the plan ----------------------------------------------------------------------------------
+
+@dataclass
+class TensorRemap:
+    target: str            # state_dict key in the target
+    source: str | None     # key in the seed, None for a synthesised source (see ``synthetic``)
+    index_maps: list[torch.Tensor | None]
+    fill: float = 0.0
+    scale: tuple[int, torch.Tensor] | None = None
+    synthetic: torch.Tensor | None = None  # e.g. the identity expand conv an e1 seed layer lacks
+
+
+@dataclass
+class LayerRecord:
+    target: str
+    source: str  # where it came from, for the per-layer table
+    change: str
+
+
+@dataclass
+class RemapPlan:
+    entries: list[TensorRemap] = field(default_factory=list)
+    copies: list[tuple[str, str]] = field(default_factory=list)  # integer buffers, copied as is
+    layers: list[LayerRecord] = field(default_factory=list)
+
+    def _sources(self, seed_state: dict) -> list[torch.Tensor]:
+        return [e.synthetic if e.source is None else seed_state[e.source] for e in self.entries]
+
+    def apply_reference(self, seed: nn.Module, target: nn.Module) -> nn.Module:
+        """The pure-PyTorch path: one ``gather`` per tensor."""
+        seed_state, target_state = seed.state_dict(), target.state_dict()
+        with torch.no_grad():
+            for entry, src in zip(self.entries, self._sources(seed_state)):
+                dst = target_state[entry.target]
+                dst.copy_(gather(src.to(dst), entry.index_maps, entry.fill, entry.scale))
+            self._copy_buffers(seed_state, target_state)
+        return target
+
+    def apply(self, seed: nn.Module, target: nn.Module) -> nn.Module:
+        """Every tensor in one ``fna_ext::remap_copy`` call where the extension has a kernel for
+        the target's device, else :meth:`apply_reference`."""
+        target_state = target.state_dict()
+        device = next(iter(target_state.values())).device
+        if not _extension.has_kernel("remap_copy", device):
+            return self.apply_reference(seed, target)
+        seed_state = seed.state_dict()
+        dsts = [target_state[e.target] for e in self.entries]
+        srcs = [s.to(d).contiguous() for s, d in zip(self._sources(seed_state), dsts)]
+        maps = [torch.cat([(m if m is not None else torch.arange(n)) for m, n in
+                           zip(e.index_maps, d.shape)]).to(device) if d.dim() else
+                torch.zeros(0, dtype=torch.long, device=device) for e, d in zip(self.entries, dsts)]
+        scales = [e.scale[1].to(d) if e.scale else d.new_empty(0) for e, d in zip(self.entries, dsts)]
+        scale_dims = [e.scale[0] if e.scale else -1 for e in self.entries]
+        with torch.no_grad():
+            torch.ops.fna_ext.remap_copy(srcs, dsts, maps, [e.fill for e in self.entries], scales,
+                                         scale_dims)
+            self._copy_buffers(seed_state, target_state)
+        return target
+
+    def _copy_buffers(self, seed_state, target_state):
+        for target_key, seed_key in self.copies:
+            target_state[target_key].copy_(seed_state[seed_key])
+
+
+# ---- network level -----------------------------------------------------------------------------
+
+_BN_FILLS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
+
+
+def _add_conv(plan: RemapPlan, target: str, source: str | None, maps, synthetic=None, scale=None):
+    plan.entries.append(TensorRemap(f"{target}.weight", f"{source}.weight" if source else None,
+                                    list(maps), 0.0, scale, synthetic))
+
+
+def _add_bn(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor):
+    """BN entries; with no source, every entry takes its initial value."""
+    for name, fill in _BN_FILLS.items():
+        if source is None:
+            plan.entries.append(TensorRemap(f"{target}.{name}", None, [torch.full_like(channel_map, FILL)],
+                                            fill, synthetic=torch.zeros(1)))
+        else:
+            plan.entries.append(TensorRemap(f"{target}.{name}", f"{source}.{name}", [channel_map], fill))
+    if source is not None:
+        plan.copies.append((f"{target}.num_batches_tracked", f"{source}.num_batches_tracked"))
+
+
+def _width_reference(block: MBConv, mode: str) -> torch.Tensor | None:
+    """Algorithm 1's reference vector over the seed block's hidden channels."""
+    first = block.expand if block.expand is not None else block.depthwise  # makes the hidden channels
+    if mode == "bn":
+        return first.bn.weight.detach().abs()
+    if mode in ("std", "l1"):
+        filters = first.conv.weight.detach().flatten(1)
+        return filters.std(1, unbiased=False) if mode == "std" else filters.abs().sum(1)
+    return None
+
+
+def plan_block(plan: RemapPlan, seed: MBConv, target: MBConv, seed_prefix: str, target_prefix: str,
+               width: str = "first", kernel_mode: str = "center") -> RemapPlan:
+    """Adds the maps that remap MBConv ``seed`` into MBConv ``target`` (any kernel and expansion)
+    to ``plan``. The same hidden-channel selection flows through the expand conv's outputs, both
+    hidden BNs, the depthwise conv and the project conv's inputs. A target expand conv whose seed
+    layer has none (expansion 1) starts as the identity on the channels the seed passes through."""
+    in_map = first_channels(target.in_channels, seed.in_channels)
+    out_map = first_channels(target.out_channels, seed.out_channels)
+    hidden, counts = width_index(seed.hidden_channels, target.hidden_channels,
+                                 _width_reference(seed, width), width)
+    s, t = seed_prefix, target_prefix
+    if target.expand is not None:
+        if seed.expand is not None:
+            _add_conv(plan, f"{t}.expand.conv", f"{s}.expand.conv", [hidden, in_map, None, None])
+            _add_bn(plan, f"{t}.expand.bn", f"{s}.expand.bn", hidden)
+        else:
+            identity = torch.eye(seed.in_channels)[:, :, None, None]
+            _add_conv(plan, f"{t}.expand.conv", None, [hidden, in_map, None, None], synthetic=identity)
+            _add_bn(plan, f"{t}.expand.bn", None, hidden)
+    spatial = kernel_index(seed.kernel_size, target.kernel_size, kernel_mode)
+    _add_conv(plan, f"{t}.depthwise.conv", f"{s}.depthwise.conv", [hidden, None, spatial, spatial])
+    _add_bn(plan, f"{t}.depthwise.bn", f"{s}.depthwise.bn", hidden)
+    scale = (1, 1.0 / counts[hidden].double()) if counts is not None else None
+    _add_conv(plan, f"{t}.project.conv", f"{s}.project.conv", [out_map, hidden, None, None], scale=scale)
+    _add_bn(plan, f"{t}.project.bn", f"{s}.project.bn", out_map)
+    return plan
+
+
+def check_compatible(seed: nn.Module, target: nn.Module) -> None:
+    """Raises ValueError naming the stage and channels where ``target`` cannot take ``seed``."""
+    for role, net in (("seed", seed), ("target", target)):
+        if not isinstance(net, Network):
+            raise ValueError(f"the {role} is not an fna_ext network (got {type(net).__name__}); "
+                             "build it with fna_ext.build_network")
+    if len(seed.stages) != len(target.stages):
+        raise ValueError(f"the target arch has {len(target.stages)} stages but the seed has "
+                         f"{len(seed.stages)}; FNA remaps stage by stage")
+    if seed.arch.stem_channels != target.arch.stem_channels:
+        raise ValueError(f"stem: the target has {target.arch.stem_channels} channels, the seed "
+                         f"{seed.arch.stem_channels}")
+    for i, (s, t) in enumerate(zip(seed.arch.stages, target.arch.stages)):
+        if (s.in_channels, s.out_channels) != (t.in_channels, t.out_channels):
+            raise ValueError(f"stage {i}: the target is {t.in_channels}->{t.out_channels} channels, "
+                             f"the seed {s.in_channels}->{s.out_channels}")
+
+
+def plan_network(seed: Network, target: Network, width: str = "first",
+                 kernel: str = "center") -> RemapPlan:
+    """The maps of every tensor of ``target`` (stem, every MBConv layer, head, classifier)."""
+    check_compatible(seed, target)
+    if width not in WIDTH_MODES:
+        raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
+    kernel_index(3, 3, kernel)  # validates the mode
+    plan = RemapPlan()
+    _add_conv(plan, "stem.conv", "stem.conv", [None] * 4)
+    _add_bn(plan, "stem.bn", "stem.bn", torch.arange(seed.arch.stem_channels))
+    plan.layers.append(LayerRecord("stem", "stem", "copied"))
+    for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
+        seed_layers = [(j, m) for j, m in enumerate(seed_stage) if isinstance(m, MBConv)]
+        target_layers = [j for j, m in enumerate(target_stage) if isinstance(m, MBConv)]
+        source_of = dict(zip(target_layers, depth_map(len(seed_layers), len(target_layers))))
+        for tj, t in enumerate(target_stage):
+            if tj not in source_of:
+                plan.layers.append(LayerRecord(f"stages.{i}.{tj}", "-", "skip (no parameters)"))
+                continue
+            sj, s = seed_layers[source_of[tj]]
+            plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel)
+            plan.layers.append(LayerRecord(f"stages.{i}.{tj}", f"stages.{i}.{sj}",
+                                           f"{s.op.name} -> {t.op.name}"))
+    _plan_head_and_classifier(plan, seed, target)
+    return plan
+
+
+def _plan_head_and_classifier(plan: RemapPlan, seed: Network, target: Network) -> None:
+    if seed.head is not None and target.head is not None:
+        out_map = first_channels(target.head.conv.out_channels, seed.head.conv.out_channels)
+        _add_conv(plan, "head.conv", "head.conv",
+                  [out_map, first_channels(target.arch.out_channels, seed.arch.out_channels), None, None])
+        _add_bn(plan, "head.bn", "head.bn", out_map)
+        plan.layers.append(LayerRecord("head", "head", "copied"))
+    if (seed.classifier is not None and target.classifier is not None
+            and seed.classifier.weight.shape == target.classifier.weight.shape):
+        plan.entries.append(TensorRemap("classifier.weight", "classifier.weight", [None, None]))
+        plan.entries.append(TensorRemap("classifier.bias", "classifier.bias", [None]))
+        plan.layers.append(LayerRecord("classifier", "classifier", "copied"))
+    elif target.classifier is not None:
+        plan.layers.append(LayerRecord("classifier", "-", "kept its initialisation (no matching seed classifier)"))
+
+
+def remap_network(seed: Network, target: Network, width: str = "first", kernel: str = "center",
+                  *, use_extension: bool = True) -> Network:
+    """Fills every parameter and BN buffer of ``target`` from ``seed`` and returns ``target``.
+
+    ``width``: ``first`` (Eq. 2), ``bn``, ``std``, ``l1`` (Algorithm 1) or ``net2net``.
+    ``kernel``: ``center`` (Eq. 3) or ``dilate`` (Eq. 6). Where the construction preserves the
+    function (the same arch, larger kernels with zero rings, extra skip layers, wider hidden
+    layers), the target computes exactly what the seed does in eval mode."""
+    plan = plan_network(seed, target, width, kernel)
+    return plan.apply(seed, target) if use_extension else plan.apply_reference(seed, target)
+
+
+def plan_candidates(seed: Network, blocks: nn.ModuleDict, width: str = "first",
+                    kernel: str = "center") -> RemapPlan:
+    """Maps for a super network's candidate blocks (:func:`fna_ext.search_space.candidate_blocks`):
+    each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
+    :func:`plan_block` that remaps target networks."""
+    plan = RemapPlan()
+    for key, block in blocks.items():
+        stage, layer = (int(part[1:]) for part in key.split("_")[:2])
+        seed_layers = [(j, m) for j, m in enumerate(seed.stages[stage]) if isinstance(m, MBConv)]
+        sj, source = seed_layers[min(layer, len(seed_layers) - 1)]
+        plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel)
+    return plan
+
+
+def _register_fake_kernels() -> None:
+    # remap_copy only writes into its targets: the fake kernel has nothing to compute.
+    torch.library.register_fake("fna_ext::remap_copy", lambda *args: None)
+
+
+_extension.on_load(_register_fake_kernels)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def save_weights(path, network: Network, **record) -> Path:
+    """Writes ``network``'s weights with its arch embedded (loads with weights_only=True)."""
+    payload = {"format": "fna_ext.weights", "arch": network.arch.to_dict(),
+               "state_dict": network.state_dict(), **record}
+    return atomic_torch_save(payload, path)
+
+
+def _embedded_arch(path) -> Arch | None:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # load_seed_weights reports unreadable files with the reason
+    return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
+
+
+def format_layers(plan: RemapPlan) -> str:
+    rows = [("target", "from seed", "change")] + [(r.target, r.source, r.change) for r in plan.layers]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fna_ext.remap", description=(
+        "Remap a seed network's weights into another architecture (FNA's parameter remapping) "
+        "and write them, with the arch embedded. The classifier is not remapped: dense tasks "
+        "replace it."))
+    parser.add_argument("--seed", required=True, help="seed weights: torchvision, timm, FNA or fna_ext file")
+    parser.add_argument("--seed-arch", default=None,
+                        help="the seed's arch (default: the one embedded in --seed, else mobilenet_v2)")
+    parser.add_argument("--arch", required=True, help="target arch: a name, a file, or net_config text")
+    parser.add_argument("--out", required=True, help="output weights file (.pth)")
+    parser.add_argument("--width", default="first", choices=WIDTH_MODES)
+    parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
+    args = parser.parse_args(argv)
+    seed_arch = (Arch.from_arg(args.seed_arch) if args.seed_arch
+                 else _embedded_arch(args.seed) or Arch.parse("mobilenet_v2"))
+    seed = build_network(seed_arch, num_classes=None)
+    load_seed_weights(seed, args.seed)
+    target = build_network(Arch.from_arg(args.arch), num_classes=None)
+    plan = plan_network(seed, target, args.width, args.kernel)
+    plan.apply(seed, target)
+    path = save_weights(args.out, target, remap={"seed": str(args.seed), "seed_arch": str(seed_arch),
+                                                  "width": args.width, "kernel": args.kernel})
+    print(format_layers(plan))
+    print(f"wrote {path} ({args.width} width, {args.kernel} kernel)")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
