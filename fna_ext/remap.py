@@ -144,6 +144,13 @@ class TensorRemap:
     synthetic: torch.Tensor | None = None  # e.g. the identity expand conv an e1 seed layer lacks
 
 
+def _concatenated_maps(entry: TensorRemap, shape: torch.Size) -> torch.Tensor:
+    """remap_copy's form of an entry's maps: one int64 vector, a dimension without a map taking
+    the identity."""
+    maps = [m if m is not None else torch.arange(n) for m, n in zip(entry.index_maps, shape)]
+    return torch.cat(maps) if maps else torch.zeros(0, dtype=torch.long)
+
+
 @dataclass
 class LayerRecord:
     target: str
@@ -180,9 +187,7 @@ class RemapPlan:
         seed_state = seed.state_dict()
         dsts = [target_state[e.target] for e in self.entries]
         srcs = [s.to(d).contiguous() for s, d in zip(self._sources(seed_state), dsts)]
-        maps = [torch.cat([(m if m is not None else torch.arange(n)) for m, n in
-                           zip(e.index_maps, d.shape)]).to(device) if d.dim() else
-                torch.zeros(0, dtype=torch.long, device=device) for e, d in zip(self.entries, dsts)]
+        maps = [_concatenated_maps(e, d.shape).to(device) for e, d in zip(self.entries, dsts)]
         scales = [e.scale[1].to(d) if e.scale else d.new_empty(0) for e, d in zip(self.entries, dsts)]
         scale_dims = [e.scale[0] if e.scale else -1 for e in self.entries]
         with torch.no_grad():

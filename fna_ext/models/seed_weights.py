@@ -168,7 +168,7 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
                                   f"{tuple(targets[target_key].shape)} ({target_key})")
             else:
                 copies.append((target_key, key))
-    used = {key for _, key in copies} | set(missing)
+    used = {key for _, key in copies}
     optional = _optional_prefixes(model, layout, skip_classifier)
     ignored = [k for k in state if k not in used and k.startswith(optional)]
     unexpected = [k for k in state if k not in used and not k.startswith(optional)
@@ -199,4 +199,4 @@ def _optional_prefixes(model: Network, layout: _Layout, skip_classifier: bool) -
         prefixes.append(layout.classifier + ".")
     if model.head is None:
         prefixes += [p + "." for p in layout.head(len(model.stages), model.arch.num_layers())]
-    return tuple(prefixes) or ("\0",)
+    return tuple(prefixes)  # str.startswith(()) is False: nothing optional
