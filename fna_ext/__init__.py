@@ -16,6 +16,7 @@ from .cost import CostReport, count  # noqa: E402
 from .models import build_network, load_seed_weights, mobilenet_v2  # noqa: E402
 from . import ops, remap  # noqa: E402
 from .remap import remap_network  # noqa: E402
+from .tasks import build_model  # noqa: E402
 
 __all__ = ["__version__", "Arch", "Op", "Stage", "count", "CostReport", "build_network",
-           "mobilenet_v2", "load_seed_weights", "ops", "remap", "remap_network"]
+           "mobilenet_v2", "load_seed_weights", "ops", "remap", "remap_network", "build_model"]

@@ -17,16 +17,24 @@ MBCONV_CANDIDATES = ("k3_e3", "k3_e6", "k5_e3", "k5_e6", "k7_e3", "k7_e6")
 class SearchSpace:
     name: str
     max_depths: tuple[int, ...]  # per searched stage: every stage of the seed but the first
+    # searched stages whose first layer offers only expansion-6 ops: SSDLite taps that layer's
+    # expansion output (576 channels in MobileNetV2), so its width must not change
+    e6_first_layer_stages: tuple[int, ...] = ()
 
     def candidates(self, stage: int, layer: int) -> tuple[str, ...]:
         """Ops layer ``layer`` of searched stage ``stage`` (0-based) may take."""
         if layer == 0:
-            return MBCONV_CANDIDATES  # a stage's first layer changes channels or stride: no skip
+            # a stage's first layer changes channels or stride: no skip
+            if stage in self.e6_first_layer_stages:
+                return tuple(op for op in MBCONV_CANDIDATES if op.endswith("_e6"))
+            return MBCONV_CANDIDATES
         return MBCONV_CANDIDATES + ("skip",)
 
 
 DETECTION = SearchSpace("detection", (4, 4, 4, 4, 4, 1))
+SSDLITE = SearchSpace("ssdlite", (4, 4, 4, 4, 4, 1), e6_first_layer_stages=(4,))
 SEGMENTATION = SearchSpace("segmentation", (4, 4, 6, 6, 4, 1))
+SPACES = {"retinanet": DETECTION, "ssdlite": SSDLITE, "detection": DETECTION, "segmentation": SEGMENTATION}
 
 
 def candidate_blocks(seed_arch: Arch, space: SearchSpace, bn_eps: float = 1e-5) -> nn.ModuleDict:

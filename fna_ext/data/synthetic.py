@@ -1,0 +1,506 @@
+"""Synthetic shapes datasets, so that training, search and evaluation run without a download.
+
+``python -m fna_ext.data.synthetic --out DIR`` draws five kinds of shape (circle, square,
+triangle, ring, cross) with random colours, textures, sizes and rotations, partly occluding one
+another, on textured backgrounds, and writes them in one of two layouts:
+
+* ``--kind detection`` (default): COCO 2017 layout, ``annotations/instances_{train,val}2017.json``
+  and JPEG images in ``train2017/`` and ``val2017/``;
+* ``--kind classification``: ImageNet folder layout, ``{train,val}/<class name>/*.png`` and
+  ``classes.txt``.
+
+Each image is drawn from its own generator, ``np.random.default_rng([seed, index])``, so the same
+arguments give byte-identical files (with the same Pillow build), whatever the order of drawing.
+A dataset is written into a temporary sibling folder and renamed into place, so a folder with
+the dataset's name is always complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from .. import cli
+
+CLASS_NAMES = ("circle", "square", "triangle", "ring", "cross")
+KINDS = ("detection", "classification")
+DEFAULTS = {"detection": {"images": 1000, "size": 160}, "classification": {"images": 2000, "size": 96}}
+DEFAULT_VAL_FRACTION = 0.2
+# Part of the cache folder name: bump it whenever the drawing changes, so a cached dataset made
+# by an older version is never mistaken for the current one.
+FORMAT_VERSION = "v1"
+MIN_IMAGE_SIZE = 32
+JPEG_QUALITY = 90
+
+# Shape extent (diameter of the circumscribed circle) as a fraction of the image side.
+DETECTION_SCALE = (0.08, 0.6)
+CLASSIFICATION_SCALE = (0.4, 0.8)
+MAX_OBJECTS = 6
+PLACEMENT_ATTEMPTS = 20
+# An earlier object must keep at least this fraction of its pixels visible when later ones are
+# drawn over it: at most 60% occluded, comfortably under the ~70% where a box stops being fair.
+MIN_VISIBLE_FRACTION = 0.4
+MIN_COLOUR_DISTANCE = 90.0
+
+IfExists = Literal["error", "replace", "keep"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One shape: its class, its outline polygon (K, 2) in pixels (x, y), and the inner
+    outline of a ring (drawn as a hole; COCO polygons cannot carry holes, so it is not
+    part of the segmentation)."""
+
+    label: int
+    outline: np.ndarray
+    hole: np.ndarray | None = None
+
+
+def _regular_polygon(center: np.ndarray, radius: float, sides: int, angle: float) -> np.ndarray:
+    theta = angle + np.arange(sides) * (2 * np.pi / sides)
+    return center + radius * np.stack([np.cos(theta), np.sin(theta)], axis=1)
+
+
+def _cross_outline(center: np.ndarray, radius: float, angle: float, arm_ratio: float) -> np.ndarray:
+    # A plus sign whose farthest corners lie on the circle of the given radius.
+    arm = radius / np.hypot(1.0, arm_ratio)
+    half = arm * arm_ratio
+    points = np.array([(half, half), (arm, half), (arm, -half), (half, -half), (half, -arm),
+                       (-half, -arm), (-half, -half), (-arm, -half), (-arm, half), (-half, half),
+                       (-half, arm), (half, arm)])
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    return center + points @ rotation.T
+
+
+def _make_shape(rng: np.random.Generator, label: int, center: np.ndarray, radius: float) -> Shape:
+    # Circles and rings look the same at any rotation, so only the others get one.
+    name = CLASS_NAMES[label]
+    angle = rng.uniform(0, 2 * np.pi)
+    if name == "circle":
+        return Shape(label, _regular_polygon(center, radius, 40, 0.0))
+    if name == "square":
+        return Shape(label, _regular_polygon(center, radius, 4, angle))
+    if name == "triangle":
+        return Shape(label, _regular_polygon(center, radius, 3, angle))
+    if name == "ring":
+        inner = radius * rng.uniform(0.45, 0.7)
+        return Shape(label, _regular_polygon(center, radius, 40, 0.0),
+                     hole=_regular_polygon(center, inner, 40, 0.0))
+    return Shape(label, _cross_outline(center, radius, angle, rng.uniform(0.25, 0.4)))
+
+
+def _random_shape(rng: np.random.Generator, label: int, size: int, scale: tuple[float, float],
+                  center_jitter: float | None = None) -> Shape:
+    """A shape whose extent is log-uniform in ``scale`` (fraction of the side), so small objects
+    are as common as large ones per octave; it lies wholly inside the image."""
+    radius = size * np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))) / 2
+    if center_jitter is None:
+        center = rng.uniform(radius, size - radius, size=2)
+    else:
+        offset = rng.uniform(-center_jitter, center_jitter, size=2) * size
+        center = np.clip(size / 2 + offset, radius, size - radius)
+    return _make_shape(rng, label, center, radius)
+
+
+def _rasterize(shape: Shape, size: int) -> np.ndarray:
+    """The shape's pixels as a (size, size) bool mask."""
+    mask = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.polygon([tuple(p) for p in shape.outline], fill=255)
+    if shape.hole is not None:
+        draw.polygon([tuple(p) for p in shape.hole], fill=0)
+    return np.asarray(mask) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Textures: each returns a float32 (size, size, 3) image in 0..255
+
+
+@lru_cache(maxsize=8)
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    ys.flags.writeable = xs.flags.writeable = False  # shared between calls: keep it intact
+    return xs, ys
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _blend(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    return a + (b - a) * weight[..., None].astype(np.float32)
+
+
+def _projection(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Each pixel's coordinate along a random direction."""
+    xs, ys = _grid(size)
+    angle = rng.uniform(0, np.pi)
+    return xs * np.cos(angle) + ys * np.sin(angle)
+
+
+def _stripes(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    period = rng.uniform(4, max(5.0, size / 5))
+    wave = 0.5 + 0.5 * np.sin(2 * np.pi * _projection(rng, size) / period + rng.uniform(0, 2 * np.pi))
+    if rng.random() < 0.5:
+        wave = (wave > 0.5).astype(np.float32)  # hard-edged stripes as well as soft ones
+    return _blend(a, b, wave)
+
+
+def _gradient(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    t = _projection(rng, size)
+    return _blend(a, b, (t - t.min()) / max(float(t.max() - t.min()), 1e-6))
+
+
+def _blotches(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # Smooth blobs: a coarse random grid upsampled with bicubic interpolation.
+    cells = int(rng.integers(3, 8))
+    coarse = Image.fromarray(rng.random((cells, cells), dtype=np.float32))
+    smooth = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32)
+    return _blend(a, b, np.clip(smooth, 0, 1))
+
+
+def _checker(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    xs, ys = _grid(size)
+    cell = rng.uniform(3, max(4.0, size / 8))
+    return _blend(a, b, ((xs // cell + ys // cell) % 2).astype(np.float32))
+
+
+def _noise(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    sigma = rng.uniform(8, 30)
+    return a + rng.normal(0, sigma, size=(size, size, 3)).astype(np.float32)
+
+
+def _solid(rng: np.random.Generator, size: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(a, (size, size, 3))
+
+
+Texture = Callable[[np.random.Generator, int, np.ndarray, np.ndarray], np.ndarray]
+BACKGROUNDS: tuple[Texture, ...] = (_noise, _gradient, _stripes, _blotches)
+FILLS: tuple[Texture, ...] = (_solid, _noise, _stripes, _gradient, _checker)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    texture = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    return texture(rng, size, _random_colour(rng), _random_colour(rng))
+
+
+def _fill(rng: np.random.Generator, size: int, avoid: np.ndarray) -> np.ndarray:
+    """An object's texture, its main colour kept away from ``avoid`` (the background's mean) so
+    that the shape stays visible."""
+    colour = _random_colour(rng)
+    for _ in range(10):
+        if np.linalg.norm(colour - avoid) >= MIN_COLOUR_DISTANCE:
+            break
+        colour = _random_colour(rng)
+    # The second colour is a shade of the first, so a textured object still reads as one thing.
+    shade = np.clip(colour * rng.uniform(0.4, 1.6) + rng.normal(0, 20, size=3), 0, 255).astype(np.float32)
+    texture = FILLS[int(rng.integers(len(FILLS)))]
+    return texture(rng, size, colour, shade)
+
+
+def _finish(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # A little sensor-like noise over everything, so no region is perfectly flat.
+    canvas = canvas + rng.normal(0, 3, size=canvas.shape).astype(np.float32)
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass(frozen=True)
+class DrawnObject:
+    """One annotated object: class index, box [x, y, w, h] of its drawn pixels, their area,
+    and its outline polygon as COCO's flat [x0, y0, x1, y1, ...]."""
+
+    label: int
+    bbox: tuple[float, float, float, float]
+    area: float
+    polygon: list[float]
+
+
+def _describe(shape: Shape, mask: np.ndarray) -> DrawnObject:
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    polygon = [round(float(v), 2) for v in shape.outline.reshape(-1)]
+    return DrawnObject(shape.label, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)),
+                       float(mask.sum()), polygon)
+
+
+def _place(rng: np.random.Generator, size: int, count: int) -> list[tuple[Shape, np.ndarray]]:
+    """Up to ``count`` shapes in drawing order, each placed so that every earlier shape keeps at
+    least MIN_VISIBLE_FRACTION of its pixels visible; a shape that finds no such place is dropped."""
+    owner = np.full((size, size), -1, dtype=np.int16)  # which object each pixel shows
+    full_area: list[int] = []
+    visible = np.zeros(count, dtype=np.int64)
+    placed: list[tuple[Shape, np.ndarray]] = []
+    for _ in range(count):
+        label = int(rng.integers(len(CLASS_NAMES)))
+        for _ in range(PLACEMENT_ATTEMPTS):
+            shape = _random_shape(rng, label, size, DETECTION_SCALE)
+            mask = _rasterize(shape, size)
+            covered = owner[mask]
+            lost = np.bincount(covered[covered >= 0], minlength=count)
+            keeps = visible[:len(placed)] - lost[:len(placed)] >= MIN_VISIBLE_FRACTION * np.array(full_area)
+            if mask.any() and keeps.all():
+                break
+        else:
+            continue
+        index = len(placed)
+        visible[:index] -= lost[:index]
+        full_area.append(int(mask.sum()))
+        visible[index] = full_area[-1]
+        owner[mask] = index
+        placed.append((shape, mask))
+    return placed
+
+
+def draw_detection_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[DrawnObject]]:
+    """A (size, size, 3) uint8 image of 1-6 shapes, and their annotations in drawing order."""
+    canvas = _background(rng, size)
+    avoid = canvas.mean(axis=(0, 1))
+    canvas = canvas.copy()
+    placed = _place(rng, size, int(rng.integers(1, MAX_OBJECTS + 1)))
+    for shape, mask in placed:
+        canvas[mask] = _fill(rng, size, avoid)[mask]
+    return _finish(canvas, rng), [_describe(shape, mask) for shape, mask in placed]
+
+
+def draw_classification_image(rng: np.random.Generator, size: int, label: int) -> np.ndarray:
+    """A (size, size, 3) uint8 image of one large, roughly centred shape of class ``label``."""
+    canvas = _background(rng, size).copy()
+    shape = _random_shape(rng, label, size, CLASSIFICATION_SCALE, center_jitter=0.15)
+    mask = _rasterize(shape, size)
+    canvas[mask] = _fill(rng, size, canvas.mean(axis=(0, 1)))[mask]
+    return _finish(canvas, rng)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing datasets
+
+
+def _check_arguments(images: int, size: int, seed: int, val_fraction: float) -> None:
+    if images < 1:
+        raise ValueError(f"--images must be at least 1, got {images}")
+    if size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--size must be at least {MIN_IMAGE_SIZE} pixels, got {size}")
+    if seed < 0:
+        raise ValueError(f"--seed must be non-negative, got {seed}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+
+
+def split_sizes(images: int, val_fraction: float) -> tuple[int, int]:
+    """(train, val) image counts: at least one val image whenever ``val_fraction`` > 0."""
+    val = max(1, round(images * val_fraction)) if val_fraction > 0 else 0
+    return images - val, val
+
+
+def _progress(total: int, description: str) -> tqdm:
+    # A progress bar only for a person watching: logs and pipes stay clean.
+    return tqdm(total=total, desc=description, unit="img", disable=not sys.stderr.isatty())
+
+
+def _coco_json(split_images: list[dict], annotations: list[dict], description: str) -> str:
+    document = {
+        "info": {"description": description, "version": FORMAT_VERSION, "year": 2017,
+                 "contributor": "fna_ext.data.synthetic", "url": "", "date_created": ""},
+        "licenses": [],
+        "images": split_images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                       for i, name in enumerate(CLASS_NAMES)],
+    }
+    return json.dumps(document, separators=(",", ":"))
+
+
+def _write_detection(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
+    train, _ = split_sizes(images, val_fraction)
+    (root / "annotations").mkdir()
+    description = f"fna_ext synthetic shapes: images={images} size={size} seed={seed}"
+    splits = {"train2017": range(0, train), "val2017": range(train, images)}
+    next_annotation_id = 1
+    with _progress(images, "synthetic detection") as bar:
+        for split, indices in splits.items():
+            (root / split).mkdir()
+            entries, annotations = [], []
+            for index in indices:
+                image, objects = draw_detection_image(np.random.default_rng([seed, index]), size)
+                image_id, file_name = index + 1, f"{index + 1:012d}.jpg"
+                Image.fromarray(image).save(root / split / file_name, "JPEG", quality=JPEG_QUALITY)
+                entries.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
+                for obj in objects:
+                    annotations.append({"id": next_annotation_id, "image_id": image_id,
+                                        "category_id": obj.label + 1, "bbox": list(obj.bbox),
+                                        "area": obj.area, "iscrowd": 0,
+                                        "segmentation": [obj.polygon]})
+                    next_annotation_id += 1
+                bar.update()
+            # Plain writes are safe here: the whole folder is renamed into place at the end.
+            path = root / "annotations" / f"instances_{split}.json"
+            path.write_text(_coco_json(entries, annotations, description), encoding="utf-8")
+
+
+def _write_classification(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
+    train, val = split_sizes(images, val_fraction)
+    for split, count in (("train", train), ("val", val)):
+        if 0 < count < len(CLASS_NAMES):
+            raise ValueError(f"the {split} split would hold {count} images, fewer than the "
+                             f"{len(CLASS_NAMES)} classes; raise --images or change --val-fraction")
+    (root / "classes.txt").write_text("".join(f"{name}\n" for name in CLASS_NAMES), encoding="utf-8")
+    splits = {"train": range(0, train), "val": range(train, images)}
+    with _progress(images, "synthetic classification") as bar:
+        for split, indices in splits.items():
+            if not indices:
+                continue
+            for name in CLASS_NAMES:
+                (root / split / name).mkdir(parents=True)
+            for position, index in enumerate(indices):
+                # Classes in turn within each split, so every split is balanced.
+                label = position % len(CLASS_NAMES)
+                image = draw_classification_image(np.random.default_rng([seed, index]), size, label)
+                Image.fromarray(image).save(root / split / CLASS_NAMES[label] / f"{index:06d}.png", "PNG")
+                bar.update()
+
+
+def _is_nonempty_dir(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _check_target(out: Path, if_exists: IfExists) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    if if_exists == "error" and _is_nonempty_dir(out):
+        raise ValueError(f"--out {out} exists and is not empty; pass --force to replace it")
+
+
+def _publish(staging: Path, out: Path, if_exists: IfExists) -> None:
+    """Renames the finished ``staging`` folder to ``out``."""
+    if if_exists == "replace" and _is_nonempty_dir(out):
+        trash = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
+        os.rename(out, trash)
+        try:
+            os.rename(staging, out)
+        except BaseException:
+            os.rename(trash, out)  # put the old dataset back rather than lose it
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder is no dataset; Windows cannot rename over it
+    try:
+        os.rename(staging, out)
+    except OSError:
+        # Someone else published ``out`` while we were drawing.
+        if if_exists == "keep" and _is_nonempty_dir(out):
+            shutil.rmtree(staging, ignore_errors=True)
+            return
+        raise ValueError(f"--out {out} appeared while the dataset was being written; "
+                         "pass --force to replace it") from None
+
+
+def _generate(write: Callable[[Path], None], out: str | os.PathLike, if_exists: IfExists) -> Path:
+    out = Path(out).expanduser().absolute()
+    _check_target(out, if_exists)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A sibling, so the final rename stays on one file system; mkdir (unlike mkdtemp) honours the
+    # umask, so the published folder gets ordinary permissions.
+    staging = out.with_name(f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        write(staging)
+        _publish(staging, out, if_exists)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def generate_detection(out: str | os.PathLike, images: int = 1000, size: int = 160, seed: int = 0,
+                       val_fraction: float = DEFAULT_VAL_FRACTION, *, force: bool = False) -> Path:
+    """Writes a COCO-layout shapes detection dataset to ``out`` and returns its path. Refuses
+    (ValueError) a non-empty ``out`` unless ``force``."""
+    _check_arguments(images, size, seed, val_fraction)
+    return _generate(lambda root: _write_detection(root, images, size, seed, val_fraction),
+                     out, "replace" if force else "error")
+
+
+def generate_classification(out: str | os.PathLike, images: int = 2000, size: int = 96, seed: int = 0,
+                            val_fraction: float = DEFAULT_VAL_FRACTION, *, force: bool = False) -> Path:
+    """Writes an ImageNet-folder-layout shapes classification dataset to ``out`` and returns its
+    path. Refuses (ValueError) a non-empty ``out`` unless ``force``."""
+    _check_arguments(images, size, seed, val_fraction)
+    return _generate(lambda root: _write_classification(root, images, size, seed, val_fraction),
+                     out, "replace" if force else "error")
+
+
+def cache_dir() -> Path:
+    """``$FNA_EXT_CACHE``, else ``~/.cache/fna_ext``."""
+    return Path(os.environ.get("FNA_EXT_CACHE") or Path.home() / ".cache" / "fna_ext").expanduser()
+
+
+def default_dataset(kind: str = "detection", *, images: int | None = None, size: int | None = None,
+                    seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
+    """The synthetic dataset the project's commands use when given none: generated on first use
+    into ``cache_dir()/synthetic/{kind}-{images}-{size}-{seed}-v1`` and reused afterwards.
+    Concurrent first uses are safe: each writes its own copy, one wins the rename, and the
+    others use the winner's."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    images = DEFAULTS[kind]["images"] if images is None else images
+    size = DEFAULTS[kind]["size"] if size is None else size
+    _check_arguments(images, size, seed, val_fraction)
+    name = f"{kind}-{images}-{size}-{seed}-{FORMAT_VERSION}"
+    if val_fraction != DEFAULT_VAL_FRACTION:
+        name += f"-val{val_fraction:g}"
+    out = cache_dir() / "synthetic" / name
+    if out.is_dir():  # published by an atomic rename, so present means complete
+        return out
+    write = _write_detection if kind == "detection" else _write_classification
+    return _generate(lambda root: write(root, images, size, seed, val_fraction), out, "keep")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fna_ext.data.synthetic", description=(
+        "Write a synthetic shapes dataset (circle, square, triangle, ring, cross): COCO layout "
+        "for detection, ImageNet folder layout for classification. The same arguments give "
+        "identical files."))
+    parser.add_argument("--out", required=True, help="output folder (must be absent or empty, or --force)")
+    parser.add_argument("--kind", default="detection", choices=KINDS)
+    parser.add_argument("--images", type=int, default=None,
+                        help="number of images, train and val together (default: 1000 for "
+                             "detection, 2000 for classification)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="image side in pixels (default: 160 for detection, 96 for classification)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="fraction of the images in the val split (default: 0.2)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    args = parser.parse_args(argv)
+    images = DEFAULTS[args.kind]["images"] if args.images is None else args.images
+    size = DEFAULTS[args.kind]["size"] if args.size is None else args.size
+    generate = generate_detection if args.kind == "detection" else generate_classification
+    path = generate(args.out, images, size, args.seed, args.val_fraction, force=args.force)
+    train, val = split_sizes(images, args.val_fraction)
+    print(f"wrote {images} {args.kind} images ({train} train, {val} val), {size}x{size}, to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

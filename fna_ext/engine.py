@@ -1,0 +1,329 @@
+"""The training engine every phase of FNA reuses (fixed-architecture training, parameter
+adaptation, and the weight steps of the search): optimizer and learning-rate schedule from the
+config, warm-up, gradient clipping, periodic evaluation, atomic and exactly resumable
+checkpoints, tqdm progress and metrics as JSON lines.
+
+Resuming is exact on the CPU: the checkpoint holds the model, optimizer and schedule, every RNG
+state, and the position inside the epoch; the data order of an epoch is a permutation drawn from
+(seed, epoch), so the resumed run sees the same batches in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .atomic import atomic_torch_save
+
+CHECKPOINT_FORMAT = "fna_ext.checkpoint"
+
+# The optimiser and schedule sections every training config has.
+OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "eps", "nesterov", "betas")
+SCHEDULE_KEYS = ("name", "milestones", "gamma", "warmup_iters", "warmup_ratio", "min_lr_ratio", "power")
+
+
+def progress_enabled() -> bool:
+    """tqdm bars only on a terminal: logs of batch jobs stay readable."""
+    return sys.stderr.isatty()
+
+
+# --------------------------------------------------------------------------- optimisation
+
+def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
+    name = str(config.get("name", "sgd")).lower()
+    lr, wd = float(config["lr"]), float(config.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(config.get("momentum", 0.0)),
+                               weight_decay=wd, nesterov=bool(config.get("nesterov", False)))
+    if name == "rmsprop":
+        # TensorFlow-style RMSprop as the mobile detectors used it: eps 1.0 is part of the recipe.
+        return torch.optim.RMSprop(params, lr=lr, momentum=float(config.get("momentum", 0.0)),
+                                   eps=float(config.get("eps", 1e-8)), weight_decay=wd, alpha=0.9)
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(params, lr=lr, betas=tuple(config.get("betas", (0.9, 0.999))),
+                   weight_decay=wd, eps=float(config.get("eps", 1e-8)))
+    raise ValueError(f"optimizer.name {name!r} is not supported; use sgd, rmsprop, adam or adamw")
+
+
+def lr_factor(iteration: int, config: dict, iters_per_epoch: int, total_iters: int) -> float:
+    """The learning-rate multiplier at ``iteration``: linear warm-up from ``warmup_ratio``, then
+    ``step`` (x gamma at each milestone epoch), ``cosine`` (to ``min_lr_ratio``), ``poly``
+    (power ``power``, to 0) or ``constant``."""
+    name = config.get("name", "step")
+    if name == "step":
+        passed = sum(iteration >= m * iters_per_epoch for m in config.get("milestones", ()))
+        factor = float(config.get("gamma", 0.1)) ** passed
+    elif name == "cosine":
+        floor = float(config.get("min_lr_ratio", 0.0))
+        progress = min(iteration / max(total_iters, 1), 1.0)
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    elif name == "poly":
+        factor = (1 - min(iteration / max(total_iters, 1), 1.0)) ** float(config.get("power", 0.9))
+    elif name == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"schedule.name {name!r} is not supported; use step, cosine, poly or constant")
+    warmup = int(config.get("warmup_iters", 0))
+    if iteration < warmup:
+        start = float(config.get("warmup_ratio", 0.0))
+        factor *= start + (1 - start) * iteration / warmup
+    return factor
+
+
+class Schedule:
+    """Sets every param group's lr from its base lr and :func:`lr_factor` each iteration."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: dict, iters_per_epoch: int, total_iters: int):
+        self.optimizer, self.config = optimizer, config
+        self.iters_per_epoch, self.total_iters = iters_per_epoch, total_iters
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+
+    def set(self, iteration: int) -> float:
+        factor = lr_factor(iteration, self.config, self.iters_per_epoch, self.total_iters)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+        return self.optimizer.param_groups[0]["lr"]
+
+
+# --------------------------------------------------------------------------- data order
+
+def epoch_order(num_items: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The order in which an epoch visits the dataset: a function of (seed, epoch) only."""
+    if not shuffle:
+        return list(range(num_items))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_items, generator=generator).tolist()
+
+
+class ResumableSampler(torch.utils.data.Sampler):
+    """Yields ``(index, sample_seed)`` for an epoch's order from ``start`` on, so a resumed epoch
+    skips what was already seen. Each sample's augmentation is seeded from (seed, epoch,
+    position): the data a step sees never depends on worker count, prefetching or where a run was
+    resumed."""
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True):
+        self.num_items, self.seed, self.shuffle = num_items, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = epoch_order(self.num_items, self.seed, self.epoch, self.shuffle)
+        base = (self.seed * 1_000_003 + self.epoch) * 10_000_019
+        return ((order[i], (base + i) % 2 ** 63) for i in range(self.start, self.num_items))
+
+    def __len__(self) -> int:
+        return self.num_items - self.start
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``dataset[(index, seed)]``: ``dataset[index]`` with torch, numpy and Python RNGs seeded
+    by ``seed`` for that one sample, and the caller's RNG states left untouched."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        saved = rng_state()
+        try:
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2 ** 32)
+            random.seed(seed)
+            return self.dataset[index]
+        finally:
+            set_rng_state(saved)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from, as tensors and lists (loadable with
+    ``weights_only=True``)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+             "python_pos": random.getstate()[2],
+             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint written by :class:`Trainer`, loaded without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a torn, foreign or pickled-code file
+        raise ValueError(f"checkpoint {path} cannot be read safely ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an fna_ext checkpoint (format {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+class Trainer:
+    """Trains ``model`` with ``loss_fn(model, batch) -> dict of loss tensors`` over ``dataset``.
+
+    ``config`` keys: ``epochs``, ``batch_size``, ``optimizer`` (:func:`build_optimizer`),
+    ``schedule`` (:func:`lr_factor`), ``grad_clip`` (max norm or null), ``eval_every`` (epochs,
+    0 = only at the end), ``checkpoint_every`` (iterations; 0 = each epoch end), ``log_every``,
+    ``num_workers``, ``seed``. Writes ``metrics.jsonl`` and ``checkpoint.pt`` into ``out_dir``.
+    ``extra_state`` goes into every checkpoint (the arch, class names, ...)."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, dataset, collate_fn: Callable, config: dict,
+                 out_dir: str | Path, *, device: str | torch.device = "cpu",
+                 evaluate: Callable[[nn.Module], dict] | None = None, extra_state: dict | None = None,
+                 description: str = "train"):
+        self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
+        self.device = torch.device(device)
+        self.evaluate, self.extra_state, self.description = evaluate, extra_state or {}, description
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.batch_size = int(config["batch_size"])
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        self.iters_per_epoch = len(dataset) // self.batch_size
+        if self.iters_per_epoch == 0:
+            raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
+                             f"{self.batch_size}; lower batch_size")
+        self.epochs = int(config["epochs"])
+        self.total_iters = self.epochs * self.iters_per_epoch
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(params, config["optimizer"])
+        self.schedule = Schedule(self.optimizer, config["schedule"], self.iters_per_epoch, self.total_iters)
+        self.sampler = ResumableSampler(len(dataset), int(config.get("seed", 0)))
+        workers = int(config.get("num_workers", 0))
+        self.loader = torch.utils.data.DataLoader(
+            SeededItems(dataset), batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate_fn,
+            drop_last=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
+        self.iteration = 0
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.history: list[dict] = []
+
+    # -- state
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
+                "iters_per_epoch": self.iters_per_epoch, "rng": rng_state(), "config": self.config,
+                **self.extra_state}
+
+    def save_checkpoint(self) -> Path:
+        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+
+    def resume(self, path: str | Path | None = None) -> bool:
+        """Continues from ``path`` (default: this run's checkpoint). False when there is none."""
+        path = Path(path) if path else self.checkpoint_path
+        if not path.exists():
+            return False
+        payload = load_checkpoint(path)
+        if payload.get("iters_per_epoch") != self.iters_per_epoch:
+            raise ValueError(f"checkpoint {path} was written with {payload.get('iters_per_epoch')} "
+                             f"iterations per epoch, this run has {self.iters_per_epoch}: the data or "
+                             "batch_size changed; resume with the same ones")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.iteration = int(payload["iteration"])
+        set_rng_state(payload["rng"])
+        return True
+
+    # -- logging
+    def log(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # -- the loop
+    def train_step(self, batch) -> dict[str, float]:
+        lr = self.schedule.set(self.iteration)
+        losses = self.loss_fn(self.model, batch)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at iteration {self.iteration} "
+                f"({ {k: v.item() for k, v in losses.items()} }); lower optimizer.lr or raise the warm-up")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.get("grad_clip")
+        if clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        self.optimizer.step()
+        self.iteration += 1
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr}
+
+    def _should_checkpoint(self) -> bool:
+        every = int(self.config.get("checkpoint_every", 0))
+        end_of_epoch = self.iteration % self.iters_per_epoch == 0
+        return end_of_epoch or (every > 0 and self.iteration % every == 0)
+
+    def _should_evaluate(self, epoch: int) -> bool:
+        every = int(self.config.get("eval_every", 0))
+        last = epoch + 1 == self.epochs
+        return self.evaluate is not None and (last or (every > 0 and (epoch + 1) % every == 0))
+
+    def fit(self, stop_at: int | None = None) -> list[dict]:
+        """Trains to the configured number of epochs (from where a resume left off), or until
+        iteration ``stop_at`` (a time budget; the last checkpoint stays resumable)."""
+        log_every = max(int(self.config.get("log_every", 20)), 1)
+        self.model.to(self.device)
+        stop_at = self.total_iters if stop_at is None else min(stop_at, self.total_iters)
+        while self.iteration < stop_at:
+            epoch, start = divmod(self.iteration, self.iters_per_epoch)
+            self.sampler.set_position(epoch, start * self.batch_size)
+            self.model.train()
+            bar = tqdm(self.loader, total=self.iters_per_epoch - start, disable=not progress_enabled(),
+                       desc=f"{self.description} epoch {epoch + 1}/{self.epochs}", leave=False)
+            started, steps = time.perf_counter(), 0
+            for batch in bar:
+                record = self.train_step(_to_device(batch, self.device))
+                steps += 1
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}")
+                if self.iteration % log_every == 0 or self.iteration % self.iters_per_epoch == 0:
+                    self.log({"iter": self.iteration, "epoch": epoch + 1, **record,
+                              "sec_per_iter": (time.perf_counter() - started) / steps})
+                if self._should_checkpoint():
+                    self.save_checkpoint()
+                if self.iteration >= stop_at:
+                    break
+            if self.iteration % self.iters_per_epoch == 0 and self._should_evaluate(epoch):
+                metrics = self.evaluate(self.model)
+                self.log({"iter": self.iteration, "epoch": epoch + 1, "eval": metrics})
+        return self.history
+
+
+def _to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch

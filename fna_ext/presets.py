@@ -1,0 +1,72 @@
+"""Settings as data. The COCO presets are the published ones (FNA's appendix A.2 and
+REFERENCE.md); the ``synthetic`` presets are the embedded default's, sized so the whole job runs
+in minutes on a 2-core CPU. Learning rates are for the stated total batch size."""
+
+from __future__ import annotations
+
+import copy
+
+from .tasks import task_spec
+
+
+def _data(**size) -> dict:
+    """``input_size=[H, W]`` (SSDLite resizes to it) or ``short_side``/``max_size`` (RetinaNet
+    keeps the aspect ratio)."""
+    return {"root": None, "train_split": "train", "val_split": "val", "ann_file": None, "img_dir": None,
+            "val_ann_file": None, "val_img_dir": None, **size}
+
+
+_COMMON_TRAIN = {"grad_clip": None, "eval_every": 0, "checkpoint_every": 0, "log_every": 20,
+                 "num_workers": 4, "seed": 0}
+
+# Parameter adaptation (fine-tuning) on COCO, as published.
+COCO_FINETUNE = {
+    # SSDLite: 60 epochs, lr 0.2 at batch 512, x0.1 at 36, 50 and 56 (A.2); the rest follows
+    # MMDetection's SSD recipe (SGD, momentum 0.9, 500 warm-up iterations from a third of the lr).
+    # Weight decay 4e-5 is the mobile backbones' value rather than SSD-VGG's 5e-4.
+    "ssdlite": {
+        "data": _data(input_size=[320, 320]),
+        "train": {**_COMMON_TRAIN, "epochs": 60, "batch_size": 512,
+                  "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 4e-5},
+                  "schedule": {"name": "step", "milestones": [36, 50, 56], "gamma": 0.1,
+                               "warmup_iters": 500, "warmup_ratio": 1 / 3}},
+    },
+    # RetinaNet: 12 epochs, batch 32, SGD lr 0.05, momentum 0.9, wd 5e-5, 500 warm-up iterations
+    # from 0, x0.1 at 8 and 11 (A.2); gradient clipping 35 as in MMDetection.
+    "retinanet": {
+        "data": _data(short_side=800, max_size=1333),
+        "train": {**_COMMON_TRAIN, "epochs": 12, "batch_size": 32, "grad_clip": 35.0,
+                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-5},
+                  "schedule": {"name": "step", "milestones": [8, 11], "gamma": 0.1,
+                               "warmup_iters": 500, "warmup_ratio": 0.0}},
+    },
+}
+
+# The embedded default: the synthetic shapes at 160x160 (SSDLite) on a small CPU. One data
+# worker: on two cores, more workers take time from the model's own threads.
+_SYNTHETIC_TRAIN = {**_COMMON_TRAIN, "num_workers": 1}
+SYNTHETIC_FINETUNE = {
+    "ssdlite": {
+        "data": _data(input_size=[160, 160]),
+        "train": {**_SYNTHETIC_TRAIN, "epochs": 12, "batch_size": 16, "grad_clip": 10.0, "eval_every": 4,
+                  "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 4e-5},
+                  "schedule": {"name": "cosine", "min_lr_ratio": 0.01, "warmup_iters": 100,
+                               "warmup_ratio": 0.1}},
+    },
+    "retinanet": {
+        "data": _data(short_side=160, max_size=256),
+        "train": {**_SYNTHETIC_TRAIN, "epochs": 12, "batch_size": 8, "grad_clip": 35.0, "eval_every": 4,
+                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-5},
+                  "schedule": {"name": "cosine", "min_lr_ratio": 0.01, "warmup_iters": 100,
+                               "warmup_ratio": 0.1}},
+    },
+}
+
+
+def finetune_preset(detector: str, synthetic: bool) -> dict:
+    """The fixed-architecture training config of ``detector``: the published COCO settings, or
+    the embedded default's when training on the synthetic data."""
+    name = task_spec(detector).name
+    table = SYNTHETIC_FINETUNE if synthetic else COCO_FINETUNE
+    return {"task": "coco", "detector": name, "model": {"num_classes": None, "backbone_bn_eps": 1e-5},
+            "eval": {"batch_size": 16}, **copy.deepcopy(table[name])}

@@ -1,0 +1,311 @@
+"""The project's own small pretrained seed: MobileNetV2 trained from scratch on the synthetic shapes.
+
+FNA adapts a *pretrained* seed network. ImageNet weights cannot be downloaded everywhere, so the
+embedded default trains its own seed once: the standard ``mobilenet_v2()`` (width 1.0) on the
+synthetic classification set (five shape classes: circle, square, triangle, ring, cross, drawn
+with random colours and textures on textured backgrounds at 96x96), a few CPU minutes.
+
+What the seed is: a network whose early and middle stages detect edges, corners, curvature and
+texture-versus-outline contrast, and whose late stages tell the five shapes apart whatever their
+colour, fill or background. Those are the features SSDLite needs on the synthetic detection set
+(the same five classes, several smaller objects per 160x160 image), so detection fine-tuning from
+this seed starts well ahead of a random initialisation.
+
+What it is not: an ImageNet model. It has seen five synthetic shape classes and nothing else, so
+it is no seed for natural images; for COCO, pass real ImageNet weights (torchvision, timm or FNA's
+seed) with ``--seed-weights``.
+
+The weights file uses the fna_ext layout (``{"format": "fna_ext.weights", "arch",
+"state_dict", "metadata"}``, see :func:`fna_ext.remap.save_weights`), loads with
+``torch.load(..., weights_only=True)`` and with :func:`fna_ext.load_seed_weights`.
+
+``python -m fna_ext.pretrain`` is the command line; :func:`default_seed_weights` is what the
+embedded default calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from . import cli
+from .config import resolve
+from .data.classification import EvalTransform, ImageFolderDataset, TrainTransform
+from .data.synthetic import cache_dir, default_dataset
+from .engine import Trainer
+from .models import mobilenet_v2
+from .remap import save_weights
+
+DEFAULT_SEED_NAME = "mobilenet_v2-synthetic-v1.pt"
+# The wall-clock time of the default pretraining on a 2-core CPU, for the one-line notice.
+DEFAULT_MINUTES = 3
+MIN_IMAGE_SIZE = 32
+
+# The default schedule, sized to about three minutes on a 2-core CPU. SGD with Nesterov momentum
+# and a short warm-up trains MobileNetV2 from scratch stably; cosine decay to a small floor
+# settles the BatchNorm statistics before the end. Label smoothing keeps the logits modest,
+# which matters more for transfer than the last point of accuracy.
+PRETRAIN_PRESET = {
+    # images: size of the generated synthetic set (used only without --data); crop_scale: the
+    # area range of TrainTransform's random crops.
+    "data": {"images": 2000, "crop_scale": [0.5, 1.0]},
+    "model": {"dropout": 0.2},
+    "train": {
+        "epochs": 10, "batch_size": 32, "label_smoothing": 0.1, "grad_clip": 5.0,
+        "eval_every": 0, "checkpoint_every": 0, "log_every": 10, "num_workers": 0, "seed": 0,
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True,
+                      "weight_decay": 4e-5},
+        "schedule": {"name": "cosine", "min_lr_ratio": 0.01, "warmup_iters": 50,
+                     "warmup_ratio": 0.1},
+    },
+}
+
+
+@dataclass
+class PretrainResult:
+    path: Path  # the weights file
+    accuracy: float  # top-1 on the val split, in [0, 1]
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # the Trainer's log records
+
+
+# --------------------------------------------------------------------------- paths
+
+def default_seed_path() -> Path:
+    """Where the embedded default's seed is cached: ``$FNA_EXT_CACHE/seeds/...`` or
+    ``~/.cache/fna_ext/seeds/...``."""
+    return cache_dir() / "seeds" / DEFAULT_SEED_NAME
+
+
+def run_dir_for(out_path: str | os.PathLike) -> Path:
+    """The Trainer's working folder (metrics.jsonl, checkpoint.pt) beside ``out_path``:
+    ``seed.pt`` -> ``seed_run/``."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.with_suffix("").name + "_run")
+
+
+# --------------------------------------------------------------------------- configuration
+
+def pretrain_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = (), *,
+                    epochs: int | None = None, batch_size: int | None = None,
+                    seed: int | None = None) -> dict:
+    """The preset, then ``config_file``, then ``--set`` overrides, then the explicit arguments
+    (they are the command line's shortcuts, so they win)."""
+    # A copy: resolve returns the preset itself when nothing overrides it.
+    config = copy.deepcopy(resolve(PRETRAIN_PRESET, config_file, overrides))
+    train = config["train"]
+    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
+        if value is not None:
+            train[key] = value
+    _check_config(config)
+    return config
+
+
+def _check_config(config: dict) -> None:
+    train = config["train"]
+    for key in ("epochs", "batch_size", "num_workers", "seed"):
+        if not isinstance(train[key], int) or isinstance(train[key], bool):
+            raise ValueError(f"train.{key} must be an integer, got {train[key]!r}")
+    if train["epochs"] < 1 or train["batch_size"] < 1:
+        raise ValueError(f"epochs and batch size must be positive, got {train['epochs']} and "
+                         f"{train['batch_size']}")
+    if train["num_workers"] < 0 or train["seed"] < 0:
+        raise ValueError("train.num_workers and train.seed must not be negative")
+    if not 0 <= float(train["label_smoothing"]) < 1:
+        raise ValueError(f"train.label_smoothing must be in [0, 1), got {train['label_smoothing']}")
+    low, high = (float(v) for v in config["data"]["crop_scale"])
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, "
+                         f"got {config['data']['crop_scale']}")
+
+
+def _check_arguments(width_mult: float, image_size: int, device: str) -> None:
+    if width_mult <= 0:
+        raise ValueError(f"--width-mult must be positive, got {width_mult}")
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {image_size}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch sees no CUDA device; use --device cpu")
+
+
+# --------------------------------------------------------------------------- data and metrics
+
+def classification_datasets(root: Path, image_size: int, crop_scale: Sequence[float]):
+    """(train, val) ImageFolder datasets of ``root``, which must share their classes."""
+    train = ImageFolderDataset(root, "train", TrainTransform(image_size, scale=tuple(crop_scale)))
+    val = ImageFolderDataset(root, "val", EvalTransform(image_size))
+    if train.classes != val.classes:
+        raise ValueError(f"{root}: the train classes {train.classes} and val classes {val.classes} differ")
+    if len(train.classes) < 2:
+        raise ValueError(f"{root}: classification needs at least two classes, found {train.classes}")
+    return train, val
+
+
+def cross_entropy_loss(label_smoothing: float) -> Callable[[nn.Module, list], dict[str, torch.Tensor]]:
+    def loss_fn(model: nn.Module, batch: list) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        return {"cls": nn.functional.cross_entropy(model(images), labels, label_smoothing=label_smoothing)}
+    return loss_fn
+
+
+@torch.no_grad()
+def top1_accuracy(model: nn.Module, dataset, *, batch_size: int = 100, device: str = "cpu") -> float:
+    """The fraction of ``dataset`` whose arg-max class is the label (the model is left in eval mode)."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    correct = 0
+    for images, labels in loader:
+        predictions = model(images.to(device)).argmax(dim=1).cpu()
+        correct += int((predictions == labels).sum())
+    return correct / len(dataset)
+
+
+# --------------------------------------------------------------------------- training
+
+def pretrain_seed(out_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
+                  epochs: int | None = None, batch_size: int | None = None, width_mult: float = 1.0,
+                  image_size: int = 96, seed: int | None = None, device: str = "cpu",
+                  config_overrides: Iterable[str] = (), config_file: str | os.PathLike | None = None,
+                  resume: bool = False, announce: Callable[[str], None] | None = None) -> PretrainResult:
+    """Trains ``mobilenet_v2(width_mult)`` on the classification data at ``data_root``
+    (``<root>/{train,val}/<class>/<image>``; default: the synthetic shapes, generated and cached
+    on first use) and writes its weights atomically to ``out_path``.
+
+    ``epochs``, ``batch_size`` and ``seed`` default to :data:`PRETRAIN_PRESET`'s; ``config_file``
+    and ``config_overrides`` (``"train.optimizer.lr=0.05"``) change any other setting. The
+    Trainer's metrics.jsonl and checkpoint.pt go to :func:`run_dir_for` ``(out_path)``, from which
+    ``resume=True`` continues. ``announce`` receives one line describing the run once every
+    input has been checked."""
+    started = time.perf_counter()
+    _check_arguments(width_mult, image_size, device)
+    config = pretrain_config(config_file, config_overrides, epochs=epochs, batch_size=batch_size, seed=seed)
+    root = Path(data_root) if data_root is not None else default_dataset(
+        "classification", images=int(config["data"]["images"]))
+    train_set, val_set = classification_datasets(root, image_size, config["data"]["crop_scale"])
+    train_cfg = config["train"]
+    torch.manual_seed(train_cfg["seed"])  # the initial weights are part of the seeded run
+    model = mobilenet_v2(num_classes=len(train_set.classes), width_mult=width_mult,
+                         dropout=float(config["model"]["dropout"]))
+    trainer = _make_trainer(model, train_set, val_set, config, run_dir_for(out_path), device, width_mult)
+    if resume and not trainer.resume():
+        raise FileNotFoundError(f"--resume: no checkpoint in {trainer.out_dir}; start without --resume")
+    if not resume:
+        trainer.metrics_path.unlink(missing_ok=True)
+    if announce is not None:
+        announce(f"pretraining mobilenet_v2 (width {width_mult:g}) at {image_size}px on {root}: "
+                 f"{len(train_set)} train / {len(val_set)} val images, {train_cfg['epochs']} epochs")
+    history = trainer.fit()
+    evals = [r["eval"]["top1"] for r in history if "eval" in r]
+    # A resumed run that had already finished trains nothing and evaluates nothing: measure now.
+    accuracy = evals[-1] if evals else top1_accuracy(model, val_set, device=device)
+    metadata = {"val_top1": accuracy, "epochs": train_cfg["epochs"], "image_size": image_size,
+                "width_mult": width_mult, "dataset": _dataset_name(root, data_root),
+                "class_names": list(train_set.classes), "train_images": len(train_set),
+                "val_images": len(val_set)}
+    path = save_weights(out_path, model.cpu(), metadata=metadata)
+    return PretrainResult(Path(path), accuracy, time.perf_counter() - started, history)
+
+
+def _make_trainer(model: nn.Module, train_set, val_set, config: dict, run_dir: Path, device: str,
+                  width_mult: float) -> Trainer:
+    train_cfg = config["train"]
+    evaluate = lambda m: {"top1": top1_accuracy(m, val_set, device=device)}
+    return Trainer(model, cross_entropy_loss(float(train_cfg["label_smoothing"])), train_set,
+                   torch.utils.data.default_collate, train_cfg, run_dir, device=device,
+                   evaluate=evaluate, description="pretrain",
+                   extra_state={"arch": model.arch.to_json(), "width_mult": width_mult,
+                                "class_names": list(train_set.classes)})
+
+
+def _dataset_name(root: Path, data_root) -> str:
+    return f"synthetic shapes ({root.name})" if data_root is None else str(root)
+
+
+# --------------------------------------------------------------------------- the cached default
+
+def build_default_seed(path: Path) -> None:
+    """Pretrains the embedded default's seed into ``path`` (the default settings throughout)."""
+    pretrain_seed(path)
+
+
+def default_seed_weights() -> Path:
+    """The embedded default's seed weights, pretrained on first use and cached.
+
+    Concurrent first uses are safe: each process trains into its own private file and renames it
+    into place; a process that finds the file already published keeps that one. Either way every
+    caller gets a complete, valid file."""
+    path = default_seed_path()
+    if path.is_file():  # published by a rename, so present means complete
+        return path
+    print(f"fna_ext: pretraining the embedded seed once (about {DEFAULT_MINUTES} minutes) into "
+          f"{path} ...", file=sys.stderr, flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    private = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.pt")
+    try:
+        build_default_seed(private)
+        if not path.is_file():
+            os.replace(private, path)
+    finally:
+        private.unlink(missing_ok=True)
+        shutil.rmtree(run_dir_for(private), ignore_errors=True)
+    return path
+
+
+# --------------------------------------------------------------------------- command line
+
+def _format_seconds(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fna_ext.pretrain", description=(
+        "Pretrain the project's own seed: MobileNetV2 on the synthetic shapes classification set "
+        "(or on --data), written in the fna_ext weights layout with the arch embedded. "
+        "Not an ImageNet model."))
+    parser.add_argument("--data", help="classification root, <root>/{train,val}/<class>/<image>; "
+                                       "default: the synthetic shapes, generated on first use")
+    parser.add_argument("--out", help=f"output weights file (default: the cached default seed, "
+                                      f"{default_seed_path()}, which the embedded default then reuses)")
+    parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    parser.add_argument("--batch-size", type=int, help="shortcut for --set train.batch_size=N")
+    parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    parser.add_argument("--image-size", type=int, default=96, help="training and eval resolution")
+    parser.add_argument("--config", help="YAML file of settings to override")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set train.optimizer.lr=0.05 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder beside --out")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    out = Path(args.out) if args.out else default_seed_path()
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file path such as {out / 'seed.pt'}")
+    result = pretrain_seed(out, data_root=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                           width_mult=args.width_mult, image_size=args.image_size, device=args.device,
+                           config_overrides=args.set, config_file=args.config, resume=args.resume,
+                           announce=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"val top-1 {result.accuracy:.4f}")
+    print(f"weights: {result.path}")
+    print(f"time: {_format_seconds(result.seconds)}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

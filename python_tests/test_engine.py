@@ -1,0 +1,106 @@
+"""The training engine: schedules by hand, config merging, and exact resume."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fna_ext.config import merge, parse_assignment, resolve
+from fna_ext.engine import Trainer, epoch_order, load_checkpoint, lr_factor
+
+
+def test_step_schedule_with_linear_warmup_by_hand():
+    config = {"name": "step", "milestones": [2, 3], "gamma": 0.1, "warmup_iters": 10, "warmup_ratio": 0.0}
+    assert lr_factor(0, config, 10, 40) == 0.0
+    assert lr_factor(5, config, 10, 40) == pytest.approx(0.5)
+    assert lr_factor(10, config, 10, 40) == 1.0
+    assert lr_factor(20, config, 10, 40) == pytest.approx(0.1)
+    assert lr_factor(35, config, 10, 40) == pytest.approx(0.01)
+
+
+def test_cosine_and_poly_schedules_by_hand():
+    cosine = {"name": "cosine", "min_lr_ratio": 0.1}
+    assert lr_factor(0, cosine, 10, 100) == 1.0
+    assert lr_factor(50, cosine, 10, 100) == pytest.approx(0.55)
+    assert lr_factor(100, cosine, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(50, {"name": "poly", "power": 0.9}, 10, 100) == pytest.approx(0.5 ** 0.9)
+    with pytest.raises(ValueError, match="schedule.name"):
+        lr_factor(0, {"name": "exp"}, 10, 100)
+
+
+def test_config_overrides_and_unknown_keys(tmp_path):
+    preset = {"train": {"epochs": 1, "optimizer": {"lr": 0.1, "name": "sgd"}}}
+    assert parse_assignment("train.optimizer.lr=0.5") == {"train": {"optimizer": {"lr": 0.5}}}
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    config = resolve(preset, path, ["train.optimizer.name=adam"])
+    assert config == {"train": {"epochs": 3, "optimizer": {"lr": 0.1, "name": "adam"}}}
+    assert preset["train"]["epochs"] == 1  # the preset is not modified
+    with pytest.raises(ValueError, match="train.optimizer.momentun"):
+        merge(preset, {"train": {"optimizer": {"momentun": 0.9}}})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_assignment("train.epochs")
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        resolve(preset, path)
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    assert epoch_order(10, 3, 1) == epoch_order(10, 3, 1)
+    assert epoch_order(10, 3, 1) != epoch_order(10, 3, 2)
+    assert sorted(epoch_order(10, 3, 1)) == list(range(10))
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Samples that draw from torch's RNG, like random augmentation."""
+
+    def __len__(self):
+        return 24
+
+    def __getitem__(self, i):
+        return torch.full((4,), float(i)) + torch.randn(4), torch.tensor([i % 3])
+
+
+def _loss(model, batch):
+    x, y = batch
+    return {"loss": nn.functional.cross_entropy(nn.functional.dropout(model(x), 0.2), y.flatten())}
+
+
+def _trainer(out, epochs=3):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    config = {"epochs": epochs, "batch_size": 4, "seed": 1, "log_every": 1, "checkpoint_every": 4,
+              "grad_clip": 1.0, "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4},
+              "schedule": {"name": "step", "milestones": [2], "warmup_iters": 3, "warmup_ratio": 0.1}}
+    return Trainer(model, _loss, _Noisy(), None, config, out)
+
+
+def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path):
+    straight = _trainer(tmp_path / "a")
+    straight.fit()
+    interrupted = _trainer(tmp_path / "b")
+    interrupted.fit(stop_at=10)  # killed part-way through epoch 2 (6 iterations per epoch)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["iteration"] == 8  # every 4 iterations
+    resumed = _trainer(tmp_path / "b")
+    assert resumed.resume()
+    assert resumed.iteration == 8
+    resumed.fit()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 18
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    trainer = _trainer(tmp_path)
+    trainer.loss_fn = lambda model, batch: {"loss": model(batch[0]).sum() * float("nan")}
+    with pytest.raises(FloatingPointError, match="lower optimizer.lr"):
+        trainer.fit()
+
+
+def test_checkpoint_that_is_not_ours_is_refused(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="not an fna_ext checkpoint"):
+        load_checkpoint(path)

@@ -1,0 +1,115 @@
+"""The project's own seed: a tiny pretraining run, its weights file, resume, the cached default
+and the command line's errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fna_ext import cli, load_seed_weights, mobilenet_v2, pretrain
+from fna_ext.data.synthetic import generate_classification
+from fna_ext.remap import save_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One epoch of a width-0.35 MobileNetV2 at 32 px on 25 images (20 train, 5 val)."""
+    folder = tmp_path_factory.mktemp("pretrain")
+    root = generate_classification(folder / "data", images=25, size=32)
+    result = pretrain.pretrain_seed(folder / "seed.pt", data_root=root, epochs=1, batch_size=10,
+                                    width_mult=0.35, image_size=32)
+    return root, result
+
+
+def test_tiny_run_writes_loadable_weights(tiny_run):
+    _, result = tiny_run
+    assert isinstance(result.accuracy, float) and 0.0 <= result.accuracy <= 1.0
+    payload = torch.load(result.path, map_location="cpu", weights_only=True)
+    assert payload["format"] == "fna_ext.weights"
+    assert payload["metadata"]["val_top1"] == result.accuracy
+    assert payload["metadata"]["image_size"] == 32 and payload["metadata"]["epochs"] == 1
+    assert len(payload["metadata"]["class_names"]) == 5
+    assert payload["arch"]["net_config"] == str(mobilenet_v2(width_mult=0.35).arch)
+    # As a detection backbone (no classifier), and as the 5-class classifier it was trained as.
+    report = load_seed_weights(mobilenet_v2(num_classes=None, width_mult=0.35), result.path)
+    assert report.layout == "fna_ext" and report.ignored == ["classifier.weight", "classifier.bias"]
+    load_seed_weights(mobilenet_v2(num_classes=5, width_mult=0.35), result.path)
+    load_seed_weights(mobilenet_v2(width_mult=0.35), result.path, skip_classifier=True)
+
+
+def test_run_folder_sits_beside_the_weights_and_resume_continues(tiny_run):
+    root, result = tiny_run
+    run_dir = pretrain.run_dir_for(result.path)
+    assert run_dir == result.path.parent / "seed_run"
+    assert (run_dir / "checkpoint.pt").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["eval"]["top1"] == result.accuracy
+    # The run had finished: resuming trains nothing and measures the same weights again.
+    resumed = pretrain.pretrain_seed(result.path, data_root=root, epochs=1, batch_size=10,
+                                     width_mult=0.35, image_size=32, resume=True)
+    assert resumed.accuracy == result.accuracy and resumed.history == []
+
+
+def _fake_builder(calls: list):
+    def build(path):
+        calls.append(path)
+        save_weights(path, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"fake": True})
+    return build
+
+
+def test_default_seed_is_built_once_then_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(pretrain, "build_default_seed", _fake_builder(calls))
+    path = pretrain.default_seed_weights()
+    assert path == tmp_path / "seeds" / "mobilenet_v2-synthetic-v1.pt" and path.is_file()
+    assert "pretraining the embedded seed once" in capsys.readouterr().err
+    assert pretrain.default_seed_weights() == path
+    assert len(calls) == 1 and capsys.readouterr().err == ""
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no private leftovers
+    load_seed_weights(mobilenet_v2(num_classes=None, width_mult=0.35), path)
+
+
+def test_default_seed_keeps_the_file_another_process_published_first(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path))
+    final = tmp_path / "seeds" / "mobilenet_v2-synthetic-v1.pt"
+
+    def build_while_another_publishes(path):
+        save_weights(path, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"who": "us"})
+        save_weights(final, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"who": "them"})
+
+    monkeypatch.setattr(pretrain, "build_default_seed", build_while_another_publishes)
+    assert pretrain.default_seed_weights() == final
+    assert torch.load(final, weights_only=True)["metadata"] == {"who": "them"}
+    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--width-mult", "0"], "--width-mult must be positive"),
+    (["--image-size", "8"], "--image-size must be at least 32"),
+    (["--epochs", "0"], "must be positive"),
+    (["--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
+    (["--set", "train.optimizer.name=lbfgs"], "optimizer.name 'lbfgs'"),
+    (["--data", "/no/such/folder"], "no 'train' folder"),
+])
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path / "cache"))
+    if "--data" not in args:  # a real dataset, so only the bad argument can fail
+        root = generate_classification(tmp_path / "data", images=25, size=32)
+        args = ["--data", str(root), "--batch-size", "10", *args]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.run(pretrain.main, [*args, "--out", str(tmp_path / "seed.pt")])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error:") and message in lines[-1]
+    assert not (tmp_path / "seed.pt").exists()
+
+
+def test_cli_module_reports_errors_as_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fna_ext.pretrain", "--out", str(tmp_path),
+                             "--data", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: --out {tmp_path} is a folder; give a file path such as {tmp_path / 'seed.pt'}"]
