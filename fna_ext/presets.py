@@ -70,3 +70,70 @@ def finetune_preset(detector: str, synthetic: bool) -> dict:
     table = SYNTHETIC_FINETUNE if synthetic else COCO_FINETUNE
     return {"task": "coco", "detector": name, "model": {"num_classes": None, "backbone_bn_eps": 1e-5},
             "eval": {"batch_size": 16}, **copy.deepcopy(table[name])}
+
+
+# Architecture adaptation (the search), as published (REFERENCE.md, A.2). Alpha: Adam lr 3e-4,
+# betas (0.5, 0.999), weight decay 1e-3, gradient clipping 35, constant lr, init 1e-3 * randn.
+_ALPHA = {"optimizer": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999], "weight_decay": 1e-3},
+          "grad_clip": 35.0, "init_std": 1e-3}
+_SEARCH_COMMON = {"weight_sharing": "shared", "affine_bn": False, "strategy": "diff", "cost": "madds",
+                  "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
+                  "remap_kernel": "center", "alpha_log_every": 5, "alpha_batch_size": None}
+
+COCO_SEARCH = {
+    # SSDLite: 30 epochs, alpha from epoch 15, 1 alpha step per 5 weight steps, lambda 0.15,
+    # tau 10; weights RMSprop lr 0.05, eps 1.0, momentum 0.9, wd 4e-5, 500 warm-up iterations,
+    # x0.1 at 16 and 22 (A.2).
+    "ssdlite": {
+        "data": _data(input_size=[320, 320]),
+        "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 15,
+                   "weight_steps_per_alpha_step": 5, "alpha": copy.deepcopy(_ALPHA)},
+        "train": {**_COMMON_TRAIN, "epochs": 30, "batch_size": 64,
+                  "optimizer": {"name": "rmsprop", "lr": 0.05, "momentum": 0.9, "eps": 1.0, "weight_decay": 4e-5},
+                  "schedule": {"name": "step", "milestones": [16, 22], "gamma": 0.1, "warmup_iters": 500,
+                               "warmup_ratio": 0.0}},
+    },
+    # RetinaNet: 14 epochs, alpha from epoch 8, 1:1, lambda 0.02, tau 10; weights SGD lr 0.02,
+    # momentum 0.9, wd 1e-4, 500 warm-up iterations, x0.1 at 8 and 11; no flipping (A.2).
+    "retinanet": {
+        "data": _data(short_side=800, max_size=1333),
+        "search": {**_SEARCH_COMMON, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 8,
+                   "weight_steps_per_alpha_step": 1, "alpha": copy.deepcopy(_ALPHA)},
+        "train": {**_COMMON_TRAIN, "epochs": 14, "batch_size": 8, "grad_clip": 35.0,
+                  "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
+                  "schedule": {"name": "step", "milestones": [8, 11], "gamma": 0.1, "warmup_iters": 500,
+                               "warmup_ratio": 0.0}},
+    },
+}
+
+# The embedded default's search: a few minutes on a 2-core CPU. With so few steps, alpha's
+# published lr would barely move it: the default raises it (and steps alpha more often) so the
+# short run still shows the cost term and the task loss at work.
+SYNTHETIC_SEARCH = {
+    "ssdlite": {
+        "data": _data(input_size=[160, 160]),
+        "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 2,
+                   "weight_steps_per_alpha_step": 2,
+                   "alpha": {**copy.deepcopy(_ALPHA), "optimizer": {**_ALPHA["optimizer"], "lr": 3e-2}}},
+        "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 16, "grad_clip": 10.0,
+                  "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 4e-5},
+                  "schedule": {"name": "cosine", "min_lr_ratio": 0.1, "warmup_iters": 20, "warmup_ratio": 0.1}},
+    },
+    "retinanet": {
+        "data": _data(short_side=160, max_size=256),
+        "search": {**_SEARCH_COMMON, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 2,
+                   "weight_steps_per_alpha_step": 1,
+                   "alpha": {**copy.deepcopy(_ALPHA), "optimizer": {**_ALPHA["optimizer"], "lr": 3e-2}}},
+        "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 8, "grad_clip": 35.0,
+                  "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4},
+                  "schedule": {"name": "cosine", "min_lr_ratio": 0.1, "warmup_iters": 20, "warmup_ratio": 0.1}},
+    },
+}
+
+
+def search_preset(detector: str, synthetic: bool) -> dict:
+    """The architecture-adaptation config of ``detector`` (published, or the embedded default's)."""
+    name = task_spec(detector).name
+    table = SYNTHETIC_SEARCH if synthetic else COCO_SEARCH
+    return {"task": "coco", "detector": name, "model": {"num_classes": None, "backbone_bn_eps": 1e-5},
+            **copy.deepcopy(table[name])}

@@ -374,6 +374,17 @@ def _embedded_arch(path) -> Arch | None:
     return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
 
 
+def load_seed_network(path, seed_arch: Arch | str | None = None) -> Network:
+    """The seed network of a weight file, without classifier: its arch is ``seed_arch``, else the
+    one embedded in the file (fna_ext files), else MobileNetV2."""
+    if isinstance(seed_arch, str):
+        seed_arch = Arch.from_arg(seed_arch)
+    seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
+    seed = build_network(seed_arch, num_classes=None)
+    load_seed_weights(seed, path, skip_classifier=True)
+    return seed
+
+
 def format_layers(plan: RemapPlan) -> str:
     rows = [("target", "from seed", "change")] + [(r.target, r.source, r.change) for r in plan.layers]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
@@ -393,10 +404,8 @@ def main(argv=None) -> int:
     parser.add_argument("--width", default="first", choices=WIDTH_MODES)
     parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
     args = parser.parse_args(argv)
-    seed_arch = (Arch.from_arg(args.seed_arch) if args.seed_arch
-                 else _embedded_arch(args.seed) or Arch.parse("mobilenet_v2"))
-    seed = build_network(seed_arch, num_classes=None)
-    load_seed_weights(seed, args.seed)
+    seed = load_seed_network(args.seed, args.seed_arch)
+    seed_arch = seed.arch
     target = build_network(Arch.from_arg(args.arch), num_classes=None)
     plan = plan_network(seed, target, args.width, args.kernel)
     plan.apply(seed, target)

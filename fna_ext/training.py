@@ -21,7 +21,7 @@ from .data.batching import collate_detection
 from .detection.inference import predict_dataset
 from .engine import Trainer, progress_enabled
 from .eval.coco import evaluate_detections
-from .models import load_seed_weights
+from .remap import load_seed_network, remap_network
 from .tasks import build_model
 
 WEIGHTS_FORMAT = "fna_ext.detector"
@@ -104,7 +104,9 @@ def train_detector(config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     model = build_model(config["detector"], arch, config["model"]["num_classes"] or train_set.num_classes,
                         backbone_bn_eps=config["model"]["backbone_bn_eps"])
     if seed_weights and not resume:
-        load_seed_weights(model.backbone, seed_weights, skip_classifier=True)
+        # the seed's parameters remapped into this backbone (FNA's parameter remapping; a no-op
+        # change of layout when the arch is the seed's own)
+        remap_network(load_seed_network(seed_weights), model.backbone)
     model.to(device)
     atomic_write_text(out_dir / "config.yaml", dump(config))
     train_cfg = config["train"]
