@@ -1,0 +1,413 @@
+"""Architecture adaptation (FNA section 3.2): a differentiable search over the super network on
+the task itself, with a cost term, then derivation of the target architecture.
+
+The published loop, with its defects fixed (REFERENCE.md):
+
+- the training split is divided into ``weight_split`` (trains the operation weights) and
+  ``arch_split`` (trains alpha), named for what they do;
+- a weight step trains one sampled path: uniform before alpha starts, then drawn from
+  softmax(alpha); an alpha step runs the softmax(alpha)-weighted mixture of every candidate
+  (first order) and minimises ``L_task + lambda * log_tau(E[cost])``;
+- the path of every weight step comes from a generator seeded by (seed, step), so it is the same
+  on every process and after a resume;
+- momentum and weight decay never move a candidate that was not sampled: its gradients are
+  absent, not zero (independent weights), and in shared mode the optimiser step is undone
+  outside the sampled slice (weights and optimiser state alike). A candidate's weights change
+  only when it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .atomic import atomic_torch_save, atomic_write_text
+from .config import dump
+from .cost_table import build_cost_table
+from .data.batching import collate_detection
+from .engine import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
+                     load_checkpoint, progress_enabled, rng_state, set_rng_state)
+from .models.network import Network
+from .search_space import SPACES
+from .supernet import SuperNetwork
+from .tasks import build_model
+from .training import build_datasets, dataset_root
+
+STRATEGIES = ("diff", "random")
+
+
+class ArchParameters(nn.Module):
+    """One alpha vector per searched layer (over that layer's candidates)."""
+
+    def __init__(self, num_candidates: list[int], init_std: float = 1e-3, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.alphas = nn.ParameterList(nn.Parameter(init_std * torch.randn(n, generator=generator))
+                                       for n in num_candidates)
+
+    def probabilities(self) -> list[torch.Tensor]:
+        return [a.softmax(dim=0) for a in self.alphas]
+
+    def sample(self, generator: torch.Generator, uniform: bool) -> list[int]:
+        """One candidate index per layer: uniform, or drawn from softmax(alpha)."""
+        with torch.no_grad():
+            return [int(torch.multinomial(torch.ones_like(a) if uniform else a.softmax(0), 1, generator=generator))
+                    for a in self.alphas]
+
+    def argmax(self) -> list[int]:
+        return [int(a.argmax()) for a in self.alphas]
+
+
+def split_dataset(dataset, fraction: float, seed: int):
+    """(weight_split, arch_split): a seeded partition of ``dataset``, ``fraction`` of it for the
+    weights."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"search.split_fraction must be strictly between 0 and 1, got {fraction}")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = int(round(len(dataset) * fraction))
+    if cut == 0 or cut == len(dataset):
+        raise ValueError(f"the training set ({len(dataset)} images) is too small to split for the search")
+    return torch.utils.data.Subset(dataset, order[:cut]), torch.utils.data.Subset(dataset, order[cut:])
+
+
+def cost_term(expected: torch.Tensor, lam: float, tau: float) -> torch.Tensor:
+    """lambda * log_tau(E[cost]); its gradient does not depend on the cost's unit."""
+    return lam * torch.log(expected) / math.log(tau)
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    arch: object
+    ops: list[str]
+    record: dict
+    phase_seconds: dict = field(default_factory=dict)
+
+
+class _Loader:
+    """Batches of a split, in a per-epoch order that a step count alone determines."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int):
+        if len(dataset) < batch_size:
+            raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
+                             f"{batch_size}; lower train.batch_size or use more data")
+        self.sampler = ResumableSampler(len(dataset), seed)
+        self.per_epoch = len(dataset) // batch_size
+        self.batch_size = batch_size
+        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_size=batch_size,
+                                                  sampler=self.sampler, collate_fn=collate_detection,
+                                                  drop_last=True, num_workers=workers,
+                                                  generator=torch.Generator().manual_seed(0))
+        self._iterator, self._position = None, None
+
+    def batch(self, step: int):
+        """The batch of global step ``step`` (consecutive steps reuse one iterator)."""
+        if self._iterator is None or self._position != step:
+            epoch, start = divmod(step, self.per_epoch)
+            self.sampler.set_position(epoch, start * self.batch_size)
+            self._iterator = iter(self.loader)
+        batch = next(self._iterator)
+        self._position = step + 1
+        if self._position % self.per_epoch == 0:
+            self._iterator = None
+        return batch
+
+
+class ArchitectureSearch:
+    """Everything one search needs; :meth:`run` does it and :func:`search` wraps it."""
+
+    def __init__(self, config: dict, seed_network: Network, out_dir: str | Path, *, device: str = "cpu"):
+        self.config, self.device = config, torch.device(device)
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        s, train = config["search"], config["train"]
+        if s["strategy"] not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {STRATEGIES}, got {s['strategy']!r}")
+        self.phase_seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        train_set, _ = build_datasets(config, dataset_root(config))
+        self.class_names = train_set.class_names
+        self.seed = int(train.get("seed", 0))
+        weight_split, arch_split = split_dataset(train_set, float(s["split_fraction"]), self.seed)
+        workers = int(train.get("num_workers", 0))
+        self.weight_data = _Loader(weight_split, int(train["batch_size"]), self.seed, workers)
+        # alpha steps run every candidate; a smaller batch keeps them affordable on small machines
+        alpha_batch = int(s.get("alpha_batch_size") or train["batch_size"])
+        self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers)
+        self.num_classes = config["model"]["num_classes"] or train_set.num_classes
+        self.phase_seconds["data"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        space = SPACES[config["detector"]]
+        self.supernet = SuperNetwork(seed_network.arch, space, seed=seed_network,
+                                     weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
+                                     bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
+                                     kernel=s["remap_kernel"])
+        self.model = build_model(config["detector"], self.supernet.arch, self.num_classes,
+                                 backbone=self.supernet).to(self.device)
+        self.layers = self.supernet.search_layers()
+        self.alphas = ArchParameters([len(l.spec.candidates) for l in self.layers],
+                                     float(s["alpha"]["init_std"]), self.seed).to(self.device)
+        self.phase_seconds["remap"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        size = tuple(config["data"].get("input_size") or (config["data"]["short_side"],) * 2)
+        self.cost_table = build_cost_table(s["cost"], seed_network.arch, self.supernet.specs, size,
+                                           device=str(self.device))
+        self.phase_seconds["cost table"] = time.perf_counter() - started
+
+        self.epochs = int(train["epochs"])
+        self.total_steps = self.epochs * self.weight_data.per_epoch
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        self.weight_optimizer = build_optimizer(weights, train["optimizer"])
+        self.schedule = Schedule(self.weight_optimizer, train["schedule"], self.weight_data.per_epoch,
+                                 self.total_steps)
+        self.alpha_optimizer = build_optimizer(self.alphas.parameters(), s["alpha"]["optimizer"])
+        self.step, self.alpha_steps = 0, 0
+        self.history: list[tuple[int, list[list[float]]]] = []
+        self.log_path = self.out_dir / "search_log.jsonl"
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+
+    # ------------------------------------------------------------------ one step of each kind
+    def _path_generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 7_368_787 + self.step)
+
+    def alpha_active(self) -> bool:
+        s = self.config["search"]
+        return s["strategy"] == "diff" and self.step // self.weight_data.per_epoch >= int(s["alpha_start_epoch"])
+
+    def weight_step(self) -> dict:
+        lr = self.schedule.set(self.step)
+        indices = self.alphas.sample(self._path_generator(), uniform=not self.alpha_active())
+        ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
+        self.supernet.set_path(ops)
+        images, targets = _to_device(self.weight_data.batch(self.step), self.device)
+        losses = self.model.loss(self.model(images), targets)
+        loss = sum(losses.values())
+        _check_finite(loss, losses, self.step)
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config["train"].get("grad_clip")
+        if clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+        masks = {p: m for layer, op in zip(self.layers, ops) for p, m in layer.sampled_masks(op).items()}
+        _step_inside(self.weight_optimizer, masks)
+        self.step += 1
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr}
+
+    def alpha_step(self) -> dict:
+        s = self.config["search"]
+        probs = self.alphas.probabilities()
+        self.supernet.set_mixture(probs)
+        images, targets = _to_device(self.arch_data.batch(self.alpha_steps), self.device)
+        weights = [p for p in self.model.parameters() if p.requires_grad]
+        for p in weights:  # only alpha learns here; skipping weight gradients halves the work
+            p.requires_grad_(False)
+        try:
+            task = sum(self.model.loss(self.model(images), targets).values())
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+        expected = self.cost_table.expected(probs)
+        loss = task + cost_term(expected, float(s["lambda"]), float(s["tau"]))
+        _check_finite(loss, {"task": task}, self.step)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.alphas.parameters(), float(s["alpha"]["grad_clip"]))
+        self.alpha_optimizer.step()
+        self.alpha_steps += 1
+        return {"arch_loss": loss.item(), "arch_task_loss": task.item(), "expected_cost": expected.item()}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "kind": "search", "model": self.model.state_dict(),
+                "alphas": self.alphas.state_dict(), "weight_optimizer": self.weight_optimizer.state_dict(),
+                "alpha_optimizer": self.alpha_optimizer.state_dict(), "step": self.step,
+                "alpha_steps": self.alpha_steps, "steps_per_epoch": self.weight_data.per_epoch,
+                "history": [[step, probs] for step, probs in self.history], "rng": rng_state(),
+                "config": self.config}
+
+    def save_checkpoint(self) -> Path:
+        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+
+    def resume(self) -> None:
+        payload = load_checkpoint(self.checkpoint_path)
+        if payload.get("kind") != "search" or payload.get("steps_per_epoch") != self.weight_data.per_epoch:
+            raise ValueError(f"{self.checkpoint_path} is not a checkpoint of this search (different "
+                             "data, batch size or kind); start without --resume or use another --out")
+        self.model.load_state_dict(payload["model"])
+        self.alphas.load_state_dict(payload["alphas"])
+        self.weight_optimizer.load_state_dict(payload["weight_optimizer"])
+        self.alpha_optimizer.load_state_dict(payload["alpha_optimizer"])
+        self.step, self.alpha_steps = int(payload["step"]), int(payload["alpha_steps"])
+        self.history = [(int(step), probs) for step, probs in payload["history"]]
+        set_rng_state(payload["rng"])
+
+    def _log(self, record: dict) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _snapshot_alphas(self) -> None:
+        probs = [[round(float(v), 6) for v in p.detach().cpu()] for p in self.alphas.probabilities()]
+        self.history.append((self.step, probs))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop_at: int | None = None) -> None:
+        s, train = self.config["search"], self.config["train"]
+        ratio = max(int(s["weight_steps_per_alpha_step"]), 1)
+        checkpoint_every = int(train.get("checkpoint_every", 0)) or self.weight_data.per_epoch
+        log_every, alpha_log_every = max(int(train.get("log_every", 20)), 1), max(int(s["alpha_log_every"]), 1)
+        stop_at = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
+        self.model.train()
+        if not self.history:
+            self._snapshot_alphas()
+        started = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress_enabled(), desc="search")
+        while self.step < stop_at:
+            record = {}
+            if self.alpha_active() and self.step % ratio == 0:
+                record.update(self.alpha_step())
+                if self.alpha_steps % alpha_log_every == 0:
+                    self._snapshot_alphas()
+            record.update(self.weight_step())
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            if self.step % log_every == 0 or self.step == self.total_steps:
+                self._log({"step": self.step, "epoch": self.step / self.weight_data.per_epoch, **record})
+            if self.step % checkpoint_every == 0 or self.step == self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        self.phase_seconds["search"] = self.phase_seconds.get("search", 0.0) + time.perf_counter() - started
+        if self.step == self.total_steps and (not self.history or self.history[-1][0] != self.step):
+            self._snapshot_alphas()
+
+
+def _check_finite(loss: torch.Tensor, parts: dict, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"the search loss became {loss.item()} at step {step} "
+                                 f"({ {k: v.item() for k, v in parts.items()} }); lower train.optimizer.lr")
+
+
+def _step_inside(optimizer: torch.optim.Optimizer, masks: dict) -> None:
+    """optimizer.step(), then put back every masked parameter's entries (and optimiser state)
+    outside its mask: the shared weights of candidates that did not run stay as they were."""
+    saved = {p: (p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
+                                      if torch.is_tensor(v) and v.shape == p.shape})
+             for p in masks if p.grad is not None}
+    optimizer.step()
+    with torch.no_grad():
+        for p, (value, state) in saved.items():
+            outside = ~masks[p]
+            p[outside] = value[outside]
+            for k, current in optimizer.state[p].items():
+                if torch.is_tensor(current) and current.shape == p.shape:
+                    # state born in this step (the first momentum) starts at zero outside
+                    current[outside] = state[k][outside] if k in state else 0
+
+
+def _to_device(batch, device):
+    images, targets = batch
+    return images.to(device), [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
+                               for t in targets]
+
+
+# ---------------------------------------------------------------------- derivation and outputs
+
+def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[dict]]:
+    """Random search with the same budget (the paper's Table 6 baseline): the super network
+    trained with uniformly sampled paths for the whole run, then ``random_candidates`` uniformly
+    drawn architectures scored on arch_split batches by the same objective as the differentiable
+    search (task loss + lambda * log_tau(cost)); the best one wins."""
+    s = search.config["search"]
+    generator = torch.Generator().manual_seed(search.seed + 99_991)
+    scored = []
+    with torch.no_grad():
+        for k in range(int(s["random_candidates"])):
+            indices = search.alphas.sample(generator, uniform=True)
+            ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
+            search.supernet.set_path(ops)
+            images, targets = _to_device(search.arch_data.batch(k), search.device)
+            task = sum(search.model.loss(search.model(images), targets).values())
+            cost = torch.tensor(search.cost_table.of_ops(ops))
+            score = (task + cost_term(cost, float(s["lambda"]), float(s["tau"]))).item()
+            scored.append({"ops": ops, "task_loss": task.item(), "cost": cost.item(), "score": score})
+    best = min(range(len(scored)), key=lambda i: scored[i]["score"])
+    return [layer.spec.candidates.index(op) for layer, op in zip(search.layers, scored[best]["ops"])], scored
+
+
+def _detector_cost(config: dict, arch, size, num_classes: int) -> dict:
+    from .cost import count
+
+    model = build_model(config["detector"], arch, num_classes)
+    report = count(model, size)
+    parts = report.grouped()
+    return {"input_size": list(size), "params": report.params, "madds": report.madds,
+            "backbone_params": parts["backbone"][0], "backbone_madds": parts["backbone"][1]}
+
+
+def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
+    """Argmax per layer (or the random search's pick); writes arch.json, arch.png, alphas.png."""
+    from . import plots
+
+    started = time.perf_counter()
+    s, config = search.config["search"], search.config
+    scored = None
+    if s["strategy"] == "random":
+        indices, scored = random_search_choice(search)
+    else:
+        indices = search.alphas.argmax()
+    ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
+    arch = search.supernet.derive(ops)
+    probs = search.alphas.probabilities()
+    size = tuple(config["data"].get("input_size") or (config["data"]["short_side"],) * 2)
+    record = {
+        "task": config["task"], "detector": config["detector"], "strategy": s["strategy"],
+        "weight_sharing": s["weight_sharing"], "cost_kind": search.cost_table.kind,
+        "cost_unit": search.cost_table.unit,
+        "expected_cost": search.cost_table.expected(probs).item(),
+        "derived_cost": search.cost_table.of_ops(ops),
+        "seed_arch": str(seed_network.arch),
+        "layers": [{"layer": layer.spec.key, "op": op,
+                    "probabilities": {c: round(float(p), 6) for c, p in zip(layer.spec.candidates, prob.detach().cpu())},
+                    "alpha": [round(float(a), 6) for a in alpha.detach().cpu()]}
+                   for layer, op, prob, alpha in zip(search.layers, ops, probs, search.alphas.alphas)],
+        "adapted": _detector_cost(config, arch, size, search.num_classes),
+        "seed": _detector_cost(config, seed_network.arch, size, search.num_classes),
+        "steps": search.step, "alpha_steps": search.alpha_steps, "config": config,
+    }
+    if scored is not None:
+        record["random_candidates"] = scored
+    arch = arch.with_meta(task=config["task"], detector=config["detector"], input_size=list(size), search=record)
+    arch.save(search.out_dir / "arch.json")
+    plots.plot_arch(arch, search.out_dir / "arch.png", seed_arch=seed_network.arch,
+                    title=f"{config['detector']} backbone found by FNA ({s['strategy']} search)")
+    plots.plot_alphas(search.history, [l.spec.key for l in search.layers],
+                      [list(l.spec.candidates) for l in search.layers], search.out_dir / "alphas.png",
+                      title="softmax(alpha) per layer over search steps")
+    search.phase_seconds["derive"] = time.perf_counter() - started
+    return SearchResult(search.out_dir, arch, ops, record, dict(search.phase_seconds))
+
+
+def search(config: dict, seed_network: Network, out_dir: str | Path, *, resume: bool = False,
+           device: str = "cpu", stop_at: int | None = None) -> SearchResult | None:
+    """Runs the architecture adaptation and derivation; returns None when stopped early
+    (``stop_at``), leaving a resumable checkpoint."""
+    runner = ArchitectureSearch(config, seed_network, out_dir, device=device)
+    if resume:
+        if not runner.checkpoint_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint in {runner.out_dir}; start without --resume")
+        runner.resume()
+    else:
+        runner.log_path.unlink(missing_ok=True)
+    atomic_write_text(runner.out_dir / "config.yaml", dump(config))
+    runner.run(stop_at)
+    if runner.step < runner.total_steps:
+        return None
+    return derive(runner, seed_network)
