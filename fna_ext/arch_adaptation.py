@@ -145,6 +145,7 @@ class ArchitectureSearch:
         self.phase_seconds["data"] = time.perf_counter() - started
 
         started = time.perf_counter()
+        torch.manual_seed(self.seed)  # the neck and head start the same for the same config
         space = SPACES[config["detector"]]
         self.supernet = SuperNetwork(seed_network.arch, space, seed=seed_network,
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),

@@ -101,6 +101,7 @@ def train_detector(config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     started = time.perf_counter()
     out_dir = Path(out_dir)
     train_set, val_set = build_datasets(config, dataset_root(config))
+    torch.manual_seed(int(config["train"].get("seed", 0)))  # the same config starts the same model
     model = build_model(config["detector"], arch, config["model"]["num_classes"] or train_set.num_classes,
                         backbone_bn_eps=config["model"]["backbone_bn_eps"])
     if seed_weights and not resume:

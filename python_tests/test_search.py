@@ -1,0 +1,107 @@
+"""The search loop on a tiny generated dataset: outputs, exact resume, random strategy, CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fna_ext.arch import Arch, mobilenet_v2_arch
+from fna_ext.arch_adaptation import search
+from fna_ext.config import resolve
+from fna_ext.data.synthetic import generate_detection
+from fna_ext.models import build_network
+from fna_ext.presets import search_preset
+from fna_ext.remap import save_weights
+
+TINY = ["data.input_size=[64, 64]", "train.batch_size=4", "train.num_workers=0", "train.epochs=2",
+        "train.schedule.warmup_iters=2", "search.alpha_start_epoch=1", "search.weight_steps_per_alpha_step=2",
+        "search.alpha_log_every=1", "train.checkpoint_every=3", "model.backbone_bn_eps=0.001"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    data = generate_detection(root / "coco", images=24, size=64, seed=5)
+    torch.manual_seed(0)
+    seed = build_network(mobilenet_v2_arch(0.35), None)
+    save_weights(root / "seed.pt", seed)
+    return data, seed, root / "seed.pt"
+
+
+def _config(data, *extra):
+    return resolve(search_preset("ssdlite", synthetic=False), None, [f"data.root={data}", *TINY, *extra])
+
+
+def test_search_writes_arch_json_and_plots(tiny, tmp_path):
+    data, seed, _ = tiny
+    result = search(_config(data), seed, tmp_path)
+    arch = Arch.load(tmp_path / "arch.json")
+    assert arch == result.arch and len(arch.stages) == 7
+    record = json.loads((tmp_path / "arch.json").read_text())["search"]
+    assert record["strategy"] == "diff" and len(record["layers"]) == 21
+    probabilities = record["layers"][0]["probabilities"]
+    assert abs(sum(probabilities.values()) - 1) < 1e-4
+    assert record["layers"][0]["op"] == max(probabilities, key=probabilities.get)
+    assert record["adapted"]["madds"] > 0 and record["expected_cost"] > 0
+    for png in ("arch.png", "alphas.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(result.phase_seconds) >= {"data", "remap", "cost table", "search", "derive"}
+
+
+def test_resumed_search_ends_with_the_same_architecture_and_alphas(tiny, tmp_path):
+    data, seed, _ = tiny
+    straight = search(_config(data), seed, tmp_path / "a")
+    assert search(_config(data), seed, tmp_path / "b", stop_at=3) is None  # interrupted after step 3 of 4
+    resumed = search(_config(data), seed, tmp_path / "b", resume=True)
+    assert resumed.ops == straight.ops
+    a = json.loads((tmp_path / "a" / "arch.json").read_text())["search"]["layers"]
+    b = json.loads((tmp_path / "b" / "arch.json").read_text())["search"]["layers"]
+    assert [layer["alpha"] for layer in a] == [layer["alpha"] for layer in b]
+
+
+def test_random_strategy_scores_candidates(tiny, tmp_path):
+    data, seed, _ = tiny
+    result = search(_config(data, "search.strategy=random", "search.random_candidates=3"), seed, tmp_path)
+    scored = result.record["random_candidates"]
+    assert len(scored) == 3
+    best = min(scored, key=lambda c: c["score"])
+    assert result.ops == best["ops"]
+
+
+def test_independent_weights_search_runs(tiny, tmp_path):
+    data, seed, _ = tiny
+    result = search(_config(data, "search.weight_sharing=independent", "train.epochs=1",
+                            "search.alpha_start_epoch=0"), seed, tmp_path)
+    assert result.record["weight_sharing"] == "independent"
+
+
+def run_search(*args):
+    return subprocess.run([sys.executable, "-m", "fna_ext.search", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_search_cli_prints_the_summary_and_next_command(tiny, tmp_path):
+    data, _, seed_path = tiny
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    result = run_search("--data", str(data), "--seed-weights", str(seed_path), "--out", str(tmp_path / "s"),
+                        "--epochs", "1", *sets)
+    assert result.returncode == 0, result.stderr
+    for text in ("derived architecture", "seed", "adapted", "time per phase", "python -m fna_ext.train"):
+        assert text in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--seed-weights is required with --data"),
+    (["--seed-weights", "missing.pt"], "missing.pt"),
+    (["--seed-weights", "SEED", "--set", "search.lamda=1"], "unknown config key 'search.lamda'"),
+    (["--seed-weights", "SEED", "--resume"], "no checkpoint"),
+])
+def test_search_cli_bad_input_exits_2(tiny, tmp_path, args, message):
+    data, _, seed_path = tiny
+    args = [str(seed_path) if a == "SEED" else a for a in args]
+    result = run_search("--data", str(data), "--out", str(tmp_path / "o"), *args,
+                        *[arg for item in TINY for arg in ("--set", item)])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
