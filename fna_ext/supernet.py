@@ -29,6 +29,7 @@ from .arch import Arch, Op, Stage
 from .models.blocks import ConvBNAct, MBConv, make_layer
 from .models.network import Network
 from .ops import sampled_mbconv
+from .ops.sampled_mbconv import depthwise_project, expand_hidden
 from .remap import plan_candidates
 from .search_space import SearchSpace
 
@@ -85,24 +86,32 @@ class SearchLayer(nn.Module):
         bns = (block.expand.bn, block.depthwise.bn, block.project.bn)
         return {f"bn{i}_{kind}": getattr(bn, kind) for i, bn in enumerate(bns, 1) for kind in ("weight", "bias")}
 
+    def _expansion(self, op: str) -> int:
+        return Op.parse(op).expansion * self.spec.in_channels
+
     def run_op(self, x: torch.Tensor, op: str) -> torch.Tensor:
         parsed = Op.parse(op)
         if parsed.is_skip:
             return x
         block = self._owner(op)
         return sampled_mbconv(x, block.expand.conv.weight, block.depthwise.conv.weight, block.project.conv.weight,
-                              kernel_size=parsed.kernel, expand_channels=parsed.expansion * self.spec.in_channels,
+                              kernel_size=parsed.kernel, expand_channels=self._expansion(op),
                               stride=self.spec.stride, eps=self.bn_eps, **self._bn_args(block))
 
     def expansion_output(self, x: torch.Tensor, op: str) -> torch.Tensor:
         """The op's expand conv -> BN -> ReLU6 output (for a detector feature tap)."""
         block = self._owner(op)
-        e = Op.parse(op).expansion * self.spec.in_channels
-        bn = block.expand.bn
-        weight, bias = (bn.weight[:e], bn.bias[:e]) if self.affine_bn else (None, None)
-        hidden = nn.functional.conv2d(x, block.expand.conv.weight[:e])
-        return nn.functional.relu6(nn.functional.batch_norm(hidden, None, None, weight, bias, True, 0.0,
-                                                            self.bn_eps))
+        bn = self._bn_args(block)
+        return expand_hidden(x, block.expand.conv.weight, self._expansion(op), bn.get("bn1_weight"),
+                             bn.get("bn1_bias"), self.bn_eps)
+
+    def _rest_of_block(self, x: torch.Tensor, hidden: torch.Tensor, op: str) -> torch.Tensor:
+        block, parsed = self._owner(op), Op.parse(op)
+        bn = self._bn_args(block)
+        return depthwise_project(x, hidden, block.depthwise.conv.weight, block.project.conv.weight,
+                                 kernel_size=parsed.kernel, stride=self.spec.stride,
+                                 bn2_weight=bn.get("bn2_weight"), bn2_bias=bn.get("bn2_bias"),
+                                 bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps)
 
     def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
         """In shared mode, which entries of the max-size weights op (k, e) uses: the optimiser
@@ -129,21 +138,35 @@ class SearchLayer(nn.Module):
                     masks[param] = mask
         return masks
 
-    def _mixture(self, fn, x: torch.Tensor, ops) -> torch.Tensor:
-        weights = self.choice
-        return sum(w * fn(x, op) for w, op in zip(weights, self.spec.candidates) if op in ops)
+    def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(softmax-weighted sum of every candidate's output, weighted sum of their expansion
+        outputs). With shared weights the widest expansion is computed once and sliced."""
+        ops = [op for op in self.spec.candidates if not Op.parse(op).is_skip]
+        widest = max(ops, key=self._expansion)
+        shared = self.expansion_output(x, widest) if self.weight_sharing == "shared" else None
+        out, tapped = 0, 0
+        for w, op in zip(self.choice, self.spec.candidates):
+            if Op.parse(op).is_skip:
+                out = out + w * x
+                continue
+            hidden = shared[:, :self._expansion(op)] if shared is not None else self.expansion_output(x, op)
+            out = out + w * self._rest_of_block(x, hidden, op)
+            if tap and hidden.shape[1] == self._expansion(widest):
+                tapped = tapped + w * hidden
+        return out, (tapped if tap else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tapping_expand(x, tap=False)[0]
+
+    def forward_tapping_expand(self, x: torch.Tensor, tap: bool = True):
+        """(output, expansion output); a tapped layer's candidates all have one expansion width
+        (SSDLite's e6-only first layer), so the weighted sum of their expansions is well formed."""
         if isinstance(self.choice, str):
-            return self.run_op(x, self.choice)
+            out = self.run_op(x, self.choice)
+            return out, (self.expansion_output(x, self.choice) if tap else None)
         if self.choice is None:
             raise RuntimeError(f"layer {self.spec.key}: set a path or mixture on the super network first")
-        return self._mixture(self.run_op, x, self.spec.candidates)
-
-    def forward_tapping_expand(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(self.choice, str):
-            return self.forward(x), self.expansion_output(x, self.choice)
-        return self.forward(x), self._mixture(self.expansion_output, x, self.spec.candidates)
+        return self._mixture(x, tap)
 
 
 class SuperNetwork(nn.Module):

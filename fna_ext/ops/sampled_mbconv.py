@@ -32,6 +32,27 @@ def centre_kernel(dw_weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return dw_weight[:, :, start:start + kernel_size, start:start + kernel_size]
 
 
+def expand_hidden(x: torch.Tensor, expand_weight: torch.Tensor, expand_channels: int, bn1_weight=None,
+                  bn1_bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """expand 1x1 -> BN1 -> ReLU6 on the first ``expand_channels`` rows. Every op is per channel,
+    so the first e3 channels of the e6 result are exactly the e3 result: a mixture computes the
+    widest once."""
+    return F.relu6(_bn(F.conv2d(x, expand_weight[:expand_channels]), bn1_weight, bn1_bias, eps))
+
+
+def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
+                      project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1, bn2_weight=None,
+                      bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k ->
+    BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when the shapes allow."""
+    e = hidden.shape[1]
+    hidden = F.conv2d(hidden, centre_kernel(dw_weight[:e], kernel_size), stride=stride,
+                      padding=kernel_size // 2, groups=e)
+    hidden = F.relu6(_bn(hidden, bn2_weight, bn2_bias, eps))
+    out = _bn(F.conv2d(hidden, project_weight[:, :e]), bn3_weight, bn3_bias, eps)
+    return out + x if stride == 1 and out.shape[1] == x.shape[1] else out
+
+
 def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
                    project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
                    stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
@@ -49,9 +70,7 @@ def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weigh
             raise ValueError(f"without an expansion conv, expand_channels must equal C_in ({c_in}), got {e}")
         hidden = x
     else:
-        hidden = F.relu6(_bn(F.conv2d(x, expand_weight[:e]), bn1_weight, bn1_bias, eps))
-    hidden = F.conv2d(hidden, centre_kernel(dw_weight[:e], kernel_size), stride=stride,
-                      padding=kernel_size // 2, groups=e)
-    hidden = F.relu6(_bn(hidden, bn2_weight, bn2_bias, eps))
-    out = _bn(F.conv2d(hidden, project_weight[:, :e]), bn3_weight, bn3_bias, eps)
-    return out + x if stride == 1 and out.shape[1] == c_in else out
+        hidden = expand_hidden(x, expand_weight, e, bn1_weight, bn1_bias, eps)
+    return depthwise_project(x, hidden, dw_weight, project_weight, kernel_size=kernel_size, stride=stride,
+                             bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight,
+                             bn3_bias=bn3_bias, eps=eps)
