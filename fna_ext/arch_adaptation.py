@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .atomic import atomic_torch_save, atomic_write_text
 from .config import dump
 from .cost_table import build_cost_table
@@ -91,19 +92,38 @@ class SearchResult:
     phase_seconds: dict = field(default_factory=dict)
 
 
+class _RankSlices(torch.utils.data.Sampler):
+    """This process's share of every global batch: items rank, rank + world, ..."""
+
+    def __init__(self, sampler, batch_size: int):
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
+        context = distributed.current()
+        self.rank, self.world = (context.rank, context.world_size) if context else (0, 1)
+
+    def __iter__(self):
+        return (batch[self.rank::self.world] for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class _Loader:
-    """Batches of a split, in a per-epoch order that a step count alone determines."""
+    """Global batches of a split, in a per-epoch order that a step count alone determines; each
+    process loads its slice of them."""
 
     def __init__(self, dataset, batch_size: int, seed: int, workers: int):
         if len(dataset) < batch_size:
             raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
                              f"{batch_size}; lower train.batch_size or use more data")
+        context = distributed.current()
+        if context and batch_size % context.world_size:
+            raise ValueError(f"train.batch_size {batch_size} (the global batch) must be divisible by "
+                             f"the {context.world_size} processes")
         self.sampler = ResumableSampler(len(dataset), seed)
         self.per_epoch = len(dataset) // batch_size
         self.batch_size = batch_size
-        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_size=batch_size,
-                                                  sampler=self.sampler, collate_fn=collate_detection,
-                                                  drop_last=True, num_workers=workers,
+        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=_RankSlices(self.sampler, batch_size),
+                                                  collate_fn=collate_detection, num_workers=workers,
                                                   generator=torch.Generator().manual_seed(0))
         self._iterator, self._position = None, None
 
@@ -153,6 +173,8 @@ class ArchitectureSearch:
                                      kernel=s["remap_kernel"])
         self.model = build_model(config["detector"], self.supernet.arch, self.num_classes,
                                  backbone=self.supernet).to(self.device)
+        if distributed.current():
+            distributed.use_global_batch_norm(self.model)
         self.layers = self.supernet.search_layers()
         self.alphas = ArchParameters([len(l.spec.candidates) for l in self.layers],
                                      float(s["alpha"]["init_std"]), self.seed).to(self.device)
@@ -186,7 +208,9 @@ class ArchitectureSearch:
 
     def weight_step(self) -> dict:
         lr = self.schedule.set(self.step)
-        indices = self.alphas.sample(self._path_generator(), uniform=not self.alpha_active())
+        # rank 0's draw, broadcast: every process trains the same path
+        indices = distributed.broadcast_ints(self.alphas.sample(self._path_generator(),
+                                                                uniform=not self.alpha_active()))
         ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
         self.supernet.set_path(ops)
         images, targets = _to_device(self.weight_data.batch(self.step), self.device)
@@ -195,13 +219,15 @@ class ArchitectureSearch:
         _check_finite(loss, losses, self.step)
         self.weight_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.sum_gradients(self.model.parameters())
         clip = self.config["train"].get("grad_clip")
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
         masks = {p: m for layer, op in zip(self.layers, ops) for p, m in layer.sampled_masks(op).items()}
         _step_inside(self.weight_optimizer, masks)
         self.step += 1
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr}
+        return {"loss": distributed.global_sum(loss).item(),
+                **{k: distributed.global_sum(v).item() for k, v in losses.items()}, "lr": lr}
 
     def alpha_step(self) -> dict:
         s = self.config["search"]
@@ -217,14 +243,19 @@ class ArchitectureSearch:
             for p in weights:
                 p.requires_grad_(True)
         expected = self.cost_table.expected(probs)
-        loss = task + cost_term(expected, float(s["lambda"]), float(s["tau"]))
+        # each process holds a part of the task loss; the cost term is shared out so the sum of
+        # the processes' alpha gradients is the one-process gradient
+        world = distributed.current().world_size if distributed.current() else 1
+        loss = task + cost_term(expected, float(s["lambda"]), float(s["tau"])) / world
         _check_finite(loss, {"task": task}, self.step)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.sum_gradients(self.alphas.parameters())
         nn.utils.clip_grad_norm_(self.alphas.parameters(), float(s["alpha"]["grad_clip"]))
         self.alpha_optimizer.step()
         self.alpha_steps += 1
-        return {"arch_loss": loss.item(), "arch_task_loss": task.item(), "expected_cost": expected.item()}
+        return {"arch_loss": distributed.global_sum(loss).item(), "arch_task_loss": distributed.global_sum(task).item(),
+                "expected_cost": expected.item()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -235,8 +266,9 @@ class ArchitectureSearch:
                 "history": [[step, probs] for step, probs in self.history], "rng": rng_state(),
                 "config": self.config}
 
-    def save_checkpoint(self) -> Path:
-        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+    def save_checkpoint(self) -> None:
+        if _is_main():
+            atomic_torch_save(self.state_dict(), self.checkpoint_path)
 
     def resume(self) -> None:
         payload = load_checkpoint(self.checkpoint_path)
@@ -252,6 +284,8 @@ class ArchitectureSearch:
         set_rng_state(payload["rng"])
 
     def _log(self, record: dict) -> None:
+        if not _is_main():
+            return
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -270,7 +304,8 @@ class ArchitectureSearch:
         if not self.history:
             self._snapshot_alphas()
         started = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not progress_enabled(), desc="search")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress_enabled() and _is_main()),
+                   desc="search")
         while self.step < stop_at:
             record = {}
             if self.alpha_active() and self.step % ratio == 0:
@@ -288,6 +323,10 @@ class ArchitectureSearch:
         self.phase_seconds["search"] = self.phase_seconds.get("search", 0.0) + time.perf_counter() - started
         if self.step == self.total_steps and (not self.history or self.history[-1][0] != self.step):
             self._snapshot_alphas()
+
+
+def _is_main() -> bool:
+    return distributed.current() is None or distributed.current().is_main
 
 
 def _check_finite(loss: torch.Tensor, parts: dict, step: int) -> None:
@@ -331,11 +370,11 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
     scored = []
     with torch.no_grad():
         for k in range(int(s["random_candidates"])):
-            indices = search.alphas.sample(generator, uniform=True)
+            indices = distributed.broadcast_ints(search.alphas.sample(generator, uniform=True))
             ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
             search.supernet.set_path(ops)
             images, targets = _to_device(search.arch_data.batch(k), search.device)
-            task = sum(search.model.loss(search.model(images), targets).values())
+            task = distributed.global_sum(sum(search.model.loss(search.model(images), targets).values()))
             cost = torch.tensor(search.cost_table.of_ops(ops))
             score = (task + cost_term(cost, float(s["lambda"]), float(s["tau"]))).item()
             scored.append({"ops": ops, "task_loss": task.item(), "cost": cost.item(), "score": score})
@@ -386,6 +425,8 @@ def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
     if scored is not None:
         record["random_candidates"] = scored
     arch = arch.with_meta(task=config["task"], detector=config["detector"], input_size=list(size), search=record)
+    if not _is_main():
+        return SearchResult(search.out_dir, arch, ops, record, dict(search.phase_seconds))
     arch.save(search.out_dir / "arch.json")
     plots.plot_arch(arch, search.out_dir / "arch.png", seed_arch=seed_network.arch,
                     title=f"{config['detector']} backbone found by FNA ({s['strategy']} search)")
@@ -405,9 +446,10 @@ def search(config: dict, seed_network: Network, out_dir: str | Path, *, resume: 
         if not runner.checkpoint_path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint in {runner.out_dir}; start without --resume")
         runner.resume()
-    else:
+    elif _is_main():
         runner.log_path.unlink(missing_ok=True)
-    atomic_write_text(runner.out_dir / "config.yaml", dump(config))
+    if _is_main():
+        atomic_write_text(runner.out_dir / "config.yaml", dump(config))
     runner.run(stop_at)
     if runner.step < runner.total_steps:
         return None

@@ -13,7 +13,10 @@ import argparse
 import shlex
 from pathlib import Path
 
-from . import cli
+import torch
+import torch.distributed
+
+from . import cli, distributed
 from .arch_adaptation import STRATEGIES, search
 from .config import resolve
 from .presets import search_preset
@@ -49,7 +52,7 @@ def seed_weights_path(args) -> Path:
     return default_seed_weights()
 
 
-def summary(result, seed_path: Path, args, seconds: dict) -> str:
+def summary(result, seed_path: Path, seconds: dict, args) -> str:
     record = result.record
     adapted, seed = record["adapted"], record["seed"]
     size = "x".join(map(str, adapted["input_size"]))
@@ -87,13 +90,21 @@ def main(argv=None) -> int:
     import time
 
     config = build_config(args)
-    started = time.perf_counter()
-    seed_path = seed_weights_path(args)
-    seed = load_seed_network(seed_path, args.seed_arch)
-    seed_seconds = time.perf_counter() - started
-    result = search(config, seed, Path(args.out), resume=args.resume, device=args.device)
-    seconds = {"seed": seed_seconds, **result.phase_seconds}
-    print(summary(result, seed_path, args, seconds))
+    context = distributed.init_from_env(args.device)  # under torchrun: one process per device
+    try:
+        started = time.perf_counter()
+        if context is None or context.is_main:
+            seed_path = seed_weights_path(args)  # builds the embedded seed once, on one process
+        if context is not None:
+            torch.distributed.barrier()
+            seed_path = seed_weights_path(args)
+        seed = load_seed_network(seed_path, args.seed_arch)
+        seed_seconds = time.perf_counter() - started
+        result = search(config, seed, Path(args.out), resume=args.resume, device=args.device)
+    finally:
+        distributed.shutdown()
+    if context is None or context.is_main:
+        print(summary(result, seed_path, {"seed": seed_seconds, **result.phase_seconds}, args))
     return 0
 
 

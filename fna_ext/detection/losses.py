@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributed import global_sum
 from .matcher import BACKGROUND, IGNORE
 
 
@@ -29,7 +30,8 @@ def anchor_targets(anchors: torch.Tensor, targets: list[dict], matcher, coder) -
 
 
 def _num_positives(labels: torch.Tensor) -> torch.Tensor:
-    return (labels >= 0).sum().clamp(min=1).to(torch.float32)
+    # over the global batch: processes sharing a batch then sum to the one-process loss
+    return global_sum((labels >= 0).sum().to(torch.float32)).clamp(min=1)
 
 
 def ssd_loss(logits: torch.Tensor, deltas: torch.Tensor, labels: torch.Tensor, box_targets: torch.Tensor,

@@ -12,15 +12,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..distributed import batch_norm as global_batch_norm
+
 
 def _slice(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
     return None if t is None else t[:channels]
 
 
 def _bn(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
+    # batch statistics over the global batch when several processes share it
     channels = x.shape[1]
-    return F.batch_norm(x, None, None, _slice(weight, channels), _slice(bias, channels),
-                        training=True, eps=eps)
+    return global_batch_norm(x, _slice(weight, channels), _slice(bias, channels), eps)
 
 
 def centre_kernel(dw_weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
