@@ -47,8 +47,11 @@ def seed_weights_path(args) -> Path:
     if args.data is not None:
         raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
                          "(torchvision, timm, FNA or fna_ext weights)")
-    from .pretrain import default_seed_weights
-
+    try:
+        from .pretrain import default_seed_weights
+    except ImportError:
+        raise ValueError("the embedded default's seed (python -m fna_ext.pretrain) is not part of this "
+                         "version yet; pass --data ROOT and --seed-weights PATH") from None
     return default_seed_weights()
 
 
