@@ -25,7 +25,7 @@ COCO_FINETUNE = {
     # MMDetection's SSD recipe (SGD, momentum 0.9, 500 warm-up iterations from a third of the lr).
     # Weight decay 4e-5 is the mobile backbones' value rather than SSD-VGG's 5e-4.
     "ssdlite": {
-        "data": _data(input_size=[320, 320]),
+        "data": _data(input_size=[320, 320], expand_max_ratio=4.0),
         "train": {**_COMMON_TRAIN, "epochs": 60, "batch_size": 512,
                   "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 4e-5},
                   "schedule": {"name": "step", "milestones": [36, 50, 56], "gamma": 0.1,
@@ -47,7 +47,9 @@ COCO_FINETUNE = {
 _SYNTHETIC_TRAIN = {**_COMMON_TRAIN, "num_workers": 1}
 SYNTHETIC_FINETUNE = {
     "ssdlite": {
-        "data": _data(input_size=[160, 160]),
+        # objects of the 160-px images are already small: SSD's zoom-out by up to 4x would
+        # leave many of them a few pixels wide
+        "data": _data(input_size=[160, 160], expand_max_ratio=2.0),
         "train": {**_SYNTHETIC_TRAIN, "epochs": 12, "batch_size": 16, "grad_clip": 10.0, "eval_every": 4,
                   "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 4e-5},
                   "schedule": {"name": "cosine", "min_lr_ratio": 0.01, "warmup_iters": 100,
@@ -85,7 +87,7 @@ COCO_SEARCH = {
     # tau 10; weights RMSprop lr 0.05, eps 1.0, momentum 0.9, wd 4e-5, 500 warm-up iterations,
     # x0.1 at 16 and 22 (A.2).
     "ssdlite": {
-        "data": _data(input_size=[320, 320]),
+        "data": _data(input_size=[320, 320], expand_max_ratio=4.0),
         "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 15,
                    "weight_steps_per_alpha_step": 5, "alpha": copy.deepcopy(_ALPHA)},
         "train": {**_COMMON_TRAIN, "epochs": 30, "batch_size": 64,
@@ -111,7 +113,7 @@ COCO_SEARCH = {
 # short run still shows the cost term and the task loss at work.
 SYNTHETIC_SEARCH = {
     "ssdlite": {
-        "data": _data(input_size=[160, 160]),
+        "data": _data(input_size=[160, 160], expand_max_ratio=2.0),
         "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 2,
                    "weight_steps_per_alpha_step": 2,
                    "alpha": {**copy.deepcopy(_ALPHA), "optimizer": {**_ALPHA["optimizer"], "lr": 3e-2}}},

@@ -43,7 +43,8 @@ def detection_transforms(config: dict):
     data = config["data"]
     if config["detector"] == "ssdlite":
         size = tuple(data["input_size"])
-        return transforms.ssd_train_transform(size), transforms.ssd_eval_transform(size)
+        return (transforms.ssd_train_transform(size, float(data.get("expand_max_ratio", 4.0))),
+                transforms.ssd_eval_transform(size))
     short, longest = int(data["short_side"]), int(data["max_size"])
     return (transforms.retinanet_train_transform(short, longest),
             transforms.retinanet_eval_transform(short, longest))

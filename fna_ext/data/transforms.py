@@ -357,8 +357,9 @@ class ToNormalizedTensor:
 
 # ---- recipes ----------------------------------------------------------------------------------
 
-def ssd_train_transform(size: tuple[int, int] = (320, 320)) -> Compose:
-    return Compose([PhotometricDistortion(), Expand(IMAGENET_MEAN, (1, 4), p=0.5), MinIoURandomCrop(),
+def ssd_train_transform(size: tuple[int, int] = (320, 320), expand_max_ratio: float = 4.0) -> Compose:
+    """SSD's recipe; ``expand_max_ratio`` (4 in SSD) bounds how far objects are zoomed out."""
+    return Compose([PhotometricDistortion(), Expand(IMAGENET_MEAN, (1, expand_max_ratio), p=0.5), MinIoURandomCrop(),
                     Resize(size, keep_ratio=False), RandomHorizontalFlip(0.5), ToNormalizedTensor()])
 
 
