@@ -4,6 +4,8 @@ and the command line's errors."""
 import json
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -68,7 +70,7 @@ def test_default_seed_is_built_once_then_reused(tmp_path, monkeypatch, capsys):
     assert "pretraining the embedded seed once" in capsys.readouterr().err
     assert pretrain.default_seed_weights() == path
     assert len(calls) == 1 and capsys.readouterr().err == ""
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no private leftovers
+    assert _leftovers(path) == []
     load_seed_weights(mobilenet_v2(num_classes=None, width_mult=0.35), path)
 
 
@@ -83,7 +85,35 @@ def test_default_seed_keeps_the_file_another_process_published_first(tmp_path, m
     monkeypatch.setattr(pretrain, "build_default_seed", build_while_another_publishes)
     assert pretrain.default_seed_weights() == final
     assert torch.load(final, weights_only=True)["metadata"] == {"who": "them"}
-    assert sorted(p.name for p in final.parent.iterdir()) == [final.name]
+    assert _leftovers(final) == []
+
+
+def test_default_seed_waits_for_a_concurrent_build(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(pretrain, "build_default_seed", _fake_builder(calls))
+    final = tmp_path / "seeds" / "mobilenet_v2-synthetic-v1.pt"
+    final.parent.mkdir(parents=True)
+    with open(final.with_name(f".{final.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # "another process" is building
+
+        def finish_building():
+            time.sleep(0.3)
+            save_weights(final, mobilenet_v2(num_classes=5, width_mult=0.35))
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+        other = threading.Thread(target=finish_building)
+        other.start()
+        assert pretrain.default_seed_weights() == final
+        other.join()
+    assert calls == []
+
+
+def _leftovers(published):
+    """Files beside the published seed other than it and its lock file (private builds, runs)."""
+    return sorted(p.name for p in published.parent.iterdir()
+                  if p.name not in (published.name, f".{published.name}.lock"))
 
 
 @pytest.mark.parametrize("args, message", [
