@@ -47,11 +47,7 @@ def seed_weights_path(args) -> Path:
     if args.data is not None:
         raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
                          "(torchvision, timm, FNA or fna_ext weights)")
-    try:
-        from .pretrain import default_seed_weights
-    except ImportError:
-        raise ValueError("the embedded default's seed (python -m fna_ext.pretrain) is not part of this "
-                         "version yet; pass --data ROOT and --seed-weights PATH") from None
+    from .pretrain import default_seed_weights  # imported late: only the embedded default needs it
     return default_seed_weights()
 
 
@@ -64,8 +60,8 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
              f"{'':12}{'params':>12}{'MAdds':>16}   ({record['detector']} at {size})",
              f"{'seed':12}{seed['params']:>12,}{seed['madds']:>16,}",
              f"{'adapted':12}{adapted['params']:>12,}{adapted['madds']:>16,}",
-             f"expected {record['cost_kind']} at the end: {record['expected_cost']:.4g} {record['cost_unit']}"
-             f" (derived: {record['derived_cost']:.4g})",
+             f"backbone {record['cost_kind']} the search optimised: {record['expected_cost']:.4g} "
+             f"{record['cost_unit']} expected under softmax(alpha), {record['derived_cost']:.4g} derived",
              "time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
              f"wrote {result.out_dir / 'arch.json'}, arch.png, alphas.png",
              "next (parameter adaptation):"]
