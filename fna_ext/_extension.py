@@ -16,6 +16,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -95,15 +96,26 @@ def _load_installed() -> ExtensionStatus | None:
     return _finish_loading("installed")
 
 
+def _first_use_build_exists(cpp_extension) -> bool:
+    """Whether an earlier first-use build sits in torch's extension cache (torch then only
+    checks it is current), so the one-minute compile message is not repeated on every run."""
+    try:
+        build_dir = Path(cpp_extension._get_build_directory("fna_ext_C", verbose=False))
+    except Exception:  # a private helper of torch: if it moves, say the message anyway
+        return False
+    return any(build_dir.glob("fna_ext_C*.so")) or any(build_dir.glob("fna_ext_C*.pyd"))
+
+
 def _compile_on_first_use() -> ExtensionStatus:
     from torch.utils import cpp_extension
 
     with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
         _build_config.ensure_cuda_arch_list(torch.cuda.is_available())
-    print("fna_ext: no prebuilt extension; compiling the C++ ops once into torch's extension "
-          "cache (about a minute). `pip install --no-build-isolation .` builds them at install "
-          "time instead.", file=sys.stderr)
+    if not _first_use_build_exists(cpp_extension):
+        print("fna_ext: no prebuilt extension; compiling the C++ ops once into torch's extension "
+              "cache (about a minute). `pip install --no-build-isolation .` builds them at install "
+              "time instead.", file=sys.stderr)
     try:
         cpp_extension.load(
             name="fna_ext_C",

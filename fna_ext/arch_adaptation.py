@@ -34,7 +34,7 @@ from .config import dump
 from .cost_table import build_cost_table
 from .data.batching import collate_detection
 from .engine import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
-                     load_checkpoint, progress_enabled, rng_state, set_rng_state)
+                     load_checkpoint, place_model, progress_enabled, rng_state, set_rng_state)
 from .models.network import Network
 from .search_space import SPACES
 from .supernet import SuperNetwork
@@ -171,8 +171,9 @@ class ArchitectureSearch:
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
                                      kernel=s["remap_kernel"])
-        self.model = build_model(config["detector"], self.supernet.arch, self.num_classes,
-                                 backbone=self.supernet).to(self.device)
+        self.model = place_model(build_model(config["detector"], self.supernet.arch, self.num_classes,
+                                             backbone=self.supernet),
+                                 self.device, bool(train.get("channels_last", True)))
         if distributed.current():
             distributed.use_global_batch_norm(self.model)
         self.layers = self.supernet.search_layers()
