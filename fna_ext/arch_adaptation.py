@@ -167,7 +167,11 @@ class ArchitectureSearch:
         started = time.perf_counter()
         torch.manual_seed(self.seed)  # the neck and head start the same for the same config
         space = SPACES[config["detector"]]
-        self.supernet = SuperNetwork(seed_network.arch, space, seed=seed_network,
+        if s["init"] not in ("remap", "random"):
+            raise ValueError(f"search.init must be 'remap' or 'random', got {s['init']!r}")
+        # "random": the super network starts untrained (the paper's RandInit -> ArchAdapt rows)
+        initial = seed_network if s["init"] == "remap" else None
+        self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
                                      kernel=s["remap_kernel"])

@@ -14,6 +14,7 @@ from .config import resolve
 from .eval.coco import STAT_NAMES
 from .presets import finetune_preset
 from .tasks import DETECTORS
+from .training import INITS, train_detector
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,18 +60,25 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="mobilenet_v2",
                         help="backbone: a name, an arch file (JSON or net_config) or inline net_config")
     parser.add_argument("--out", default=None, help="output folder (default: runs/train_DETECTOR)")
+    parser.add_argument("--init", choices=INITS, default=None,
+                        help="backbone initialisation: remap the seed into it (default when there is a "
+                             "seed) or random")
+    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+                        help="re-estimate the BN statistics on N training batches before fine-tuning")
     args = parser.parse_args(argv)
     check_device(args.device)
     config = build_config(args)
     arch = Arch.from_arg(args.arch)
     out = Path(args.out or f"runs/train_{args.detector}")
-    from .training import train_detector
-
-    result = train_detector(config, arch, out, seed_weights=args.seed_weights, resume=args.resume,
-                            device=args.device)
-    print(f"trained {args.detector} on {arch} in {result.seconds / 60:.1f} min")
+    if args.bn_recalibrate < 0:
+        raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
+    init = args.init or ("remap" if args.seed_weights else "random")
+    result = train_detector(config, arch, out, seed_weights=args.seed_weights, init=init,
+                            bn_recalibrate=args.bn_recalibrate, resume=args.resume, device=args.device)
+    print(f"trained {args.detector} ({init} init) on {arch} in {result.seconds / 60:.1f} min")
     print(format_metrics(result.metrics))
-    print(f"weights: {result.weights}\nmetrics: {out / 'metrics.json'} (log: {out / 'metrics.jsonl'})")
+    print(f"weights: {result.weights}\nmetrics: {out / 'metrics.json'} (log: {out / 'metrics.jsonl'}, "
+          f"plot: {out / 'training.png'})")
     return 0
 
 

@@ -40,12 +40,15 @@ DEFAULTS = {"detection": {"images": 1000, "size": 160}, "classification": {"imag
 DEFAULT_VAL_FRACTION = 0.2
 # Part of the cache folder name: bump it whenever the drawing changes, so a cached dataset made
 # by an older version is never mistaken for the current one.
-FORMAT_VERSION = "v1"
+FORMAT_VERSION = "v2"
 MIN_IMAGE_SIZE = 32
 JPEG_QUALITY = 90
 
-# Shape extent (diameter of the circumscribed circle) as a fraction of the image side.
-DETECTION_SCALE = (0.08, 0.6)
+# Shape extent (diameter of the circumscribed circle) as a fraction of the image side. The
+# smallest detection objects (24 px at the default 160) still overlap SSDLite's smallest anchors
+# (0.2 of the side, on a stride-16 grid) at IoU ~0.5; v1's 0.08 (13 px) left many objects no
+# anchor to match but the forced best one.
+DETECTION_SCALE = (0.15, 0.6)
 CLASSIFICATION_SCALE = (0.4, 0.8)
 MAX_OBJECTS = 6
 PLACEMENT_ATTEMPTS = 20
@@ -458,7 +461,7 @@ def cache_dir() -> Path:
 def default_dataset(kind: str = "detection", *, images: int | None = None, size: int | None = None,
                     seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION) -> Path:
     """The synthetic dataset the project's commands use when given none: generated on first use
-    into ``cache_dir()/synthetic/{kind}-{images}-{size}-{seed}-v1`` and reused afterwards.
+    into ``cache_dir()/synthetic/{kind}-{images}-{size}-{seed}-{FORMAT_VERSION}`` and reused afterwards.
     Concurrent first uses are safe: each writes its own copy, one wins the rename, and the
     others use the winner's."""
     if kind not in KINDS:
