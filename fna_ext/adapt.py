@@ -31,6 +31,7 @@ from .config import resolve
 from .eval.coco import STAT_NAMES
 from .presets import finetune_preset, search_preset
 from .remap import load_seed_network
+from .search import seed_weights_path
 from .tasks import DETECTORS
 from .train import check_device, format_metrics
 from .training import INITS, train_detector
@@ -64,17 +65,6 @@ def pipeline_configs(options: AdaptOptions) -> tuple[dict, dict]:
     return search_config, train_config
 
 
-def seed_weights_path(options: AdaptOptions) -> Path:
-    if options.seed_weights:
-        return Path(options.seed_weights)
-    if options.data is not None:
-        raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
-                         "(torchvision, timm, FNA or fna_ext weights)")
-    from .pretrain import default_seed_weights  # imported late: only the embedded default needs it
-
-    return default_seed_weights()
-
-
 def adapt(options: AdaptOptions, out_dir: str | os.PathLike,
           announce: Callable[[str], None] = lambda message: None) -> dict:
     """Runs the pipeline into ``out_dir`` and returns the summary it writes there."""
@@ -87,7 +77,7 @@ def adapt(options: AdaptOptions, out_dir: str | os.PathLike,
     phases: dict[str, float] = {}
 
     announce("seed: loading the seed network")
-    seed_path = seed_weights_path(options)
+    seed_path = seed_weights_path(options.seed_weights, options.data)
     seed = load_seed_network(seed_path)
     phases["seed"] = time.perf_counter() - started
 

@@ -18,13 +18,13 @@ import argparse
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import cli
+from .atomic import atomic_write
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .detection.boxes import clip_boxes
 from .detection.detector import SSDLite
@@ -77,11 +77,10 @@ def export_detector(checkpoint: str | os.PathLike, out: str | os.PathLike, fmt: 
     wrapper = DecodedDetector(detector, size).eval()
     example = torch.rand(batch_size, 3, *size, generator=torch.Generator().manual_seed(0)) * 255
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         expected = wrapper(example)
     writer = _write_torchscript if fmt == "torchscript" else _write_onnx
-    _write_atomically(out, lambda tmp: writer(wrapper, example, tmp))
+    atomic_write(out, lambda tmp: writer(wrapper, example, Path(tmp)))
     runner = _run_torchscript if fmt == "torchscript" else _run_onnx
     got = runner(out, example)
     check = _compare(expected, got)
@@ -104,16 +103,6 @@ def _require_onnx() -> None:
     if missing:
         raise ValueError(f"--format onnx needs the optional packages {missing}: "
                          "pip install 'fna_ext[onnx]' (or pip install onnx onnxscript onnxruntime)")
-
-
-def _write_atomically(out: Path, write) -> None:
-    handle, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=out.suffix)
-    os.close(handle)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -41,10 +41,12 @@ def build_config(args) -> dict:
     return resolve(preset, args.config, overrides)
 
 
-def seed_weights_path(args) -> Path:
-    if args.seed_weights:
-        return Path(args.seed_weights)
-    if args.data is not None:
+def seed_weights_path(seed_weights: str | None, data: str | None) -> Path:
+    """The seed's weight file: the given one, or with no ``--data`` the embedded default's
+    (pretrained once and cached)."""
+    if seed_weights:
+        return Path(seed_weights)
+    if data is not None:
         raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
                          "(torchvision, timm, FNA or fna_ext weights)")
     from .pretrain import default_seed_weights  # imported late: only the embedded default needs it
@@ -93,10 +95,10 @@ def main(argv=None) -> int:
     try:
         started = time.perf_counter()
         if context is None or context.is_main:
-            seed_path = seed_weights_path(args)  # builds the embedded seed once, on one process
+            seed_path = seed_weights_path(args.seed_weights, args.data)  # builds the embedded seed once, on one process
         if context is not None:
             torch.distributed.barrier()
-            seed_path = seed_weights_path(args)
+            seed_path = seed_weights_path(args.seed_weights, args.data)
         seed = load_seed_network(seed_path, args.seed_arch)
         seed_seconds = time.perf_counter() - started
         result = search(config, seed, Path(args.out), resume=args.resume, device=args.device)
