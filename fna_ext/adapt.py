@@ -177,10 +177,11 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     check_device(args.device)
-    for flag, value in (("--search-epochs", args.search_epochs), ("--train-epochs", args.train_epochs),
-                        ("--bn-recalibrate", args.bn_recalibrate + 1)):
+    for flag, value in (("--search-epochs", args.search_epochs), ("--train-epochs", args.train_epochs)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    if args.bn_recalibrate < 0:
+        raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
     options = AdaptOptions(
         detector=args.detector, data=args.data, seed_weights=args.seed_weights,
         search_init=args.search_init, train_init=args.init, bn_recalibrate=args.bn_recalibrate,

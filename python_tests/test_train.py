@@ -62,6 +62,8 @@ def test_train_cli_writes_weights_metrics_and_log(tiny_coco, tmp_path):
     (["--epochs", "0"], "--epochs must be positive"),
     (["--arch", "[[32, 16], ['k4_e6'], 1]"], "stage 0"),
     (["--resume"], "no checkpoint"),
+    (["--init", "remap"], "--init remap needs --seed-weights"),
+    (["--bn-recalibrate", "-1"], "--bn-recalibrate must be"),
 ])
 def test_train_cli_bad_input_exits_2_with_one_line(tiny_coco, tmp_path, args, message):
     result = run_train("--data", str(tiny_coco), "--arch", SMALL_ARCH, "--out", str(tmp_path / "o"),
