@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -69,8 +70,8 @@ def run(args) -> list[dict]:
             for row in ROWS}
     for seed in args.seeds:
         base = dict(data=args.data, seed_weights=args.seed_weights, seed=seed, device=args.device,
-                    search_overrides=[f"train.epochs={args.search_epochs}"],
-                    train_overrides=[f"train.epochs={args.train_epochs}"])
+                    search_overrides=[*args.search_set, f"train.epochs={args.search_epochs}"],
+                    train_overrides=[*args.train_set, f"train.epochs={args.train_epochs}"])
         seed_path = seed_weights_path(args.seed_weights, args.data)
         seed_network = load_seed_network(seed_path)
         for search_init, train_init in ROWS:
@@ -104,9 +105,7 @@ def markdown(rows: list[dict], args) -> str:
                      f"{row['mean_AP50']:.3f} ± {row['std_AP50']:.3f} | {row['mean_madds'] / 1e6:.1f}M | {per_seed} |")
     lines += ["", f"Seeds {args.seeds}; search {args.search_epochs} epochs, fine-tuning {args.train_epochs} "
               f"epochs per row; data: {args.data or 'the embedded synthetic default'}; "
-              f"{device_description(args.device)}; command: `python benchmarks/remap_ablation.py "
-              f"--seeds {' '.join(map(str, args.seeds))} --search-epochs {args.search_epochs} "
-              f"--train-epochs {args.train_epochs}`."]
+              f"{device_description(args.device)}; command: `{shlex.join(['python', 'benchmarks/remap_ablation.py', *args.argv])}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -117,11 +116,16 @@ def main(argv=None) -> int:
     parser.add_argument("--train-epochs", type=int, default=6)
     parser.add_argument("--data", help="COCO-format root (default: the embedded synthetic dataset)")
     parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
+    parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a search setting for every row (repeatable)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fine-tuning setting for every row (repeatable)")
     parser.add_argument("--work", default=str(REPO / "runs" / "remap_ablation"),
                         help="folder for each phase's outputs, reused when run again")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     started = time.perf_counter()
     rows = run(args)
     results = Path(args.results)
