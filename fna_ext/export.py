@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -106,8 +107,6 @@ def _require_onnx() -> None:
 
 
 def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
-    import warnings
-
     with warnings.catch_warnings():  # torch.jit's deprecation notice: TorchScript is what was asked for
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(wrapper, example, check_trace=False)
@@ -115,8 +114,6 @@ def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) ->
 
 
 def _run_torchscript(path: Path, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import warnings
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(str(path))(example)
