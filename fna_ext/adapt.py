@@ -108,7 +108,6 @@ def build_summary(options: AdaptOptions, found, trained, seed_path: Path, phases
     record = found.record
     search_seconds = sum(v for k, v in phases.items() if k.startswith("search: "))
     train_seconds = sum(v for k, v in phases.items() if k.startswith("parameter adaptation: "))
-    processes = 1  # adapt runs in one process; distributed searches report their own
     return {
         "format": SUMMARY_FORMAT, "task": "coco", "detector": options.detector,
         "data": options.data or "embedded synthetic default", "seed_weights": str(seed_path),
@@ -119,10 +118,11 @@ def build_summary(options: AdaptOptions, found, trained, seed_path: Path, phases
         "adapted": record["adapted"], "seed": record["seed"],
         "metrics": trained.metrics,
         "seconds": {"total": seconds, **phases},
-        "cost": {"device": device_description(options.device), "processes": processes,
-                 "search_device_hours": search_seconds * processes / 3600,
-                 "parameter_adaptation_device_hours": train_seconds * processes / 3600,
-                 "total_device_hours": seconds * processes / 3600},
+        # adapt runs in one process, so device-hours are wall-clock hours on one device
+        "cost": {"device": device_description(options.device), "processes": 1,
+                 "search_device_hours": search_seconds / 3600,
+                 "parameter_adaptation_device_hours": train_seconds / 3600,
+                 "total_device_hours": seconds / 3600},
         "outputs": {"search": str(found.out_dir), "arch": str(found.out_dir / "arch.json"),
                     "train": str(trained.out_dir), "weights": str(trained.weights)},
     }

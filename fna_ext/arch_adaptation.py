@@ -39,7 +39,7 @@ from .models.network import Network
 from .search_space import SPACES
 from .supernet import SuperNetwork
 from .tasks import build_model
-from .training import build_datasets, dataset_root
+from .training import INITS, build_datasets, dataset_root
 
 STRATEGIES = ("diff", "random")
 
@@ -167,8 +167,8 @@ class ArchitectureSearch:
         started = time.perf_counter()
         torch.manual_seed(self.seed)  # the neck and head start the same for the same config
         space = SPACES[config["detector"]]
-        if s["init"] not in ("remap", "random"):
-            raise ValueError(f"search.init must be 'remap' or 'random', got {s['init']!r}")
+        if s["init"] not in INITS:
+            raise ValueError(f"search.init must be one of {INITS}, got {s['init']!r}")
         # "random": the super network starts untrained (the paper's RandInit -> ArchAdapt rows)
         initial = seed_network if s["init"] == "remap" else None
         self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,

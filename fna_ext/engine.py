@@ -195,7 +195,8 @@ class Trainer:
     ``config`` keys: ``epochs``, ``batch_size``, ``optimizer`` (:func:`build_optimizer`),
     ``schedule`` (:func:`lr_factor`), ``grad_clip`` (max norm or null), ``eval_every`` (epochs,
     0 = only at the end), ``checkpoint_every`` (iterations; 0 = each epoch end), ``log_every``,
-    ``num_workers``, ``seed``, ``channels_last`` (:func:`place_model`; default true). Writes ``metrics.jsonl`` and ``checkpoint.pt`` into ``out_dir``.
+    ``num_workers``, ``seed``, ``channels_last`` (:func:`place_model`; default true). Writes
+    ``metrics.jsonl`` and ``checkpoint.pt`` into ``out_dir``.
     ``extra_state`` goes into every checkpoint (the arch, class names, ...)."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, dataset, collate_fn: Callable, config: dict,

@@ -28,7 +28,6 @@ from . import cli
 from .atomic import atomic_write
 from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .detection.boxes import clip_boxes
-from .detection.detector import SSDLite
 from .detector_file import load_detector
 
 FORMATS = ("torchscript", "onnx")
@@ -49,16 +48,12 @@ class DecodedDetector(nn.Module):
         with torch.no_grad():  # the anchors depend only on the input size: computed once
             probe = detector(torch.zeros(1, 3, *self.input_size))
         self.register_buffer("anchors", torch.cat(probe["anchors"]).float())
-        self.softmax_with_background = isinstance(detector, SSDLite)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.detector.neck(self.detector.backbone_features((images - self.mean) / self.std))
         logits, deltas = self.detector.head(features)
-        logits, deltas = torch.cat(logits, 1).float(), torch.cat(deltas, 1).float()
-        if self.softmax_with_background:
-            scores = logits.softmax(dim=-1)[..., 1:]
-        else:
-            scores = logits.sigmoid()
+        scores = self.detector.class_probabilities(torch.cat(logits, 1))
+        deltas = torch.cat(deltas, 1).float()
         boxes = clip_boxes(self.detector.coder.decode(deltas, self.anchors), *self.input_size)
         return boxes, scores
 

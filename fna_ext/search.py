@@ -94,8 +94,8 @@ def main(argv=None) -> int:
     context = distributed.init_from_env(args.device)  # under torchrun: one process per device
     try:
         started = time.perf_counter()
-        if context is None or context.is_main:
-            seed_path = seed_weights_path(args.seed_weights, args.data)  # builds the embedded seed once, on one process
+        if context is None or context.is_main:  # builds the embedded seed once, on one process
+            seed_path = seed_weights_path(args.seed_weights, args.data)
         if context is not None:
             torch.distributed.barrier()
             seed_path = seed_weights_path(args.seed_weights, args.data)

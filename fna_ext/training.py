@@ -28,6 +28,7 @@ from .plots import plot_training_curves
 from .remap import load_seed_network, remap_network
 from .tasks import build_model
 
+
 def dataset_root(config: dict) -> Path | None:
     """The data root of the config, or the embedded synthetic default when it names none (and no
     explicit annotation file is given)."""
@@ -131,11 +132,11 @@ def train_detector(config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
         # the seed's parameters remapped into this backbone (FNA's parameter remapping; a change
         # of layout only when the arch is the seed's own)
         remap_network(load_seed_network(seed_weights), model.backbone)
+    model.to(device)  # before recalibration, which runs batches on the device
     clock.lap("remap" if init == "remap" else "build")
     if not resume and bn_recalibrate:
         recalibrate_batch_norm(model, _training_images(train_set, train_cfg, collate), bn_recalibrate, device)
         clock.lap("bn recalibration")
-    model.to(device)
     atomic_write_text(out_dir / "config.yaml", dump(config))
 
     def evaluate(m):

@@ -157,3 +157,26 @@ def test_bad_input_exits_2_with_one_line(adapted, tmp_path, module, args, messag
     assert result.returncode == 2, result.stderr
     assert message.replace("NOPE.pt", str(tmp_path / "NOPE.pt")) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_retinanet_dense_outputs_hold_its_detections():
+    from fna_ext.arch import Arch
+    from fna_ext.tasks import build_model
+
+    torch.manual_seed(0)
+    arch = Arch.parse("[[16, 8], ['k3_e1'], 1]|[[8, 16], ['k3_e3'], 2]|[[16, 24], ['k3_e3'], 2]|"
+                      "[[24, 32], ['k3_e3'], 2]|[[32, 48], ['k3_e6'], 2]|[[48, 64], ['k3_e3'], 1]")
+    detector = build_model("retinanet", arch, 3).eval()
+    torch.nn.init.normal_(detector.head.cls.bias, 0.0, 1.0)  # scores above the test threshold
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 255
+    with torch.no_grad():
+        boxes, scores = DecodedDetector(detector, (64, 64))(images)
+        normalised = (images / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+            / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        found = detector.predict(normalised)[0]
+    assert scores.shape == (1, boxes.shape[1], 3) and (scores >= 0).all() and (scores <= 1).all()
+    assert len(found["scores"]) > 0
+    top = found["scores"].argmax()
+    anchor = scores[0, :, found["labels"][top]].argmax()
+    torch.testing.assert_close(scores[0, anchor, found["labels"][top]], found["scores"][top])
+    torch.testing.assert_close(boxes[0, anchor], found["boxes"][top], atol=1e-3, rtol=1e-4)

@@ -23,7 +23,8 @@ from .heads import RetinaHead, SSDLiteHead
 from .losses import anchor_targets, retinanet_loss, ssd_loss
 from .matcher import Matcher
 from .necks import FPN, SSDLiteExtras
-from .postprocess import RETINANET_TEST, SSD_TEST, PostprocessConfig, retinanet_postprocess, ssd_postprocess
+from .postprocess import (RETINANET_TEST, SSD_TEST, PostprocessConfig, retinanet_postprocess,
+                          softmax_without_background, ssd_postprocess)
 
 
 def stage_strides(arch: Arch) -> list[int]:
@@ -101,6 +102,10 @@ class SSDLite(Detector):
         return ssd_loss(torch.cat(outputs["cls_logits"], 1), torch.cat(outputs["box_deltas"], 1),
                         labels, box_targets, neg_pos_ratio=self.neg_pos_ratio)
 
+    @staticmethod
+    def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+        return softmax_without_background(logits)
+
     def postprocess(self, outputs: dict, image_sizes) -> list[dict]:
         return ssd_postprocess(torch.cat(outputs["cls_logits"], 1), torch.cat(outputs["box_deltas"], 1),
                                torch.cat(outputs["anchors"]), image_sizes, self.coder, self.test_config)
@@ -113,6 +118,11 @@ class RetinaNet(Detector):
         labels, box_targets = self._targets(outputs, targets)
         return retinanet_loss(torch.cat(outputs["cls_logits"], 1), torch.cat(outputs["box_deltas"], 1),
                               labels, box_targets)
+
+    @staticmethod
+    def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities from (..., K) logits: an independent sigmoid per class."""
+        return logits.float().sigmoid()
 
     def postprocess(self, outputs: dict, image_sizes) -> list[dict]:
         return retinanet_postprocess(outputs["cls_logits"], outputs["box_deltas"], outputs["anchors"],

@@ -41,11 +41,16 @@ def _finish(boxes, scores, labels, image_size, config: PostprocessConfig) -> dic
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
+def softmax_without_background(logits: torch.Tensor) -> torch.Tensor:
+    """SSD's per-class probabilities: softmax over (..., K + 1) logits, background (0) dropped."""
+    return logits.float().softmax(dim=-1)[..., 1:]
+
+
 def ssd_postprocess(logits: torch.Tensor, deltas: torch.Tensor, anchors: torch.Tensor,
                     image_sizes: list[tuple[int, int]], coder, config: PostprocessConfig = SSD_TEST) -> list[dict]:
     """Softmax over classes with background at index 0, which is then dropped."""
     results = []
-    probabilities = logits.float().softmax(dim=-1)[..., 1:]
+    probabilities = softmax_without_background(logits)
     for i, image_size in enumerate(image_sizes):
         anchor, label, score = _top_candidates(probabilities[i], config.score_threshold, config.candidates)
         boxes = coder.decode(deltas[i, anchor].float(), anchors[anchor])
