@@ -48,9 +48,11 @@ def extension_build():
         print(f"fna_ext: building the CUDA extension for TORCH_CUDA_ARCH_LIST={arch_list}")
         flags["nvcc"] = CONFIG["NVCC_FLAGS"] + [
             f"-D{k}={v}" for k, v in CONFIG["define_macros"](with_cuda)]
-        ext = CUDAExtension(CONFIG["EXTENSION_NAME"], sources, extra_compile_args=flags)
+        ext = CUDAExtension(CONFIG["EXTENSION_NAME"], sources, extra_compile_args=flags,
+                            extra_link_args=CONFIG["LINK_FLAGS"])
     else:
-        ext = CppExtension(CONFIG["EXTENSION_NAME"], sources, extra_compile_args=flags)
+        ext = CppExtension(CONFIG["EXTENSION_NAME"], sources, extra_compile_args=flags,
+                           extra_link_args=CONFIG["LINK_FLAGS"])
     return [ext], {"build_ext": BuildExtension}
 
 

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "host_cache.h"
+
 namespace fna_ext {
 namespace {
 
@@ -37,6 +39,9 @@ std::string build_info() {
 
 TORCH_LIBRARY(fna_ext, m) {
   m.def("build_info() -> str", &build_info);
+  // The CPU block cache the fused ops allocate from (host_cache.h): bytes held, and freeing them.
+  m.def("host_cache_bytes() -> int", &host_cache::cached_bytes);
+  m.def("host_cache_release() -> ()", &host_cache::release_cached_blocks);
   // Greedy non-maximum suppression with torchvision's semantics: boxes (N, 4) as x1, y1, x2, y2,
   // a box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold; returns the
   // kept indices (int64) by descending score (ties keep the input order).
@@ -49,6 +54,29 @@ TORCH_LIBRARY(fna_ext, m) {
   // d = scale_dims[t] when that is >= 0.
   m.def("remap_copy(Tensor[] sources, Tensor(a!)[] targets, Tensor[] index_maps, float[] fills, "
         "Tensor[] scales, int[] scale_dims) -> ()");
+  // The super network's sampled MBConv (fna_ext.ops.sampled_mbconv): expand 1x1 -> BN1 -> ReLU6 ->
+  // depthwise k x k -> BN2 -> ReLU6 -> project 1x1 -> BN3 (+ x), batch statistics, on the first
+  // expand_channels channels and the centre k x k of max-size weights. Returns (out, h1, h2, h3,
+  // stats): the pre-BN tensors and the BN statistics (double) that backward needs.
+  m.def("sampled_mbconv_forward(Tensor x, Tensor expand_weight, Tensor dw_weight, Tensor project_weight, "
+        "Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "
+        "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of x, the three max-size weights (zero outside the slice) and the six BN parameters
+  // (empty where the BN has none).
+  m.def("sampled_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor dw_weight, "
+        "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
+        "Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, Tensor stats, "
+        "int kernel_size, int stride) -> Tensor[]");
+  // The same from the depthwise conv on, for an activated hidden tensor (the mixture's shared
+  // expansion): returns (out, h2, h3, stats).
+  m.def("depthwise_project_forward(Tensor x, Tensor hidden, Tensor dw_weight, Tensor project_weight, "
+        "Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, int kernel_size, int stride, "
+        "float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of x (empty without a residual), hidden, the weights and the four BN parameters.
+  m.def("depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor dw_weight, "
+        "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
+        "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride) -> Tensor[]");
 }
 
 }  // namespace fna_ext

@@ -17,8 +17,10 @@ EXTENSION_NAME = "fna_ext._C"
 # Relative to the csrc root. Sources shared by every build.
 CPU_SOURCES = [
     "registration.cpp",
+    "host_cache.cpp",
     "nms/nms_cpu.cpp",
     "remap/remap_cpu.cpp",
+    "mbconv/mbconv_cpu.cpp",
 ]
 # Only in the Python extension (defines PyInit__C so ``import fna_ext._C`` works).
 PYTHON_MODULE_SOURCES = ["python_module.cpp"]
@@ -34,6 +36,12 @@ CUDA_SOURCES = [
 CPP_TEST_SOURCES = ["tests/test_ops.cpp"]
 
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+# at::parallel_for is OpenMP in torch's Linux builds, inlined from its headers: without -fopenmp
+# it compiles to a serial loop. The link flag resolves to the libgomp.so.1 torch already loaded.
+LINK_FLAGS: list[str] = []
+if sys.platform.startswith("linux"):
+    CXX_FLAGS.append("-fopenmp")
+    LINK_FLAGS.append("-fopenmp")
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
 # Compiled for when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset (Hopper, the H100/H200).
 DEFAULT_CUDA_ARCH_LIST = "9.0"
@@ -85,5 +93,6 @@ if __name__ == "__main__":
         print("FNA_CPP_TEST_SOURCES=" + ";".join(CPP_TEST_SOURCES))
         print("FNA_CXX_FLAGS=" + ";".join(CXX_FLAGS))
         print("FNA_NVCC_FLAGS=" + ";".join(NVCC_FLAGS))
+        print("FNA_LINK_FLAGS=" + ";".join(LINK_FLAGS))
     else:
         print("\n".join(sources(with_cuda=False, root=root)))

@@ -121,6 +121,7 @@ def _compile_on_first_use() -> ExtensionStatus:
             name="fna_ext_C",
             sources=_build_config.sources(with_cuda, python_module=False),
             extra_cflags=_build_config.cxx_flags(with_cuda),
+            extra_ldflags=_build_config.LINK_FLAGS,
             extra_cuda_cflags=_build_config.NVCC_FLAGS + [
                 f"-D{k}={v}" for k, v in _build_config.define_macros(with_cuda)],
             with_cuda=with_cuda,

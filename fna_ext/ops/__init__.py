@@ -3,6 +3,9 @@ device, and its pure-PyTorch reference otherwise (the reference is also what the
 the kernels with)."""
 
 from .nms import batched_nms, batched_nms_reference, nms, nms_reference
-from .sampled_mbconv import centre_kernel, sampled_mbconv
+from .sampled_mbconv import (centre_kernel, depthwise_project, depthwise_project_reference, fused, fused_enabled,
+                             sampled_mbconv, sampled_mbconv_reference, set_fused, takes_fused_path)
 
-__all__ = ["nms", "batched_nms", "nms_reference", "batched_nms_reference", "sampled_mbconv", "centre_kernel"]
+__all__ = ["nms", "batched_nms", "nms_reference", "batched_nms_reference", "sampled_mbconv", "sampled_mbconv_reference",
+           "depthwise_project", "depthwise_project_reference", "centre_kernel", "fused", "set_fused",
+           "fused_enabled", "takes_fused_path"]

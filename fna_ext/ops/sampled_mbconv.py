@@ -3,16 +3,62 @@ weights (Once-for-All style). Kernel k uses the centre k x k of the max kernel, 
 the first e * C_in hidden channels. BatchNorm uses the batch's statistics (the published super
 network keeps no running statistics), with optional affine parameters sliced the same way.
 
-This is the pure-PyTorch definition; the fused kernels replace its body without changing its
-signature or its callers.
+Two implementations with one signature:
+
+- fused: the ``fna_ext::sampled_mbconv_*`` and ``fna_ext::depthwise_project_*`` C++/CUDA ops
+  (csrc/mbconv), a few kernels per direction instead of eager PyTorch's chain of ten or more,
+  slicing inside the kernels and writing gradients straight into the max-size weights' shape;
+- reference: the pure-PyTorch definition below (``*_reference``), what the tests compare the
+  fused ops with.
+
+:func:`sampled_mbconv` and :func:`depthwise_project` take the fused path whenever the extension
+has a kernel for the input's device and dtype, unless :func:`set_fused(False) <set_fused>` (the
+CLIs' ``--no-fused``) says otherwise. Under ``torchrun`` they take the reference, whose BatchNorm
+reduces its statistics over every process (:mod:`fna_ext.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
+from .. import _extension, distributed
 from ..distributed import batch_norm as global_batch_norm
+
+FUSED_KERNEL_SIZES = (1, 3, 5, 7)
+_FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),
+                 "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+_fused_enabled = True
+
+
+def set_fused(enabled: bool) -> None:
+    """Lets :func:`sampled_mbconv` use the fused kernels (the default) or forces the reference."""
+    global _fused_enabled
+    _fused_enabled = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    return _fused_enabled
+
+
+@contextlib.contextmanager
+def fused(enabled: bool):
+    """``with fused(False): ...`` runs the block with the reference and restores the setting."""
+    previous = _fused_enabled
+    set_fused(enabled)
+    try:
+        yield
+    finally:
+        set_fused(previous)
+
+
+def takes_fused_path(x: torch.Tensor, kernel_size: int) -> bool:
+    """Whether :func:`sampled_mbconv` would run the fused op for this input."""
+    return (_fused_enabled and distributed.current() is None and kernel_size in FUSED_KERNEL_SIZES
+            and x.dtype in _FUSED_DTYPES.get(x.device.type, ())
+            and _extension.has_kernel("sampled_mbconv_forward", x.device))
 
 
 def _slice(t: torch.Tensor | None, channels: int) -> torch.Tensor | None:
@@ -42,17 +88,58 @@ def expand_hidden(x: torch.Tensor, expand_weight: torch.Tensor, expand_channels:
     return F.relu6(_bn(F.conv2d(x, expand_weight[:expand_channels]), bn1_weight, bn1_bias, eps))
 
 
-def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
-                      project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1, bn2_weight=None,
-                      bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
-    """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k ->
-    BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when the shapes allow."""
+def depthwise_project_reference(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
+                                project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1,
+                                bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
+                                eps: float = 1e-5) -> torch.Tensor:
+    """Pure-PyTorch :func:`depthwise_project`."""
     e = hidden.shape[1]
     hidden = F.conv2d(hidden, centre_kernel(dw_weight[:e], kernel_size), stride=stride,
                       padding=kernel_size // 2, groups=e)
     hidden = F.relu6(_bn(hidden, bn2_weight, bn2_bias, eps))
     out = _bn(F.conv2d(hidden, project_weight[:, :e]), bn3_weight, bn3_bias, eps)
     return out + x if stride == 1 and out.shape[1] == x.shape[1] else out
+
+
+def sampled_mbconv_reference(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
+                             project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
+                             stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
+                             bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """Pure-PyTorch :func:`sampled_mbconv`."""
+    _check(x, expand_weight, dw_weight, expand_channels)
+    hidden = x if expand_weight is None else expand_hidden(x, expand_weight, expand_channels, bn1_weight,
+                                                           bn1_bias, eps)
+    return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
+                                       stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
+                                       bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
+
+
+def _check(x, expand_weight, dw_weight, expand_channels: int) -> None:
+    e = expand_channels
+    if e < 1 or e > dw_weight.shape[0]:
+        raise ValueError(f"expand_channels {e} is outside 1..{dw_weight.shape[0]} (E_max)")
+    if expand_weight is None and e != x.shape[1]:
+        raise ValueError(f"without an expansion conv, expand_channels must equal C_in ({x.shape[1]}), got {e}")
+
+
+def _like_x(x: torch.Tensor, *tensors):
+    # One dtype for the kernels (autocast hands bf16 activations with fp32 weights); the cast is
+    # differentiable, so gradients reach the parameters in their own dtype.
+    return [t if t is None or t.dtype == x.dtype else t.to(x.dtype) for t in tensors]
+
+
+def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
+                      project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1, bn2_weight=None,
+                      bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
+    """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k ->
+    BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when the shapes allow."""
+    centre_kernel(dw_weight, kernel_size)  # checks that k fits
+    if not takes_fused_path(x, kernel_size):
+        return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
+                                           stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
+                                           bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
+    tensors = _like_x(x, hidden, dw_weight, project_weight, bn2_weight, bn2_bias, bn3_weight, bn3_bias)
+    return torch.ops.fna_ext.depthwise_project_forward(x, *tensors, int(kernel_size), int(stride), float(eps))[0]
 
 
 def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
@@ -63,16 +150,118 @@ def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weigh
     BN3 (+ x when stride is 1 and C_in == C_out), on the slices of the max-size weights
     ``(E_max, C_in, 1, 1)``, ``(E_max, 1, K_max, K_max)`` and ``(C_out, E_max, 1, 1)``.
     ``expand_weight=None`` means no expansion conv (``expand_channels`` must be C_in)."""
-    c_in = x.shape[1]
-    e = expand_channels
-    if e < 1 or e > dw_weight.shape[0]:
-        raise ValueError(f"expand_channels {e} is outside 1..{dw_weight.shape[0]} (E_max)")
+    _check(x, expand_weight, dw_weight, expand_channels)
+    centre_kernel(dw_weight, kernel_size)
+    bn23 = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
     if expand_weight is None:
-        if e != c_in:
-            raise ValueError(f"without an expansion conv, expand_channels must equal C_in ({c_in}), got {e}")
-        hidden = x
-    else:
-        hidden = expand_hidden(x, expand_weight, e, bn1_weight, bn1_bias, eps)
-    return depthwise_project(x, hidden, dw_weight, project_weight, kernel_size=kernel_size, stride=stride,
-                             bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight,
-                             bn3_bias=bn3_bias, eps=eps)
+        return depthwise_project(x, x, dw_weight, project_weight, kernel_size=kernel_size, stride=stride, **bn23)
+    if not takes_fused_path(x, kernel_size):
+        return sampled_mbconv_reference(x, expand_weight, dw_weight, project_weight, kernel_size=kernel_size,
+                                        expand_channels=expand_channels, stride=stride, bn1_weight=bn1_weight,
+                                        bn1_bias=bn1_bias, **bn23)
+    tensors = _like_x(x, expand_weight, dw_weight, project_weight, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
+                      bn3_weight, bn3_bias)
+    return torch.ops.fna_ext.sampled_mbconv_forward(x, *tensors, int(kernel_size), int(expand_channels),
+                                                    int(stride), float(eps))[0]
+
+
+# ---- registration of the fused ops: fake kernels (shapes for torch.compile) and autograd ------
+
+def _out_size(size: int, kernel_size: int, stride: int) -> int:
+    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+
+
+def _channels_last(x: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
+    return x.new_empty((n, c, h, w), memory_format=torch.channels_last)
+
+
+def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, with_bn1):
+    n, _, h, w = x.shape
+    ho, wo = _out_size(h, kernel_size, stride), _out_size(w, kernel_size, stride)
+    e, c_out = hidden_channels, project_weight.shape[0]
+    stats = x.new_empty(((4 if with_bn1 else 2) * e + 2 * c_out,), dtype=torch.float64)
+    return (_channels_last(x, n, c_out, ho, wo), _channels_last(x, n, e, ho, wo),
+            _channels_last(x, n, c_out, ho, wo), stats)
+
+
+def _fake_sampled_forward(x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b,
+                          kernel_size, expand_channels, stride, eps):
+    out, h2, h3, stats = _fake_tail(x, expand_channels, project_weight, kernel_size, stride, with_bn1=True)
+    h1 = _channels_last(x, x.shape[0], expand_channels, x.shape[2], x.shape[3])
+    return out, h1, h2, h3, stats
+
+
+def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_size, stride, eps):
+    return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, with_bn1=False)
+
+
+def _fake_grads(x, params, bns):
+    grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
+    grads += [torch.empty_like(b) if b is not None else x.new_empty(0) for b in bns]
+    return grads
+
+
+def _fake_sampled_backward(grad_out, x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b,
+                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride):
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last)
+    return [grad_x] + _fake_grads(x, (expand_weight, dw_weight, project_weight),
+                                  (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b))
+
+
+def _fake_tail_backward(grad_out, x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3, stats,
+                        kernel_size, stride):
+    residual = stride == 1 and project_weight.shape[0] == x.shape[1]
+    grad_x = torch.empty_like(x, memory_format=torch.channels_last) if residual else x.new_empty(0)
+    grad_hidden = torch.empty_like(hidden, memory_format=torch.channels_last)
+    return [grad_x, grad_hidden] + _fake_grads(x, (dw_weight, project_weight), (bn2_w, bn2_b, bn3_w, bn3_b))
+
+
+def _none_if_empty(grads):
+    return tuple(g if g.numel() else None for g in grads)
+
+
+def _setup_sampled(ctx, inputs, output):
+    *tensors, kernel_size, _, stride, _ = inputs
+    _, h1, h2, h3, stats = output
+    ctx.save_for_backward(*tensors, h1, h2, h3, stats)
+    ctx.kernel_size, ctx.stride = kernel_size, stride
+    # Only `out` is differentiable: without this autograd would fill hidden-sized zero gradients
+    # for h1, h2, h3 on every backward.
+    ctx.set_materialize_grads(False)
+
+
+def _backward_sampled(ctx, grad_out, *_):
+    if grad_out is None:
+        return (None,) * 14
+    grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride)
+    return _none_if_empty(grads) + (None,) * 4
+
+
+def _setup_tail(ctx, inputs, output):
+    *tensors, kernel_size, stride, _ = inputs
+    _, h2, h3, stats = output
+    ctx.save_for_backward(*tensors, h2, h3, stats)
+    ctx.kernel_size, ctx.stride = kernel_size, stride
+    ctx.set_materialize_grads(False)
+
+
+def _backward_tail(ctx, grad_out, *_):
+    if grad_out is None:
+        return (None,) * 11
+    grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride)
+    return _none_if_empty(grads) + (None,) * 3
+
+
+def _register() -> None:
+    if not hasattr(torch.ops.fna_ext, "sampled_mbconv_forward"):
+        return  # an extension built from older sources
+    lib = torch.library
+    lib.register_fake("fna_ext::sampled_mbconv_forward", _fake_sampled_forward)
+    lib.register_fake("fna_ext::sampled_mbconv_backward", _fake_sampled_backward)
+    lib.register_fake("fna_ext::depthwise_project_forward", _fake_tail_forward)
+    lib.register_fake("fna_ext::depthwise_project_backward", _fake_tail_backward)
+    lib.register_autograd("fna_ext::sampled_mbconv_forward", _backward_sampled, setup_context=_setup_sampled)
+    lib.register_autograd("fna_ext::depthwise_project_forward", _backward_tail, setup_context=_setup_tail)
+
+
+_extension.on_load(_register)

@@ -1,0 +1,110 @@
+// See host_cache.h. Blocks are 2 MiB multiples, 2 MiB aligned and advised as huge pages where
+// the kernel allows it, so a step's tensors of the same shapes find exact-size blocks again.
+#include "host_cache.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace fna_ext {
+namespace host_cache {
+namespace {
+
+constexpr size_t kBlockAlign = size_t(2) << 20;  // a huge page
+constexpr size_t kMinBytes = size_t(1) << 20;    // smaller tensors: the default allocator is fine
+
+struct Cache {
+  std::mutex mutex;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;  // by size
+  std::unordered_map<void*, size_t> sizes;                     // every block handed out or free
+  size_t cached = 0;
+  size_t limit = 0;
+
+  Cache() {
+    const char* env = std::getenv("FNA_EXT_HOST_CACHE_MB");
+    limit = (env != nullptr ? std::strtoull(env, nullptr, 10) : 4096) << 20;
+  }
+
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      auto it = free_blocks.find(bytes);
+      if (it != free_blocks.end() && !it->second.empty()) {
+        void* block = it->second.back();
+        it->second.pop_back();
+        cached -= bytes;
+        return block;
+      }
+    }
+    void* block = std::aligned_alloc(kBlockAlign, bytes);
+    TORCH_CHECK(block != nullptr, "fna_ext: out of memory allocating ", bytes, " bytes");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(block, bytes, MADV_HUGEPAGE);  // a hint: fewer, larger page faults where enabled
+#endif
+    std::lock_guard<std::mutex> lock(mutex);
+    sizes[block] = bytes;
+    return block;
+  }
+
+  void give_back(void* block) {
+    std::lock_guard<std::mutex> lock(mutex);
+    const size_t bytes = sizes.at(block);
+    if (cached + bytes > limit) {
+      sizes.erase(block);
+      std::free(block);
+      return;
+    }
+    free_blocks[bytes].push_back(block);
+    cached += bytes;
+  }
+
+  void release() {
+    std::lock_guard<std::mutex> lock(mutex);
+    for (auto& entry : free_blocks) {
+      for (void* block : entry.second) {
+        sizes.erase(block);
+        std::free(block);
+      }
+    }
+    free_blocks.clear();
+    cached = 0;
+  }
+};
+
+// Never destroyed: tensors may be freed during interpreter shutdown, after static destructors.
+Cache& cache() {
+  static Cache* instance = new Cache();
+  return *instance;
+}
+
+void give_back(void* block) { cache().give_back(block); }
+
+}  // namespace
+
+at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  int64_t numel = 1;
+  for (int64_t s : sizes) numel *= s;
+  const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
+  if (!options.device().is_cpu() || bytes < kMinBytes || cache().limit == 0) return at::empty(sizes, options);
+  const size_t rounded = (bytes + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
+  void* block = cache().take(rounded);
+  return at::from_blob(block, sizes, &give_back, options);
+}
+
+void release_cached_blocks() { cache().release(); }
+
+int64_t cached_bytes() {
+  std::lock_guard<std::mutex> lock(cache().mutex);
+  return static_cast<int64_t>(cache().cached);
+}
+
+}  // namespace host_cache
+}  // namespace fna_ext

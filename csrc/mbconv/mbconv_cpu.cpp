@@ -1,0 +1,634 @@
+// CPU kernels of the fused sampled-path MBConv (the steps are in mbconv_driver.h).
+//
+// Depthwise work is split into tasks of one image and 16 channels: a task loads its input once
+// into a zero-padded channels-innermost tile (applying BN1 + ReLU6 there, so every tap of the
+// k x k window reads a ready value) and convolves with the centre k x k of its 16 channels'
+// weights, 4 output pixels at a time in registers. Backward computes the input gradient as the
+// same correlation over the zero-dilated output gradient with the kernel flipped, and the weight
+// gradient one kernel row at a time. Per-task partial sums are reduced in a fixed order, so
+// results do not depend on the thread count.
+//
+// The hot functions are compiled for AVX-512, AVX2 and baseline x86-64 (GCC's target_clones
+// picks one at load time); elsewhere they are built once for the compiler's target.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../host_cache.h"
+#include "mbconv_driver.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FNA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FNA_CLONES
+#endif
+#if defined(__GNUC__)
+#define FNA_INLINE inline __attribute__((always_inline))
+#else
+#define FNA_INLINE inline
+#endif
+
+namespace fna_ext {
+namespace mbconv {
+namespace {
+
+constexpr int64_t kBlock = 16;  // channels per depthwise task: one AVX-512 vector of floats
+
+template <typename T>
+FNA_INLINE T relu6(T v) { return std::min(std::max(v, T(0)), T(6)); }
+
+// 1 where ReLU6 passes the gradient (strictly inside (0, 6), as hardtanh_backward).
+template <typename T>
+FNA_INLINE T relu6_pass(T pre) {
+  return static_cast<T>((pre > T(0)) & (pre < T(6)));  // `&`, not `&&`: no branch, so it vectorises
+}
+
+// A reusable per-thread buffer: the depthwise tiles are too big for the stack and too frequent
+// for malloc (large allocations would be fresh pages every time).
+template <typename T>
+T* scratch(size_t elements) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < elements) buffer.resize(elements);
+  return buffer.data();
+}
+
+// ---- per-channel passes over (rows, C) matrices ---------------------------------------------
+
+// Fixed chunks of rows, each with its own partial sums; the partials are added in order.
+struct Chunks {
+  int64_t count, rows;
+  explicit Chunks(int64_t m) : count(std::max<int64_t>(1, std::min<int64_t>(64, (m + 255) / 256))), rows(m) {}
+  int64_t begin(int64_t i) const { return rows * i / count; }
+  int64_t end(int64_t i) const { return rows * (i + 1) / count; }
+};
+
+// Sums over rows run in T within blocks of kFlushRows rows (vectorised, like the data) and are
+// added into double once per block, so long columns keep double precision.
+constexpr int64_t kFlushRows = 64;
+
+template <typename T>
+FNA_INLINE void flush_sums(T* __restrict__ local, double* __restrict__ total, int64_t c) {
+  #pragma GCC ivdep
+  for (int64_t j = 0; j < c; ++j) {
+    total[j] += local[j];
+    local[j] = T(0);
+  }
+}
+
+template <typename T>
+FNA_CLONES void stats_chunk(const T* data, int64_t ld, int64_t c, int64_t r0, int64_t r1, double* s, double* q) {
+  T* __restrict__ ls = scratch<T>(2 * c);
+  T* __restrict__ lq = ls + c;
+  std::fill(ls, ls + 2 * c, T(0));
+  std::fill(s, s + c, 0.0);
+  std::fill(q, q + c, 0.0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict__ row = data + r * ld;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < c; ++j) {
+      ls[j] += row[j];
+      lq[j] += row[j] * row[j];
+    }
+    if ((r - r0) % kFlushRows == kFlushRows - 1 || r + 1 == r1) {
+      flush_sums(ls, s, c);
+      flush_sums(lq, q, c);
+    }
+  }
+}
+
+template <typename T>
+FNA_CLONES void affine_act_rows(const T* h, int64_t ld, int64_t c, const T* scale, const T* shift, bool relu,
+                                const T* residual, int64_t res_ld, T* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* in = h + r * ld;
+    T* o = out + r * c;
+    if (relu) {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) o[j] = relu6(in[j] * scale[j] + shift[j]);
+    } else if (residual != nullptr) {
+      const T* x = residual + r * res_ld;
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) o[j] = in[j] * scale[j] + shift[j] + x[j];
+    } else {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) o[j] = in[j] * scale[j] + shift[j];
+    }
+  }
+}
+
+// gz = g (masked by ReLU6 at h * ms + mb when ms is given); sums of gz and gz * h; optionally
+// the activation relu6(h * ms + mb) itself.
+template <typename T>
+FNA_CLONES void grad_sums_chunk(const T* g, const T* h, int64_t c, const T* ms, const T* mb, T* act, int64_t r0,
+                                int64_t r1, double* sg, double* sgh) {
+  T* __restrict__ lg = scratch<T>(2 * c);
+  T* __restrict__ lgh = lg + c;
+  std::fill(lg, lg + 2 * c, T(0));
+  std::fill(sg, sg + c, 0.0);
+  std::fill(sgh, sgh + c, 0.0);
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* __restrict__ gr = g + r * c;
+    const T* __restrict__ hr = h + r * c;
+    if (ms == nullptr) {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) {
+        lg[j] += gr[j];
+        lgh[j] += gr[j] * hr[j];
+      }
+    } else if (act == nullptr) {
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) {
+        const T gz = gr[j] * relu6_pass(hr[j] * ms[j] + mb[j]);
+        lg[j] += gz;
+        lgh[j] += gz * hr[j];
+      }
+    } else {
+      T* __restrict__ ar = act + r * c;
+      #pragma GCC ivdep
+      for (int64_t j = 0; j < c; ++j) {
+        const T pre = hr[j] * ms[j] + mb[j];
+        const T gz = gr[j] * relu6_pass(pre);
+        ar[j] = relu6(pre);
+        lg[j] += gz;
+        lgh[j] += gz * hr[j];
+      }
+    }
+    if ((r - r0) % kFlushRows == kFlushRows - 1 || r + 1 == r1) {
+      flush_sums(lg, sg, c);
+      flush_sums(lgh, sgh, c);
+    }
+  }
+}
+
+template <typename T>
+FNA_CLONES void grad_apply_rows(const T* g, const T* h, int64_t c, const T* ms, const T* mb, const T* a, const T* b,
+                                const T* cc, T* out, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* gr = g + r * c;
+    const T* hr = h + r * c;
+    T* o = out + r * c;
+    #pragma GCC ivdep
+    for (int64_t j = 0; j < c; ++j) {
+      const T gz = ms == nullptr ? gr[j] : gr[j] * relu6_pass(hr[j] * ms[j] + mb[j]);
+      o[j] = gz * a[j] + hr[j] * b[j] + cc[j];
+    }
+  }
+}
+
+// ---- depthwise tiles ------------------------------------------------------------------------
+
+// kBlock channels as one value (GCC/Clang vector extension: one AVX-512 register of floats, two
+// AVX2 ones, ...), so the accumulators below stay in registers.
+template <typename T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  typedef float type __attribute__((vector_size(kBlock * sizeof(float))));
+  typedef int32_t mask __attribute__((vector_size(kBlock * sizeof(float))));  // what comparisons give
+};
+template <>
+struct VecOf<double> {
+  typedef double type __attribute__((vector_size(kBlock * sizeof(double))));
+  typedef int64_t mask __attribute__((vector_size(kBlock * sizeof(double))));
+};
+template <typename T>
+using Vec = typename VecOf<T>::type;
+
+template <typename T>
+FNA_INLINE Vec<T> vload(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+FNA_INLINE void vstore(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Accumulates `W` adjacent outputs (a row of the output tile) in registers: W independent FMA
+// chains hide the FMA latency, and each weight vector loaded serves all of them. K and the
+// stride S are constants, so every load is a fixed offset from one pointer per kernel row.
+template <typename T, int K, int S, int W>
+FNA_INLINE void conv_pixels(const T* __restrict__ src, int64_t src_w, const T* __restrict__ w, T* __restrict__ out) {
+  Vec<T> acc[W] = {};
+#pragma GCC unroll 8
+  for (int kh = 0; kh < K; ++kh) {
+    const T* a = src + kh * src_w * kBlock;
+#pragma GCC unroll 8
+    for (int kw = 0; kw < K; ++kw) {
+      const Vec<T> wv = vload<T>(w + (kh * K + kw) * kBlock);
+#pragma GCC unroll 8
+      for (int j = 0; j < W; ++j) acc[j] += vload<T>(a + (j * S + kw) * kBlock) * wv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < W; ++j) vstore<T>(out + j * kBlock, acc[j]);
+}
+
+template <typename T, int K, int S>
+FNA_INLINE void conv_row_strided(const T* src, int64_t src_w, const T* w, int64_t out_w, T* out) {
+  int64_t ow = 0;
+  for (; ow + 8 <= out_w; ow += 8) conv_pixels<T, K, S, 8>(src + ow * S * kBlock, src_w, w, out + ow * kBlock);
+  for (; ow + 4 <= out_w; ow += 4) conv_pixels<T, K, S, 4>(src + ow * S * kBlock, src_w, w, out + ow * kBlock);
+  for (; ow < out_w; ++ow) conv_pixels<T, K, S, 1>(src + ow * S * kBlock, src_w, w, out + ow * kBlock);
+}
+
+// out[ow][:] = sum over the K x K window of src (rows of `src_w` pixels of kBlock channels)
+// starting at column ow * stride, times w[kh][kw][:].
+template <typename T, int K>
+FNA_INLINE void conv_row(const T* src, int64_t src_w, int64_t stride, const T* w, int64_t out_w, T* out) {
+  if (stride == 1) {
+    conv_row_strided<T, K, 1>(src, src_w, w, out_w, out);
+  } else {
+    conv_row_strided<T, K, 2>(src, src_w, w, out_w, out);
+  }
+}
+
+template <typename T>
+FNA_INLINE Vec<T> vrelu6(Vec<T> v) {
+  const Vec<T> zero = {};
+  v = v > zero ? v : zero;
+  return v < zero + T(6) ? v : zero + T(6);
+}
+
+// g where ReLU6 passes the gradient at pre-activation `pre` (0 < pre < 6), else 0: a bitwise AND
+// with the comparison mask (GCC lowers a vector `?:` on a combined mask lane by lane).
+template <typename T>
+FNA_INLINE Vec<T> vpass(Vec<T> pre, Vec<T> g) {
+  using Mask = typename VecOf<T>::mask;
+  const Vec<T> zero = {};
+  const Mask keep = (pre > zero) & (pre < zero + T(6));
+  return (Vec<T>)((Mask)g & keep);
+}
+
+// Zeroes the frame of `pad` pixels around an h x w interior of an (h + 2 pad) x (w + 2 pad) tile.
+template <typename T>
+FNA_INLINE void zero_frame(T* tile, int64_t h, int64_t w, int64_t pad) {
+  const int64_t wp = w + 2 * pad;
+  std::fill(tile, tile + pad * wp * kBlock, T(0));
+  std::fill(tile + (pad + h) * wp * kBlock, tile + (h + 2 * pad) * wp * kBlock, T(0));
+  for (int64_t y = pad; y < pad + h; ++y) {
+    std::fill(tile + y * wp * kBlock, tile + (y * wp + pad) * kBlock, T(0));
+    std::fill(tile + (y * wp + pad + w) * kBlock, tile + (y + 1) * wp * kBlock, T(0));
+  }
+}
+
+struct DwIn {  // the depthwise input: (N, H, W) pixels of `ld` values, and BN1 applied on load
+  const void* data;
+  int64_t ld;
+  const void* scale;  // null: the input is already activated
+  const void* shift;
+};
+
+// Fills the zero-padded (H + 2p) x (W + 2p) x kBlock tile of image n, channels c0 .. c0 + nb.
+template <typename T>
+FNA_INLINE void load_input_tile(const Geometry& g, const DwIn& in, int64_t n, int64_t c0, int64_t nb, T* tile) {
+  const int64_t wp = g.w + 2 * g.pad;
+  const T* src = static_cast<const T*>(in.data);
+  const T* scale = static_cast<const T*>(in.scale);
+  const T* shift = static_cast<const T*>(in.shift);
+  if (nb < kBlock) {  // the last, partial block of channels: scalar, the rest stays zero
+    std::fill(tile, tile + (g.h + 2 * g.pad) * wp * kBlock, T(0));
+    for (int64_t ih = 0; ih < g.h; ++ih) {
+      for (int64_t iw = 0; iw < g.w; ++iw) {
+        const T* s = src + ((n * g.h + ih) * g.w + iw) * in.ld + c0;
+        T* d = tile + ((ih + g.pad) * wp + iw + g.pad) * kBlock;
+        for (int64_t ch = 0; ch < nb; ++ch) d[ch] = scale == nullptr ? s[ch] : relu6(s[ch] * scale[c0 + ch] + shift[c0 + ch]);
+      }
+    }
+    return;
+  }
+  zero_frame(tile, g.h, g.w, g.pad);
+  const Vec<T> sc = scale == nullptr ? Vec<T>{} : vload<T>(scale + c0);
+  const Vec<T> sh = scale == nullptr ? Vec<T>{} : vload<T>(shift + c0);
+  for (int64_t ih = 0; ih < g.h; ++ih) {
+    const T* s = src + (n * g.h + ih) * g.w * in.ld + c0;
+    T* d = tile + ((ih + g.pad) * wp + g.pad) * kBlock;
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      const Vec<T> v = vload<T>(s + iw * in.ld);
+      vstore<T>(d + iw * kBlock, scale == nullptr ? v : vrelu6<T>(v * sc + sh));
+    }
+  }
+}
+
+// The centre K x K of channels c0 .. c0 + nb of the (E_max, 1, K_max, K_max) weight as
+// [kh][kw][channel], zero beyond nb; `flip` reverses both kernel axes (for the input gradient).
+template <typename T, int K>
+FNA_INLINE void load_weight_tile(const Geometry& g, const T* weight, int64_t c0, int64_t nb, bool flip, T* w) {
+  const int64_t off = g.offset();
+  for (int kh = 0; kh < K; ++kh) {
+    for (int kw = 0; kw < K; ++kw) {
+      T* d = w + (kh * K + kw) * kBlock;
+      const int64_t sh = flip ? K - 1 - kh : kh, sw = flip ? K - 1 - kw : kw;
+      for (int64_t ch = 0; ch < kBlock; ++ch) {
+        d[ch] = ch < nb ? weight[(c0 + ch) * g.k_max * g.k_max + (sh + off) * g.k_max + sw + off] : T(0);
+      }
+    }
+  }
+}
+
+// Adds per-row partial sums (kept in T, vectorised) into the task's double totals.
+template <typename T>
+FNA_INLINE void add_sums(Vec<T> s, Vec<T> q, int64_t nb, double* sum, double* sumsq) {
+  for (int64_t ch = 0; ch < nb; ++ch) {
+    sum[ch] += s[ch];
+    sumsq[ch] += q[ch];
+  }
+}
+
+template <typename T>
+FNA_INLINE void store_channels(T* d, Vec<T> v, int64_t nb) {
+  if (nb == kBlock) {
+    vstore<T>(d, v);
+  } else {
+    for (int64_t ch = 0; ch < nb; ++ch) d[ch] = v[ch];
+  }
+}
+
+template <typename T, int K>
+FNA_CLONES void depthwise_forward_task(const Geometry& g, DwIn in, const T* weight, T* out, int64_t n, int64_t c0,
+                                       double* sum, double* sumsq) {
+  const int64_t nb = std::min(kBlock, g.e - c0);
+  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
+  T* tile = scratch<T>((hp * wp + K * K + g.wo) * kBlock);
+  T* w = tile + hp * wp * kBlock;
+  T* row = w + K * K * kBlock;
+  load_input_tile<T>(g, in, n, c0, nb, tile);
+  load_weight_tile<T, K>(g, weight, c0, nb, /*flip=*/false, w);
+  std::fill(sum, sum + nb, 0.0);
+  std::fill(sumsq, sumsq + nb, 0.0);
+  for (int64_t oh = 0; oh < g.ho; ++oh) {
+    conv_row<T, K>(tile + oh * g.stride * wp * kBlock, wp, g.stride, w, g.wo, row);
+    Vec<T> rs = {}, rq = {};
+    for (int64_t ow = 0; ow < g.wo; ++ow) {
+      const Vec<T> v = vload<T>(row + ow * kBlock);
+      store_channels<T>(out + ((n * g.ho + oh) * g.wo + ow) * g.e + c0, v, nb);
+      rs += v;
+      rq += v * v;
+    }
+    add_sums<T>(rs, rq, nb, sum, sumsq);
+  }
+}
+
+struct DwGradOut {  // what the depthwise conv's output gradient is made of (see tail_backward)
+  const void* ga2;    // dL/d relu6(BN2(h2)), (rows_out, e)
+  const void* h2;
+  const void* scale2, *shift2;  // BN2 as an affine map: the ReLU6 mask
+  const void* a, *b, *c;        // BN2's backward: dh2 = a * gz + b * h2 + c
+};
+
+// Writes dL/dh2 of image n into the (K - 1)-padded, stride-dilated tile `dilated`: the ReLU6
+// mask and BN2's backward applied as ga2 and h2 are loaded.
+template <typename T, int K>
+FNA_INLINE void load_output_grad_tile(const Geometry& g, const DwGradOut& go, int64_t n, int64_t c0, int64_t nb,
+                                      T* dilated, int64_t hg, int64_t wg) {
+  const int64_t s = g.stride;
+  if (s == 1 && nb == kBlock) {
+    zero_frame(dilated, g.ho, g.wo, K - 1);  // the interior is all written below
+  } else {
+    std::fill(dilated, dilated + hg * wg * kBlock, T(0));
+  }
+  const T *ga2 = static_cast<const T*>(go.ga2), *h2 = static_cast<const T*>(go.h2);
+  const T *ms = static_cast<const T*>(go.scale2), *mb = static_cast<const T*>(go.shift2);
+  const T *a = static_cast<const T*>(go.a), *b = static_cast<const T*>(go.b), *cc = static_cast<const T*>(go.c);
+  Vec<T> vms = {}, vmb = {}, va = {}, vb = {}, vc = {};
+  for (int64_t ch = 0; ch < nb; ++ch) {
+    vms[ch] = ms[c0 + ch], vmb[ch] = mb[c0 + ch], va[ch] = a[c0 + ch], vb[ch] = b[c0 + ch], vc[ch] = cc[c0 + ch];
+  }
+  for (int64_t oh = 0; oh < g.ho; ++oh) {
+    for (int64_t ow = 0; ow < g.wo; ++ow) {
+      const int64_t at = ((n * g.ho + oh) * g.wo + ow) * g.e + c0;
+      Vec<T> gv = {}, hv = {};
+      if (nb == kBlock) {
+        gv = vload<T>(ga2 + at), hv = vload<T>(h2 + at);
+      } else {
+        for (int64_t ch = 0; ch < nb; ++ch) gv[ch] = ga2[at + ch], hv[ch] = h2[at + ch];
+      }
+      // channels past nb have zero coefficients, so they come out zero
+      vstore<T>(dilated + ((K - 1 + oh * s) * wg + K - 1 + ow * s) * kBlock, vpass<T>(hv * vms + vmb, gv) * va + hv * vb + vc);
+    }
+  }
+}
+
+template <typename T, int K>
+FNA_CLONES void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in, const T* weight, T* grad_in,
+                                        double* grad_w, int64_t n, int64_t c0, double* sum_g, double* sum_gh) {
+  const int64_t nb = std::min(kBlock, g.e - c0);
+  const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad, s = g.stride;
+  // the output gradient, zero-dilated by the stride and padded by K - 1 on every side
+  const int64_t hg = std::max((g.ho - 1) * s + 1 + 2 * (K - 1), g.h + g.pad + K - 1);
+  const int64_t wg = std::max((g.wo - 1) * s + 1 + 2 * (K - 1), g.w + g.pad + K - 1);
+  T* tile = scratch<T>((hp * wp + hg * wg + K * K + g.w) * kBlock);
+  T* dilated = tile + hp * wp * kBlock;
+  T* wflip = dilated + hg * wg * kBlock;
+  T* row = wflip + K * K * kBlock;
+  load_input_tile<T>(g, in, n, c0, nb, tile);
+  load_weight_tile<T, K>(g, weight, c0, nb, /*flip=*/true, wflip);
+  load_output_grad_tile<T, K>(g, go, n, c0, nb, dilated, hg, wg);
+
+  // the weight gradient, one kernel row at a time: K accumulators per pixel of output gradient
+  for (int kh = 0; kh < K; ++kh) {
+    Vec<T> acc[K] = {};
+    for (int64_t oh = 0; oh < g.ho; ++oh) {
+      const T* arow = tile + (oh * s + kh) * wp * kBlock;
+      const T* grow = dilated + ((K - 1 + oh * s) * wg + K - 1) * kBlock;
+      for (int64_t ow = 0; ow < g.wo; ++ow) {
+        const Vec<T> gv = vload<T>(grow + ow * s * kBlock);
+        const T* av = arow + ow * s * kBlock;
+#pragma GCC unroll 8
+        for (int kw = 0; kw < K; ++kw) acc[kw] += gv * vload<T>(av + kw * kBlock);
+      }
+    }
+    for (int kw = 0; kw < K; ++kw) {
+      for (int64_t ch = 0; ch < nb; ++ch) grad_w[((c0 + ch) * K + kh) * K + kw] = acc[kw][ch];
+    }
+  }
+
+  // the input gradient; with BN1 applied on load, its ReLU6 mask and backward sums on the way out
+  const T* src = static_cast<const T*>(in.data);
+  std::fill(sum_g, sum_g + nb, 0.0);
+  std::fill(sum_gh, sum_gh + nb, 0.0);
+  for (int64_t ih = 0; ih < g.h; ++ih) {
+    conv_row<T, K>(dilated + ((ih + g.pad) * wg + g.pad) * kBlock, wg, 1, wflip, g.w, row);
+    T* d = grad_in + (n * g.h + ih) * g.w * g.e + c0;
+    if (in.scale == nullptr) {
+      for (int64_t iw = 0; iw < g.w; ++iw) store_channels<T>(d + iw * g.e, vload<T>(row + iw * kBlock), nb);
+      continue;
+    }
+    const T* act = tile + ((ih + g.pad) * wp + g.pad) * kBlock;  // relu6(pre): 0 < act < 6 iff it passes
+    const T* h1 = src + (n * g.h + ih) * g.w * in.ld + c0;
+    Vec<T> rs = {}, rq = {};
+    for (int64_t iw = 0; iw < g.w; ++iw) {
+      const Vec<T> gz = vpass<T>(vload<T>(act + iw * kBlock), vload<T>(row + iw * kBlock));
+      Vec<T> hv = {};
+      if (nb == kBlock) {
+        hv = vload<T>(h1 + iw * in.ld);
+      } else {
+        for (int64_t ch = 0; ch < nb; ++ch) hv[ch] = h1[iw * in.ld + ch];
+      }
+      store_channels<T>(d + iw * g.e, gz, nb);
+      rs += gz;
+      rq += gz * hv;
+    }
+    add_sums<T>(rs, rq, nb, sum_g, sum_gh);
+  }
+}
+
+template <typename Fn>
+void for_each_kernel_size(int64_t k, Fn&& fn) {
+  switch (k) {
+    case 1: fn(std::integral_constant<int, 1>()); break;
+    case 3: fn(std::integral_constant<int, 3>()); break;
+    case 5: fn(std::integral_constant<int, 5>()); break;
+    case 7: fn(std::integral_constant<int, 7>()); break;
+    default: TORCH_CHECK(false, "fna_ext::sampled_mbconv: kernel_size ", k, " has no CPU kernel (1, 3, 5 or 7)");
+  }
+}
+
+template <typename T>
+const T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+// One task per (image, block of kBlock channels), in a fixed order.
+template <typename Fn>
+void for_each_tile(const Geometry& g, Fn&& fn) {
+  const int64_t blocks = (g.e + kBlock - 1) / kBlock;
+  at::parallel_for(0, g.n * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) fn(t / blocks, (t % blocks) * kBlock);
+  });
+}
+
+struct CpuBackend {
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return host_cache::empty(sizes, options);
+  }
+
+  static void row_stats(const at::Tensor& rows, at::Tensor sum, at::Tensor sumsq) {
+    FNA_MBCONV_STEP("row_stats");
+    const int64_t c = rows.size(1);
+    const Chunks chunks(rows.size(0));
+    at::Tensor partial = at::empty({2, chunks.count, c}, sum.options());  // every chunk writes its part
+    double* p = partial.data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "fna_ext_mbconv_stats", [&] {
+      const scalar_t* data = rows.data_ptr<scalar_t>();
+      at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          stats_chunk<scalar_t>(data, rows.stride(0), c, chunks.begin(i), chunks.end(i), p + i * c,
+                                p + (chunks.count + i) * c);
+        }
+      });
+    });
+    sum.copy_(partial[0].sum(0));
+    sumsq.copy_(partial[1].sum(0));
+  }
+
+  static void affine_act(const at::Tensor& h, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                         const at::Tensor& residual, at::Tensor out) {
+    FNA_MBCONV_STEP("affine_act");
+    const int64_t c = h.size(1);
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "fna_ext_mbconv_affine", [&] {
+      const scalar_t* res = ptr_or_null<scalar_t>(residual);
+      const int64_t res_ld = residual.defined() ? residual.stride(0) : 0;
+      at::parallel_for(0, h.size(0), 64, [&](int64_t r0, int64_t r1) {
+        affine_act_rows<scalar_t>(h.data_ptr<scalar_t>(), h.stride(0), c, scale.data_ptr<scalar_t>(),
+                                  shift.data_ptr<scalar_t>(), relu, res, res_ld, out.data_ptr<scalar_t>(), r0, r1);
+      });
+    });
+  }
+
+  static void grad_sums(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
+                        at::Tensor sum_g, at::Tensor sum_gh, const at::Tensor& act) {
+    FNA_MBCONV_STEP("grad_sums");
+    const int64_t c = h.size(1);
+    const Chunks chunks(h.size(0));
+    at::Tensor partial = at::empty({2, chunks.count, c}, sum_g.options());  // every chunk writes its part
+    double* p = partial.data_ptr<double>();
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "fna_ext_mbconv_grad_sums", [&] {
+      at::parallel_for(0, chunks.count, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          grad_sums_chunk<scalar_t>(g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), c, ptr_or_null<scalar_t>(ms),
+                                    ptr_or_null<scalar_t>(mb), act.defined() ? act.data_ptr<scalar_t>() : nullptr,
+                                    chunks.begin(i), chunks.end(i), p + i * c, p + (chunks.count + i) * c);
+        }
+      });
+    });
+    sum_g.copy_(partial[0].sum(0));
+    sum_gh.copy_(partial[1].sum(0));
+  }
+
+  static void grad_apply(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
+                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, at::Tensor out) {
+    FNA_MBCONV_STEP("grad_apply");
+    AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "fna_ext_mbconv_grad_apply", [&] {
+      at::parallel_for(0, h.size(0), 64, [&](int64_t r0, int64_t r1) {
+        grad_apply_rows<scalar_t>(g.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), h.size(1),
+                                  ptr_or_null<scalar_t>(ms), ptr_or_null<scalar_t>(mb), a.data_ptr<scalar_t>(),
+                                  b.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), r0, r1);
+      });
+    });
+  }
+
+  static void depthwise_forward(const Geometry& g, const at::Tensor& in, const at::Tensor& scale,
+                                const at::Tensor& shift, const at::Tensor& weight, at::Tensor out, at::Tensor sum,
+                                at::Tensor sumsq) {
+    FNA_MBCONV_STEP("depthwise_forward");
+    at::Tensor partial = at::empty({2, g.n, g.e}, sum.options());  // every task writes its part
+    double* p = partial.data_ptr<double>();
+    const DwIn src{in.data_ptr(), in.stride(2), scale.defined() ? scale.data_ptr() : nullptr,
+                   shift.defined() ? shift.data_ptr() : nullptr};
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "fna_ext_mbconv_dw_forward", [&] {
+      for_each_kernel_size(g.k, [&](auto k) {
+        for_each_tile(g, [&](int64_t n, int64_t c0) {
+          depthwise_forward_task<scalar_t, decltype(k)::value>(g, src, weight.data_ptr<scalar_t>(),
+                                                               out.data_ptr<scalar_t>(), n, c0, p + n * g.e + c0,
+                                                               p + (g.n + n) * g.e + c0);
+        });
+      });
+    });
+    sum.copy_(partial[0].sum(0));
+    sumsq.copy_(partial[1].sum(0));
+  }
+
+  static void depthwise_backward(const Geometry& g, const at::Tensor& ga2, const at::Tensor& h2,
+                                 const at::Tensor& scale2, const at::Tensor& shift2, const at::Tensor& a,
+                                 const at::Tensor& b, const at::Tensor& c, const at::Tensor& in,
+                                 const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& weight,
+                                 at::Tensor grad_in, at::Tensor grad_weight, at::Tensor sum_g, at::Tensor sum_gh) {
+    FNA_MBCONV_STEP("depthwise_backward");
+    at::Tensor partial = at::empty({2, g.n, g.e}, sum_g.options());  // every task writes its part
+    at::Tensor partial_w = at::empty({g.n, g.e, g.k, g.k}, sum_g.options());  // every task writes its part
+    double* p = partial.data_ptr<double>();
+    double* pw = partial_w.data_ptr<double>();
+    const DwIn src{in.data_ptr(), in.stride(2), scale1.defined() ? scale1.data_ptr() : nullptr,
+                   shift1.defined() ? shift1.data_ptr() : nullptr};
+    const DwGradOut go{ga2.data_ptr(), h2.data_ptr(), scale2.data_ptr(), shift2.data_ptr(),
+                       a.data_ptr(),   b.data_ptr(),  c.data_ptr()};
+    AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "fna_ext_mbconv_dw_backward", [&] {
+      for_each_kernel_size(g.k, [&](auto k) {
+        for_each_tile(g, [&](int64_t n, int64_t c0) {
+          depthwise_backward_task<scalar_t, decltype(k)::value>(
+              g, go, src, weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
+              pw + n * g.e * g.k * g.k, n, c0, p + n * g.e + c0, p + (g.n + n) * g.e + c0);
+        });
+      });
+    });
+    sum_g.copy_(partial[0].sum(0));
+    sum_gh.copy_(partial[1].sum(0));
+    const int64_t off = g.offset();
+    grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(partial_w.sum(0).unsqueeze(1));
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fna_ext, CPU, m) {
+  m.impl("sampled_mbconv_forward", &sampled_mbconv_forward<CpuBackend>);
+  m.impl("sampled_mbconv_backward", &sampled_mbconv_backward<CpuBackend>);
+  m.impl("depthwise_project_forward", &depthwise_project_forward<CpuBackend>);
+  m.impl("depthwise_project_backward", &depthwise_project_backward<CpuBackend>);
+}
+
+}  // namespace mbconv
+}  // namespace fna_ext

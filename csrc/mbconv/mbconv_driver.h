@@ -1,0 +1,374 @@
+// The fused sampled-path MBConv, forward and backward, as one sequence of steps shared by the CPU
+// and CUDA builds. A Backend supplies the memory-bound kernels (mbconv_cpu.cpp, mbconv_cuda.cu);
+// the two 1x1 convolutions are GEMMs (at::mm: MKL or cuBLAS) on slices of the max-size weights,
+// so no weight is copied. Backend::empty allocates the large tensors (a block cache on the CPU).
+//
+// Everything runs on channels-last rows: an (N, C, H, W) activation is an (N*H*W, C) matrix, the
+// 1x1 convolutions are plain GEMMs and the per-channel work is contiguous. The forward is
+//   h1 = X We[:e]^T                               GEMM, then its per-channel sums
+//   h2 = dw_k(relu6(BN1(h1)))                     BN1 and ReLU6 applied as h1 is loaded, + sums
+//   h3 = relu6(BN2(h2)) Wp[:, :e]^T               GEMM, then sums
+//   out = BN3(h3) (+ x)
+// with batch statistics. The pre-BN tensors h1, h2, h3 are what backward keeps; it recomputes
+// the activations from them on load.
+//
+// The "tail" ops run the same steps from the depthwise conv on, on a hidden tensor that is
+// already activated (the super network's mixture computes the widest expansion once and slices
+// it for every candidate).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/record_function.h>
+
+#include <tuple>
+#include <vector>
+
+// Each backend kernel starts with this, so its step shows under its own name in torch.profiler.
+#define FNA_MBCONV_STEP(name) RECORD_FUNCTION("fna_ext::mbconv::" name, std::vector<c10::IValue>())
+
+namespace fna_ext {
+namespace mbconv {
+
+constexpr int64_t kMaxKernel = 7;
+
+struct Geometry {
+  int64_t n, h, w, ho, wo;
+  int64_t c_in, e, c_out, e_max;
+  int64_t k, k_max, stride, pad;
+  int64_t rows_in() const { return n * h * w; }
+  int64_t rows_out() const { return n * ho * wo; }
+  int64_t offset() const { return (k_max - k) / 2; }  // of the centre k x k in the K x K weight
+};
+
+// The per-channel arithmetic type: float for float, half and bfloat16; double for double.
+inline at::ScalarType opmath_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// (N, C, H, W) -> (N*H*W, C) rows; a view when the tensor is channels-last.
+inline at::Tensor as_rows(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({-1, t.size(1)});
+}
+
+// (rows, C) -> (N, C, H, W) channels-last view.
+inline at::Tensor from_rows(const at::Tensor& rows, int64_t n, int64_t h, int64_t w) {
+  return rows.view({n, h, w, rows.size(1)}).permute({0, 3, 1, 2});
+}
+
+// An (N, C, H, W) tensor as (N, H, W, C) with channel stride 1 and a row stride (ld) that may
+// exceed C: a channel slice of a channels-last tensor is read in place, anything else is copied.
+inline at::Tensor as_nhwc_view(const at::Tensor& t) {
+  at::Tensor v = t.permute({0, 2, 3, 1});
+  const int64_t ld = v.stride(2);
+  const bool rows_ok = v.stride(3) == 1 && v.stride(1) == v.size(2) * ld && v.stride(0) == v.size(1) * v.stride(1);
+  if (rows_ok && ld >= v.size(3)) return v;
+  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
+}
+
+inline at::Tensor slice_or_undefined(const c10::optional<at::Tensor>& t, int64_t channels) {
+  return t.has_value() && t->defined() ? t->narrow(0, 0, channels) : at::Tensor();
+}
+
+// Batch statistics of one BN: mean and 1/sqrt(var + eps) from the sums over `count` rows.
+inline void finish_stats(const at::Tensor& sum, const at::Tensor& sumsq, int64_t count, double eps,
+                         at::Tensor mean, at::Tensor invstd) {
+  const at::Tensor m = sum / static_cast<double>(count);
+  const at::Tensor var = (sumsq / static_cast<double>(count) - m * m).clamp_min(0);
+  mean.copy_(m);
+  invstd.copy_((var + eps).rsqrt());
+}
+
+// BN as y = h * scale + shift (in the opmath type) for the kernels that apply it on load.
+inline std::pair<at::Tensor, at::Tensor> affine_coefficients(const at::Tensor& mean, const at::Tensor& invstd,
+                                                             const at::Tensor& gamma, const at::Tensor& beta,
+                                                             at::ScalarType opmath) {
+  at::Tensor scale = gamma.defined() ? invstd * gamma.to(at::kDouble) : invstd.clone();
+  at::Tensor shift = -mean * scale;
+  if (beta.defined()) shift = shift + beta.to(at::kDouble);
+  return {scale.to(opmath), shift.to(opmath)};
+}
+
+// Backward of a batch-statistics BN, from sum_g = sum(gz) and sum_gh = sum(gz * h) over the rows
+// (gz: the gradient at the BN's output, past any ReLU6 mask):
+//   dbeta = sum_g, dgamma = sum(gz * xhat) = invstd * (sum_gh - mean * sum_g),
+//   dh = gamma * invstd * (gz - dbeta / M - xhat * dgamma / M) = a * gz + b * h + c.
+struct BnGrad {
+  at::Tensor a, b, c, dgamma, dbeta;  // a, b, c in opmath; dgamma, dbeta in double
+};
+
+inline BnGrad bn_grad(const at::Tensor& sum_g, const at::Tensor& sum_gh, const at::Tensor& mean,
+                      const at::Tensor& invstd, const at::Tensor& gamma, int64_t count, at::ScalarType opmath) {
+  const double m = static_cast<double>(count);
+  BnGrad g;
+  g.dbeta = sum_g;
+  g.dgamma = invstd * (sum_gh - mean * sum_g);
+  const at::Tensor gr = gamma.defined() ? invstd * gamma.to(at::kDouble) : invstd;
+  const at::Tensor b = -gr * invstd * g.dgamma / m;
+  g.a = gr.to(opmath);
+  g.b = b.to(opmath);
+  g.c = (-gr * g.dbeta / m - b * mean).to(opmath);
+  return g;
+}
+
+inline at::Tensor double_zeros(int64_t n, const at::Tensor& like) {
+  return at::zeros({n}, like.options().dtype(at::kDouble));
+}
+
+// An affine BN's parameter gradient: the max-size vector, the first `channels` set.
+inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value) {
+  if (!param.has_value() || !param->defined()) return at::empty({0}, value.options());
+  at::Tensor grad = at::zeros_like(*param);
+  grad.narrow(0, 0, value.numel()).copy_(value);
+  return grad;
+}
+
+inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& dw_weight,
+                         const at::Tensor& project_weight, int64_t kernel_size, int64_t channels, int64_t stride) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == 1 && dw_weight.size(2) == dw_weight.size(3), op,
+              ": dw_weight must be (E_max, 1, K, K), got ", dw_weight.sizes());
+  TORCH_CHECK(kernel_size >= 1 && kernel_size <= kMaxKernel && kernel_size % 2 == 1 &&
+                  kernel_size <= dw_weight.size(2) && (dw_weight.size(2) - kernel_size) % 2 == 0,
+              op, ": kernel_size ", kernel_size, " must be odd, at most ", kMaxKernel,
+              " and fit centred in the ", dw_weight.size(2), "x", dw_weight.size(2), " weight");
+  TORCH_CHECK(channels >= 1 && channels <= dw_weight.size(0), op, ": the hidden width ", channels,
+              " is outside 1..", dw_weight.size(0), " (E_max)");
+  TORCH_CHECK(project_weight.dim() == 4 && project_weight.size(1) == dw_weight.size(0) &&
+                  project_weight.size(2) == 1 && project_weight.size(3) == 1,
+              op, ": project_weight must be (C_out, E_max, 1, 1), got ", project_weight.sizes());
+  TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  for (const at::Tensor* t : {&dw_weight, &project_weight}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
+                ": the weights must have x's dtype and device");
+  }
+}
+
+inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& project_weight,
+                              int64_t e, int64_t k, int64_t stride) {
+  Geometry g;
+  g.n = x.size(0);
+  g.c_in = x.size(1);
+  g.h = x.size(2);
+  g.w = x.size(3);
+  g.e = e;
+  g.e_max = dw_weight.size(0);
+  g.c_out = project_weight.size(0);
+  g.k = k;
+  g.k_max = dw_weight.size(2);
+  g.stride = stride;
+  g.pad = k / 2;
+  g.ho = (g.h + 2 * g.pad - k) / stride + 1;
+  g.wo = (g.w + 2 * g.pad - k) / stride + 1;
+  return g;
+}
+
+inline bool has_residual(const Geometry& g) { return g.stride == 1 && g.c_in == g.c_out; }
+
+// Stats layout (double): [mean, invstd] per BN, e channels for BN1 and BN2, C_out for BN3.
+inline int64_t stats_size(const Geometry& g, bool with_bn1) { return (with_bn1 ? 4 : 2) * g.e + 2 * g.c_out; }
+
+struct TailStats {
+  at::Tensor mean2, invstd2, mean3, invstd3;
+};
+
+inline TailStats tail_stats(const at::Tensor& stats, const Geometry& g) {
+  const int64_t base = stats.numel() - 2 * g.e - 2 * g.c_out;
+  return {stats.narrow(0, base, g.e), stats.narrow(0, base + g.e, g.e),
+          stats.narrow(0, base + 2 * g.e, g.c_out), stats.narrow(0, base + 2 * g.e + g.c_out, g.c_out)};
+}
+
+// From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
+// with scale1/shift1 defined it holds pre-BN1 values and BN1 + ReLU6 are applied on load.
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
+    const Geometry& g, const at::Tensor& x_rows, const at::Tensor& in, const at::Tensor& scale1,
+    const at::Tensor& shift1, const at::Tensor& dw_weight, const at::Tensor& project_weight,
+    const at::Tensor& bn2_w, const at::Tensor& bn2_b, const at::Tensor& bn3_w, const at::Tensor& bn3_b,
+    double eps, const at::Tensor& stats) {
+  const auto opmath = opmath_type(in.scalar_type());
+  const TailStats s = tail_stats(stats, g);
+  at::Tensor sum = double_zeros(g.e, stats), sumsq = double_zeros(g.e, stats);
+  at::Tensor h2 = Backend::empty({g.rows_out(), g.e}, in.options());
+  Backend::depthwise_forward(g, in, scale1, shift1, dw_weight.contiguous(), h2, sum, sumsq);
+  finish_stats(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2);
+  auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
+  at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, in.options());
+  Backend::affine_act(h2, scale2, shift2, /*relu6=*/true, at::Tensor(), a2);
+
+  const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
+  at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
+  at::mm_out(h3, a2, wp.t());
+  at::Tensor sum3 = double_zeros(g.c_out, stats), sumsq3 = double_zeros(g.c_out, stats);
+  Backend::row_stats(h3, sum3, sumsq3);
+  finish_stats(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3);
+  auto [scale3, shift3] = affine_coefficients(s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
+  at::Tensor out = Backend::empty({g.rows_out(), g.c_out}, in.options());
+  Backend::affine_act(h3, scale3, shift3, /*relu6=*/false, has_residual(g) ? x_rows : at::Tensor(), out);
+  return {out, h2, h3};
+}
+
+struct TailGrads {
+  at::Tensor grad_in;  // (rows_in, e): gz1 (past BN1's ReLU6 mask) with on-load BN1, else d/d hidden
+  at::Tensor grad_dw, grad_project;
+  BnGrad bn2, bn3;
+  at::Tensor sum_g1, sum_gh1;  // for BN1's backward, when it was applied on load
+};
+
+template <class Backend>
+TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at::Tensor& in,
+                        const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& dw_weight,
+                        const at::Tensor& project_weight, const at::Tensor& bn2_w, const at::Tensor& bn2_b,
+                        const at::Tensor& bn3_w, const at::Tensor& h2, const at::Tensor& h3,
+                        const at::Tensor& stats) {
+  const auto opmath = opmath_type(in.scalar_type());
+  const TailStats s = tail_stats(stats, g);
+  TailGrads r;
+  // BN3 (no activation after it)
+  at::Tensor sg = double_zeros(g.c_out, stats), sgh = double_zeros(g.c_out, stats);
+  Backend::grad_sums(grad_rows, h3, at::Tensor(), at::Tensor(), sg, sgh, at::Tensor());
+  r.bn3 = bn_grad(sg, sgh, s.mean3, s.invstd3, bn3_w, g.rows_out(), opmath);
+  at::Tensor gh3 = Backend::empty({g.rows_out(), g.c_out}, h3.options());
+  Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), r.bn3.a, r.bn3.b, r.bn3.c, gh3);
+
+  // projection GEMMs; the ReLU6 mask and BN2's sums in one pass that also rebuilds a2
+  const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
+  at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
+  at::mm_out(ga2, gh3, wp);
+  auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
+  at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
+  at::Tensor sg2 = double_zeros(g.e, stats), sgh2 = double_zeros(g.e, stats);
+  Backend::grad_sums(ga2, h2, scale2, shift2, sg2, sgh2, a2);
+  r.bn2 = bn_grad(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
+  at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
+  grad_project.narrow(1, 0, g.e).copy_(at::mm(gh3.t(), a2));
+  r.grad_project = grad_project.view(project_weight.sizes());
+
+  // depthwise: both gradients, BN2's backward applied on load, BN1's mask and sums on store
+  r.grad_in = Backend::empty({g.rows_in(), g.e}, h2.options());
+  r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
+  r.sum_g1 = double_zeros(g.e, stats);
+  r.sum_gh1 = double_zeros(g.e, stats);
+  Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
+                              dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1);
+  return r;
+}
+
+inline at::Tensor cast_like(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
+
+// sampled_mbconv_forward -> (out, h1, h2, h3, stats)
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_mbconv_forward(
+    const at::Tensor& x, const at::Tensor& expand_weight, const at::Tensor& dw_weight,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
+    const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
+    int64_t expand_channels, int64_t stride, double eps) {
+  const char* op = "fna_ext::sampled_mbconv_forward";
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, expand_channels, stride);
+  TORCH_CHECK(expand_weight.dim() == 4 && expand_weight.size(0) == dw_weight.size(0) &&
+                  expand_weight.size(1) == x.size(1) && expand_weight.numel() == expand_weight.size(0) * x.size(1),
+              op, ": expand_weight must be (E_max, C_in, 1, 1), got ", expand_weight.sizes());
+  const Geometry g = make_geometry(x, dw_weight, project_weight, expand_channels, kernel_size, stride);
+  const auto opmath = opmath_type(x.scalar_type());
+  const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
+  at::Tensor stats = at::empty({stats_size(g, true)}, x.options().dtype(at::kDouble));
+
+  const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
+  at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
+  at::mm_out(h1, x_rows, we.t());
+  at::Tensor sum = double_zeros(g.e, stats), sumsq = double_zeros(g.e, stats);
+  Backend::row_stats(h1, sum, sumsq);
+  at::Tensor mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
+  finish_stats(sum, sumsq, g.rows_in(), eps, mean1, invstd1);
+  auto [scale1, shift1] = affine_coefficients(mean1, invstd1, slice_or_undefined(bn1_w, g.e),
+                                              slice_or_undefined(bn1_b, g.e), opmath);
+  auto [out, h2, h3] = tail_forward<Backend>(
+      g, x_rows, h1.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight, project_weight,
+      slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+      slice_or_undefined(bn3_b, g.c_out), eps, stats);
+  return {from_rows(out, g.n, g.ho, g.wo), from_rows(h1, g.n, g.h, g.w), from_rows(h2, g.n, g.ho, g.wo),
+          from_rows(h3, g.n, g.ho, g.wo), stats};
+}
+
+// depthwise_project_forward -> (out, h2, h3, stats)
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_project_forward(
+    const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight, const at::Tensor& project_weight,
+    const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
+    int64_t stride, double eps) {
+  const char* op = "fna_ext::depthwise_project_forward";
+  TORCH_CHECK(hidden.dim() == 4 && hidden.size(0) == x.size(0) && hidden.size(2) == x.size(2) &&
+                  hidden.size(3) == x.size(3) && hidden.scalar_type() == x.scalar_type(),
+              op, ": hidden must be (N, e, H, W) like x, got ", hidden.sizes(), " and ", x.sizes());
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, hidden.size(1), stride);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride);
+  const at::Tensor x_rows = has_residual(g) ? as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)) : at::Tensor();
+  at::Tensor stats = at::empty({stats_size(g, false)}, x.options().dtype(at::kDouble));
+  auto [out, h2, h3] = tail_forward<Backend>(
+      g, x_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight, project_weight,
+      slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+      slice_or_undefined(bn3_b, g.c_out), eps, stats);
+  return {from_rows(out, g.n, g.ho, g.wo), from_rows(h2, g.n, g.ho, g.wo), from_rows(h3, g.n, g.ho, g.wo), stats};
+}
+
+// sampled_mbconv_backward -> grads of (x, expand_weight, dw_weight, project_weight, bn1..bn3
+// weight and bias); max-size, zero outside the slice; an empty tensor where there is no input.
+template <class Backend>
+std::vector<at::Tensor> sampled_mbconv_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& expand_weight, const at::Tensor& dw_weight,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
+    const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1,
+    const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride) {
+  check_inputs("fna_ext::sampled_mbconv_backward", x, dw_weight, project_weight, kernel_size, h1.size(1), stride);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride);
+  const auto opmath = opmath_type(x.scalar_type());
+  const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor h1_rows = as_rows(h1), mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
+  const at::Tensor gamma1 = slice_or_undefined(bn1_w, g.e);
+  auto [scale1, shift1] = affine_coefficients(mean1, invstd1, gamma1, slice_or_undefined(bn1_b, g.e), opmath);
+  TailGrads t = tail_backward<Backend>(g, grad_rows, h1_rows.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight,
+                                       project_weight, slice_or_undefined(bn2_w, g.e),
+                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+                                       as_rows(h2), as_rows(h3), stats);
+  // BN1's backward (t.grad_in already carries the ReLU6 mask), then the expansion GEMMs
+  const BnGrad bn1 = bn_grad(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
+  Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), bn1.a, bn1.b, bn1.c, t.grad_in);
+  const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
+  at::Tensor grad_expand = at::zeros({g.e_max, g.c_in}, x.options());
+  grad_expand.narrow(0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
+  at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
+  at::mm_out(grad_x, t.grad_in, we);
+  if (has_residual(g)) grad_x.add_(grad_rows);
+  return {from_rows(grad_x, g.n, g.h, g.w), grad_expand.view(expand_weight.sizes()), t.grad_dw, t.grad_project,
+          param_grad(bn1_w, cast_like(bn1.dgamma, x)), param_grad(bn1_b, cast_like(bn1.dbeta, x)),
+          param_grad(bn2_w, cast_like(t.bn2.dgamma, x)), param_grad(bn2_b, cast_like(t.bn2.dbeta, x)),
+          param_grad(bn3_w, cast_like(t.bn3.dgamma, x)), param_grad(bn3_b, cast_like(t.bn3.dbeta, x))};
+}
+
+// depthwise_project_backward -> grads of (x, hidden, dw_weight, project_weight, bn2 and bn3
+// weight and bias); x's is empty when there is no residual (hidden is x's only other use).
+template <class Backend>
+std::vector<at::Tensor> depthwise_project_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2,
+    const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride) {
+  check_inputs("fna_ext::depthwise_project_backward", x, dw_weight, project_weight, kernel_size, hidden.size(1),
+               stride);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride);
+  const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
+  TailGrads t = tail_backward<Backend>(g, grad_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight,
+                                       project_weight, slice_or_undefined(bn2_w, g.e),
+                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+                                       as_rows(h2), as_rows(h3), stats);
+  // a copy: an op's output must not alias its input
+  at::Tensor grad_x = at::empty({0}, x.options());
+  if (has_residual(g)) grad_x = from_rows(Backend::empty(grad_rows.sizes(), x.options()).copy_(grad_rows), g.n, g.h, g.w);
+  return {grad_x, from_rows(t.grad_in, g.n, g.h, g.w), t.grad_dw, t.grad_project,
+          param_grad(bn2_w, cast_like(t.bn2.dgamma, x)), param_grad(bn2_b, cast_like(t.bn2.dbeta, x)),
+          param_grad(bn3_w, cast_like(t.bn3.dgamma, x)), param_grad(bn3_b, cast_like(t.bn3.dbeta, x))};
+}
+
+}  // namespace mbconv
+}  // namespace fna_ext
