@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a fine-tuning setting, e.g. train.optimizer.lr=0.1 (repeatable)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--no-fused", action="store_true",
+                        help="search with the pure-PyTorch sampled MBConv instead of the fused kernels")
     args = parser.parse_args(argv)
     check_device(args.device)
     for flag, value in (("--search-epochs", args.search_epochs), ("--train-epochs", args.train_epochs)):
@@ -186,7 +188,8 @@ def main(argv=None) -> int:
         detector=args.detector, data=args.data, seed_weights=args.seed_weights,
         search_init=args.search_init, train_init=args.init, bn_recalibrate=args.bn_recalibrate,
         seed=args.seed, device=args.device,
-        search_overrides=[*args.search_set] + ([f"train.epochs={args.search_epochs}"] if args.search_epochs else []),
+        search_overrides=[*args.search_set] + ([f"train.epochs={args.search_epochs}"] if args.search_epochs else [])
+        + (["search.fused=false"] if args.no_fused else []),
         train_overrides=[*args.train_set] + ([f"train.epochs={args.train_epochs}"] if args.train_epochs else []))
     summary = adapt(options, args.out, announce=lambda message: print(f"== {message}", flush=True))
     adapted, seed = summary["adapted"], summary["seed"]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
+from . import distributed, ops
 from .atomic import atomic_torch_save, atomic_write_text
 from .config import dump
 from .cost_table import build_cost_table
@@ -455,7 +455,8 @@ def search(config: dict, seed_network: Network, out_dir: str | Path, *, resume: 
         runner.log_path.unlink(missing_ok=True)
     if _is_main():
         atomic_write_text(runner.out_dir / "config.yaml", dump(config))
-    runner.run(stop_at)
-    if runner.step < runner.total_steps:
-        return None
-    return derive(runner, seed_network)
+    with ops.fused(bool(config["search"].get("fused", True))):
+        runner.run(stop_at)
+        if runner.step < runner.total_steps:
+            return None
+        return derive(runner, seed_network)

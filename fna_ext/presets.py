@@ -81,7 +81,10 @@ def finetune_preset(detector: str, synthetic: bool) -> dict:
 _ALPHA = {"optimizer": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999], "weight_decay": 1e-3},
           "grad_clip": 35.0, "init_std": 1e-3}
 # init: how the super network starts, "remap" (the seed remapped into it, FNA) or "random".
-_SEARCH_COMMON = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "strategy": "diff", "cost": "madds",
+# fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them
+# (false: the pure-PyTorch reference, e.g. to compare; the CLIs' --no-fused).
+_SEARCH_COMMON = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True,
+                  "strategy": "diff", "cost": "madds",
                   "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
                   "remap_kernel": "center", "alpha_log_every": 5, "alpha_batch_size": None}
 

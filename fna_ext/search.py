@@ -34,6 +34,8 @@ def build_config(args) -> dict:
                       (args.cost, "search.cost")):
         if flag is not None:
             overrides.append(f"{key}={flag}")
+    if getattr(args, "no_fused", False):
+        overrides.append("search.fused=false")
     if args.epochs is not None:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be positive, got {args.epochs}")
@@ -86,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weight-sharing", choices=["shared", "independent"])
     parser.add_argument("--strategy", choices=STRATEGIES)
     parser.add_argument("--cost", choices=["madds", "latency"])
+    parser.add_argument("--no-fused", action="store_true",
+                        help="run the sampled MBConv with the pure-PyTorch reference instead of the fused kernels")
     args = parser.parse_args(argv)
     check_device(args.device)
     import time

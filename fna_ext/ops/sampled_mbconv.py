@@ -172,7 +172,7 @@ def _out_size(size: int, kernel_size: int, stride: int) -> int:
 
 
 def _channels_last(x: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
-    return x.new_empty((n, c, h, w), memory_format=torch.channels_last)
+    return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
 def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, with_bn1):

@@ -1,0 +1,233 @@
+"""The fused sampled-MBConv ops (csrc/mbconv) against the pure-PyTorch reference, plus the op
+registration checks (opcheck, gradcheck) and the switches that choose between them."""
+
+import pytest
+import torch
+
+from fna_ext import _extension, distributed, ops
+from fna_ext.search import build_config
+
+pytestmark = pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"),
+                                reason="the extension has no fused sampled-MBConv kernel")
+
+CPU_F32 = {"rtol": 1e-4, "atol": 1e-4}
+# On CUDA the reference is computed in float64 from the same (rounded) inputs; a BN over
+# low-precision activations loses about 3 significant digits in fp16 and 2 in bf16.
+CUDA_TOLERANCES = {torch.float32: {"rtol": 1e-3, "atol": 1e-3},
+                   torch.float16: {"rtol": 2e-2, "atol": 2e-2},
+                   torch.bfloat16: {"rtol": 1e-1, "atol": 1e-1}}
+
+
+def _block(c_in, c_out, e_max, affine, dtype=torch.float64, device="cpu", k_max=7):
+    """Max-size weights (and BN parameters when affine), all requiring grad."""
+    def param(*shape):
+        return torch.randn(*shape, dtype=dtype, device=device).requires_grad_()
+
+    weights = {"expand_weight": param(e_max, c_in, 1, 1), "dw_weight": param(e_max, 1, k_max, k_max),
+               "project_weight": param(c_out, e_max, 1, 1)}
+    bns = {}
+    if affine:
+        for i, n in enumerate((e_max, e_max, c_out), 1):
+            bns[f"bn{i}_weight"], bns[f"bn{i}_bias"] = param(n), param(n)
+    return weights, bns
+
+
+def _run(fused, x, weights, bns, grad, **kwargs):
+    """(output, gradients of x, the weights and BN parameters) with the fused or reference op."""
+    with ops.fused(fused):
+        y = ops.sampled_mbconv(x, weights["expand_weight"], weights["dw_weight"], weights["project_weight"],
+                               **kwargs, **bns)
+    leaves = [x, *weights.values(), *bns.values()]
+    return y, (torch.autograd.grad(y, leaves, grad) if grad is not None else ())
+
+
+def _assert_close(fused, reference, **tol):
+    (y1, g1), (y2, g2) = fused, reference
+    torch.testing.assert_close(y1, y2, **tol)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("e", [3, 6])
+@pytest.mark.parametrize("stride, c_in, c_out", [(1, 8, 8), (2, 8, 12), (1, 8, 12)])
+@pytest.mark.parametrize("affine", [False, True])
+def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affine):
+    torch.manual_seed(k * 100 + e * 10 + stride)
+    weights, bns = _block(c_in, c_out, 6 * c_in, affine)
+    x = torch.randn(2, c_in, 9, 11, dtype=torch.float64, requires_grad=True)  # odd spatial sizes
+    kwargs = dict(kernel_size=k, expand_channels=e * c_in, stride=stride)
+    y = _run(False, x, weights, bns, None, **kwargs)[0]
+    grad = torch.randn_like(y)
+    _assert_close(_run(True, x, weights, bns, grad, **kwargs), _run(False, x, weights, bns, grad, **kwargs),
+                  rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_matches_the_reference_in_float32(channels_last):
+    # 40 hidden channels: two full blocks of 16 and a partial one
+    torch.manual_seed(1)
+    weights, bns = _block(8, 8, 48, affine=True, dtype=torch.float32)
+    x = torch.randn(4, 8, 13, 10)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    kwargs = dict(kernel_size=5, expand_channels=40)
+    grad = torch.randn(4, 8, 13, 10)
+    _assert_close(_run(True, x, weights, bns, grad, **kwargs), _run(False, x, weights, bns, grad, **kwargs),
+                  **CPU_F32)
+
+
+@pytest.mark.parametrize("stride, c_out", [(1, 6), (2, 6), (1, 10)])
+def test_fused_depthwise_project_on_a_slice_of_a_shared_hidden(stride, c_out):
+    """The mixture's case: the widest expansion computed once, each candidate a channel slice."""
+    torch.manual_seed(stride + c_out)
+    x = torch.randn(2, 6, 7, 9, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    shared = torch.randn(2, 36, 7, 9, dtype=torch.float64).to(memory_format=torch.channels_last).requires_grad_()
+    dw = torch.randn(36, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(c_out, 36, 1, 1, dtype=torch.float64, requires_grad=True)
+    bn = {"bn2_weight": torch.randn(36, dtype=torch.float64, requires_grad=True),
+          "bn3_bias": torch.randn(c_out, dtype=torch.float64, requires_grad=True)}
+    results = []
+    for fused in (True, False):
+        with ops.fused(fused):
+            y = ops.depthwise_project(x, shared[:, :18], dw, pw, kernel_size=3, stride=stride, **bn)
+        grad = torch.ones_like(y) if not results else results[0][2]
+        leaves = [x, shared, dw, pw, *bn.values()]
+        results.append((y, torch.autograd.grad(y, leaves, grad, allow_unused=True), grad))
+    (y1, g1, _), (y2, g2, _) = results
+    torch.testing.assert_close(y1, y2, rtol=1e-9, atol=1e-9)
+    for a, b in zip(g1, g2):
+        if b is None:  # x without a residual
+            assert a is None or a.abs().sum() == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_fused_without_an_expansion_conv():
+    torch.manual_seed(2)
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64, requires_grad=True)
+    dw = torch.randn(16, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(16, 16, 1, 1, dtype=torch.float64, requires_grad=True)
+    outs = []
+    for fused in (True, False):
+        with ops.fused(fused):
+            y = ops.sampled_mbconv(x, None, dw, pw, kernel_size=3, expand_channels=16)
+        outs.append((y, torch.autograd.grad(y.square().sum(), (x, dw, pw))))
+    _assert_close(*outs, rtol=1e-9, atol=1e-9)
+
+
+def test_gradients_are_max_size_and_zero_outside_the_slice():
+    torch.manual_seed(3)
+    weights, bns = _block(4, 4, 24, affine=True)
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    _, grads = _run(True, x.requires_grad_(), weights, bns, torch.randn(2, 4, 6, 6, dtype=torch.float64),
+                    kernel_size=3, expand_channels=12)
+    g_expand, g_dw, g_project = grads[1:4]
+    assert g_expand.shape == (24, 4, 1, 1) and g_expand[12:].abs().sum() == 0 and g_expand[:12].abs().sum() > 0
+    ring = g_dw[:12].clone()
+    ring[:, :, 2:5, 2:5] = 0
+    assert g_dw[12:].abs().sum() == 0 and ring.abs().sum() == 0
+    assert g_project[:, 12:].abs().sum() == 0
+    for g_bn in grads[4:8]:  # bn1 and bn2 weight and bias: E_max long, the slice set
+        assert g_bn.shape == (24,) and g_bn[12:].abs().sum() == 0 and g_bn[:12].abs().sum() > 0
+
+
+def _op_args(dtype=torch.float64):
+    torch.manual_seed(4)
+    weights, bns = _block(4, 6, 24, affine=True, dtype=dtype)
+    x = torch.randn(2, 4, 5, 7, dtype=dtype, requires_grad=True)
+    bn_list = [bns[f"bn{i}_{kind}"] for i in (1, 2, 3) for kind in ("weight", "bias")]
+    return x, list(weights.values()), bn_list
+
+
+def test_opcheck_sampled_mbconv_forward():
+    x, weights, bns = _op_args()
+    torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (x, *weights, *bns, 5, 12, 2, 1e-5))
+
+
+def test_opcheck_depthwise_project_forward():
+    x, weights, bns = _op_args()
+    hidden = torch.randn(2, 12, 5, 7, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.fna_ext.depthwise_project_forward.default,
+                          (x, hidden, weights[1], weights[2], *bns[2:], 3, 1, 1e-5))
+
+
+def test_gradcheck_in_float64():
+    x, weights, bns = _op_args()
+    fn = lambda x, *p: ops.sampled_mbconv(x, *p[:3], kernel_size=3, expand_channels=12, stride=1,  # noqa: E731
+                                          **dict(zip([f"bn{i}_{k}" for i in (1, 2, 3) for k in ("weight", "bias")],
+                                                     p[3:])))
+    assert ops.takes_fused_path(x, 3)
+    assert torch.autograd.gradcheck(fn, (x, *weights, *bns), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_depthwise_project_in_float64():
+    x, weights, bns = _op_args()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(2, 12, 5, 5, dtype=torch.float64, requires_grad=True)
+    fn = lambda x, h, dw, pw: ops.depthwise_project(x, h, dw, pw, kernel_size=5)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, hidden, weights[1], weights[2]), eps=1e-6, atol=1e-5)
+
+
+def test_the_switch_and_torchrun_force_the_reference(monkeypatch):
+    x = torch.randn(1, 4, 5, 5)
+    assert ops.takes_fused_path(x, 3)
+    with ops.fused(False):
+        assert not ops.takes_fused_path(x, 3)
+    assert ops.fused_enabled()
+    assert not ops.takes_fused_path(x.half(), 3)  # no CPU kernel for half
+    # under torchrun the BN statistics are reduced over processes: only the reference does that
+    monkeypatch.setattr(distributed, "current", lambda: distributed.Context(0, 2))
+    assert not ops.takes_fused_path(x, 3)
+
+
+def test_no_fused_flag_reaches_the_search_config():
+    import argparse
+    args = argparse.Namespace(detector="ssdlite", data=None, set=[], config=None, weight_sharing=None, strategy=None,
+                              cost=None, epochs=None, no_fused=True)
+    assert build_config(args)["search"]["fused"] is False
+    args.no_fused = False
+    assert build_config(args)["search"]["fused"] is True
+
+
+def test_large_outputs_come_from_the_block_cache():
+    torch.ops.fna_ext.host_cache_release()
+    x = torch.randn(8, 32, 24, 24).to(memory_format=torch.channels_last)
+    weights, _ = _block(32, 32, 192, affine=False, dtype=torch.float32)
+    with torch.no_grad():
+        ops.sampled_mbconv(x, *weights.values(), kernel_size=3, expand_channels=192)
+    assert torch.ops.fna_ext.host_cache_bytes() > 0  # the freed hidden tensors wait for reuse
+    torch.ops.fna_ext.host_cache_release()
+    assert torch.ops.fna_ext.host_cache_bytes() == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 2), (7, 1)])
+def test_cuda_matches_a_float64_reference(dtype, k, stride):
+    torch.manual_seed(5)
+    weights, bns = _block(16, 16, 96, affine=True, dtype=dtype, device="cuda")
+    x = torch.randn(4, 16, 15, 17, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn(4, 16, (15 - 1) // stride + 1, (17 - 1) // stride + 1, device="cuda", dtype=dtype)
+    kwargs = dict(kernel_size=k, expand_channels=80, stride=stride)
+    assert ops.takes_fused_path(x, k)
+    y, grads = _run(True, x, weights, bns, grad, **kwargs)
+
+    def as64(t):
+        return t.detach().double().requires_grad_()
+    ref = _run(False, as64(x), {n: as64(w) for n, w in weights.items()}, {n: as64(b) for n, b in bns.items()},
+               grad.double(), **kwargs)
+    tol = CUDA_TOLERANCES[dtype]
+    torch.testing.assert_close(y.double(), ref[0], **tol)
+    for a, b in zip(grads, ref[1]):
+        scale = b.abs().max().clamp(min=1)  # gradients are compared relative to their size
+        torch.testing.assert_close(a.double() / scale, b / scale, **tol)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck():
+    x, weights, bns = _op_args(torch.float32)
+    args = [t.detach().cuda().requires_grad_() for t in (x, *weights, *bns)]
+    torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (*args, 3, 12, 1, 1e-5))
