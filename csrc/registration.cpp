@@ -63,11 +63,11 @@ TORCH_LIBRARY(fna_ext, m) {
         "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Gradients of x, the three max-size weights (zero outside the slice) and the six BN parameters
-  // (empty where the BN has none).
+  // (empty where the BN has none, and all of them when weight_grads is false: an architecture step).
   m.def("sampled_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
         "Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, Tensor stats, "
-        "int kernel_size, int stride) -> Tensor[]");
+        "int kernel_size, int stride, bool weight_grads) -> Tensor[]");
   // The same from the depthwise conv on, for an activated hidden tensor (the mixture's shared
   // expansion): returns (out, h2, h3, stats).
   m.def("depthwise_project_forward(Tensor x, Tensor hidden, Tensor dw_weight, Tensor project_weight, "
@@ -76,7 +76,7 @@ TORCH_LIBRARY(fna_ext, m) {
   // Gradients of x (empty without a residual), hidden, the weights and the four BN parameters.
   m.def("depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
-        "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride) -> Tensor[]");
+        "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride, bool weight_grads) -> Tensor[]");
 }
 
 }  // namespace fna_ext

@@ -231,3 +231,18 @@ def test_cuda_opcheck():
     x, weights, bns = _op_args(torch.float32)
     args = [t.detach().cuda().requires_grad_() for t in (x, *weights, *bns)]
     torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (*args, 3, 12, 1, 1e-5))
+
+
+def test_frozen_weights_get_no_gradient_work():
+    """An architecture step freezes the weights: the input gradient alone, still exact."""
+    torch.manual_seed(6)
+    weights, bns = _block(8, 8, 48, affine=True)
+    for t in (*weights.values(), *bns.values()):
+        t.requires_grad_(False)
+    x = torch.randn(2, 8, 7, 7, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fused in (True, False):
+        with ops.fused(fused):
+            y = ops.sampled_mbconv(x, *weights.values(), kernel_size=5, expand_channels=24, **bns)
+        grads.append(torch.autograd.grad(y.square().sum(), x)[0])
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)

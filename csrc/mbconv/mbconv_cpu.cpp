@@ -425,12 +425,13 @@ FNA_CLONES void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in
   T* dilated = tile + hp * wp * kBlock;
   T* wflip = dilated + hg * wg * kBlock;
   T* row = wflip + K * K * kBlock;
-  load_input_tile<T>(g, in, n, c0, nb, tile);
+  // the activated input: for the weight gradient, and for BN1's ReLU6 mask when applied on load
+  if (grad_w != nullptr || in.scale != nullptr) load_input_tile<T>(g, in, n, c0, nb, tile);
   load_weight_tile<T, K>(g, weight, c0, nb, /*flip=*/true, wflip);
   load_output_grad_tile<T, K>(g, go, n, c0, nb, dilated, hg, wg);
 
   // the weight gradient, one kernel row at a time: K accumulators per pixel of output gradient
-  for (int kh = 0; kh < K; ++kh) {
+  for (int kh = 0; kh < K && grad_w != nullptr; ++kh) {
     Vec<T> acc[K] = {};
     for (int64_t oh = 0; oh < g.ho; ++oh) {
       const T* arow = tile + (oh * s + kh) * wp * kBlock;
@@ -598,9 +599,10 @@ struct CpuBackend {
                                  at::Tensor grad_in, at::Tensor grad_weight, at::Tensor sum_g, at::Tensor sum_gh) {
     FNA_MBCONV_STEP("depthwise_backward");
     at::Tensor partial = at::empty({2, g.n, g.e}, sum_g.options());  // every task writes its part
-    at::Tensor partial_w = at::empty({g.n, g.e, g.k, g.k}, sum_g.options());  // every task writes its part
+    // every task writes its part; none when the weight gradient is not wanted
+    at::Tensor partial_w = at::empty({grad_weight.defined() ? g.n : 0, g.e, g.k, g.k}, sum_g.options());
     double* p = partial.data_ptr<double>();
-    double* pw = partial_w.data_ptr<double>();
+    double* pw = grad_weight.defined() ? partial_w.data_ptr<double>() : nullptr;
     const DwIn src{in.data_ptr(), in.stride(2), scale1.defined() ? scale1.data_ptr() : nullptr,
                    shift1.defined() ? shift1.data_ptr() : nullptr};
     const DwGradOut go{ga2.data_ptr(), h2.data_ptr(), scale2.data_ptr(), shift2.data_ptr(),
@@ -610,12 +612,13 @@ struct CpuBackend {
         for_each_tile(g, [&](int64_t n, int64_t c0) {
           depthwise_backward_task<scalar_t, decltype(k)::value>(
               g, go, src, weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
-              pw + n * g.e * g.k * g.k, n, c0, p + n * g.e + c0, p + (g.n + n) * g.e + c0);
+              pw == nullptr ? nullptr : pw + n * g.e * g.k * g.k, n, c0, p + n * g.e + c0, p + (g.n + n) * g.e + c0);
         });
       });
     });
     sum_g.copy_(partial[0].sum(0));
     sum_gh.copy_(partial[1].sum(0));
+    if (!grad_weight.defined()) return;
     const int64_t off = g.offset();
     grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(partial_w.sum(0).unsqueeze(1));
   }

@@ -112,9 +112,10 @@ inline at::Tensor double_zeros(int64_t n, const at::Tensor& like) {
   return at::zeros({n}, like.options().dtype(at::kDouble));
 }
 
-// An affine BN's parameter gradient: the max-size vector, the first `channels` set.
-inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value) {
-  if (!param.has_value() || !param->defined()) return at::empty({0}, value.options());
+// An affine BN's parameter gradient: the max-size vector, the first `channels` set; empty when
+// the BN has no parameters or no weight gradients are wanted.
+inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value, bool wanted) {
+  if (!wanted || !param.has_value() || !param->defined()) return at::empty({0}, value.options());
   at::Tensor grad = at::zeros_like(*param);
   grad.narrow(0, 0, value.numel()).copy_(value);
   return grad;
@@ -217,7 +218,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
                         const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& dw_weight,
                         const at::Tensor& project_weight, const at::Tensor& bn2_w, const at::Tensor& bn2_b,
                         const at::Tensor& bn3_w, const at::Tensor& h2, const at::Tensor& h3,
-                        const at::Tensor& stats) {
+                        const at::Tensor& stats, bool weight_grads) {
   const auto opmath = opmath_type(in.scalar_type());
   const TailStats s = tail_stats(stats, g);
   TailGrads r;
@@ -237,18 +238,25 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   at::Tensor sg2 = double_zeros(g.e, stats), sgh2 = double_zeros(g.e, stats);
   Backend::grad_sums(ga2, h2, scale2, shift2, sg2, sgh2, a2);
   r.bn2 = bn_grad(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
-  at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
-  grad_project.narrow(1, 0, g.e).copy_(at::mm(gh3.t(), a2));
-  r.grad_project = grad_project.view(project_weight.sizes());
+  if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
+    at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
+    grad_project.narrow(1, 0, g.e).copy_(at::mm(gh3.t(), a2));
+    r.grad_project = grad_project.view(project_weight.sizes());
+    r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
+  }
 
   // depthwise: both gradients, BN2's backward applied on load, BN1's mask and sums on store
   r.grad_in = Backend::empty({g.rows_in(), g.e}, h2.options());
-  r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
   r.sum_g1 = double_zeros(g.e, stats);
   r.sum_gh1 = double_zeros(g.e, stats);
   Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
                               dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1);
   return r;
+}
+
+// A weight gradient, or an empty tensor where it was not computed.
+inline at::Tensor weight_or_empty(const at::Tensor& grad, const at::Tensor& like) {
+  return grad.defined() ? grad : at::empty({0}, like.options());
 }
 
 inline at::Tensor cast_like(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
@@ -318,7 +326,8 @@ std::vector<at::Tensor> sampled_mbconv_backward(
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1,
-    const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride) {
+    const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride,
+    bool weight_grads) {
   check_inputs("fna_ext::sampled_mbconv_backward", x, dw_weight, project_weight, kernel_size, h1.size(1), stride);
   const Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride);
   const auto opmath = opmath_type(x.scalar_type());
@@ -330,20 +339,27 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   TailGrads t = tail_backward<Backend>(g, grad_rows, h1_rows.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
                                        slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-                                       as_rows(h2), as_rows(h3), stats);
+                                       as_rows(h2), as_rows(h3), stats, weight_grads);
   // BN1's backward (t.grad_in already carries the ReLU6 mask), then the expansion GEMMs
   const BnGrad bn1 = bn_grad(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
   Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), bn1.a, bn1.b, bn1.c, t.grad_in);
   const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
-  at::Tensor grad_expand = at::zeros({g.e_max, g.c_in}, x.options());
-  grad_expand.narrow(0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
+  at::Tensor grad_expand = at::empty({0}, x.options());
+  if (weight_grads) {
+    grad_expand = at::zeros({g.e_max, g.c_in}, x.options());
+    grad_expand.narrow(0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
+    grad_expand = grad_expand.view(expand_weight.sizes());
+  }
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
   at::mm_out(grad_x, t.grad_in, we);
   if (has_residual(g)) grad_x.add_(grad_rows);
-  return {from_rows(grad_x, g.n, g.h, g.w), grad_expand.view(expand_weight.sizes()), t.grad_dw, t.grad_project,
-          param_grad(bn1_w, cast_like(bn1.dgamma, x)), param_grad(bn1_b, cast_like(bn1.dbeta, x)),
-          param_grad(bn2_w, cast_like(t.bn2.dgamma, x)), param_grad(bn2_b, cast_like(t.bn2.dbeta, x)),
-          param_grad(bn3_w, cast_like(t.bn3.dgamma, x)), param_grad(bn3_b, cast_like(t.bn3.dbeta, x))};
+  return {from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
+          weight_or_empty(t.grad_project, x), param_grad(bn1_w, cast_like(bn1.dgamma, x), weight_grads),
+          param_grad(bn1_b, cast_like(bn1.dbeta, x), weight_grads),
+          param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
+          param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
+          param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
+          param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
 }
 
 // depthwise_project_backward -> grads of (x, hidden, dw_weight, project_weight, bn2 and bn3
@@ -353,7 +369,7 @@ std::vector<at::Tensor> depthwise_project_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight,
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2,
-    const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride) {
+    const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride, bool weight_grads) {
   check_inputs("fna_ext::depthwise_project_backward", x, dw_weight, project_weight, kernel_size, hidden.size(1),
                stride);
   const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride);
@@ -361,13 +377,15 @@ std::vector<at::Tensor> depthwise_project_backward(
   TailGrads t = tail_backward<Backend>(g, grad_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
                                        slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-                                       as_rows(h2), as_rows(h3), stats);
+                                       as_rows(h2), as_rows(h3), stats, weight_grads);
   // a copy: an op's output must not alias its input
   at::Tensor grad_x = at::empty({0}, x.options());
   if (has_residual(g)) grad_x = from_rows(Backend::empty(grad_rows.sizes(), x.options()).copy_(grad_rows), g.n, g.h, g.w);
-  return {grad_x, from_rows(t.grad_in, g.n, g.h, g.w), t.grad_dw, t.grad_project,
-          param_grad(bn2_w, cast_like(t.bn2.dgamma, x)), param_grad(bn2_b, cast_like(t.bn2.dbeta, x)),
-          param_grad(bn3_w, cast_like(t.bn3.dgamma, x)), param_grad(bn3_b, cast_like(t.bn3.dbeta, x))};
+  return {grad_x, from_rows(t.grad_in, g.n, g.h, g.w), weight_or_empty(t.grad_dw, x),
+          weight_or_empty(t.grad_project, x), param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
+          param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
+          param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
+          param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
 }
 
 }  // namespace mbconv

@@ -195,25 +195,28 @@ def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w
     return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, with_bn1=False)
 
 
-def _fake_grads(x, params, bns):
+def _fake_grads(x, params, bns, weight_grads):
+    if not weight_grads:
+        return [x.new_empty(0) for _ in (*params, *bns)]
     grads = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
     grads += [torch.empty_like(b) if b is not None else x.new_empty(0) for b in bns]
     return grads
 
 
 def _fake_sampled_backward(grad_out, x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b,
-                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride):
+                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride, weight_grads):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last)
     return [grad_x] + _fake_grads(x, (expand_weight, dw_weight, project_weight),
-                                  (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b))
+                                  (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b), weight_grads)
 
 
 def _fake_tail_backward(grad_out, x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3, stats,
-                        kernel_size, stride):
+                        kernel_size, stride, weight_grads):
     residual = stride == 1 and project_weight.shape[0] == x.shape[1]
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if residual else x.new_empty(0)
     grad_hidden = torch.empty_like(hidden, memory_format=torch.channels_last)
-    return [grad_x, grad_hidden] + _fake_grads(x, (dw_weight, project_weight), (bn2_w, bn2_b, bn3_w, bn3_b))
+    return [grad_x, grad_hidden] + _fake_grads(x, (dw_weight, project_weight), (bn2_w, bn2_b, bn3_w, bn3_b),
+                                               weight_grads)
 
 
 def _none_if_empty(grads):
@@ -233,7 +236,9 @@ def _setup_sampled(ctx, inputs, output):
 def _backward_sampled(ctx, grad_out, *_):
     if grad_out is None:
         return (None,) * 14
-    grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride)
+    weight_grads = any(ctx.needs_input_grad[1:10])  # false in architecture steps: weights frozen
+    grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
+                                                      weight_grads)
     return _none_if_empty(grads) + (None,) * 4
 
 
@@ -248,7 +253,9 @@ def _setup_tail(ctx, inputs, output):
 def _backward_tail(ctx, grad_out, *_):
     if grad_out is None:
         return (None,) * 11
-    grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride)
+    weight_grads = any(ctx.needs_input_grad[2:8])
+    grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
+                                                         weight_grads)
     return _none_if_empty(grads) + (None,) * 3
 
 

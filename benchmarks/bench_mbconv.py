@@ -1,0 +1,165 @@
+"""The sampled MBConv three ways, forward and forward+backward, at the shapes of the searches:
+
+- fused: ``fna_ext.ops.sampled_mbconv`` on the C++/CUDA kernels (csrc/mbconv);
+- eager: the pure-PyTorch reference with the same slicing (``sampled_mbconv_reference``);
+- compile: ``torch.compile`` of the eager version.
+
+Each row is the median of interleaved runs (benchmarks/timing.py), on channels-last
+activations with a random upstream gradient, as in training. On CUDA a last row measures a
+bandwidth-bound shape against the device-to-device copy bandwidth, counting the fused design's
+minimum traffic (29x the input forward, 55x backward, at e6 and stride 1).
+
+    python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import hardware, interleaved_medians, synchronize  # noqa: E402
+
+from fna_ext import ops  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    n: int
+    c: int
+    size: int
+    kernel: int
+    expansion: int
+    stride: int = 1
+
+
+SHAPES = [
+    Shape("SSDLite 20x20 C=64 k7 e6", 16, 64, 20, 7, 6),
+    Shape("SSDLite 80x80 C=24 k5 e3", 16, 24, 80, 5, 3),
+    Shape("RetinaNet 40x40 C=32 k3 e6", 16, 32, 40, 3, 6),
+    Shape("RetinaNet 40x40 C=32 k7 e6 s2", 16, 32, 40, 7, 6, stride=2),
+]
+BANDWIDTH_SHAPE = Shape("bandwidth 56x56 C=24 k7 e6", 256, 24, 56, 7, 6)
+MIN_TRAFFIC = {"forward": 29, "forward+backward": 29 + 55}  # units of the input's size
+
+
+def make_inputs(shape: Shape, device: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*size, scale=1.0):
+        return (torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype)
+
+    e_max = 6 * shape.c
+    x = randn(shape.n, shape.c, shape.size, shape.size).to(memory_format=torch.channels_last).requires_grad_()
+    weights = [randn(e_max, shape.c, 1, 1, scale=shape.c ** -0.5).requires_grad_(),
+               randn(e_max, 1, 7, 7, scale=0.2).requires_grad_(),
+               randn(shape.c, e_max, 1, 1, scale=e_max ** -0.5).requires_grad_()]
+    out = (shape.size - 1) // shape.stride + 1
+    grad = randn(shape.n, shape.c, out, out).to(memory_format=torch.channels_last)
+    return x, weights, grad
+
+
+def versions(shape: Shape, x, weights, grad, backward: bool, with_compile: bool) -> dict:
+    kwargs = dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride)
+
+    def fused():
+        with ops.fused(True):
+            return ops.sampled_mbconv(x, *weights, **kwargs)
+
+    def eager():
+        return ops.sampled_mbconv_reference(x, *weights, **kwargs)
+
+    fns = {"fused": fused, "eager": eager}
+    if with_compile:
+        torch._dynamo.reset()  # each shape compiled for itself, as a search compiles each layer
+        compiled = torch.compile(ops.sampled_mbconv_reference, dynamic=False)
+        fns["compile"] = lambda: compiled(x, *weights, **kwargs)
+    if not backward:
+        return {name: (lambda fn=fn: _no_grad(fn)) for name, fn in fns.items()}
+    return {name: (lambda fn=fn: fn().backward(grad)) for name, fn in fns.items()}
+
+
+def _no_grad(fn):
+    with torch.no_grad():
+        return fn()
+
+
+def check_parity(shape: Shape, x, weights, grad) -> float:
+    """Largest difference between the fused and eager outputs, relative to the output's scale."""
+    fns = versions(shape, x, weights, grad, backward=False, with_compile=False)
+    a, b = fns["fused"]().float(), fns["eager"]().float()
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def copy_bandwidth(device: str) -> float:
+    """Bytes per second of a device-to-device copy (read plus write) of 1 GiB."""
+    src = torch.empty(1 << 28, device=device)
+    dst = torch.empty_like(src)
+    seconds = interleaved_medians({"copy": lambda: dst.copy_(src)}, 10, device)["copy"]
+    return 2 * src.numel() * src.element_size() / seconds
+
+
+def run(args) -> dict:
+    # compile in this process: inductor's background compile workers would share the cores with
+    # the timed runs
+    torch._inductor.config.compile_threads = 1
+    dtype = getattr(torch, args.dtype)
+    shapes = SHAPES + ([BANDWIDTH_SHAPE] if args.device == "cuda" else [])
+    rows = []
+    for shape in shapes:
+        x, weights, grad = make_inputs(shape, args.device, dtype)
+        assert ops.takes_fused_path(x, shape.kernel), "no fused kernel for this device and dtype"
+        parity = check_parity(shape, x, weights, grad)
+        for mode in ("forward", "forward+backward"):
+            fns = versions(shape, x, weights, grad, mode != "forward", not args.no_compile)
+            ms = {k: v * 1e3 for k, v in interleaved_medians(fns, args.repeats, args.device).items()}
+            row = {"shape": asdict(shape), "mode": mode, "ms": ms, "parity": parity,
+                   "speedup_vs_eager": ms["eager"] / ms["fused"]}
+            if "compile" in ms:
+                row["speedup_vs_compile"] = ms["compile"] / ms["fused"]
+            if shape is BANDWIDTH_SHAPE:
+                bytes_moved = MIN_TRAFFIC[mode] * x.numel() * x.element_size()
+                row["fraction_of_copy_bandwidth"] = bytes_moved / (ms["fused"] / 1e3) / copy_bandwidth(args.device)
+            rows.append(row)
+            print(format_row(row), file=sys.stderr if args.json else sys.stdout, flush=True)
+        del x, weights, grad
+        synchronize(args.device)
+    return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
+            "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats, "rows": rows}
+
+
+def format_row(row: dict) -> str:
+    ms = row["ms"]
+    cells = [f"{row['shape']['name']:<30} {row['mode']:<17}", f"fused {ms['fused']:8.2f} ms",
+             f"eager {ms['eager']:8.2f} ms ({row['speedup_vs_eager']:.2f}x)"]
+    if "compile" in ms:
+        cells.append(f"compile {ms['compile']:8.2f} ms ({row['speedup_vs_compile']:.2f}x)")
+    if "fraction_of_copy_bandwidth" in row:
+        cells.append(f"{100 * row['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
+    return "  ".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile version")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Images per second of whole super-network search steps, with the fused sampled MBConv and with
+the pure-PyTorch reference, on the embedded default's search (synthetic COCO, SSDLite on the
+MobileNetV2 super network, 160x160, batch 16):
+
+- a weight step: one sampled path, forward and backward through the detector, optimizer step;
+- an alpha step: every candidate of every layer (the softmax(alpha) mixture), backward to alpha;
+- the search's cycle: ``weight_steps_per_alpha_step`` weight steps and one alpha step.
+
+Steps of the two versions alternate (benchmarks/timing.py); medians are reported.
+
+    python benchmarks/bench_search_step.py [--device cpu|cuda] [--detector ssdlite] [--repeats 7] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import hardware, interleaved_medians  # noqa: E402
+
+from fna_ext import mobilenet_v2, ops  # noqa: E402
+from fna_ext.arch_adaptation import ArchitectureSearch  # noqa: E402
+from fna_ext.config import resolve  # noqa: E402
+from fna_ext.presets import search_preset  # noqa: E402
+
+
+def build_search(detector: str, device: str, out_dir: str) -> ArchitectureSearch:
+    config = resolve(search_preset(detector, synthetic=True), None, [])
+    torch.manual_seed(0)
+    seed = mobilenet_v2(num_classes=None)  # the timing does not depend on pretrained weights
+    return ArchitectureSearch(config, seed, out_dir, device=device)
+
+
+def with_fused(enabled: bool, step):
+    def run():
+        with ops.fused(enabled):
+            step()
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--detector", choices=["ssdlite", "retinanet"], default="ssdlite")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as out_dir:
+        search = build_search(args.detector, args.device, out_dir)
+        weight_batch, alpha_batch = search.weight_data.batch_size, search.arch_data.batch_size
+        ratio = int(search.config["search"]["weight_steps_per_alpha_step"])
+        seconds = {}
+        for kind, step in (("weight step", search.weight_step), ("alpha step", search.alpha_step)):
+            fns = {"fused": with_fused(True, step), "reference": with_fused(False, step)}
+            seconds[kind] = interleaved_medians(fns, args.repeats, args.device)
+    rows = {}
+    for version in ("fused", "reference"):
+        cycle = ratio * seconds["weight step"][version] + seconds["alpha step"][version]
+        rows[version] = {"weight step images/s": weight_batch / seconds["weight step"][version],
+                         "alpha step images/s": alpha_batch / seconds["alpha step"][version],
+                         "search cycle images/s": (ratio * weight_batch + alpha_batch) / cycle,
+                         "weight step ms": 1e3 * seconds["weight step"][version],
+                         "alpha step ms": 1e3 * seconds["alpha step"][version]}
+    speedup = {k: rows["fused"][k] / rows["reference"][k] for k in rows["fused"] if k.endswith("images/s")}
+    result = {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
+              "detector": args.detector, "torch": torch.__version__, "weight_steps_per_alpha_step": ratio,
+              "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    for version, row in rows.items():
+        print(f"{version:<10} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
+    print("speedup    " + "  ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,541 @@
+// CUDA kernels of the fused sampled MBConv (the steps are in mbconv_driver.h, the semantics of
+// every primitive in mbconv_cpu.cpp).
+//
+// Every kernel maps channels to threadIdx.x (the fastest index of the channels-last rows, so a
+// warp reads consecutive addresses) and rows or pixels to threadIdx.y, with grid-stride loops
+// over the rows. Per-channel sums are accumulated per thread in the opmath type, flushed into
+// double every kFlush terms (so long columns keep double precision without double arithmetic
+// per element), summed over the block's rows in shared memory and added into the float64 result
+// with one atomic per channel per block.
+//
+// Half and bfloat16 are only converted to and from float (no 16-bit arithmetic), so the kernels
+// also run on Pascal (sm_61); atomicAdd on double needs sm_60.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "mbconv_cuda.h"
+
+namespace fna_ext {
+namespace mbconv {
+namespace {
+
+constexpr int kThreads = 256;  // per block: blockDim.x * blockDim.y, both powers of two
+constexpr int kFlush = 64;     // terms per thread between flushes of the partial sums to double
+
+// ---- dtypes -----------------------------------------------------------------------------------
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+template <typename T> using Acc = typename AccOf<T>::type;  // the opmath type
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(Acc<T> v);
+template <> __device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <> __device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+
+// Written as std::min(std::max(v, 0), 6) is (the CPU backend), so a NaN stays NaN.
+template <typename A>
+__device__ __forceinline__ A relu6(A v) {
+  const A r = v < A(0) ? A(0) : v;
+  return A(6) < r ? A(6) : r;
+}
+
+// ReLU6 passes the gradient strictly inside (0, 6), as hardtanh_backward.
+template <typename A>
+__device__ __forceinline__ bool relu6_pass(A pre) { return pre > A(0) && pre < A(6); }
+
+// ---- indexing and reductions --------------------------------------------------------------------
+
+__device__ __forceinline__ int64_t thread_channel() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t first_row() { return static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; }
+__device__ __forceinline__ int64_t row_step() { return static_cast<int64_t>(gridDim.y) * blockDim.y; }
+
+// Two running sums of one thread: terms add in A, and every kFlush terms move into double.
+template <typename A>
+struct SumPair {
+  A s = A(0), q = A(0);
+  double ts = 0.0, tq = 0.0;
+  int n = 0;
+  __device__ __forceinline__ void add(A x, A y) {
+    s += x;
+    q += y;
+    if (++n == kFlush) flush();
+  }
+  __device__ __forceinline__ void flush() {
+    ts += static_cast<double>(s);
+    tq += static_cast<double>(q);
+    s = q = A(0);
+    n = 0;
+  }
+};
+
+// The sum of v over threadIdx.y (the block's rows) for this thread's channel, returned to every
+// thread. `buf` is kThreads values of shared memory; every thread of the block must call this.
+template <typename V>
+__device__ V block_column_sum(V v, V* buf) {
+  const unsigned tid = threadIdx.y * blockDim.x + threadIdx.x;
+  buf[tid] = v;
+  __syncthreads();
+  for (unsigned half = blockDim.y / 2; half > 0; half /= 2) {
+    if (threadIdx.y < half) buf[tid] += buf[tid + half * blockDim.x];
+    __syncthreads();
+  }
+  const V total = buf[threadIdx.x];
+  __syncthreads();  // the caller may reuse buf right away
+  return total;
+}
+
+// Adds the block's totals of both sums of channel c into t0[c] and t1[c]: one atomic each.
+template <typename A>
+__device__ void block_add_sums(SumPair<A>& p, int64_t c, bool valid, double* t0, double* t1) {
+  __shared__ double buf[kThreads];
+  p.flush();
+  const double s0 = block_column_sum(p.ts, buf);
+  const double s1 = block_column_sum(p.tq, buf);
+  if (threadIdx.y == 0 && valid) {
+    atomicAdd(t0 + c, s0);
+    atomicAdd(t1 + c, s1);
+  }
+}
+
+// ---- per-channel passes over rows -------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) row_stats_kernel(RowStatsArgs p) {
+  using A = Acc<T>;
+  const T* __restrict__ rows = static_cast<const T*>(p.rows);
+  const int64_t c = thread_channel();
+  const bool valid = c < p.c;
+  SumPair<A> acc;
+  if (valid) {
+    for (int64_t r = first_row(); r < p.m; r += row_step()) {
+      const A v = to_acc(rows[r * p.ld + c]);
+      acc.add(v, v * v);
+    }
+  }
+  block_add_sums(acc, c, valid, p.sum, p.sumsq);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) affine_act_kernel(AffineActArgs p) {
+  using A = Acc<T>;
+  const int64_t c = thread_channel();
+  if (c >= p.c) return;  // no block-wide step follows
+  const T* __restrict__ h = static_cast<const T*>(p.h);
+  const T* __restrict__ res = static_cast<const T*>(p.residual);
+  T* __restrict__ out = static_cast<T*>(p.out);
+  const A scale = static_cast<const A*>(p.scale)[c], shift = static_cast<const A*>(p.shift)[c];
+  for (int64_t r = first_row(); r < p.m; r += row_step()) {
+    A v = to_acc(h[r * p.h_ld + c]) * scale + shift;
+    if (p.relu) {
+      v = relu6(v);
+    } else if (res != nullptr) {
+      v += to_acc(res[r * p.res_ld + c]);
+    }
+    out[r * p.out_ld + c] = from_acc<T>(v);
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_sums_kernel(GradSumsArgs p) {
+  using A = Acc<T>;
+  const T* __restrict__ g = static_cast<const T*>(p.g);
+  const T* __restrict__ h = static_cast<const T*>(p.h);
+  T* __restrict__ act = static_cast<T*>(p.act);
+  const int64_t c = thread_channel();
+  const bool valid = c < p.c;
+  const bool masked = p.ms != nullptr;
+  SumPair<A> acc;
+  if (valid) {
+    const A ms = masked ? static_cast<const A*>(p.ms)[c] : A(0);
+    const A mb = masked ? static_cast<const A*>(p.mb)[c] : A(0);
+    for (int64_t r = first_row(); r < p.m; r += row_step()) {
+      const A hv = to_acc(h[r * p.h_ld + c]);
+      A gz = to_acc(g[r * p.g_ld + c]);
+      if (masked) {
+        const A pre = hv * ms + mb;
+        gz = relu6_pass(pre) ? gz : A(0);
+        if (act != nullptr) act[r * p.act_ld + c] = from_acc<T>(relu6(pre));
+      }
+      acc.add(gz, gz * hv);
+    }
+  }
+  block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
+}
+
+// Elementwise, so out may alias g: each element is read before it is written, by one thread.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) grad_apply_kernel(GradApplyArgs p) {
+  using A = Acc<T>;
+  const int64_t c = thread_channel();
+  if (c >= p.c) return;
+  const T* g = static_cast<const T*>(p.g);  // not __restrict__: may alias out
+  const T* __restrict__ h = static_cast<const T*>(p.h);
+  T* out = static_cast<T*>(p.out);
+  const bool masked = p.ms != nullptr;
+  const A ms = masked ? static_cast<const A*>(p.ms)[c] : A(0);
+  const A mb = masked ? static_cast<const A*>(p.mb)[c] : A(0);
+  const A a = static_cast<const A*>(p.a)[c], b = static_cast<const A*>(p.b)[c];
+  const A cc = static_cast<const A*>(p.cc)[c];
+  for (int64_t r = first_row(); r < p.m; r += row_step()) {
+    const A hv = to_acc(h[r * p.h_ld + c]);
+    A gz = to_acc(g[r * p.g_ld + c]);
+    if (masked) gz = relu6_pass(hv * ms + mb) ? gz : A(0);
+    out[r * p.out_ld + c] = from_acc<T>(gz * a + hv * b + cc);
+  }
+}
+
+// ---- depthwise convolution ---------------------------------------------------------------------
+
+// The depthwise input as the conv sees it: BN1 + ReLU6 applied on load when scale is given.
+template <typename T>
+struct DwInput {
+  using A = Acc<T>;
+  const T* __restrict__ data;
+  int64_t ld;
+  bool act;
+  A scale, shift;
+  __device__ __forceinline__ DwInput(const void* in, int64_t row_stride, const void* sc, const void* sh, int64_t c)
+      : data(static_cast<const T*>(in)), ld(row_stride), act(sc != nullptr),
+        scale(act ? static_cast<const A*>(sc)[c] : A(0)), shift(act ? static_cast<const A*>(sh)[c] : A(0)) {}
+  // pixel p = (n * h + ih) * w + iw, channel c
+  __device__ __forceinline__ A raw(int64_t pixel, int64_t c) const { return to_acc(data[pixel * ld + c]); }
+  __device__ __forceinline__ A operator()(int64_t pixel, int64_t c) const {
+    const A v = raw(pixel, c);
+    return act ? relu6(v * scale + shift) : v;
+  }
+};
+
+// The centre K x K taps of channel c of the (e_max, 1, k_max, k_max) weight.
+template <typename T, int K>
+__device__ __forceinline__ void load_taps(const DwShape& s, const void* weight, int64_t c, Acc<T>* w) {
+  const T* src = static_cast<const T*>(weight) + c * s.k_max * s.k_max;
+  const int64_t off = (s.k_max - K) / 2;
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) w[kh * K + kw] = to_acc(src[(kh + off) * s.k_max + kw + off]);
+  }
+}
+
+// Output pixel index -> (image, row, column).
+struct Pixel {
+  int64_t n;
+  int y, x;
+  __device__ __forceinline__ Pixel(int64_t p, int64_t height, int64_t width) {
+    x = static_cast<int>(p % width);
+    const int64_t t = p / width;
+    y = static_cast<int>(t % height);
+    n = t / height;
+  }
+};
+
+// One thread per output element, all K x K taps in registers; sums of the stored outputs (as
+// rounded to T, the values BN2 will normalise).
+template <typename T, int K, int S>
+__global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
+  using A = Acc<T>;
+  const DwShape& s = p.s;
+  const int64_t c = thread_channel();
+  const bool valid = c < s.e;
+  SumPair<A> acc;
+  if (valid) {
+    A w[K * K];
+    load_taps<T, K>(s, p.weight, c, w);
+    const DwInput<T> in(p.in, p.ld, p.scale, p.shift, c);
+    T* __restrict__ out = static_cast<T*>(p.out);
+    const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+    const int64_t pixels = s.n * s.ho * s.wo;
+    for (int64_t q = first_row(); q < pixels; q += row_step()) {
+      const Pixel o(q, s.ho, s.wo);
+      A v = A(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int ih = o.y * S - pad + kh;
+        if (ih < 0 || ih >= h) continue;  // zero padding
+        const int64_t row = (o.n * h + ih) * wd;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const int iw = o.x * S - pad + kw;
+          if (iw < 0 || iw >= wd) continue;
+          v += in(row + iw, c) * w[kh * K + kw];
+        }
+      }
+      const T stored = from_acc<T>(v);
+      out[q * s.e + c] = stored;
+      const A r = to_acc(stored);
+      acc.add(r, r * r);
+    }
+  }
+  block_add_sums(acc, c, valid, p.sum, p.sumsq);
+}
+
+// dL/dh2 at output element (q, c): BN2's ReLU6 mask and backward applied as ga2 and h2 load.
+template <typename T>
+struct DwOutputGrad {
+  using A = Acc<T>;
+  const T* __restrict__ ga2;
+  const T* __restrict__ h2;
+  int64_t e;
+  A ms, mb, a, b, cc;
+  __device__ __forceinline__ DwOutputGrad(const DwBackwardArgs& p, int64_t c)
+      : ga2(static_cast<const T*>(p.ga2)), h2(static_cast<const T*>(p.h2)), e(p.s.e),
+        ms(static_cast<const A*>(p.scale2)[c]), mb(static_cast<const A*>(p.shift2)[c]),
+        a(static_cast<const A*>(p.a)[c]), b(static_cast<const A*>(p.b)[c]), cc(static_cast<const A*>(p.c)[c]) {}
+  __device__ __forceinline__ A operator()(int64_t q, int64_t c) const {
+    const A hv = to_acc(h2[q * e + c]);
+    const A gz = relu6_pass(hv * ms + mb) ? to_acc(ga2[q * e + c]) : A(0);
+    return gz * a + hv * b + cc;
+  }
+};
+
+// Input gradient in gather form: one thread per input element sums G * w over the output pixels
+// whose window covers it (oh * S - pad + kh = ih), then applies BN1's ReLU6 mask and sums.
+template <typename T, int K, int S>
+__global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs p) {
+  using A = Acc<T>;
+  const DwShape& s = p.s;
+  const int64_t c = thread_channel();
+  const bool valid = c < s.e;
+  const bool bn1 = p.scale1 != nullptr;  // uniform over the grid
+  SumPair<A> acc;
+  if (valid) {
+    A w[K * K];
+    load_taps<T, K>(s, p.weight, c, w);
+    const DwOutputGrad<T> grad(p, c);
+    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
+    T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
+    const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo), pad = static_cast<int>(s.pad);
+    const int64_t pixels = s.n * s.h * s.w;
+    for (int64_t q = first_row(); q < pixels; q += row_step()) {
+      const Pixel i(q, s.h, s.w);
+      A ga = A(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int th = i.y + pad - kh;  // = oh * S
+        if (th < 0 || th % S != 0 || th / S >= ho) continue;
+        const int64_t row = (i.n * ho + th / S) * wo;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const int tw = i.x + pad - kw;
+          if (tw < 0 || tw % S != 0 || tw / S >= wo) continue;
+          ga += grad(row + tw / S, c) * w[kh * K + kw];
+        }
+      }
+      if (!bn1) {
+        grad_in[q * s.e + c] = from_acc<T>(ga);
+        continue;
+      }
+      const A raw = in.raw(q, c);
+      // sums of the stored gradient, the values BN1's backward will scale
+      const T stored = from_acc<T>(relu6_pass(raw * in.scale + in.shift) ? ga : A(0));
+      grad_in[q * s.e + c] = stored;
+      const A gz = to_acc(stored);
+      acc.add(gz, gz * raw);
+    }
+  }
+  if (bn1) block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
+}
+
+// Weight gradient: each thread keeps all K x K taps of its channel in registers over its output
+// pixels (G computed once per pixel), then the block sums them tap by tap and adds them into
+// the float64 (e, K, K) accumulator.
+template <typename T, int K, int S>
+__global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs p) {
+  using A = Acc<T>;
+  __shared__ A buf[kThreads];
+  const DwShape& s = p.s;
+  const int64_t c = thread_channel();
+  const bool valid = c < s.e;
+  A acc[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) acc[t] = A(0);
+  if (valid) {
+    const DwOutputGrad<T> grad(p, c);
+    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
+    const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+    const int64_t pixels = s.n * s.ho * s.wo;
+    for (int64_t q = first_row(); q < pixels; q += row_step()) {
+      const Pixel o(q, s.ho, s.wo);
+      const A gv = grad(q, c);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const int ih = o.y * S - pad + kh;
+        if (ih < 0 || ih >= h) continue;  // the padding contributes 0
+        const int64_t row = (o.n * h + ih) * wd;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const int iw = o.x * S - pad + kw;
+          if (iw < 0 || iw >= wd) continue;
+          acc[kh * K + kw] += gv * in(row + iw, c);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) {
+    const A total = block_column_sum(acc[t], buf);
+    if (threadIdx.y == 0 && valid) atomicAdd(p.grad_weight + c * K * K + t, static_cast<double>(total));
+  }
+}
+
+// ---- launches ---------------------------------------------------------------------------------
+
+struct Plan {
+  dim3 grid, block;
+};
+
+// Channels on x: the smallest power of two covering them, up to a warp, so narrow tensors do not
+// leave lanes idle. Rows on y, with enough blocks for `waves` full waves of the GPU (more only
+// multiplies the atomics of the reductions) but at least rows_per_thread rows per thread.
+cudaError_t plan_rows(int64_t channels, int64_t rows, int64_t rows_per_thread, int waves, Plan* plan) {
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  int bx = 1;
+  while (bx < 32 && bx < channels) bx *= 2;
+  const int by = kThreads / bx;
+  const int64_t gx = (channels + bx - 1) / bx;
+  const int64_t budget = static_cast<int64_t>(sms > 0 ? sms : 1) * (2048 / kThreads) * waves;
+  int64_t gy = (rows + by * rows_per_thread - 1) / (by * rows_per_thread);
+  gy = gy < budget / gx ? gy : budget / gx;
+  gy = gy < 65535 ? gy : 65535;
+  gy = gy > 1 ? gy : 1;
+  plan->block = dim3(bx, by);
+  plan->grid = dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+  return cudaSuccess;
+}
+
+template <typename T> struct Tag { using type = T; };
+
+template <typename F>
+cudaError_t with_dtype(MbconvDtype dtype, F&& f) {
+  switch (dtype) {
+    case MbconvDtype::kFloat32: return f(Tag<float>());
+    case MbconvDtype::kFloat64: return f(Tag<double>());
+    case MbconvDtype::kFloat16: return f(Tag<__half>());
+    case MbconvDtype::kBFloat16: return f(Tag<__nv_bfloat16>());
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int K_, int S_> struct Shape { static constexpr int K = K_, S = S_; };
+
+// The kernels are instantiated for every (kernel size, stride) pair, so the taps unroll.
+template <typename F>
+cudaError_t with_shape(int64_t k, int64_t stride, F&& f) {
+  if (stride == 1) {
+    switch (k) {
+      case 1: return f(Shape<1, 1>());
+      case 3: return f(Shape<3, 1>());
+      case 5: return f(Shape<5, 1>());
+      case 7: return f(Shape<7, 1>());
+    }
+  } else if (stride == 2) {
+    switch (k) {
+      case 1: return f(Shape<1, 2>());
+      case 3: return f(Shape<3, 2>());
+      case 5: return f(Shape<5, 2>());
+      case 7: return f(Shape<7, 2>());
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+
+bool bad_shape(const DwShape& s) {
+  return s.k < 1 || s.k > s.k_max || s.pad < 0 || s.h > INT32_MAX || s.w > INT32_MAX;  // coordinates are int
+}
+
+}  // namespace
+
+cudaError_t row_stats_launch(const RowStatsArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  if (args.m == 0 || args.c == 0) return cudaSuccess;
+  Plan plan;
+  if (const cudaError_t err = plan_rows(args.c, args.m, 16, 1, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    row_stats_kernel<typename decltype(tag)::type><<<plan.grid, plan.block, 0, stream>>>(args);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t affine_act_launch(const AffineActArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  if (args.m == 0 || args.c == 0) return cudaSuccess;
+  Plan plan;
+  if (const cudaError_t err = plan_rows(args.c, args.m, 4, 4, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    affine_act_kernel<typename decltype(tag)::type><<<plan.grid, plan.block, 0, stream>>>(args);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t grad_sums_launch(const GradSumsArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  if (args.m == 0 || args.c == 0) return cudaSuccess;
+  Plan plan;
+  if (const cudaError_t err = plan_rows(args.c, args.m, 16, 1, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    grad_sums_kernel<typename decltype(tag)::type><<<plan.grid, plan.block, 0, stream>>>(args);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t grad_apply_launch(const GradApplyArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  if (args.m == 0 || args.c == 0) return cudaSuccess;
+  Plan plan;
+  if (const cudaError_t err = plan_rows(args.c, args.m, 4, 4, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    grad_apply_kernel<typename decltype(tag)::type><<<plan.grid, plan.block, 0, stream>>>(args);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  const DwShape& s = args.s;
+  if (bad_shape(s)) return cudaErrorInvalidValue;
+  const int64_t pixels = s.n * s.ho * s.wo;
+  if (pixels == 0 || s.e == 0) return cudaSuccess;
+  Plan plan;
+  if (const cudaError_t err = plan_rows(s.e, pixels, 4, 2, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return with_shape(s.k, s.stride, [&](auto shape) {
+      using Sh = decltype(shape);
+      dw_forward_kernel<T, Sh::K, Sh::S><<<plan.grid, plan.block, 0, stream>>>(args);
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  const DwShape& s = args.s;
+  if (bad_shape(s)) return cudaErrorInvalidValue;
+  const int64_t pixels_in = s.n * s.h * s.w, pixels_out = s.n * s.ho * s.wo;
+  if (pixels_in == 0 || s.e == 0) return cudaSuccess;
+  Plan in_plan, w_plan;
+  if (const cudaError_t err = plan_rows(s.e, pixels_in, 4, 2, &in_plan)) return err;
+  // the weight gradient ends with K * K block reductions: more pixels per thread amortise them
+  if (const cudaError_t err = plan_rows(s.e, pixels_out, 16, 1, &w_plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return with_shape(s.k, s.stride, [&](auto shape) {
+      using Sh = decltype(shape);
+      dw_grad_input_kernel<T, Sh::K, Sh::S><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
+      cudaError_t err = cudaGetLastError();
+      if (err != cudaSuccess || pixels_out == 0 || args.grad_weight == nullptr) return err;
+      dw_grad_weight_kernel<T, Sh::K, Sh::S><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
+      return cudaGetLastError();
+    });
+  });
+}
+
+}  // namespace mbconv
+}  // namespace fna_ext

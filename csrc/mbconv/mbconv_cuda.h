@@ -1,0 +1,136 @@
+// Launch functions of the CUDA kernels of the fused sampled MBConv (mbconv_cuda.cu); the steps
+// that call them are in mbconv_driver.h, and mbconv_cuda_glue.cpp turns tensors into these
+// arguments. Needs only the CUDA runtime, so the kernels compile with `nvcc -c` even where torch
+// has no CUDA.
+//
+// Conventions (the same as the CPU backend, mbconv_cpu.cpp):
+//  - data is channels-last rows: element (row r, channel j) of a matrix with row stride `ld` is
+//    at r * ld + j;
+//  - `T` is the data dtype; the per-channel coefficients (scale, shift, ms, mb, a, b, c) are in
+//    its opmath type: float for float32, float16 and bfloat16, double for float64;
+//  - sums are float64, one per channel, and must be ZERO on entry: every block adds its partial
+//    sums into them with atomics.
+// All pointers are device pointers; optional ones are null when absent.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace fna_ext {
+namespace mbconv {
+
+enum class MbconvDtype : int32_t { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// sum[j] = sum_r rows[r][j], sumsq[j] = sum_r rows[r][j]^2 over m rows of c channels.
+struct RowStatsArgs {
+  const void* rows;
+  int64_t m, c, ld;
+  double* sum;
+  double* sumsq;
+};
+
+// out = relu ? relu6(h * scale + shift) : h * scale + shift (+ residual, when not null).
+struct AffineActArgs {
+  const void* h;
+  int64_t h_ld;
+  int64_t m, c;
+  const void* scale;
+  const void* shift;
+  int32_t relu;
+  const void* residual;  // null, or m x c with row stride res_ld (only used when relu == 0)
+  int64_t res_ld;
+  void* out;
+  int64_t out_ld;
+};
+
+// gz = g, zeroed where ReLU6 blocks at pre = h * ms + mb (when ms is not null);
+// sum_g = sum gz, sum_gh = sum gz * h per channel; act = relu6(pre) when act is not null.
+struct GradSumsArgs {
+  const void* g;
+  int64_t g_ld;
+  const void* h;
+  int64_t h_ld;
+  int64_t m, c;
+  const void* ms;  // null: no ReLU6 mask (then mb and act are unused)
+  const void* mb;
+  double* sum_g;
+  double* sum_gh;
+  void* act;
+  int64_t act_ld;
+};
+
+// out = gz * a + h * b + c with gz as in GradSumsArgs; out may be g itself.
+struct GradApplyArgs {
+  const void* g;
+  int64_t g_ld;
+  const void* h;
+  int64_t h_ld;
+  int64_t m, c;
+  const void* ms;
+  const void* mb;
+  const void* a;
+  const void* b;
+  const void* cc;
+  void* out;
+  int64_t out_ld;
+};
+
+// The depthwise convolution's shape: input (n, h, w) pixels, output (n, ho, wo), e channels, a
+// k x k window (odd, at most 7) centred in the k_max x k_max weight, stride 1 or 2, padding pad.
+struct DwShape {
+  int64_t n, h, w, ho, wo, e;
+  int64_t k, k_max, stride, pad;
+};
+
+// out[(n*ho+oh)*wo+ow][j] = sum_{kh,kw} in'(n, oh*stride-pad+kh, ow*stride-pad+kw, j) * w(j,kh,kw),
+// with in' = relu6(in * scale + shift) (or in, when scale is null) inside the image and 0 in
+// the padding; out is contiguous (rows_out, e). Also sum and sumsq of out per channel.
+struct DwForwardArgs {
+  DwShape s;
+  const void* in;  // pixel (n, ih, iw) channel j at ((n*h+ih)*w+iw)*ld + j
+  int64_t ld;
+  const void* scale;  // null: the input is already activated
+  const void* shift;
+  const void* weight;  // (e_max, 1, k_max, k_max) contiguous, dtype T
+  void* out;
+  double* sum;
+  double* sumsq;
+};
+
+// Both gradients of the depthwise conv. The output gradient is
+// G = (ga2, zeroed where 0 < h2 * scale2 + shift2 < 6 fails) * a + h2 * b + c.
+// grad_weight (float64, contiguous (e, k, k), ZERO on entry; null when not wanted) gets
+// sum G * in' per tap. grad_in (contiguous (rows_in, e)) gets the input gradient, masked by BN1's
+// ReLU6 when scale1 is not null, in which case sum_g / sum_gh get its sums against the raw input
+// (else they are untouched).
+struct DwBackwardArgs {
+  DwShape s;
+  const void* ga2;  // contiguous (rows_out, e)
+  const void* h2;   // contiguous (rows_out, e)
+  const void* scale2;
+  const void* shift2;
+  const void* a;
+  const void* b;
+  const void* c;
+  const void* in;
+  int64_t ld;
+  const void* scale1;  // null: the input is already activated
+  const void* shift1;
+  const void* weight;
+  void* grad_in;
+  double* grad_weight;
+  double* sum_g;
+  double* sum_gh;
+};
+
+cudaError_t row_stats_launch(const RowStatsArgs& args, MbconvDtype dtype, cudaStream_t stream);
+cudaError_t affine_act_launch(const AffineActArgs& args, MbconvDtype dtype, cudaStream_t stream);
+cudaError_t grad_sums_launch(const GradSumsArgs& args, MbconvDtype dtype, cudaStream_t stream);
+cudaError_t grad_apply_launch(const GradApplyArgs& args, MbconvDtype dtype, cudaStream_t stream);
+cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
+// Launches the input-gradient and the weight-gradient kernels.
+cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
+
+}  // namespace mbconv
+}  // namespace fna_ext

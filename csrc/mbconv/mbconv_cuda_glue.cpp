@@ -1,0 +1,332 @@
+// Torch glue of the CUDA sampled MBConv: CudaBackend turns the driver's tensors
+// (mbconv_driver.h) into the plain arguments of the kernels in mbconv_cuda.cu, and the ops are
+// the driver's templates instantiated with it, as the CPU ones are with CpuBackend.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "mbconv_cuda.h"
+#include "mbconv_driver.h"
+
+namespace fna_ext {
+namespace mbconv {
+namespace {
+
+MbconvDtype to_mbconv_dtype(at::ScalarType type) {
+  switch (type) {
+    case at::kFloat: return MbconvDtype::kFloat32;
+    case at::kDouble: return MbconvDtype::kFloat64;
+    case at::kHalf: return MbconvDtype::kFloat16;
+    case at::kBFloat16: return MbconvDtype::kBFloat16;
+    default: TORCH_CHECK(false, "fna_ext::sampled_mbconv: unsupported dtype ", type, " on CUDA");
+  }
+}
+
+void check_launch(cudaError_t err, const char* step) {
+  TORCH_CHECK(err == cudaSuccess, "fna_ext::mbconv::", step, ": CUDA kernel launch failed: ", cudaGetErrorString(err));
+}
+
+// A (rows, C) matrix the kernels read as r * stride(0) + j.
+void check_rows(const at::Tensor& t, const at::Tensor& like, const char* step, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1), "fna_ext::mbconv::", step, ": ", name,
+              " must be (rows, C) with unit channel stride, got sizes ", t.sizes(), " strides ", t.strides());
+  TORCH_CHECK(t.is_cuda() && t.device() == like.device() && t.scalar_type() == like.scalar_type(),
+              "fna_ext::mbconv::", step, ": ", name, " must be on ", like.device(), " with dtype ",
+              like.scalar_type());
+}
+
+// Per-channel coefficients: at least `channels` values of `opmath` on the data's device, read
+// contiguously (a copy when they are not; it lives until the caller's launch is queued, and
+// the caching allocator keeps it for this stream's work).
+at::Tensor coefficients(const at::Tensor& t, int64_t channels, at::ScalarType opmath, const at::Tensor& like,
+                        const char* step) {
+  TORCH_CHECK(t.defined() && t.numel() >= channels && t.scalar_type() == opmath && t.device() == like.device(),
+              "fna_ext::mbconv::", step, ": per-channel coefficients must hold ", channels, " ", opmath,
+              " values on ", like.device());
+  return t.contiguous();
+}
+
+at::Tensor optional_coefficients(const at::Tensor& t, int64_t channels, at::ScalarType opmath,
+                                 const at::Tensor& like, const char* step) {
+  return t.defined() ? coefficients(t, channels, opmath, like, step) : at::Tensor();
+}
+
+// The per-channel float64 sums the kernels add into (zero on entry, as the driver makes them).
+void check_sums(const at::Tensor& t, int64_t channels, const at::Tensor& like, const char* step) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble && t.is_contiguous() && t.numel() == channels &&
+                  t.device() == like.device(),
+              "fna_ext::mbconv::", step, ": sums must be ", channels, " contiguous float64 values on ",
+              like.device());
+}
+
+const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+DwShape dw_shape(const Geometry& g) {
+  return DwShape{g.n, g.h, g.w, g.ho, g.wo, g.e, g.k, g.k_max, g.stride, g.pad};
+}
+
+// The depthwise input (N, H, W, e) as the kernels address it: pixel (n, ih, iw) at
+// ((n * H + ih) * W + iw) * ld with unit channel stride. The driver's views have that layout; the
+// strides of size-1 dimensions are free in torch, so they are ignored, and anything else is
+// read from a copy with the canonical layout.
+at::Tensor dw_input(const Geometry& g, const at::Tensor& in, const char* step, int64_t* ld) {
+  TORCH_CHECK(in.is_cuda() && in.dim() == 4 && in.size(0) == g.n && in.size(1) == g.h && in.size(2) == g.w &&
+                  in.size(3) == g.e,
+              "fna_ext::mbconv::", step, ": the depthwise input must be (N, H, W, e) = (", g.n, ", ", g.h, ", ",
+              g.w, ", ", g.e, "), got ", in.sizes());
+  // the pixel stride, from the innermost spatial dimension that has more than one index
+  int64_t pixel = g.e;
+  if (g.w > 1) {
+    pixel = in.stride(2);
+  } else if (g.h > 1) {
+    pixel = in.stride(1);
+  } else if (g.n > 1) {
+    pixel = in.stride(0);
+  }
+  const bool ok = (g.e <= 1 || in.stride(3) == 1) && pixel >= g.e && (g.w <= 1 || in.stride(2) == pixel) &&
+                  (g.h <= 1 || in.stride(1) == g.w * pixel) && (g.n <= 1 || in.stride(0) == g.h * g.w * pixel);
+  if (ok) {
+    *ld = pixel;
+    return in;
+  }
+  *ld = g.e;
+  return at::empty(in.sizes(), in.options()).copy_(in);  // at::empty: canonical contiguous strides
+}
+
+void check_dw_weight(const Geometry& g, const at::Tensor& weight, const at::Tensor& in, const char* step) {
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 4 && weight.size(0) == g.e_max && weight.size(1) == 1 &&
+                  weight.size(2) == g.k_max && weight.size(3) == g.k_max &&
+                  weight.scalar_type() == in.scalar_type() && weight.device() == in.device(),
+              "fna_ext::mbconv::", step, ": the depthwise weight must be a contiguous (E_max, 1, K, K) tensor ",
+              "like the input");
+}
+
+// A contiguous (rows, e) tensor of the data dtype.
+void check_dense(const at::Tensor& t, int64_t rows, int64_t e, const at::Tensor& like, const char* step,
+                 const char* name) {
+  TORCH_CHECK(t.is_contiguous() && t.dim() == 2 && t.size(0) == rows && t.size(1) == e &&
+                  t.scalar_type() == like.scalar_type() && t.device() == like.device(),
+              "fna_ext::mbconv::", step, ": ", name, " must be a contiguous (", rows, ", ", e, ") tensor like the ",
+              "input, got ", t.sizes());
+}
+
+// Every step sets the data's device first (the coefficient copies and scratch tensors below are
+// made on it), launches on the current stream, and reports a failed launch as a torch error.
+struct CudaBackend {
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    return at::empty(sizes, options);  // the CUDA caching allocator already reuses blocks
+  }
+
+  static void row_stats(const at::Tensor& rows, at::Tensor sum, at::Tensor sumsq) {
+    FNA_MBCONV_STEP("row_stats");
+    const char* step = "row_stats";
+    const c10::cuda::CUDAGuard device_guard(rows.device());
+    check_rows(rows, rows, step, "rows");
+    const int64_t c = rows.size(1);
+    check_sums(sum, c, rows, step);
+    check_sums(sumsq, c, rows, step);
+    const RowStatsArgs args{rows.data_ptr(), rows.size(0), c, rows.stride(0), sum.data_ptr<double>(),
+                            sumsq.data_ptr<double>()};
+    check_launch(row_stats_launch(args, to_mbconv_dtype(rows.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void affine_act(const at::Tensor& h, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                         const at::Tensor& residual, at::Tensor out) {
+    FNA_MBCONV_STEP("affine_act");
+    const char* step = "affine_act";
+    const c10::cuda::CUDAGuard device_guard(h.device());
+    check_rows(h, h, step, "h");
+    check_rows(out, h, step, "out");
+    if (residual.defined()) check_rows(residual, h, step, "residual");
+    TORCH_CHECK(out.sizes() == h.sizes() && (!residual.defined() || residual.sizes() == h.sizes()),
+                "fna_ext::mbconv::affine_act: h, out and residual must have the same sizes");
+    const int64_t m = h.size(0), c = h.size(1);
+    const auto opmath = opmath_type(h.scalar_type());
+    const at::Tensor sc = coefficients(scale, c, opmath, h, step);
+    const at::Tensor sh = coefficients(shift, c, opmath, h, step);
+    AffineActArgs args{};
+    args.h = h.data_ptr();
+    args.h_ld = h.stride(0);
+    args.m = m;
+    args.c = c;
+    args.scale = sc.data_ptr();
+    args.shift = sh.data_ptr();
+    args.relu = relu ? 1 : 0;
+    args.residual = ptr_or_null(residual);
+    args.res_ld = residual.defined() ? residual.stride(0) : 0;
+    args.out = out.data_ptr();
+    args.out_ld = out.stride(0);
+    check_launch(affine_act_launch(args, to_mbconv_dtype(h.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void grad_sums(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
+                        at::Tensor sum_g, at::Tensor sum_gh, const at::Tensor& act) {
+    FNA_MBCONV_STEP("grad_sums");
+    const char* step = "grad_sums";
+    const c10::cuda::CUDAGuard device_guard(h.device());
+    check_rows(h, h, step, "h");
+    check_rows(g, h, step, "g");
+    TORCH_CHECK(g.sizes() == h.sizes(), "fna_ext::mbconv::grad_sums: g and h must have the same sizes");
+    const int64_t m = h.size(0), c = h.size(1);
+    check_sums(sum_g, c, h, step);
+    check_sums(sum_gh, c, h, step);
+    const auto opmath = opmath_type(h.scalar_type());
+    const at::Tensor s = optional_coefficients(ms, c, opmath, h, step);
+    const at::Tensor b = s.defined() ? coefficients(mb, c, opmath, h, step) : at::Tensor();
+    TORCH_CHECK(!act.defined() || s.defined(), "fna_ext::mbconv::grad_sums: act needs ms and mb");
+    if (act.defined()) {
+      check_rows(act, h, step, "act");
+      TORCH_CHECK(act.sizes() == h.sizes(), "fna_ext::mbconv::grad_sums: act must have h's sizes");
+    }
+    GradSumsArgs args{};
+    args.g = g.data_ptr();
+    args.g_ld = g.stride(0);
+    args.h = h.data_ptr();
+    args.h_ld = h.stride(0);
+    args.m = m;
+    args.c = c;
+    args.ms = ptr_or_null(s);
+    args.mb = ptr_or_null(b);
+    args.sum_g = sum_g.data_ptr<double>();
+    args.sum_gh = sum_gh.data_ptr<double>();
+    args.act = act.defined() ? act.data_ptr() : nullptr;
+    args.act_ld = act.defined() ? act.stride(0) : 0;
+    check_launch(grad_sums_launch(args, to_mbconv_dtype(h.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void grad_apply(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
+                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, at::Tensor out) {
+    FNA_MBCONV_STEP("grad_apply");
+    const char* step = "grad_apply";
+    const c10::cuda::CUDAGuard device_guard(h.device());
+    check_rows(h, h, step, "h");
+    check_rows(g, h, step, "g");
+    check_rows(out, h, step, "out");
+    TORCH_CHECK(g.sizes() == h.sizes() && out.sizes() == h.sizes(),
+                "fna_ext::mbconv::grad_apply: g, h and out must have the same sizes");
+    const int64_t channels = h.size(1);
+    const auto opmath = opmath_type(h.scalar_type());
+    const at::Tensor s = optional_coefficients(ms, channels, opmath, h, step);
+    const at::Tensor sb = s.defined() ? coefficients(mb, channels, opmath, h, step) : at::Tensor();
+    const at::Tensor ca = coefficients(a, channels, opmath, h, step);
+    const at::Tensor cb = coefficients(b, channels, opmath, h, step);
+    const at::Tensor cc = coefficients(c, channels, opmath, h, step);
+    GradApplyArgs args{};
+    args.g = g.data_ptr();
+    args.g_ld = g.stride(0);
+    args.h = h.data_ptr();
+    args.h_ld = h.stride(0);
+    args.m = h.size(0);
+    args.c = channels;
+    args.ms = ptr_or_null(s);
+    args.mb = ptr_or_null(sb);
+    args.a = ca.data_ptr();
+    args.b = cb.data_ptr();
+    args.cc = cc.data_ptr();
+    args.out = out.data_ptr();
+    args.out_ld = out.stride(0);
+    check_launch(grad_apply_launch(args, to_mbconv_dtype(h.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void depthwise_forward(const Geometry& g, const at::Tensor& in, const at::Tensor& scale,
+                                const at::Tensor& shift, const at::Tensor& weight, at::Tensor out, at::Tensor sum,
+                                at::Tensor sumsq) {
+    FNA_MBCONV_STEP("depthwise_forward");
+    const char* step = "depthwise_forward";
+    const c10::cuda::CUDAGuard device_guard(in.device());
+    int64_t ld = 0;
+    const at::Tensor src = dw_input(g, in, step, &ld);
+    check_dw_weight(g, weight, in, step);
+    check_dense(out, g.rows_out(), g.e, in, step, "out");
+    check_sums(sum, g.e, in, step);
+    check_sums(sumsq, g.e, in, step);
+    const auto opmath = opmath_type(in.scalar_type());
+    const at::Tensor sc = optional_coefficients(scale, g.e, opmath, in, step);
+    const at::Tensor sh = sc.defined() ? coefficients(shift, g.e, opmath, in, step) : at::Tensor();
+    DwForwardArgs args{};
+    args.s = dw_shape(g);
+    args.in = src.data_ptr();
+    args.ld = ld;
+    args.scale = ptr_or_null(sc);
+    args.shift = ptr_or_null(sh);
+    args.weight = weight.data_ptr();
+    args.out = out.data_ptr();
+    args.sum = sum.data_ptr<double>();
+    args.sumsq = sumsq.data_ptr<double>();
+    check_launch(depthwise_forward_launch(args, to_mbconv_dtype(in.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void depthwise_backward(const Geometry& g, const at::Tensor& ga2, const at::Tensor& h2,
+                                 const at::Tensor& scale2, const at::Tensor& shift2, const at::Tensor& a,
+                                 const at::Tensor& b, const at::Tensor& c, const at::Tensor& in,
+                                 const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& weight,
+                                 at::Tensor grad_in, at::Tensor grad_weight, at::Tensor sum_g, at::Tensor sum_gh) {
+    FNA_MBCONV_STEP("depthwise_backward");
+    const char* step = "depthwise_backward";
+    const c10::cuda::CUDAGuard device_guard(in.device());
+    int64_t ld = 0;
+    const at::Tensor src = dw_input(g, in, step, &ld);
+    check_dw_weight(g, weight, in, step);
+    check_dense(grad_in, g.rows_in(), g.e, in, step, "grad_in");
+    const bool weight_grad = grad_weight.defined();  // undefined: not wanted (an architecture step)
+    TORCH_CHECK(!weight_grad || (grad_weight.sizes() == weight.sizes() && grad_weight.device() == in.device()),
+                "fna_ext::mbconv::depthwise_backward: grad_weight must be shaped like the weight");
+    check_sums(sum_g, g.e, in, step);
+    check_sums(sum_gh, g.e, in, step);
+    // the kernels read the output gradient's parts as contiguous (rows_out, e); no copy normally
+    const at::Tensor ga2c = ga2.contiguous(), h2c = h2.contiguous();
+    check_dense(ga2c, g.rows_out(), g.e, in, step, "ga2");
+    check_dense(h2c, g.rows_out(), g.e, in, step, "h2");
+    const auto opmath = opmath_type(in.scalar_type());
+    const at::Tensor ms2 = coefficients(scale2, g.e, opmath, in, step);
+    const at::Tensor mb2 = coefficients(shift2, g.e, opmath, in, step);
+    const at::Tensor ca = coefficients(a, g.e, opmath, in, step);
+    const at::Tensor cb = coefficients(b, g.e, opmath, in, step);
+    const at::Tensor cc = coefficients(c, g.e, opmath, in, step);
+    const at::Tensor sc1 = optional_coefficients(scale1, g.e, opmath, in, step);
+    const at::Tensor sh1 = sc1.defined() ? coefficients(shift1, g.e, opmath, in, step) : at::Tensor();
+    // the weight gradient is summed over every output pixel in float64, then cast into the centre
+    const at::Tensor grad_w = weight_grad ? at::zeros({g.e, g.k, g.k}, in.options().dtype(at::kDouble)) : at::Tensor();
+    DwBackwardArgs args{};
+    args.s = dw_shape(g);
+    args.ga2 = ga2c.data_ptr();
+    args.h2 = h2c.data_ptr();
+    args.scale2 = ms2.data_ptr();
+    args.shift2 = mb2.data_ptr();
+    args.a = ca.data_ptr();
+    args.b = cb.data_ptr();
+    args.c = cc.data_ptr();
+    args.in = src.data_ptr();
+    args.ld = ld;
+    args.scale1 = ptr_or_null(sc1);
+    args.shift1 = ptr_or_null(sh1);
+    args.weight = weight.data_ptr();
+    args.grad_in = grad_in.data_ptr();
+    args.grad_weight = weight_grad ? grad_w.data_ptr<double>() : nullptr;
+    args.sum_g = sum_g.data_ptr<double>();
+    args.sum_gh = sum_gh.data_ptr<double>();
+    check_launch(depthwise_backward_launch(args, to_mbconv_dtype(in.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+    if (!weight_grad) return;
+    const int64_t off = g.offset();
+    grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(grad_w.unsqueeze(1));
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fna_ext, CUDA, m) {
+  m.impl("sampled_mbconv_forward", &sampled_mbconv_forward<CudaBackend>);
+  m.impl("sampled_mbconv_backward", &sampled_mbconv_backward<CudaBackend>);
+  m.impl("depthwise_project_forward", &depthwise_project_forward<CudaBackend>);
+  m.impl("depthwise_project_backward", &depthwise_project_backward<CudaBackend>);
+}
+
+}  // namespace mbconv
+}  // namespace fna_ext
