@@ -31,6 +31,8 @@ CUDA_SOURCES = [
     "nms/nms_cuda_glue.cpp",
     "remap/remap_cuda.cu",
     "remap/remap_cuda_glue.cpp",
+    "mbconv/mbconv_cuda.cu",
+    "mbconv/mbconv_cuda_glue.cpp",
 ]
 # The C++ test executable of the CMake build.
 CPP_TEST_SOURCES = ["tests/test_ops.cpp"]

@@ -28,6 +28,9 @@
 #endif
 #if defined(__GNUC__)
 #define FNA_INLINE inline __attribute__((always_inline))
+// The vector helpers are always inlined, so no vector ever crosses a call boundary whose ABI
+// the note is about.
+#pragma GCC diagnostic ignored "-Wpsabi"
 #else
 #define FNA_INLINE inline
 #endif
