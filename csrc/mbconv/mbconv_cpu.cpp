@@ -212,19 +212,25 @@ template <typename T>
 FNA_INLINE void vstore(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
 
 // Accumulates `W` adjacent outputs (a row of the output tile) in registers: W independent FMA
-// chains hide the FMA latency, and each weight vector loaded serves all of them. K and the
-// stride S are constants, so every load is a fixed offset from one pointer per kernel row.
+// chains hide the FMA latency. Per kernel row, the (W - 1) * S + K input pixels the W windows
+// share are loaded once into registers and every weight vector serves all W outputs, so the
+// loop is bound by the FMAs rather than by loads from the tile. K and S are constants, so
+// every load is a fixed offset from one pointer per kernel row.
 template <typename T, int K, int S, int W>
 FNA_INLINE void conv_pixels(const T* __restrict__ src, int64_t src_w, const T* __restrict__ w, T* __restrict__ out) {
+  constexpr int kSpan = (W - 1) * S + K;
   Vec<T> acc[W] = {};
 #pragma GCC unroll 8
   for (int kh = 0; kh < K; ++kh) {
     const T* a = src + kh * src_w * kBlock;
+    Vec<T> in[kSpan];
+#pragma GCC unroll 32
+    for (int i = 0; i < kSpan; ++i) in[i] = vload<T>(a + i * kBlock);
 #pragma GCC unroll 8
     for (int kw = 0; kw < K; ++kw) {
       const Vec<T> wv = vload<T>(w + (kh * K + kw) * kBlock);
 #pragma GCC unroll 8
-      for (int j = 0; j < W; ++j) acc[j] += vload<T>(a + (j * S + kw) * kBlock) * wv;
+      for (int j = 0; j < W; ++j) acc[j] += in[j * S + kw] * wv;
     }
   }
 #pragma GCC unroll 8
@@ -416,6 +422,22 @@ FNA_INLINE void load_output_grad_tile(const Geometry& g, const DwGradOut& go, in
   }
 }
 
+// acc[kw] += sum over W output-gradient pixels j (S pixels apart in `grad`, the dilated tile)
+// of grad[j] * act[j * S + kw]: the span of input pixels is loaded once for all K taps.
+template <typename T, int K, int S, int W>
+FNA_INLINE void weight_grad_pixels(const T* __restrict__ grad, const T* __restrict__ act, Vec<T>* acc) {
+  constexpr int kSpan = (W - 1) * S + K;
+  Vec<T> in[kSpan];
+#pragma GCC unroll 32
+  for (int i = 0; i < kSpan; ++i) in[i] = vload<T>(act + i * kBlock);
+#pragma GCC unroll 8
+  for (int j = 0; j < W; ++j) {
+    const Vec<T> gv = vload<T>(grad + j * S * kBlock);
+#pragma GCC unroll 8
+    for (int kw = 0; kw < K; ++kw) acc[kw] += gv * in[j * S + kw];
+  }
+}
+
 template <typename T, int K>
 FNA_CLONES void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in, const T* weight, T* grad_in,
                                         double* grad_w, int64_t n, int64_t c0, double* sum_g, double* sum_gh) {
@@ -433,18 +455,22 @@ FNA_CLONES void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in
   load_weight_tile<T, K>(g, weight, c0, nb, /*flip=*/true, wflip);
   load_output_grad_tile<T, K>(g, go, n, c0, nb, dilated, hg, wg);
 
-  // the weight gradient, one kernel row at a time: K accumulators per pixel of output gradient
+  // the weight gradient, one kernel row at a time: K accumulators; the input pixels that four
+  // adjacent output-gradient pixels meet are loaded once
   for (int kh = 0; kh < K && grad_w != nullptr; ++kh) {
     Vec<T> acc[K] = {};
     for (int64_t oh = 0; oh < g.ho; ++oh) {
       const T* arow = tile + (oh * s + kh) * wp * kBlock;
       const T* grow = dilated + ((K - 1 + oh * s) * wg + K - 1) * kBlock;
-      for (int64_t ow = 0; ow < g.wo; ++ow) {
-        const Vec<T> gv = vload<T>(grow + ow * s * kBlock);
-        const T* av = arow + ow * s * kBlock;
-#pragma GCC unroll 8
-        for (int kw = 0; kw < K; ++kw) acc[kw] += gv * vload<T>(av + kw * kBlock);
+      int64_t ow = 0;
+      if (s == 1) {
+        for (; ow + 4 <= g.wo; ow += 4) weight_grad_pixels<T, K, 1, 4>(grow + ow * kBlock, arow + ow * kBlock, acc);
+      } else {
+        for (; ow + 4 <= g.wo; ow += 4) {
+          weight_grad_pixels<T, K, 2, 4>(grow + 2 * ow * kBlock, arow + 2 * ow * kBlock, acc);
+        }
       }
+      for (; ow < g.wo; ++ow) weight_grad_pixels<T, K, 1, 1>(grow + ow * s * kBlock, arow + ow * s * kBlock, acc);
     }
     for (int kw = 0; kw < K; ++kw) {
       for (int64_t ch = 0; ch < nb; ++ch) grad_w[((c0 + ch) * K + kh) * K + kw] = acc[kw][ch];
