@@ -246,3 +246,22 @@ def test_frozen_weights_get_no_gradient_work():
             y = ops.sampled_mbconv(x, *weights.values(), kernel_size=5, expand_channels=24, **bns)
         grads.append(torch.autograd.grad(y.square().sum(), x)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("size", [1, 2])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_tiny_images_whose_strides_are_ambiguous(size, memory_format):
+    """At 1x1 (and on the last layers of small inputs) NCHW and channels-last strides coincide in
+    meaning but not in value: the row stride must come from the sizes, not from a size-1 dim."""
+    torch.manual_seed(7)
+    x = torch.randn(4, 16, size, size, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
+    shared = torch.randn(4, 32, size, size, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
+    dw = torch.randn(32, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    pw = torch.randn(16, 32, 1, 1, dtype=torch.float64, requires_grad=True)
+    for e in (16, 32):  # a slice, and the whole tensor
+        outs = []
+        for fused in (True, False):
+            with ops.fused(fused):
+                y = ops.depthwise_project(x, shared[:, :e], dw, pw, kernel_size=7)
+            outs.append((y, torch.autograd.grad(y.square().sum(), (x, shared, dw, pw))))
+        _assert_close(*outs, rtol=1e-9, atol=1e-9)

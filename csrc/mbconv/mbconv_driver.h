@@ -54,13 +54,27 @@ inline at::Tensor from_rows(const at::Tensor& rows, int64_t n, int64_t h, int64_
 }
 
 // An (N, C, H, W) tensor as (N, H, W, C) with channel stride 1 and a row stride (ld) that may
-// exceed C: a channel slice of a channels-last tensor is read in place, anything else is copied.
+// exceed C, in canonical strides: a channel slice of a channels-last tensor is read in place,
+// anything else is copied. Dimensions of size 1 carry arbitrary strides (a 1x1 NCHW tensor counts
+// as channels-last), so ld comes from the first dimension with more than one entry.
 inline at::Tensor as_nhwc_view(const at::Tensor& t) {
   at::Tensor v = t.permute({0, 2, 3, 1});
-  const int64_t ld = v.stride(2);
-  const bool rows_ok = v.stride(3) == 1 && v.stride(1) == v.size(2) * ld && v.stride(0) == v.size(1) * v.stride(1);
-  if (rows_ok && ld >= v.size(3)) return v;
-  return t.contiguous(at::MemoryFormat::ChannelsLast).permute({0, 2, 3, 1});
+  const int64_t n = v.size(0), h = v.size(1), w = v.size(2), c = v.size(3);
+  int64_t ld = c;
+  if (w > 1) {
+    ld = v.stride(2);
+  } else if (h > 1) {
+    ld = v.stride(1);
+  } else if (n > 1) {
+    ld = v.stride(0);
+  }
+  const bool in_place = (c <= 1 || v.stride(3) == 1) && ld >= c && (w <= 1 || v.stride(2) == ld) &&
+                        (h <= 1 || v.stride(1) == w * ld) && (n <= 1 || v.stride(0) == h * w * ld);
+  if (!in_place) {
+    v = v.contiguous();
+    ld = c;
+  }
+  return v.as_strided({n, h, w, c}, {h * w * ld, w * ld, ld, 1});
 }
 
 inline at::Tensor slice_or_undefined(const c10::optional<at::Tensor>& t, int64_t channels) {
