@@ -82,13 +82,20 @@ FNA_INLINE void flush_sums(T* __restrict__ local, double* __restrict__ total, in
   }
 }
 
+// Zeroes a chunk's two double totals and returns its two zeroed T accumulators (2 * c values).
+template <typename T>
+FNA_INLINE T* start_sums(int64_t c, double* total_a, double* total_b) {
+  T* local = scratch<T>(2 * c);
+  std::fill(local, local + 2 * c, T(0));
+  std::fill(total_a, total_a + c, 0.0);
+  std::fill(total_b, total_b + c, 0.0);
+  return local;
+}
+
 template <typename T>
 FNA_CLONES void stats_chunk(const T* data, int64_t ld, int64_t c, int64_t r0, int64_t r1, double* s, double* q) {
-  T* __restrict__ ls = scratch<T>(2 * c);
+  T* __restrict__ ls = start_sums<T>(c, s, q);
   T* __restrict__ lq = ls + c;
-  std::fill(ls, ls + 2 * c, T(0));
-  std::fill(s, s + c, 0.0);
-  std::fill(q, q + c, 0.0);
   for (int64_t r = r0; r < r1; ++r) {
     const T* __restrict__ row = data + r * ld;
     #pragma GCC ivdep
@@ -128,11 +135,8 @@ FNA_CLONES void affine_act_rows(const T* h, int64_t ld, int64_t c, const T* scal
 template <typename T>
 FNA_CLONES void grad_sums_chunk(const T* g, const T* h, int64_t c, const T* ms, const T* mb, T* act, int64_t r0,
                                 int64_t r1, double* sg, double* sgh) {
-  T* __restrict__ lg = scratch<T>(2 * c);
+  T* __restrict__ lg = start_sums<T>(c, sg, sgh);
   T* __restrict__ lgh = lg + c;
-  std::fill(lg, lg + 2 * c, T(0));
-  std::fill(sg, sg + c, 0.0);
-  std::fill(sgh, sgh + c, 0.0);
   for (int64_t r = r0; r < r1; ++r) {
     const T* __restrict__ gr = g + r * c;
     const T* __restrict__ hr = h + r * c;
@@ -647,20 +651,13 @@ struct CpuBackend {
     });
     sum_g.copy_(partial[0].sum(0));
     sum_gh.copy_(partial[1].sum(0));
-    if (!grad_weight.defined()) return;
-    const int64_t off = g.offset();
-    grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(partial_w.sum(0).unsqueeze(1));
+    if (grad_weight.defined()) set_centre_taps(grad_weight, g, partial_w.sum(0));
   }
 };
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fna_ext, CPU, m) {
-  m.impl("sampled_mbconv_forward", &sampled_mbconv_forward<CpuBackend>);
-  m.impl("sampled_mbconv_backward", &sampled_mbconv_backward<CpuBackend>);
-  m.impl("depthwise_project_forward", &depthwise_project_forward<CpuBackend>);
-  m.impl("depthwise_project_backward", &depthwise_project_backward<CpuBackend>);
-}
+TORCH_LIBRARY_IMPL(fna_ext, CPU, m) { register_kernels<CpuBackend>(m); }
 
 }  // namespace mbconv
 }  // namespace fna_ext

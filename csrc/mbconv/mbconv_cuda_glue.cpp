@@ -314,19 +314,13 @@ struct CudaBackend {
     check_launch(depthwise_backward_launch(args, to_mbconv_dtype(in.scalar_type()), c10::cuda::getCurrentCUDAStream()),
                  step);
     if (!weight_grad) return;
-    const int64_t off = g.offset();
-    grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(grad_w.unsqueeze(1));
+    set_centre_taps(grad_weight, g, grad_w);
   }
 };
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fna_ext, CUDA, m) {
-  m.impl("sampled_mbconv_forward", &sampled_mbconv_forward<CudaBackend>);
-  m.impl("sampled_mbconv_backward", &sampled_mbconv_backward<CudaBackend>);
-  m.impl("depthwise_project_forward", &depthwise_project_forward<CudaBackend>);
-  m.impl("depthwise_project_backward", &depthwise_project_backward<CudaBackend>);
-}
+TORCH_LIBRARY_IMPL(fna_ext, CUDA, m) { register_kernels<CudaBackend>(m); }
 
 }  // namespace mbconv
 }  // namespace fna_ext

@@ -19,6 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
+#include <torch/library.h>
 
 #include <tuple>
 #include <vector>
@@ -400,6 +401,21 @@ std::vector<at::Tensor> depthwise_project_backward(
           param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
           param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
           param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
+}
+
+// The depthwise weight gradient's centre k x k of the first e channels, from (e, k, k) values.
+inline void set_centre_taps(at::Tensor grad_weight, const Geometry& g, const at::Tensor& taps) {
+  const int64_t off = g.offset();
+  grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(taps.view({g.e, 1, g.k, g.k}));
+}
+
+// The four ops' kernels for one device, in a TORCH_LIBRARY_IMPL block.
+template <class Backend>
+void register_kernels(torch::Library& m) {
+  m.impl("sampled_mbconv_forward", &sampled_mbconv_forward<Backend>);
+  m.impl("sampled_mbconv_backward", &sampled_mbconv_backward<Backend>);
+  m.impl("depthwise_project_forward", &depthwise_project_forward<Backend>);
+  m.impl("depthwise_project_backward", &depthwise_project_backward<Backend>);
 }
 
 }  // namespace mbconv
