@@ -6,8 +6,10 @@
 
 Each row is the median of interleaved runs (benchmarks/timing.py), on channels-last
 activations with a random upstream gradient, as in training. On CUDA a last row measures a
-bandwidth-bound shape against the device-to-device copy bandwidth, counting the fused design's
-minimum traffic (29x the input forward, 55x backward, at e6 and stride 1).
+bandwidth-bound shape against the device-to-device copy bandwidth, counting the issue's minimum
+traffic of the fused design (29x the input forward, 55x backward, at e6 and stride 1). This
+implementation moves more than that (about 48x forward: it reads h1 again for its statistics and
+materialises BN2's output for the GEMM), so the figure is a lower bound of the bandwidth it uses.
 
     python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
 """

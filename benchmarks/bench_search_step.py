@@ -57,6 +57,14 @@ def main() -> None:
         weight_batch, alpha_batch = search.weight_data.batch_size, search.arch_data.batch_size
         ratio = int(search.config["search"]["weight_steps_per_alpha_step"])
         seconds = {}
+        # the versions alternate, and each pair of calls trains the same random path: the medians
+        # are over the same paths for both
+        calls = [0]
+
+        def paired_path_generator():
+            calls[0] += 1
+            return torch.Generator().manual_seed((calls[0] - 1) // 2)
+        search._path_generator = paired_path_generator
         for kind, step in (("weight step", search.weight_step), ("alpha step", search.alpha_step)):
             fns = {"fused": with_fused(True, step), "reference": with_fused(False, step)}
             seconds[kind] = interleaved_medians(fns, args.repeats, args.device)

@@ -57,6 +57,14 @@ struct Cache {
   void give_back(void* block) {
     std::lock_guard<std::mutex> lock(mutex);
     const size_t bytes = sizes.at(block);
+    // over the limit: free blocks of other sizes first (shapes a run no longer uses), then this one
+    for (auto it = free_blocks.begin(); cached + bytes > limit && it != free_blocks.end(); ++it) {
+      if (it->first == bytes) continue;
+      while (!it->second.empty() && cached + bytes > limit) {
+        release_block(it->second.back(), it->first);
+        it->second.pop_back();
+      }
+    }
     if (cached + bytes > limit) {
       sizes.erase(block);
       std::free(block);
@@ -64,6 +72,13 @@ struct Cache {
     }
     free_blocks[bytes].push_back(block);
     cached += bytes;
+  }
+
+  // Frees one cached block (the caller removes it from its list); mutex held.
+  void release_block(void* block, size_t bytes) {
+    sizes.erase(block);
+    std::free(block);
+    cached -= bytes;
   }
 
   void release() {

@@ -87,12 +87,14 @@ def test_fused_depthwise_project_on_a_slice_of_a_shared_hidden(stride, c_out):
     dw = torch.randn(36, 1, 7, 7, dtype=torch.float64, requires_grad=True)
     pw = torch.randn(c_out, 36, 1, 1, dtype=torch.float64, requires_grad=True)
     bn = {"bn2_weight": torch.randn(36, dtype=torch.float64, requires_grad=True),
+          "bn3_weight": torch.randn(c_out, dtype=torch.float64, requires_grad=True),
           "bn3_bias": torch.randn(c_out, dtype=torch.float64, requires_grad=True)}
     results = []
     for fused in (True, False):
         with ops.fused(fused):
             y = ops.depthwise_project(x, shared[:, :18], dw, pw, kernel_size=3, stride=stride, **bn)
-        grad = torch.ones_like(y) if not results else results[0][2]
+        # a random upstream gradient: a constant one gives zero gradients before a batch-stats BN
+        grad = torch.randn_like(y) if not results else results[0][2]
         leaves = [x, shared, dw, pw, *bn.values()]
         results.append((y, torch.autograd.grad(y, leaves, grad, allow_unused=True), grad))
     (y1, g1, _), (y2, g2, _) = results
@@ -101,6 +103,7 @@ def test_fused_depthwise_project_on_a_slice_of_a_shared_hidden(stride, c_out):
         if b is None:  # x without a residual
             assert a is None or a.abs().sum() == 0
         else:
+            assert b.abs().max() > 1e-3  # a gradient that is really there
             torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
@@ -246,6 +249,13 @@ def test_frozen_weights_get_no_gradient_work():
             y = ops.sampled_mbconv(x, *weights.values(), kernel_size=5, expand_channels=24, **bns)
         grads.append(torch.autograd.grad(y.square().sum(), x)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+    # and the backward op, told so, computes none of the weight or BN gradients
+    x_, weights_, bns_ = _op_args()
+    with torch.no_grad():
+        out, h1, h2, h3, stats = torch.ops.fna_ext.sampled_mbconv_forward(x_, *weights_, *bns_, 3, 12, 1, 1e-5)
+        grads = torch.ops.fna_ext.sampled_mbconv_backward(torch.randn_like(out), x_, *weights_, *bns_, h1, h2, h3,
+                                                          stats, 3, 1, False)
+    assert grads[0].shape == x_.shape and all(g.numel() == 0 for g in grads[1:])
 
 
 @pytest.mark.parametrize("size", [1, 2])

@@ -262,10 +262,10 @@ FNA_INLINE void conv_row(const T* src, int64_t src_w, int64_t stride, const T* w
 }
 
 template <typename T>
-FNA_INLINE Vec<T> vrelu6(Vec<T> v) {
+FNA_INLINE Vec<T> vrelu6(Vec<T> v) {  // as relu6 and F.relu6: a NaN stays NaN
   const Vec<T> zero = {};
-  v = v > zero ? v : zero;
-  return v < zero + T(6) ? v : zero + T(6);
+  v = v < zero ? zero : v;
+  return v > zero + T(6) ? zero + T(6) : v;
 }
 
 // g where ReLU6 passes the gradient at pre-activation `pre` (0 < pre < 6), else 0: a bitwise AND

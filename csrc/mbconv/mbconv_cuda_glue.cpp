@@ -291,7 +291,8 @@ struct CudaBackend {
     const at::Tensor cc = coefficients(c, g.e, opmath, in, step);
     const at::Tensor sc1 = optional_coefficients(scale1, g.e, opmath, in, step);
     const at::Tensor sh1 = sc1.defined() ? coefficients(shift1, g.e, opmath, in, step) : at::Tensor();
-    // the weight gradient is summed over every output pixel in float64, then cast into the centre
+    // the weight gradient: summed in float within each thread and block, across blocks in float64
+    // (this buffer), then cast into the centre taps
     const at::Tensor grad_w = weight_grad ? at::zeros({g.e, g.k, g.k}, in.options().dtype(at::kDouble)) : at::Tensor();
     DwBackwardArgs args{};
     args.s = dw_shape(g);

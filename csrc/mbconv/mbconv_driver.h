@@ -141,10 +141,10 @@ inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& 
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == 1 && dw_weight.size(2) == dw_weight.size(3), op,
               ": dw_weight must be (E_max, 1, K, K), got ", dw_weight.sizes());
-  TORCH_CHECK(kernel_size >= 1 && kernel_size <= kMaxKernel && kernel_size % 2 == 1 &&
-                  kernel_size <= dw_weight.size(2) && (dw_weight.size(2) - kernel_size) % 2 == 0,
-              op, ": kernel_size ", kernel_size, " must be odd, at most ", kMaxKernel,
-              " and fit centred in the ", dw_weight.size(2), "x", dw_weight.size(2), " weight");
+  TORCH_CHECK((kernel_size == 3 || kernel_size == 5 || kernel_size == 7) && kernel_size <= dw_weight.size(2) &&
+                  (dw_weight.size(2) - kernel_size) % 2 == 0,
+              op, ": kernel_size ", kernel_size, " must be 3, 5 or 7 (the search spaces' kernels) and fit centred in the ",
+              dw_weight.size(2), "x", dw_weight.size(2), " weight");
   TORCH_CHECK(channels >= 1 && channels <= dw_weight.size(0), op, ": the hidden width ", channels,
               " is outside 1..", dw_weight.size(0), " (E_max)");
   TORCH_CHECK(project_weight.dim() == 4 && project_weight.size(1) == dw_weight.size(0) &&
