@@ -77,6 +77,28 @@ TORCH_LIBRARY(fna_ext, m) {
   m.def("depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
         "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride, bool weight_grads) -> Tensor[]");
+  // One layer's whole mixture with shared weights (fna_ext.ops.mbconv_mixture): the weighted sum of
+  // the candidates (kernel_sizes[i], expansions[i]); candidates of one kernel size share the
+  // depthwise conv and nest their projections. mixture_mbconv runs the shared expansion as well
+  // and returns (out, h1, h2, h3, stats); h2 is per kernel size, h3 per candidate. Backward gives
+  // the gradients of x and the mixture weights: the weights are frozen (an architecture step).
+  m.def("mixture_mbconv_forward(Tensor x, Tensor expand_weight, Tensor weights, Tensor dw_weight, "
+        "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
+        "Tensor? bn3_weight, Tensor? bn3_bias, int[] kernel_sizes, int[] expansions, int stride, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("mixture_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor weights, "
+        "Tensor dw_weight, Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, "
+        "Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, "
+        "Tensor stats, int[] kernel_sizes, int[] expansions, int stride) -> Tensor[]");
+  // The same from the depthwise conv on, over an activated shared expansion `hidden`: returns
+  // (out, h2, h3, stats); backward gives x's (empty without a residual), hidden's and the weights'.
+  m.def("mixture_depthwise_project_forward(Tensor x, Tensor hidden, Tensor weights, Tensor dw_weight, "
+        "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
+        "int[] kernel_sizes, int[] expansions, int stride, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("mixture_depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor weights, "
+        "Tensor dw_weight, Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "
+        "Tensor? bn3_bias, Tensor hidden2, Tensor hidden3, Tensor stats, int[] kernel_sizes, int[] expansions, "
+        "int stride) -> Tensor[]");
 }
 
 }  // namespace fna_ext

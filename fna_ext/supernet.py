@@ -29,6 +29,7 @@ from .arch import Arch, Op, Stage
 from .models.blocks import ConvBNAct, MBConv, make_layer
 from .models.network import Network
 from .ops import sampled_mbconv
+from .ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
 from .ops.sampled_mbconv import depthwise_project, expand_hidden
 from .remap import plan_candidates
 from .search_space import SearchSpace
@@ -140,16 +141,43 @@ class SearchLayer(nn.Module):
 
     def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(softmax-weighted sum of every candidate's output, weighted sum of their expansion
-        outputs). With shared weights the widest expansion is computed once and sliced."""
+        outputs). With shared weights the candidates run as one mixture op, which computes the
+        widest expansion once (materialised only when a detector taps it)."""
+        if self.weight_sharing != "shared":
+            return self._independent_mixture(x, tap)
+        positions = [i for i, op in enumerate(self.spec.candidates) if not Op.parse(op).is_skip]
+        ops = [self.spec.candidates[i] for i in positions]
+        widest = max(ops, key=self._expansion)
+        block = self._owner(widest)
+        bn = self._bn_args(block)
+        common = dict(candidates=[(Op.parse(op).kernel, self._expansion(op)) for op in ops], stride=self.spec.stride,
+                      eps=self.bn_eps, **{k: v for k, v in bn.items() if not k.startswith("bn1")})
+        weights = self.choice[positions]
+        shared = self.expansion_output(x, widest) if tap else None
+        if tap:
+            out = depthwise_project_mixture(x, shared, weights, block.depthwise.conv.weight, block.project.conv.weight,
+                                            **common)
+        else:
+            out = mbconv_mixture(x, block.expand.conv.weight, weights, block.depthwise.conv.weight,
+                                 block.project.conv.weight, bn1_weight=bn.get("bn1_weight"),
+                                 bn1_bias=bn.get("bn1_bias"), **common)
+        for w, op in zip(self.choice, self.spec.candidates):
+            if Op.parse(op).is_skip:
+                out = out + w * x
+        if not tap:
+            return out, None
+        full = [i for i, op in zip(positions, ops) if self._expansion(op) == self._expansion(widest)]
+        return out, shared * self.choice[full].sum()
+
+    def _independent_mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         ops = [op for op in self.spec.candidates if not Op.parse(op).is_skip]
         widest = max(ops, key=self._expansion)
-        shared = self.expansion_output(x, widest) if self.weight_sharing == "shared" else None
         out, tapped = 0, 0
         for w, op in zip(self.choice, self.spec.candidates):
             if Op.parse(op).is_skip:
                 out = out + w * x
                 continue
-            hidden = shared[:, :self._expansion(op)] if shared is not None else self.expansion_output(x, op)
+            hidden = self.expansion_output(x, op)
             out = out + w * self._rest_of_block(x, hidden, op)
             if tap and hidden.shape[1] == self._expansion(widest):
                 tapped = tapped + w * hidden

@@ -21,6 +21,7 @@
 
 #include "../host_cache.h"
 #include "mbconv_driver.h"
+#include "mixture_driver.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define FNA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -692,7 +693,10 @@ struct CpuBackend {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fna_ext, CPU, m) { register_kernels<CpuBackend>(m); }
+TORCH_LIBRARY_IMPL(fna_ext, CPU, m) {
+  register_kernels<CpuBackend>(m);
+  register_mixture_kernels<CpuBackend>(m);
+}
 
 }  // namespace mbconv
 }  // namespace fna_ext

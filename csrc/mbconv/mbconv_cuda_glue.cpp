@@ -8,6 +8,7 @@
 
 #include "mbconv_cuda.h"
 #include "mbconv_driver.h"
+#include "mixture_driver.h"
 
 namespace fna_ext {
 namespace mbconv {
@@ -321,7 +322,10 @@ struct CudaBackend {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fna_ext, CUDA, m) { register_kernels<CudaBackend>(m); }
+TORCH_LIBRARY_IMPL(fna_ext, CUDA, m) {
+  register_kernels<CudaBackend>(m);
+  register_mixture_kernels<CudaBackend>(m);
+}
 
 }  // namespace mbconv
 }  // namespace fna_ext

@@ -1,0 +1,367 @@
+// The super network's whole mixture for one layer with shared weights, as one op: the
+// softmax(alpha)-weighted sum of every MBConv candidate (k, e) from the depthwise conv on, over a
+// shared expansion `hidden`:
+//   out = sum_i w_i * (BN3_i(P_i) (+ x)),   P_i = relu6(BN2(dw_k(hidden)))[:, :e] Wp[:, :e]^T.
+// The candidates share more than their input. Every step up to the projection is per channel and
+// BN2 normalises each channel with its own batch statistics, so (k, e3) is the first e3 channels
+// of (k, e6): the depthwise conv, BN2 and ReLU6 run once per kernel size over the widest
+// expansion. The projections nest too: P_(k,e6) = P_(k,e3) + a[:, e3:e6] Wp[:, e3:e6]^T, so one
+// kernel size costs one widest GEMM. Backward mirrors it: the candidates' projection gradients are
+// summed per column block before one GEMM per block, and each kernel size runs one depthwise
+// backward. Per candidate remain only the C_out-wide BN3 and its statistics.
+//
+// Two ops, as for the single path: mixture_mbconv starts from x and runs the shared expansion
+// too (its BN1 and ReLU6 applied as the depthwise convs load it, as in sampled_mbconv);
+// mixture_depthwise_project starts from an activated hidden tensor (a detector that taps the
+// expansion output needs it materialised). They serve architecture steps, where the weights are
+// frozen: backward returns the gradients of x, hidden and the mixture weights only
+// (fna_ext.ops.mbconv_mixture falls back to one op per candidate when a weight needs one).
+#pragma once
+
+#include <algorithm>
+#include <map>
+#include <vector>
+
+#include "mbconv_driver.h"
+
+namespace fna_ext {
+namespace mbconv {
+
+// The candidates grouped by kernel size, each group's expansions ascending: the column blocks
+// [e_(j-1), e_j) of the nested projections.
+struct MixturePlan {
+  struct Candidate {
+    int64_t index, e;  // position in the op's candidate list; expansion channels
+  };
+  std::vector<int64_t> kernels;                   // distinct kernel sizes, ascending
+  std::vector<std::vector<Candidate>> by_kernel;  // per kernel size, by ascending e
+  int64_t width = 0;                              // the widest expansion: the depthwise width
+  int64_t candidates = 0;
+  bool expand = false;                            // the op runs the expansion too
+};
+
+inline MixturePlan make_plan(const char* op, at::IntArrayRef kernel_sizes, at::IntArrayRef expansions,
+                             int64_t max_channels, const at::Tensor& weights, bool expand) {
+  TORCH_CHECK(!kernel_sizes.empty() && kernel_sizes.size() == expansions.size(), op,
+              ": kernel_sizes and expansions must be equally long and not empty, got ", kernel_sizes.size(), " and ",
+              expansions.size());
+  TORCH_CHECK(weights.dim() == 1 && weights.numel() == static_cast<int64_t>(kernel_sizes.size()), op,
+              ": weights must hold one value per candidate (", kernel_sizes.size(), "), got ", weights.sizes());
+  MixturePlan plan;
+  plan.expand = expand;
+  plan.candidates = static_cast<int64_t>(kernel_sizes.size());
+  std::map<int64_t, std::vector<MixturePlan::Candidate>> groups;
+  for (int64_t i = 0; i < plan.candidates; ++i) {
+    TORCH_CHECK(expansions[i] >= 1 && expansions[i] <= max_channels, op, ": candidate ", i, "'s expansion ",
+                expansions[i], " is outside 1..", max_channels);
+    groups[kernel_sizes[i]].push_back({i, expansions[i]});
+    plan.width = std::max(plan.width, expansions[i]);
+  }
+  for (auto& [k, group] : groups) {
+    std::stable_sort(group.begin(), group.end(), [](const auto& a, const auto& b) { return a.e < b.e; });
+    plan.kernels.push_back(k);
+    plan.by_kernel.push_back(group);
+  }
+  return plan;
+}
+
+// Stats layout (double): with the expansion [mean1, invstd1] (width each); per kernel size
+// [mean2, invstd2] (width each); per candidate [mean3, invstd3] (C_out each).
+struct MixtureStats {
+  at::Tensor all;
+  int64_t width, c_out, kernels, base2;
+  MixtureStats(at::Tensor stats, const MixturePlan& plan, int64_t c_out_)
+      : all(std::move(stats)), width(plan.width), c_out(c_out_), kernels(static_cast<int64_t>(plan.kernels.size())),
+        base2(plan.expand ? 2 * plan.width : 0) {}
+  static int64_t size(const MixturePlan& plan, int64_t c_out) {
+    return (plan.expand ? 2 : 0) * plan.width + 2 * static_cast<int64_t>(plan.kernels.size()) * plan.width +
+           2 * plan.candidates * c_out;
+  }
+  at::Tensor mean1() const { return all.narrow(0, 0, width); }
+  at::Tensor invstd1() const { return all.narrow(0, width, width); }
+  at::Tensor mean2(int64_t k) const { return all.narrow(0, base2 + 2 * k * width, width); }
+  at::Tensor invstd2(int64_t k) const { return all.narrow(0, base2 + (2 * k + 1) * width, width); }
+  int64_t base3() const { return base2 + 2 * kernels * width; }
+  at::Tensor mean3(int64_t i) const { return all.narrow(0, base3() + 2 * i * c_out, c_out); }
+  at::Tensor invstd3(int64_t i) const { return all.narrow(0, base3() + (2 * i + 1) * c_out, c_out); }
+};
+
+// What both ops take, checked once.
+struct MixtureArgs {
+  MixturePlan plan;
+  Geometry g0;  // the first kernel size's; the output size is the same for every odd kernel
+  at::Tensor dw, wp, we;  // contiguous depthwise weight; (C_out, E_max) and (E_max, C_in) views
+  at::Tensor gamma1, beta1, gamma2, beta2, gamma3, beta3;
+  at::ScalarType opmath;
+  Geometry geometry(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& project_weight,
+                    int64_t ki) const {
+    return make_geometry(x, dw_weight, project_weight, plan.width, plan.kernels[ki], g0.stride);
+  }
+};
+
+inline MixtureArgs mixture_args(const char* op, const at::Tensor& x, const at::Tensor& expand_weight,
+                                const at::Tensor& hidden, const at::Tensor& weights, const at::Tensor& dw_weight,
+                                const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w,
+                                const c10::optional<at::Tensor>& bn1_b, const c10::optional<at::Tensor>& bn2_w,
+                                const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
+                                const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
+                                at::IntArrayRef expansions, int64_t stride) {
+  const bool expand = expand_weight.defined();
+  if (expand) {
+    TORCH_CHECK(expand_weight.dim() == 4 && expand_weight.size(0) == dw_weight.size(0) &&
+                    expand_weight.size(1) == x.size(1) && expand_weight.numel() == expand_weight.size(0) * x.size(1),
+                op, ": expand_weight must be (E_max, C_in, 1, 1), got ", expand_weight.sizes());
+  } else {
+    TORCH_CHECK(hidden.dim() == 4 && hidden.size(0) == x.size(0) && hidden.size(2) == x.size(2) &&
+                    hidden.size(3) == x.size(3) && hidden.scalar_type() == x.scalar_type(),
+                op, ": hidden must be (N, e, H, W) like x, got ", hidden.sizes(), " and ", x.sizes());
+  }
+  MixtureArgs a;
+  a.plan = make_plan(op, kernel_sizes, expansions, expand ? dw_weight.size(0) : hidden.size(1), weights, expand);
+  for (int64_t k : a.plan.kernels) check_inputs(op, x, dw_weight, project_weight, k, a.plan.width, stride);
+  a.g0 = make_geometry(x, dw_weight, project_weight, a.plan.width, a.plan.kernels[0], stride);
+  a.dw = dw_weight.contiguous();
+  a.wp = project_weight.reshape({a.g0.c_out, a.g0.e_max});
+  if (expand) a.we = expand_weight.reshape({a.g0.e_max, a.g0.c_in});
+  const int64_t width = a.plan.width, c_out = a.g0.c_out;
+  a.gamma1 = slice_or_undefined(bn1_w, width), a.beta1 = slice_or_undefined(bn1_b, width);
+  a.gamma2 = slice_or_undefined(bn2_w, width), a.beta2 = slice_or_undefined(bn2_b, width);
+  a.gamma3 = slice_or_undefined(bn3_w, c_out), a.beta3 = slice_or_undefined(bn3_b, c_out);
+  a.opmath = opmath_type(x.scalar_type());
+  return a;
+}
+
+// -> (out, h1 (rows_in, width; empty without the expansion), h2 (kernels, rows_out, width),
+//     h3 (candidates, rows_out, C_out), stats)
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_forward(
+    const MixtureArgs& a, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights,
+    const at::Tensor& dw_weight, const at::Tensor& project_weight, double eps) {
+  const MixturePlan& plan = a.plan;
+  const Geometry& g0 = a.g0;
+  const int64_t nk = static_cast<int64_t>(plan.kernels.size());
+  const MixtureStats s(at::empty({MixtureStats::size(plan, g0.c_out)}, x.options().dtype(at::kDouble)), plan,
+                       g0.c_out);
+  const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
+  // the depthwise input: the shared expansion's pre-BN1 rows (BN1 + ReLU6 applied on load), or hidden
+  at::Tensor h1, in, scale1, shift1;
+  if (plan.expand) {
+    h1 = Backend::empty({g0.rows_in(), plan.width}, x.options());
+    at::mm_out(h1, x_rows, a.we.narrow(0, 0, plan.width).t());
+    at::Tensor sum = double_zeros(plan.width, s.all), sumsq = double_zeros(plan.width, s.all);
+    Backend::row_stats(h1, sum, sumsq);
+    finish_stats(sum, sumsq, g0.rows_in(), eps, s.mean1(), s.invstd1());
+    std::tie(scale1, shift1) = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+    in = h1.view({g0.n, g0.h, g0.w, plan.width});
+  } else {
+    in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
+  }
+  at::Tensor h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
+  at::Tensor h3 = Backend::empty({plan.candidates, g0.rows_out(), g0.c_out}, x.options());
+  at::Tensor a2 = Backend::empty({g0.rows_out(), plan.width}, x.options());
+  for (int64_t ki = 0; ki < nk; ++ki) {
+    const Geometry g = a.geometry(x, dw_weight, project_weight, ki);
+    at::Tensor sum = double_zeros(plan.width, s.all), sumsq = double_zeros(plan.width, s.all);
+    at::Tensor h2k = h2[ki];
+    Backend::depthwise_forward(g, in, scale1, shift1, a.dw, h2k, sum, sumsq);
+    finish_stats(sum, sumsq, g.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
+    auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
+    Backend::affine_act(h2k, scale2, shift2, /*relu6=*/true, at::Tensor(), a2);
+    // the nested projections: each candidate adds its column block to the narrower one's result
+    int64_t done = 0;
+    at::Tensor previous;
+    for (const auto& c : plan.by_kernel[ki]) {
+      at::Tensor p = h3[c.index];
+      if (!previous.defined()) {
+        at::mm_out(p, a2.narrow(1, 0, c.e), a.wp.narrow(1, 0, c.e).t());
+      } else if (c.e == done) {
+        p.copy_(previous);
+      } else {
+        at::addmm_out(p, previous, a2.narrow(1, done, c.e - done), a.wp.narrow(1, done, c.e - done).t());
+      }
+      previous = p;
+      done = c.e;
+    }
+  }
+  // out = sum_i h3_i * (w_i scale_i) + sum_i w_i shift_i (+ sum_i w_i x): BN3 and the weights
+  // folded into one per-channel scale per candidate
+  const at::Tensor w = weights.to(at::kDouble);
+  at::Tensor shift_total = at::zeros({g0.c_out}, s.all.options());
+  at::Tensor out;
+  for (int64_t i = 0; i < plan.candidates; ++i) {
+    at::Tensor sum = double_zeros(g0.c_out, s.all), sumsq = double_zeros(g0.c_out, s.all);
+    Backend::row_stats(h3[i], sum, sumsq);
+    finish_stats(sum, sumsq, g0.rows_out(), eps, s.mean3(i), s.invstd3(i));
+    auto [scale3, shift3] = affine_coefficients(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
+    const at::Tensor coefficient = (scale3 * w[i]).to(a.opmath);
+    out = i == 0 ? h3[i] * coefficient : out.addcmul_(h3[i], coefficient);
+    shift_total.add_(shift3 * w[i]);
+  }
+  out.add_(shift_total.to(a.opmath));
+  if (has_residual(g0)) out.addcmul_(x_rows, w.sum().to(a.opmath));
+  if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
+  return {from_rows(out, g0.n, g0.ho, g0.wo),
+          h1.defined() ? from_rows(h1, g0.n, g0.h, g0.w) : at::empty({0}, x.options()), h2, h3, s.all};
+}
+
+// -> (grad x (full: always; tail: empty without a residual), grad hidden (tail only), grad weights)
+template <class Backend>
+std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor& grad_out, const at::Tensor& x,
+                                         const at::Tensor& hidden, const at::Tensor& weights,
+                                         const at::Tensor& dw_weight, const at::Tensor& project_weight,
+                                         const at::Tensor& h1, const at::Tensor& h2, const at::Tensor& h3,
+                                         const at::Tensor& stats) {
+  const MixturePlan& plan = a.plan;
+  const Geometry& g0 = a.g0;
+  const int64_t nk = static_cast<int64_t>(plan.kernels.size());
+  const MixtureStats s(stats, plan, g0.c_out);
+  const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
+  const at::Tensor w = weights.to(at::kDouble);
+  const bool residual = has_residual(g0);
+
+  // d out / d w_i = <grad, BN3_i(h3_i) (+ x)>, from per-channel sums of grad and grad * h3_i
+  at::Tensor grad_weights = at::zeros({plan.candidates}, stats.options());
+  if (residual) {
+    at::Tensor sum_g = double_zeros(g0.c_out, stats), sum_gx = double_zeros(g0.c_out, stats);
+    Backend::grad_sums(grad_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), at::Tensor(), at::Tensor(),
+                       sum_g, sum_gx, at::Tensor());
+    grad_weights.add_(sum_gx.sum());
+  }
+  // BN3's backward per candidate, with the upstream gradient w_i * grad: gh3_i = a_i grad + b_i h3_i + c_i
+  std::vector<BnGrad> bn3(plan.candidates);
+  for (int64_t i = 0; i < plan.candidates; ++i) {
+    at::Tensor sg = double_zeros(g0.c_out, stats), sgh = double_zeros(g0.c_out, stats);
+    Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), sg, sgh, at::Tensor());
+    auto [scale3, shift3] = affine_coefficients(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
+    grad_weights[i].add_((scale3 * sgh + shift3 * sg).sum());
+    bn3[i] = bn_grad(sg * w[i], sgh * w[i], s.mean3(i), s.invstd3(i), a.gamma3, g0.rows_out(), a.opmath);
+    bn3[i].a = bn3[i].a * w[i].to(a.opmath);
+  }
+
+  // the gradient at the depthwise input, summed over the kernel sizes
+  at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
+  at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
+  at::Tensor ga2 = Backend::empty({g0.rows_out(), plan.width}, x.options());
+  at::Tensor suffix = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
+  at::Tensor term = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
+  at::Tensor unused_g1 = double_zeros(plan.width, stats), unused_gh1 = double_zeros(plan.width, stats);
+  const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
+  for (int64_t ki = 0; ki < nk; ++ki) {
+    const Geometry g = a.geometry(x, dw_weight, project_weight, ki);
+    // column block [e_(j-1), e_j) of the projection's input gradient takes the gradients of every
+    // candidate at least e_j wide: walk the candidates from the widest, summing as we go
+    const auto& group = plan.by_kernel[ki];
+    const int64_t last = static_cast<int64_t>(group.size()) - 1;
+    if (group.back().e < plan.width) ga2.narrow(1, group.back().e, plan.width - group.back().e).zero_();
+    for (int64_t j = last; j >= 0; --j) {
+      const auto& c = group[j];
+      const BnGrad& b = bn3[c.index];
+      Backend::grad_apply(grad_rows, h3[c.index], at::Tensor(), at::Tensor(), b.a, b.b, b.c, j == last ? suffix : term);
+      if (j < last) suffix.add_(term);
+      const int64_t start = j == 0 ? 0 : group[j - 1].e;
+      if (c.e > start) {
+        at::Tensor block = ga2.narrow(1, start, c.e - start);
+        at::mm_out(block, suffix, a.wp.narrow(1, start, c.e - start));
+      }
+    }
+    // BN2 + ReLU6 backward applied as the depthwise backward loads its output gradient
+    const at::Tensor h2k = h2[ki];
+    auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
+    at::Tensor sg2 = double_zeros(plan.width, stats), sgh2 = double_zeros(plan.width, stats);
+    Backend::grad_sums(ga2, h2k, scale2, shift2, sg2, sgh2, at::Tensor());
+    const BnGrad bn2 = bn_grad(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g.rows_out(), a.opmath);
+    Backend::depthwise_backward(g, ga2, h2k, scale2, shift2, bn2.a, bn2.b, bn2.c, in, at::Tensor(), at::Tensor(),
+                                a.dw, ki == 0 ? grad_in : grad_k, at::Tensor(), unused_g1, unused_gh1);
+    if (ki > 0) grad_in.add_(grad_k);
+  }
+  const at::Tensor w_sum = w.sum().to(x.scalar_type());
+  if (!plan.expand) {
+    at::Tensor grad_hidden = grad_in;
+    if (plan.width < hidden.size(1)) {
+      grad_hidden = at::zeros({g0.rows_in(), hidden.size(1)}, x.options());
+      grad_hidden.narrow(1, 0, plan.width).copy_(grad_in);
+    }
+    at::Tensor grad_x = residual ? from_rows(grad_rows * w_sum, g0.n, g0.h, g0.w) : at::empty({0}, x.options());
+    return {grad_x, from_rows(grad_hidden, g0.n, g0.h, g0.w), grad_weights.to(weights.scalar_type())};
+  }
+  // the expansion: ReLU6's mask and BN1's backward, then the GEMM back to x
+  const at::Tensor h1_rows = as_rows(h1);
+  auto [scale1, shift1] = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+  at::Tensor sg1 = double_zeros(plan.width, stats), sgh1 = double_zeros(plan.width, stats);
+  Backend::grad_sums(grad_in, h1_rows, scale1, shift1, sg1, sgh1, at::Tensor());
+  const BnGrad bn1 = bn_grad(sg1, sgh1, s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
+  Backend::grad_apply(grad_in, h1_rows, scale1, shift1, bn1.a, bn1.b, bn1.c, grad_in);
+  at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
+  at::mm_out(grad_x, grad_in, a.we.narrow(0, 0, plan.width));
+  if (residual) grad_x.addcmul_(grad_rows, w_sum);
+  return {from_rows(grad_x, g0.n, g0.h, g0.w), grad_weights.to(weights.scalar_type())};
+}
+
+// mixture_mbconv_forward -> (out, h1, h2, h3, stats)
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_mbconv_forward(
+    const at::Tensor& x, const at::Tensor& expand_weight, const at::Tensor& weights, const at::Tensor& dw_weight,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
+    const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
+    at::IntArrayRef expansions, int64_t stride, double eps) {
+  const MixtureArgs a = mixture_args("fna_ext::mixture_mbconv_forward", x, expand_weight, at::Tensor(), weights,
+                                     dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
+                                     expansions, stride);
+  return mixture_forward<Backend>(a, x, at::Tensor(), weights, dw_weight, project_weight, eps);
+}
+
+// mixture_mbconv_backward -> [grad x, grad weights]
+template <class Backend>
+std::vector<at::Tensor> mixture_mbconv_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& expand_weight, const at::Tensor& weights,
+    const at::Tensor& dw_weight, const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w,
+    const c10::optional<at::Tensor>& bn1_b, const c10::optional<at::Tensor>& bn2_w,
+    const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
+    const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1, const at::Tensor& h2, const at::Tensor& h3,
+    const at::Tensor& stats, at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride) {
+  const MixtureArgs a = mixture_args("fna_ext::mixture_mbconv_backward", x, expand_weight, at::Tensor(), weights,
+                                     dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
+                                     expansions, stride);
+  return mixture_backward<Backend>(a, grad_out, x, at::Tensor(), weights, dw_weight, project_weight, h1, h2, h3, stats);
+}
+
+// mixture_depthwise_project_forward -> (out, h2, h3, stats)
+template <class Backend>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_depthwise_project_forward(
+    const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights, const at::Tensor& dw_weight,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
+    const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
+    at::IntArrayRef expansions, int64_t stride, double eps) {
+  const MixtureArgs a = mixture_args("fna_ext::mixture_depthwise_project_forward", x, at::Tensor(), hidden, weights,
+                                     dw_weight, project_weight, {}, {}, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
+                                     expansions, stride);
+  auto [out, h1, h2, h3, stats] = mixture_forward<Backend>(a, x, hidden, weights, dw_weight, project_weight, eps);
+  return {out, h2, h3, stats};
+}
+
+// mixture_depthwise_project_backward -> [grad x (empty without a residual), grad hidden, grad weights]
+template <class Backend>
+std::vector<at::Tensor> mixture_depthwise_project_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights,
+    const at::Tensor& dw_weight, const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w,
+    const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
+    const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats,
+    at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride) {
+  const MixtureArgs a = mixture_args("fna_ext::mixture_depthwise_project_backward", x, at::Tensor(), hidden, weights,
+                                     dw_weight, project_weight, {}, {}, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
+                                     expansions, stride);
+  return mixture_backward<Backend>(a, grad_out, x, hidden, weights, dw_weight, project_weight, at::Tensor(), h2, h3,
+                                   stats);
+}
+
+template <class Backend>
+void register_mixture_kernels(torch::Library& m) {
+  m.impl("mixture_mbconv_forward", &mixture_mbconv_forward<Backend>);
+  m.impl("mixture_mbconv_backward", &mixture_mbconv_backward<Backend>);
+  m.impl("mixture_depthwise_project_forward", &mixture_depthwise_project_forward<Backend>);
+  m.impl("mixture_depthwise_project_backward", &mixture_depthwise_project_backward<Backend>);
+}
+
+}  // namespace mbconv
+}  // namespace fna_ext
