@@ -347,14 +347,17 @@ def _step_inside(optimizer: torch.optim.Optimizer, masks: dict) -> None:
                                       if torch.is_tensor(v) and v.shape == p.shape})
              for p in masks if p.grad is not None}
     optimizer.step()
-    with torch.no_grad():
+    with torch.no_grad():  # torch.where, not boolean indexing: no nonzero() and gather per tensor
         for p, (value, state) in saved.items():
-            outside = ~masks[p]
-            p[outside] = value[outside]
+            inside = masks[p]
+            p.copy_(torch.where(inside, p, value))
             for k, current in optimizer.state[p].items():
                 if torch.is_tensor(current) and current.shape == p.shape:
                     # state born in this step (the first momentum) starts at zero outside
-                    current[outside] = state[k][outside] if k in state else 0
+                    if k in state:
+                        current.copy_(torch.where(inside, current, state[k]))
+                    else:
+                        current.masked_fill_(~inside, 0)
 
 
 def _to_device(batch, device):

@@ -20,12 +20,20 @@
 
 #include <algorithm>
 #include <map>
+#include <type_traits>
 #include <vector>
 
 #include "mbconv_driver.h"
 
 namespace fna_ext {
 namespace mbconv {
+
+// Whether a Backend runs every kernel size of a mixture in one pass (depthwise_*_nested); the
+// others run one depthwise conv per kernel size.
+template <class B, class = void>
+struct has_nested_depthwise : std::false_type {};
+template <class B>
+struct has_nested_depthwise<B, std::void_t<decltype(B::kNestedDepthwise)>> : std::bool_constant<B::kNestedDepthwise> {};
 
 // The candidates grouped by kernel size, each group's expansions ascending: the column blocks
 // [e_(j-1), e_j) of the nested projections.
@@ -159,12 +167,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   at::Tensor h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
   at::Tensor h3 = Backend::empty({plan.candidates, g0.rows_out(), g0.c_out}, x.options());
   at::Tensor a2 = Backend::empty({g0.rows_out(), plan.width}, x.options());
+  // the depthwise convs and BN2's statistics, every kernel size in one pass where the backend can
+  std::vector<at::Tensor> sums;
+  for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(at::zeros({2, plan.width}, s.all.options()));
+  if constexpr (has_nested_depthwise<Backend>::value) {
+    std::vector<at::Tensor> outs;
+    for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
+    Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
+                                      plan.kernels, outs, sums);
+  } else {
+    for (int64_t ki = 0; ki < nk; ++ki) {
+      Backend::depthwise_forward(a.geometry(x, dw_weight, project_weight, ki), in, scale1, shift1, a.dw, h2[ki],
+                                 sums[ki][0], sums[ki][1]);
+    }
+  }
   for (int64_t ki = 0; ki < nk; ++ki) {
-    const Geometry g = a.geometry(x, dw_weight, project_weight, ki);
-    at::Tensor sum = double_zeros(plan.width, s.all), sumsq = double_zeros(plan.width, s.all);
     at::Tensor h2k = h2[ki];
-    Backend::depthwise_forward(g, in, scale1, shift1, a.dw, h2k, sum, sumsq);
-    finish_stats(sum, sumsq, g.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
+    finish_stats(sums[ki][0], sums[ki][1], g0.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
     auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
     Backend::affine_act(h2k, scale2, shift2, /*relu6=*/true, at::Tensor(), a2);
     // the nested projections: each candidate adds its column block to the narrower one's result
@@ -238,21 +257,18 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     bn3[i].a = bn3[i].a * w[i].to(a.opmath);
   }
 
-  // the gradient at the depthwise input, summed over the kernel sizes
-  at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
-  at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
-  at::Tensor ga2 = Backend::empty({g0.rows_out(), plan.width}, x.options());
+  // the gradient at each depthwise output (BN2's backward is applied on load, from these)
+  at::Tensor ga2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
   at::Tensor suffix = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
   at::Tensor term = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
-  at::Tensor unused_g1 = double_zeros(plan.width, stats), unused_gh1 = double_zeros(plan.width, stats);
-  const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
+  std::vector<at::Tensor> ga2s, h2s, scale2s, shift2s, as, bs, cs;
   for (int64_t ki = 0; ki < nk; ++ki) {
-    const Geometry g = a.geometry(x, dw_weight, project_weight, ki);
     // column block [e_(j-1), e_j) of the projection's input gradient takes the gradients of every
     // candidate at least e_j wide: walk the candidates from the widest, summing as we go
+    at::Tensor gak = ga2[ki];
     const auto& group = plan.by_kernel[ki];
     const int64_t last = static_cast<int64_t>(group.size()) - 1;
-    if (group.back().e < plan.width) ga2.narrow(1, group.back().e, plan.width - group.back().e).zero_();
+    if (group.back().e < plan.width) gak.narrow(1, group.back().e, plan.width - group.back().e).zero_();
     for (int64_t j = last; j >= 0; --j) {
       const auto& c = group[j];
       const BnGrad& b = bn3[c.index];
@@ -260,19 +276,33 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
       if (j < last) suffix.add_(term);
       const int64_t start = j == 0 ? 0 : group[j - 1].e;
       if (c.e > start) {
-        at::Tensor block = ga2.narrow(1, start, c.e - start);
+        at::Tensor block = gak.narrow(1, start, c.e - start);
         at::mm_out(block, suffix, a.wp.narrow(1, start, c.e - start));
       }
     }
-    // BN2 + ReLU6 backward applied as the depthwise backward loads its output gradient
     const at::Tensor h2k = h2[ki];
     auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
     at::Tensor sg2 = double_zeros(plan.width, stats), sgh2 = double_zeros(plan.width, stats);
-    Backend::grad_sums(ga2, h2k, scale2, shift2, sg2, sgh2, at::Tensor());
-    const BnGrad bn2 = bn_grad(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g.rows_out(), a.opmath);
-    Backend::depthwise_backward(g, ga2, h2k, scale2, shift2, bn2.a, bn2.b, bn2.c, in, at::Tensor(), at::Tensor(),
-                                a.dw, ki == 0 ? grad_in : grad_k, at::Tensor(), unused_g1, unused_gh1);
-    if (ki > 0) grad_in.add_(grad_k);
+    Backend::grad_sums(gak, h2k, scale2, shift2, sg2, sgh2, at::Tensor());
+    const BnGrad bn2 = bn_grad(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g0.rows_out(), a.opmath);
+    ga2s.push_back(gak), h2s.push_back(h2k), scale2s.push_back(scale2), shift2s.push_back(shift2);
+    as.push_back(bn2.a), bs.push_back(bn2.b), cs.push_back(bn2.c);
+  }
+  // the gradient at the depthwise input, summed over the kernel sizes
+  at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
+  const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
+  if constexpr (has_nested_depthwise<Backend>::value) {
+    Backend::depthwise_backward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), plan.kernels, ga2s, h2s,
+                                       scale2s, shift2s, as, bs, cs, a.dw, grad_in);
+  } else {
+    at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
+    at::Tensor unused_g1 = double_zeros(plan.width, stats), unused_gh1 = double_zeros(plan.width, stats);
+    for (int64_t ki = 0; ki < nk; ++ki) {
+      Backend::depthwise_backward(a.geometry(x, dw_weight, project_weight, ki), ga2s[ki], h2s[ki], scale2s[ki],
+                                  shift2s[ki], as[ki], bs[ki], cs[ki], in, at::Tensor(), at::Tensor(), a.dw,
+                                  ki == 0 ? grad_in : grad_k, at::Tensor(), unused_g1, unused_gh1);
+      if (ki > 0) grad_in.add_(grad_k);
+    }
   }
   const at::Tensor w_sum = w.sum().to(x.scalar_type());
   if (!plan.expand) {
