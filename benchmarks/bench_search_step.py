@@ -6,9 +6,13 @@ MobileNetV2 super network, 160x160, batch 16):
 - an alpha step: every candidate of every layer (the softmax(alpha) mixture), backward to alpha;
 - the search's cycle: ``weight_steps_per_alpha_step`` weight steps and one alpha step.
 
-Steps of the two versions alternate (benchmarks/timing.py); medians are reported.
+Steps of the two versions alternate (benchmarks/timing.py); medians are reported. By default each
+step loads its batch as the search does (DataLoader workers decoding and augmenting JPEGs, on the
+same cores); ``--in-memory`` times the steps on a few batches loaded beforehand, which is the part
+the fused op changes.
 
-    python benchmarks/bench_search_step.py [--device cpu|cuda] [--detector ssdlite] [--repeats 7] [--json]
+    python benchmarks/bench_search_step.py [--device cpu|cuda] [--detector ssdlite] [--repeats 7]
+        [--in-memory] [--json]
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ def build_search(detector: str, device: str, out_dir: str) -> ArchitectureSearch
     return ArchitectureSearch(config, seed, out_dir, device=device)
 
 
+def keep_in_memory(loader, batches: int = 4) -> None:
+    """Serves ``loader``'s first few batches round and round, so a step does no data loading."""
+    held = [loader.batch(i) for i in range(min(batches, loader.per_epoch))]
+    loader.batch = lambda step: held[step % len(held)]
+
+
 def with_fused(enabled: bool, step):
     def run():
         with ops.fused(enabled):
@@ -50,10 +60,15 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--detector", choices=["ssdlite", "retinanet"], default="ssdlite")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--in-memory", action="store_true",
+                        help="time the steps on batches loaded beforehand (no DataLoader in the loop)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out_dir:
         search = build_search(args.detector, args.device, out_dir)
+        if args.in_memory:
+            keep_in_memory(search.weight_data)
+            keep_in_memory(search.arch_data)
         weight_batch, alpha_batch = search.weight_data.batch_size, search.arch_data.batch_size
         ratio = int(search.config["search"]["weight_steps_per_alpha_step"])
         seconds = {}
@@ -78,7 +93,8 @@ def main() -> None:
                          "alpha step ms": 1e3 * seconds["alpha step"][version]}
     speedup = {k: rows["fused"][k] / rows["reference"][k] for k in rows["fused"] if k.endswith("images/s")}
     result = {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
-              "detector": args.detector, "torch": torch.__version__, "weight_steps_per_alpha_step": ratio,
+              "detector": args.detector, "data": "in memory" if args.in_memory else "DataLoader",
+              "torch": torch.__version__, "weight_steps_per_alpha_step": ratio,
               "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
     if args.json:
         print(json.dumps(result, indent=1))
