@@ -290,11 +290,12 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   }
   // the gradient at the depthwise input, summed over the kernel sizes
   at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
-  const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
-  if constexpr (has_nested_depthwise<Backend>::value) {
+  if constexpr (has_nested_depthwise<Backend>::value) {  // reads only the output gradients
     Backend::depthwise_backward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), plan.kernels, ga2s, h2s,
                                        scale2s, shift2s, as, bs, cs, a.dw, grad_in);
   } else {
+    // the input is an argument of depthwise_backward, unread without weight gradients or BN1 on load
+    const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
     at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
     at::Tensor unused_g1 = double_zeros(plan.width, stats), unused_gh1 = double_zeros(plan.width, stats);
     for (int64_t ki = 0; ki < nk; ++ki) {
