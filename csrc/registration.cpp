@@ -31,8 +31,14 @@ std::string build_info() {
 #else
   const char* cuda = "false";
 #endif
+#ifdef _GLIBCXX_USE_CXX11_ABI
+  const std::string cxx11_abi = _GLIBCXX_USE_CXX11_ABI ? "true" : "false";
+#else
+  const std::string cxx11_abi = "null";  // not libstdc++: the question does not arise
+#endif
   return std::string("{\"torch_version\": \"") + TORCH_VERSION + "\", \"cuda\": " + cuda +
-         ", \"compiler\": \"" + compiler_version() + "\"}";
+         ", \"compiler\": \"" + compiler_version() + "\", \"cxx_standard\": " +
+         std::to_string(__cplusplus) + ", \"cxx11_abi\": " + cxx11_abi + "}";
 }
 
 }  // namespace
