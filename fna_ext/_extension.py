@@ -11,6 +11,7 @@ Three outcomes, all reported by ``python -m fna_ext.info``:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -38,10 +39,25 @@ class ExtensionStatus:
     @property
     def devices(self) -> list[str]:
         """Device types that have compiled kernels."""
+        return [device for device, ops in self.kernels.items() if ops]
+
+    @property
+    def kernels(self) -> dict[str, list[str]]:
+        """Per device type, the fna_ext ops that have a compiled kernel for it."""
         if not self.loaded:
-            return []
-        return [d for d, key in _DISPATCH_KEYS.items()
-                if torch._C._dispatch_has_kernel_for_dispatch_key("fna_ext::nms", key)]
+            return {}
+        return {device: sorted(op.split("::", 1)[1]
+                               for op in torch._C._dispatch_get_registrations_for_dispatch_key(key)
+                               if op.startswith("fna_ext::"))
+                for device, key in _DISPATCH_KEYS.items()}
+
+    def missing_kernels(self) -> dict[str, list[str]]:
+        """Per device type it was built for, the ops another device has and this one lacks: a
+        kernel whose glue did not register (``nvcc -c`` alone cannot see that)."""
+        kernels = self.kernels
+        every = set().union(*kernels.values()) if kernels else set()
+        built_for = [d for d in kernels if d == "cpu" or self.build_info.get(d)]
+        return {device: sorted(every - set(kernels[device])) for device in built_for}
 
 
 _status: ExtensionStatus | None = None
@@ -72,27 +88,60 @@ def warn_if_built_for_another_torch(build_info: dict) -> bool:
     return True
 
 
+def warn_if_built_with_another_abi(build_info: dict) -> bool:
+    """Warns (and returns True) when the extension's libstdc++ ABI is not the running torch's."""
+    built = build_info.get("cxx11_abi")
+    if built is None or built == torch.compiled_with_cxx11_abi():
+        return False
+    warnings.warn(
+        f"fna_ext: the compiled extension was built with _GLIBCXX_USE_CXX11_ABI={int(built)} but "
+        f"torch {torch.__version__} uses {int(torch.compiled_with_cxx11_abi())}; rebuild it with "
+        f"`{REBUILD_COMMAND}` in the fna_ext source tree", RuntimeWarning, stacklevel=4)
+    return True
+
+
 def _finish_loading(how: str) -> ExtensionStatus:
     info = json.loads(torch.ops.fna_ext.build_info())
     status = ExtensionStatus(loaded=True, how=how, build_info=info)
-    warn_if_built_for_another_torch(info)
+    warn_if_built_for_another_torch(info) or warn_if_built_with_another_abi(info)
     for register in _on_load:
         register()
     return status
 
 
+def _load_failure_cause(err: BaseException) -> str:
+    """Why a built extension does not load, in words a user can act on."""
+    text = str(err)
+    if "undefined symbol" in text and ("cxx11" in text or "St3__1" in text):
+        return (f"it was built with another C++ ABI than torch {torch.__version__} "
+                f"(_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())})")
+    return f"it does not load with torch {torch.__version__}"
+
+
+def _belongs_to_this_package(spec) -> bool:
+    """An editable install's finder can hand out another tree's _C for ``fna_ext._C``; only the
+    one beside this package's own files was built from its sources."""
+    origin = getattr(spec, "origin", None)
+    return origin is not None and Path(origin).resolve().parent == Path(__file__).resolve().parent
+
+
 def _load_installed() -> ExtensionStatus | None:
-    """The extension built at install time, or None when there is none."""
+    """The extension built at install time, or None when this package has none."""
+    try:
+        spec = importlib.util.find_spec("fna_ext._C")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not _belongs_to_this_package(spec):
+        return None
     try:
         importlib.import_module("fna_ext._C")
-    except ModuleNotFoundError:
-        return None
-    except (ImportError, OSError) as err:  # typically undefined symbols: another torch
+    except (ImportError, OSError) as err:  # typically undefined symbols: another torch or ABI
+        cause = _load_failure_cause(err)
         warnings.warn(
-            f"fna_ext: the compiled extension does not load with torch {torch.__version__} "
-            f"({err}); rebuild it with `{REBUILD_COMMAND}` in the fna_ext source tree. "
-            "Using the pure-PyTorch reference paths.", RuntimeWarning, stacklevel=3)
-        return ExtensionStatus(how="failed to load", error=str(err))
+            f"fna_ext: the compiled extension cannot be used: {cause} ({err}); rebuild it with "
+            f"`{REBUILD_COMMAND}` in the fna_ext source tree. Using the pure-PyTorch reference "
+            "paths.", RuntimeWarning, stacklevel=3)
+        return ExtensionStatus(how="failed to load", error=f"{cause}: {err}")
     return _finish_loading("installed")
 
 
@@ -106,10 +155,44 @@ def _first_use_build_exists(cpp_extension) -> bool:
     return any(build_dir.glob("fna_ext_C*.so")) or any(build_dir.glob("fna_ext_C*.pyd"))
 
 
+def _first_use_problem() -> str | None:
+    """What stops a first-use build before it starts, with the fix."""
+    problem = _build_config.compiler_problem()
+    if problem is None and _build_config.find_ninja() is None:
+        problem = _build_config.NINJA_PROBLEM
+    return problem
+
+
+def _compile_error_summary(err: BaseException) -> str:
+    """The compiler's first error line, not the whole build log that torch puts in the message."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() and not line.startswith("FAILED"):
+            return line
+    return lines[0] if lines else type(err).__name__
+
+
+def _failed_first_use(cause: str) -> ExtensionStatus:
+    fix = ("fix that, or build at install time with "
+           f"`{REBUILD_COMMAND}` in the fna_ext source tree")
+    warnings.warn(f"fna_ext: the C++ ops could not be compiled on first use: {cause}; {fix}. "
+                  "Using the pure-PyTorch reference paths, which are slower.",
+                  RuntimeWarning, stacklevel=4)
+    return ExtensionStatus(how="first-use compile failed", error=f"{cause}; {fix}")
+
+
 def _compile_on_first_use() -> ExtensionStatus:
+    problem = _first_use_problem()
+    if problem is not None:
+        return _failed_first_use(problem)
+    try:  # before torch's build helpers read CUDA_HOME
+        with_cuda, note = _build_config.cuda_build_decision(torch.version.cuda is not None)
+    except RuntimeError as err:
+        return _failed_first_use(str(err))
+    if note:
+        print(f"fna_ext: {note}", file=sys.stderr)
     from torch.utils import cpp_extension
 
-    with_cuda = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if with_cuda:
         _build_config.ensure_cuda_arch_list(torch.cuda.is_available())
     if not _first_use_build_exists(cpp_extension):
@@ -128,10 +211,8 @@ def _compile_on_first_use() -> ExtensionStatus:
             is_python_module=False,
             verbose=False,
         )
-    except Exception as err:  # no compiler, no ninja, a compile error: fall back, loudly
-        warnings.warn(f"fna_ext: compiling the extension failed ({err}); using the pure-PyTorch "
-                      "reference paths", RuntimeWarning, stacklevel=3)
-        return ExtensionStatus(how="first-use compile failed", error=str(err))
+    except Exception as err:  # a compile or link error: fall back, loudly, naming the cause
+        return _failed_first_use(f"the build failed ({_compile_error_summary(err)})")
     return _finish_loading("compiled on first use")
 
 

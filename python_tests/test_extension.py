@@ -72,7 +72,10 @@ def test_compiles_on_first_use_when_not_prebuilt(tmp_path):
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns("_C*.so", "_C*.pyd", "__pycache__"))
     if not (copy / "_csrc").is_dir():  # running from a checkout: the sources sit beside it
         shutil.copytree(package.parent / "csrc", copy / "_csrc")
+    # FORCE_CUDA=0: the CPU sources only, which is the mechanism under test; a CUDA torch would
+    # otherwise compile the .cu kernels too, minutes more on a 2-core machine.
     env = {"PYTHONPATH": str(copy.parent), "TORCH_EXTENSIONS_DIR": str(tmp_path / "cache"),
+           "FORCE_CUDA": "0",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     code = ("import torch, fna_ext; from fna_ext import _extension; from fna_ext.ops import nms; "
             "assert fna_ext.__file__.startswith(%r); s = _extension.status(); "
