@@ -74,7 +74,10 @@ def extension_build():
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     csrc = ROOT / "csrc"
-    sources = [os.path.relpath(s, ROOT) for s in CONFIG["sources"](with_cuda, root=csrc)]
+    try:
+        sources = [os.path.relpath(s, ROOT) for s in CONFIG["sources"](with_cuda, root=csrc)]
+    except ValueError as err:  # FNA_EXT_OPS names an unknown family
+        fail(str(err))
     flags = {"cxx": CONFIG["cxx_flags"](with_cuda)}
     if with_cuda:
         arch_list = CONFIG["ensure_cuda_arch_list"](torch.cuda.is_available())

@@ -42,7 +42,7 @@ CUDA_SOURCES = [
 CPP_TEST_SOURCES = ["tests/test_ops.cpp"]
 
 # No -std flag here: torch's own build helpers (BuildExtension, load() and TorchConfig.cmake) add
-# the C++ standard that the installed torch's headers need (C++17 up to torch 2.x, C++20 since).
+# the C++ standard that the installed torch's headers need (C++20 for every supported torch).
 # A constant here broke every build against a newer torch.
 # -g0: Python's own CFLAGS (which setuptools passes on) often carry -g, and debug information for
 # torch's headers makes every file compile about 2.7x slower (63 s against 23 s for the smallest
@@ -71,6 +71,28 @@ def csrc_root() -> Path:
     )
 
 
+OPS_ENV = "FNA_EXT_OPS"
+
+
+def op_families() -> list[str]:
+    """The op families, one per csrc/ folder (nms, remap, mbconv)."""
+    return sorted({name.split("/")[0] for name in CPU_SOURCES + CUDA_SOURCES if "/" in name})
+
+
+def selected_op_families() -> set[str] | None:
+    """The families ``FNA_EXT_OPS=nms,remap`` asks for, or None (all). A kernel developer builds
+    one family in seconds instead of minutes; ops left out run their pure-PyTorch reference."""
+    value = os.environ.get(OPS_ENV, "").strip()
+    if not value:
+        return None
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(op_families()))
+    if unknown:
+        raise ValueError(f"{OPS_ENV}={value}: unknown op families {', '.join(unknown)}; choose "
+                         f"from {', '.join(op_families())}, or unset it to build all")
+    return names
+
+
 def sources(with_cuda: bool, python_module: bool = True, root: Path | None = None) -> list[str]:
     root = root or csrc_root()
     names = list(CPU_SOURCES)
@@ -78,6 +100,9 @@ def sources(with_cuda: bool, python_module: bool = True, root: Path | None = Non
         names += PYTHON_MODULE_SOURCES
     if with_cuda:
         names += CUDA_SOURCES
+    families = selected_op_families()
+    if families is not None:  # the schemas (registration.cpp) stay: every op exists, some unfused
+        names = [name for name in names if "/" not in name or name.split("/")[0] in families]
     return [str(root / name) for name in names]
 
 

@@ -200,9 +200,13 @@ def _compile_on_first_use() -> ExtensionStatus:
               "cache (about a minute). `pip install --no-build-isolation .` builds them at install "
               "time instead.", file=sys.stderr)
     try:
+        sources = _build_config.sources(with_cuda, python_module=False)
+    except ValueError as err:  # FNA_EXT_OPS names an unknown family
+        return _failed_first_use(str(err))
+    try:
         cpp_extension.load(
             name="fna_ext_C",
-            sources=_build_config.sources(with_cuda, python_module=False),
+            sources=sources,
             extra_cflags=_build_config.cxx_flags(with_cuda),
             extra_ldflags=_build_config.LINK_FLAGS,
             extra_cuda_cflags=_build_config.NVCC_FLAGS + [

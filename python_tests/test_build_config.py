@@ -175,3 +175,18 @@ def test_the_loaded_extension_has_every_kernel_it_was_built_for():
     assert reported["extension_kernels"] == status.kernels
     if status.how == "installed":
         assert out.returncode == 0, out.stderr
+
+
+def test_op_families_select_sources(monkeypatch):
+    root = Path("/csrc")
+    every = _build_config.sources(with_cuda=True, root=root)
+    assert _build_config.op_families() == ["mbconv", "nms", "remap"]
+    monkeypatch.setenv("FNA_EXT_OPS", "nms, remap")
+    chosen = [Path(p).relative_to(root).as_posix() for p in _build_config.sources(True, root=root)]
+    assert "registration.cpp" in chosen and "nms/nms_cuda.cu" in chosen and "remap/remap_cpu.cpp" in chosen
+    assert not any(name.startswith("mbconv/") for name in chosen)
+    assert len(chosen) < len(every)
+    monkeypatch.setenv("FNA_EXT_OPS", "nms,conv")
+    with pytest.raises(ValueError, match=r"FNA_EXT_OPS=nms,conv: unknown op families conv; choose from "
+                                         r"mbconv, nms, remap"):
+        _build_config.sources(True, root=root)
