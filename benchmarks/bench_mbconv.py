@@ -6,10 +6,11 @@
 
 Each row is the median of interleaved runs (benchmarks/timing.py), on channels-last
 activations with a random upstream gradient, as in training. On CUDA a last row measures a
-bandwidth-bound shape against the device-to-device copy bandwidth, counting the issue's minimum
-traffic of the fused design (29x the input forward, 55x backward, at e6 and stride 1). This
-implementation moves more than that (about 48x forward: it reads h1 again for its statistics and
-materialises BN2's output for the GEMM), so the figure is a lower bound of the bandwidth it uses.
+bandwidth-bound shape against the device-to-device copy bandwidth (measured once per run, in the
+same process), counting the issue's minimum traffic of the fused design (29x the input forward,
+55x backward, at e6 and stride 1). This implementation moves more than that (about 48x forward:
+it reads h1 again for its statistics and materialises BN2's output for the GEMM), so the figure
+is a lower bound of the bandwidth it uses.
 
     python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
 """
@@ -40,6 +41,7 @@ class Shape:
     kernel: int
     expansion: int
     stride: int = 1
+    bandwidth_bound: bool = False  # its rows also report the fraction of the copy bandwidth
 
 
 SHAPES = [
@@ -48,7 +50,9 @@ SHAPES = [
     Shape("RetinaNet 40x40 C=32 k3 e6", 16, 32, 40, 3, 6),
     Shape("RetinaNet 40x40 C=32 k7 e6 s2", 16, 32, 40, 7, 6, stride=2),
 ]
-BANDWIDTH_SHAPE = Shape("bandwidth 56x56 C=24 k7 e6", 256, 24, 56, 7, 6)
+BANDWIDTH_SHAPE = Shape("bandwidth 56x56 C=24 k7 e6", 256, 24, 56, 7, 6, bandwidth_bound=True)
+MODES = ("forward", "forward+backward")
+COPY_NUMEL = 1 << 28  # 1 GiB of float32: far beyond any cache
 MIN_TRAFFIC = {"forward": 29, "forward+backward": 29 + 55}  # units of the input's size
 
 
@@ -100,41 +104,47 @@ def check_parity(shape: Shape, x, weights, grad) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def copy_bandwidth(device: str) -> float:
-    """Bytes per second of a device-to-device copy (read plus write) of 1 GiB."""
-    src = torch.empty(1 << 28, device=device)
+def copy_bandwidth(device: str, numel: int = COPY_NUMEL) -> float:
+    """Bytes per second of a device-to-device copy (read plus write) of ``numel`` float32 values."""
+    src = torch.empty(numel, device=device)
     dst = torch.empty_like(src)
     seconds = interleaved_medians({"copy": lambda: dst.copy_(src)}, 10, device)["copy"]
     return 2 * src.numel() * src.element_size() / seconds
 
 
-def run(args) -> dict:
-    # compile in this process: inductor's background compile workers would share the cores with
-    # the timed runs
-    torch._inductor.config.compile_threads = 1
+def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = COPY_NUMEL) -> dict:
+    """The rows of ``shapes`` (default: SHAPES, plus BANDWIDTH_SHAPE on CUDA) in ``modes``."""
+    if args.device == "cpu":
+        # compile in this process: inductor's background compile workers would share the cores
+        # with the timed runs (on CUDA the timed work is on the GPU and they only save time)
+        torch._inductor.config.compile_threads = 1
     dtype = getattr(torch, args.dtype)
-    shapes = SHAPES + ([BANDWIDTH_SHAPE] if args.device == "cuda" else [])
+    if shapes is None:
+        shapes = SHAPES + ([BANDWIDTH_SHAPE] if args.device == "cuda" else [])
+    copy_bytes_per_s = (copy_bandwidth(args.device, copy_numel) if any(s.bandwidth_bound for s in shapes)
+                        else None)
     rows = []
     for shape in shapes:
         x, weights, grad = make_inputs(shape, args.device, dtype)
         assert ops.takes_fused_path(x, shape.kernel), "no fused kernel for this device and dtype"
         parity = check_parity(shape, x, weights, grad)
-        for mode in ("forward", "forward+backward"):
+        for mode in modes:
             fns = versions(shape, x, weights, grad, mode != "forward", not args.no_compile)
             ms = {k: v * 1e3 for k, v in interleaved_medians(fns, args.repeats, args.device).items()}
             row = {"shape": asdict(shape), "mode": mode, "ms": ms, "parity": parity,
                    "speedup_vs_eager": ms["eager"] / ms["fused"]}
             if "compile" in ms:
                 row["speedup_vs_compile"] = ms["compile"] / ms["fused"]
-            if shape is BANDWIDTH_SHAPE:
+            if shape.bandwidth_bound:
                 bytes_moved = MIN_TRAFFIC[mode] * x.numel() * x.element_size()
-                row["fraction_of_copy_bandwidth"] = bytes_moved / (ms["fused"] / 1e3) / copy_bandwidth(args.device)
+                row["fraction_of_copy_bandwidth"] = bytes_moved / (ms["fused"] / 1e3) / copy_bytes_per_s
             rows.append(row)
             print(format_row(row), file=sys.stderr if args.json else sys.stdout, flush=True)
         del x, weights, grad
         synchronize(args.device)
     return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
-            "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats, "rows": rows}
+            "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats,
+            "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
 
 
 def format_row(row: dict) -> str:

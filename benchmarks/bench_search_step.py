@@ -12,7 +12,10 @@ same cores); ``--in-memory`` times the steps on a few batches loaded beforehand,
 the fused op changes.
 
     python benchmarks/bench_search_step.py [--device cpu|cuda] [--detector ssdlite] [--repeats 7]
-        [--in-memory] [--json]
+        [--in-memory] [--set KEY=VALUE ...] [--json]
+
+``--set`` overrides the search config as the search CLI's does (``train.batch_size=2``,
+``data.input_size=[64,64]``): benchmarks/gpu_check.py's dry run times tiny steps with it.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from fna_ext.config import resolve  # noqa: E402
 from fna_ext.presets import search_preset  # noqa: E402
 
 
-def build_search(detector: str, device: str, out_dir: str) -> ArchitectureSearch:
-    config = resolve(search_preset(detector, synthetic=True), None, [])
+def build_search(detector: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
+    config = resolve(search_preset(detector, synthetic=True), None, list(overrides))
     torch.manual_seed(0)
     seed = mobilenet_v2(num_classes=None)  # the timing does not depend on pretrained weights
     return ArchitectureSearch(config, seed, out_dir, device=device)
@@ -55,18 +58,12 @@ def with_fused(enabled: bool, step):
     return run
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--detector", choices=["ssdlite", "retinanet"], default="ssdlite")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--in-memory", action="store_true",
-                        help="time the steps on batches loaded beforehand (no DataLoader in the loop)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides: list[str] = (),
+            warmup: int = 2) -> dict:
+    """Median images/s of weight steps, alpha steps and the search cycle, fused and reference."""
     with tempfile.TemporaryDirectory() as out_dir:
-        search = build_search(args.detector, args.device, out_dir)
-        if args.in_memory:
+        search = build_search(detector, device, out_dir, overrides)
+        if in_memory:
             keep_in_memory(search.weight_data)
             keep_in_memory(search.arch_data)
         weight_batch, alpha_batch = search.weight_data.batch_size, search.arch_data.batch_size
@@ -82,7 +79,7 @@ def main() -> None:
         search._path_generator = paired_path_generator
         for kind, step in (("weight step", search.weight_step), ("alpha step", search.alpha_step)):
             fns = {"fused": with_fused(True, step), "reference": with_fused(False, step)}
-            seconds[kind] = interleaved_medians(fns, args.repeats, args.device)
+            seconds[kind] = interleaved_medians(fns, repeats, device, warmup)
     rows = {}
     for version in ("fused", "reference"):
         cycle = ratio * seconds["weight step"][version] + seconds["alpha step"][version]
@@ -92,16 +89,30 @@ def main() -> None:
                          "weight step ms": 1e3 * seconds["weight step"][version],
                          "alpha step ms": 1e3 * seconds["alpha step"][version]}
     speedup = {k: rows["fused"][k] / rows["reference"][k] for k in rows["fused"] if k.endswith("images/s")}
-    result = {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
-              "detector": args.detector, "data": "in memory" if args.in_memory else "DataLoader",
-              "torch": torch.__version__, "weight_steps_per_alpha_step": ratio,
-              "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
+    return {"date": date.today().isoformat(), "device": device, "hardware": hardware(device),
+            "detector": detector, "data": "in memory" if in_memory else "DataLoader",
+            "torch": torch.__version__, "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
+            "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--detector", choices=["ssdlite", "retinanet"], default="ssdlite")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--in-memory", action="store_true",
+                        help="time the steps on batches loaded beforehand (no DataLoader in the loop)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the search config (repeatable)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = measure(args.detector, args.device, args.repeats, args.in_memory, args.set)
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    for version, row in rows.items():
+    for version, row in result["rows"].items():
         print(f"{version:<10} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
-    print("speedup    " + "  ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
+    print("speedup    " + "  ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
 
 
 if __name__ == "__main__":

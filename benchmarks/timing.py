@@ -1,6 +1,7 @@
 """Interleaved timing shared by the benchmarks: every repeat runs each version once, in turn, so
 slow drifts of the machine (clock, other load, memory state) hit all versions alike; the
-median of the repeats is reported."""
+median of the repeats is reported. On CUDA each call is timed with CUDA events on the current
+stream (the GPU's own clock) after the queue has drained, so nothing earlier is counted."""
 
 from __future__ import annotations
 
@@ -27,12 +28,22 @@ def interleaved_medians(versions: dict[str, Callable[[], object]], repeats: int,
     times: dict[str, list[float]] = {name: [] for name in versions}
     for _ in range(repeats):
         for name, fn in versions.items():
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(seconds_of_one_call(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def seconds_of_one_call(fn: Callable[[], object], device: str) -> float:
+    synchronize(device)
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+    start_time = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_time
 
 
 def hardware(device: str) -> str:

@@ -1,0 +1,116 @@
+"""The benchmarks of benchmarks/gpu_check.py, in one process and in order of what the targets need:
+
+1. bench_mbconv at its search shapes, forward+backward, fused vs eager vs torch.compile, per dtype;
+2. the copy bandwidth of the device and the fused op at the bandwidth-bound shape (forward and
+   forward+backward), as a fraction of it, per dtype;
+3. bench_search_step in memory: whole search cycles, fused vs reference.
+
+Every part is measured by the benchmark's own functions (interleaved medians, CUDA events on
+CUDA). The JSON is rewritten after each part, so a run killed at its time limit keeps the parts it
+finished. ``--tiny`` is the CPU dry run: 2 images at about a tenth of the size, one repeat, no
+torch.compile (it would compile for longer than everything else takes), float32 only (the CPU
+kernels have no 16-bit versions) and a search step on 2 images of 64x64.
+
+    python benchmarks/gpu_bench.py [--device cuda|cpu] [--tiny] [--repeats N] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+# the checkout's fna_ext (with the _C built in place next to it), not an installed copy
+sys.path[:0] = [str(HERE), str(HERE.parent)]
+import bench_mbconv  # noqa: E402
+from gpu_parity import tiny, write_json  # noqa: E402
+
+DTYPES = ("float32", "bfloat16")
+TINY_COPY_NUMEL = 1 << 20
+TINY_SEARCH_OVERRIDES = ["train.batch_size=2", "search.alpha_batch_size=2", "data.input_size=[64,64]",
+                         "train.num_workers=0"]
+
+
+def mbconv_args(device: str, dtype: str, repeats: int, with_compile: bool) -> argparse.Namespace:
+    """bench_mbconv's command line, as its run() reads it."""
+    return argparse.Namespace(device=device, dtype=dtype, repeats=repeats, no_compile=not with_compile, json=False)
+
+
+def search_shapes_part(device: str, dtype: str, repeats: int, tiny_run: bool) -> dict:
+    shapes = [tiny(s) for s in bench_mbconv.SHAPES] if tiny_run else bench_mbconv.SHAPES
+    # the targets are forward+backward; compiling the forward alone too would double the compile time
+    return bench_mbconv.run(mbconv_args(device, dtype, repeats, with_compile=not tiny_run), shapes,
+                            modes=("forward+backward",))
+
+
+def bandwidth_part(device: str, dtype: str, repeats: int, tiny_run: bool) -> dict:
+    shape = tiny(bench_mbconv.BANDWIDTH_SHAPE) if tiny_run else bench_mbconv.BANDWIDTH_SHAPE
+    # compile plays no part in the bandwidth figure
+    return bench_mbconv.run(mbconv_args(device, dtype, repeats, with_compile=False), [shape],
+                            copy_numel=TINY_COPY_NUMEL if tiny_run else bench_mbconv.COPY_NUMEL)
+
+
+def search_step_part(device: str, repeats: int, tiny_run: bool) -> dict:
+    overrides = TINY_SEARCH_OVERRIDES if tiny_run else []
+    try:
+        import bench_search_step
+        return bench_search_step.measure("ssdlite", device, repeats, in_memory=True, overrides=overrides,
+                                         warmup=1 if tiny_run else 2)
+    except ModuleNotFoundError as err:  # the data pipeline's dependencies (pycocotools, ...)
+        return {"status": "skipped", "reason": f"bench_search_step needs {err.name}, which is not installed"}
+
+
+def parts(device: str, repeats: int, tiny_run: bool) -> list[tuple[str, object]]:
+    """(name, how to measure it, or why it is skipped) in the order they run."""
+    found = []
+    for dtype in DTYPES:
+        if tiny_run and dtype != "float32":
+            reason = f"no CPU kernel for {dtype} (the CPU MBConv kernels are float32 and float64)"
+            found += [(f"mbconv {dtype}", reason), (f"bandwidth {dtype}", reason)]
+            continue
+        found.append((f"mbconv {dtype}", lambda d=dtype: search_shapes_part(device, d, repeats, tiny_run)))
+        found.append((f"bandwidth {dtype}", lambda d=dtype: bandwidth_part(device, d, repeats, tiny_run)))
+    found.append(("search step", lambda: search_step_part(device, max(1, repeats // 2), tiny_run)))
+    return found
+
+
+def measure_part(how) -> dict:
+    if isinstance(how, str):
+        return {"status": "skipped", "reason": how}
+    try:
+        result = how()
+    except Exception as err:  # one broken benchmark must not cost the others
+        traceback.print_exc()
+        return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+    return result if "status" in result else {"status": "passed", **result}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="the CPU dry run's sizes (see above)")
+    parser.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 10, tiny 1)")
+    parser.add_argument("--out", type=Path, help="write the parts as JSON here, after each part")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    repeats = args.repeats or (1 if args.tiny else 10)
+    result = {"device": args.device, "tiny": args.tiny, "repeats": repeats, "compile": not args.tiny,
+              "finished": False, "parts": {}}
+    for name, how in parts(args.device, repeats, args.tiny):
+        print(f"== {name}", flush=True)
+        result["parts"][name] = measure_part(how)
+        if args.out:
+            write_json(args.out, result)
+    result["finished"] = True
+    if args.out:
+        write_json(args.out, result)
+    return 1 if any(p["status"] == "failed" for p in result["parts"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
