@@ -226,9 +226,13 @@ def cuda_build_decision(torch_has_cuda: bool) -> tuple[bool, str | None]:
 if __name__ == "__main__":
     # `python fna_ext/_build_config.py cmake` prints the lists as CMake variables.
     root = Path(__file__).resolve().parent.parent / "csrc"
-    if sys.argv[1:] == ["cmake"]:
-        print("FNA_CPU_SOURCES=" + ";".join(CPU_SOURCES))
-        print("FNA_CUDA_SOURCES=" + ";".join(CUDA_SOURCES))
+    if sys.argv[1:] == ["cmake"]:  # FNA_EXT_OPS selects families here too
+        try:
+            cpu, every = (sources(cuda, python_module=False, root=root) for cuda in (False, True))
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        print("FNA_CPU_SOURCES=" + ";".join(os.path.relpath(s, root) for s in cpu))
+        print("FNA_CUDA_SOURCES=" + ";".join(os.path.relpath(s, root) for s in every if s not in cpu))
         print("FNA_CPP_TEST_SOURCES=" + ";".join(CPP_TEST_SOURCES))
         print("FNA_CXX_FLAGS=" + ";".join(CXX_FLAGS))
         print("FNA_NVCC_FLAGS=" + ";".join(NVCC_FLAGS))
