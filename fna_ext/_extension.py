@@ -167,7 +167,7 @@ def _compile_error_summary(err: BaseException) -> str:
     """The compiler's first error line, not the whole build log that torch puts in the message."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     for line in lines:
-        if "error" in line.lower() and not line.startswith("FAILED"):
+        if " error:" in line:  # gcc, clang and nvcc: "file:line:col: (fatal )error: ..."
             return line
     return lines[0] if lines else type(err).__name__
 

@@ -107,9 +107,11 @@ def test_no_compiler_and_no_ninja_are_named(monkeypatch, tmp_path):
 def test_first_use_compile_errors_are_summarised():
     log = ("Error building extension 'fna_ext_C': [1/2] c++ -c x.cpp\nFAILED: x.o\n"
            "x.cpp:3:1: error: 'foo' was not declared in this scope\nninja: build stopped")
-    assert _extension._compile_error_summary(RuntimeError(log)).startswith("Error building")
-    assert _extension._compile_error_summary(RuntimeError("FAILED: x.o\nx.cpp:3: error: no")) == \
-        "x.cpp:3: error: no"
+    assert _extension._compile_error_summary(RuntimeError(log)) == \
+        "x.cpp:3:1: error: 'foo' was not declared in this scope"
+    fatal = "FAILED: y.o\ny.cu:1:10: fatal error: cuda_runtime.h: No such file or directory"
+    assert _extension._compile_error_summary(RuntimeError(fatal)).startswith("y.cu:1:10: fatal error")
+    assert _extension._compile_error_summary(RuntimeError("ninja: not found\nmore")) == "ninja: not found"
 
 
 def test_another_cxx_abi_is_named(monkeypatch):
