@@ -187,29 +187,6 @@ def stage_build(ctx: Context, limit: float) -> dict:
 
 # ---- 2. info -----------------------------------------------------------------------------------
 
-# Which fna_ext ops each dispatch key has a kernel for, where fna_ext.info does not say.
-REGISTRATIONS = """
-import json, torch
-from fna_ext import _extension
-_extension.status(compile_if_missing=False)
-print(json.dumps({key: sorted(op for op in torch._C._dispatch_get_registrations_for_dispatch_key(key)
-                              if op.startswith("fna_ext::")) for key in ("CPU", "CUDA")}))
-"""
-
-
-def kernel_lists(ctx: Context, info: dict) -> tuple[dict, dict, str]:
-    """(device -> ops with a kernel, device -> ops without one, where that came from)."""
-    if "extension_kernels" in info:
-        return info["extension_kernels"], info.get("extension_missing_kernels") or {}, "fna_ext.info"
-    probe = subprocess.run([ctx.python, "-c", REGISTRATIONS], cwd=REPO, env=ctx.env(), capture_output=True,
-                           text=True, timeout=120)
-    keys = json.loads(probe.stdout.strip().splitlines()[-1])
-    # every op has a CPU kernel (the reference build has no other): what CUDA lacks of that list
-    missing_cuda = sorted(set(keys["CPU"]) - set(keys["CUDA"]))
-    return ({"cpu": keys["CPU"], "cuda": keys["CUDA"]}, {"cpu": [], "cuda": missing_cuda},
-            "dispatcher registrations (fna_ext.info has no kernel lists)")
-
-
 def info_problems(info: dict, device: str, kernels: dict, missing: dict, dry_run: bool) -> list[str]:
     problems = []
     if not info.get("extension_loaded"):
@@ -234,9 +211,10 @@ def stage_info(ctx: Context, limit: float) -> dict:
     info = read_json(ctx.out / "info.json")  # ctx.run rewrote it
     if run.rc != 0 or info is None:
         return {"status": "failed", "detail": f"fna_ext.info exited {run.rc}: {last_lines(ctx.out / 'info.log')}"}
-    kernels, missing, source = kernel_lists(ctx, info)
+    # fna_ext.info lists the kernels per device from the dispatcher, and the ops a device lacks
+    kernels, missing = info["extension_kernels"], info["extension_missing_kernels"]
     problems = info_problems(info, ctx.device, kernels, missing, ctx.dry_run)
-    record = {"info": info, "kernels": kernels, "missing_kernels": missing, "kernel_lists_from": source}
+    record = {"info": info, "kernels": kernels, "missing_kernels": missing}
     if problems:
         return {**record, "status": "failed", "detail": "; ".join(problems)}
     return {**record, "status": "passed",
