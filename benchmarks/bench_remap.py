@@ -17,7 +17,7 @@ import torch
 
 from fna_ext import _extension, mobilenet_v2
 from fna_ext.remap import plan_candidates
-from fna_ext.search_space import DETECTION, candidate_blocks
+from fna_ext.nas.search_space import DETECTION, candidate_blocks
 
 
 def median_seconds(fn, repeats: int) -> float:

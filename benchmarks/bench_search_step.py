@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import hardware, interleaved_medians  # noqa: E402
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
-from fna_ext.arch_adaptation import ArchitectureSearch  # noqa: E402
+from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
 from fna_ext.config import resolve  # noqa: E402
-from fna_ext.presets import search_preset  # noqa: E402
+from fna_ext.tasks.detection.presets import search_preset  # noqa: E402
 
 
 def build_search(detector: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:

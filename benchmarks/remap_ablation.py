@@ -28,13 +28,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fna_ext.adapt import AdaptOptions, device_description, pipeline_configs  # noqa: E402
+from fna_ext.cli.adapt import AdaptOptions, device_description, pipeline_configs  # noqa: E402
 from fna_ext.arch import Arch  # noqa: E402
-from fna_ext.arch_adaptation import search  # noqa: E402
+from fna_ext.nas.search import search  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
 from fna_ext.remap import load_seed_network  # noqa: E402
-from fna_ext.search import seed_weights_path  # noqa: E402
-from fna_ext.training import train_detector  # noqa: E402
+from fna_ext.cli.search import seed_weights_path  # noqa: E402
+from fna_ext.tasks.detection.training import train_detector  # noqa: E402
 
 ROWS = [("remap", "remap"), ("random", "remap"), ("remap", "random"), ("random", "random")]
 NAMES = {"remap": "Remap", "random": "RandInit"}

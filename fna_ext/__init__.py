@@ -13,7 +13,7 @@ _extension.status(compile_if_missing=False)
 
 from .arch import Arch, Op, Stage  # noqa: E402
 from .cost import CostReport, count  # noqa: E402
-from .models import build_network, load_seed_weights, mobilenet_v2  # noqa: E402
+from .families.mbconv import build_network, load_seed_weights, mobilenet_v2  # noqa: E402
 from . import ops, remap  # noqa: E402
 from .remap import remap_network  # noqa: E402
 from .tasks import build_model  # noqa: E402

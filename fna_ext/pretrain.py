@@ -47,8 +47,8 @@ from . import cli
 from .config import resolve
 from .data.classification import EvalTransform, ImageFolderDataset, TrainTransform
 from .data.synthetic import cache_dir, default_dataset
-from .engine import Trainer
-from .models import MBConv, mobilenet_v2
+from .engine.trainer import Trainer
+from .families.mbconv import MBConv, mobilenet_v2
 from .remap import save_weights
 
 DEFAULT_SEED_NAME = "mobilenet_v2-synthetic-v1.pt"

@@ -32,7 +32,7 @@ from torch import nn
 from . import _extension, cli
 from .arch import Arch
 from .atomic import atomic_torch_save
-from .models import MBConv, Network, build_network, load_seed_weights
+from .families.mbconv import MBConv, Network, build_network, load_seed_weights
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
@@ -337,7 +337,7 @@ def remap_network(seed: Network, target: Network, width: str = "first", kernel: 
 
 def plan_candidates(seed: Network, blocks: nn.ModuleDict, width: str = "first",
                     kernel: str = "center") -> RemapPlan:
-    """Maps for a super network's candidate blocks (:func:`fna_ext.search_space.candidate_blocks`):
+    """Maps for a super network's candidate blocks (:func:`fna_ext.nas.search_space.candidate_blocks`):
     each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
     :func:`plan_block` that remaps target networks."""
     plan = RemapPlan()

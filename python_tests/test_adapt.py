@@ -11,10 +11,10 @@ import torch
 
 from fna_ext.arch import Arch, mobilenet_v2_arch
 from fna_ext.data.synthetic import generate_detection
-from fna_ext.detector_file import load_detector, read_detector_file
-from fna_ext.eval.coco import STAT_NAMES
-from fna_ext.export import DecodedDetector
-from fna_ext.models import build_network
+from fna_ext.tasks.detection.model_file import load_detector, read_detector_file
+from fna_ext.tasks.detection.coco_eval import STAT_NAMES
+from fna_ext.cli.export import DecodedDetector
+from fna_ext.families.mbconv import build_network
 from fna_ext.remap import save_weights
 from fna_ext.tasks import build_model
 
@@ -140,7 +140,7 @@ def test_onnx_export_matches_under_onnxruntime(adapted, tmp_path):
 def test_onnx_without_its_packages_says_what_to_install(monkeypatch, tmp_path):
     import importlib.util
 
-    from fna_ext import export
+    from fna_ext.cli import export
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from fna_ext.bn_recalibration import recalibrate_batch_norm
+from fna_ext.engine.bn_recalibration import recalibrate_batch_norm
 
 
 def _net():

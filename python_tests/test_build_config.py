@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fna_ext import _build_config, _extension, info
+from fna_ext import _build_config, _extension
+from fna_ext.cli import info
 
 
 def make_toolkit(root: Path) -> Path:

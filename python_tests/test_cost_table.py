@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from fna_ext import build_network, count
-from fna_ext import cost_table as ct
+from fna_ext.nas import cost_table as ct
 from fna_ext.arch import Arch, Stage, mobilenet_v2_arch
-from fna_ext.cost_table import (CostTable, build_cost_table, latency_cache_key, latency_table, layer_input_sizes,
+from fna_ext.nas.cost_table import (CostTable, build_cost_table, latency_cache_key, latency_table, layer_input_sizes,
                                 madds_table)
-from fna_ext.models import MBConv
-from fna_ext.search_space import DETECTION
-from fna_ext.supernet import layer_specs
+from fna_ext.families.mbconv import MBConv
+from fna_ext.nas.search_space import DETECTION
+from fna_ext.nas.supernet import layer_specs
 
 SEED = Arch.parse("mobilenet_v2")
 SPECS = layer_specs(SEED, DETECTION)

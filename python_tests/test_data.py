@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from fna_ext.data import (CocoDetection, Compose, Expand, MinIoURandomCrop, PhotometricDistortion,
-                          RandomHorizontalFlip, Resize, ResizeShortSide, collate_detection,
-                          detection_loader, resolve_coco_paths, retinanet_eval_transform,
-                          retinanet_train_transform, ssd_eval_transform, ssd_train_transform)
+from fna_ext.data import (Compose, Expand, MinIoURandomCrop, PhotometricDistortion, RandomHorizontalFlip,
+                          Resize, ResizeShortSide, collate_detection, detection_loader,
+                          retinanet_eval_transform, retinanet_train_transform, ssd_eval_transform,
+                          ssd_train_transform)
+from fna_ext.tasks.detection.coco_data import CocoDetection, resolve_coco_paths
 from fna_ext.data.transforms import hsv_to_rgb, rgb_to_hsv
 
 CATEGORIES = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 5, "name": "airplane"}]

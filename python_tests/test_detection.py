@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from fna_ext.arch import mobilenet_v2_arch
-from fna_ext.count import count_task
-from fna_ext.detection import (BACKGROUND, IGNORE, BoxCoder, GridAnchorGenerator, Matcher,
+from fna_ext.cli.count import count_task
+from fna_ext.tasks.detection import (BACKGROUND, IGNORE, BoxCoder, GridAnchorGenerator, Matcher,
                                SSDAnchorGenerator, box_iou)
-from fna_ext.detection.features import Tap, extract_features
-from fna_ext.detection.losses import retinanet_loss, sigmoid_focal_loss, ssd_loss
-from fna_ext.detection.postprocess import PostprocessConfig, ssd_postprocess
-from fna_ext.models import build_network
+from fna_ext.tasks.detection.features import Tap, extract_features
+from fna_ext.tasks.detection.losses import retinanet_loss, sigmoid_focal_loss, ssd_loss
+from fna_ext.tasks.detection.postprocess import PostprocessConfig, ssd_postprocess
+from fna_ext.families.mbconv import build_network
 from fna_ext.tasks import build_model
 
 

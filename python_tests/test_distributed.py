@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from fna_ext import distributed
+from fna_ext.engine import distributed
 from fna_ext.arch import mobilenet_v2_arch
-from fna_ext.models import build_network
-from fna_ext.search_space import SearchSpace
-from fna_ext.supernet import SuperNetwork
-from fna_ext.detection import SSDLiteConfig, ssdlite
+from fna_ext.families.mbconv import build_network
+from fna_ext.nas.search_space import SearchSpace
+from fna_ext.nas.supernet import SuperNetwork
+from fna_ext.tasks.detection import SSDLiteConfig, ssdlite
 
 
 def _free_port() -> int:

@@ -4,7 +4,8 @@ registration checks (opcheck, gradcheck) and the switches that choose between th
 import pytest
 import torch
 
-from fna_ext import _extension, distributed, ops
+from fna_ext import _extension, ops
+from fna_ext.engine import distributed
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"),
                                 reason="the extension has no fused sampled-MBConv kernel")
@@ -189,7 +190,7 @@ def test_no_fused_flag_reaches_the_search_config():
 
     # imported here: fna_ext.search needs pycocotools, which a bare GPU machine may lack, and the
     # cuda tests of this file must still collect there (benchmarks/gpu_check.py)
-    from fna_ext.search import build_config
+    from fna_ext.cli.search import build_config
     args = argparse.Namespace(detector="ssdlite", data=None, set=[], config=None, weight_sharing=None, strategy=None,
                               cost=None, epochs=None, no_fused=True)
     assert build_config(args)["search"]["fused"] is False

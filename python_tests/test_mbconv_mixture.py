@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from fna_ext import _extension, mobilenet_v2, ops
-from fna_ext.detection.detector import first_stage_at_stride
-from fna_ext.detection.features import Tap
-from fna_ext.search_space import SSDLITE
-from fna_ext.supernet import SuperNetwork
+from fna_ext.tasks.detection.detector import first_stage_at_stride
+from fna_ext.tasks.detection.features import Tap
+from fna_ext.nas.search_space import SSDLITE
+from fna_ext.nas.supernet import SuperNetwork
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("mixture_mbconv_forward", "cpu"),
                                 reason="the extension has no fused mixture kernel")

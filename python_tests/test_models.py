@@ -2,7 +2,7 @@ import torch
 
 from fna_ext import build_network, count, mobilenet_v2
 from fna_ext.arch import Arch
-from fna_ext.models import MBConv, Skip
+from fna_ext.families.mbconv import MBConv, Skip
 
 
 def test_mobilenet_v2_forward_and_layout():

@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from fna_ext import _extension, build_network, mobilenet_v2
 from fna_ext.arch import Arch, Stage
-from fna_ext.models import MBConv
+from fna_ext.families.mbconv import MBConv
 from fna_ext.remap import (depth_map, kernel, plan_candidates, plan_network, remap_network,
                            select_channels, width_index)
-from fna_ext.search_space import DETECTION, candidate_blocks
+from fna_ext.nas.search_space import DETECTION, candidate_blocks
 
 
 def randomised(net):

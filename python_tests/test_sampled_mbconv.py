@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fna_ext.models.blocks import MBConv
+from fna_ext.families.mbconv.blocks import MBConv
 from fna_ext.ops import sampled_mbconv
 
 

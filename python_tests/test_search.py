@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from fna_ext.arch import Arch, mobilenet_v2_arch
-from fna_ext.arch_adaptation import search
+from fna_ext.nas.search import search
 from fna_ext.config import resolve
 from fna_ext.data.synthetic import generate_detection
-from fna_ext.models import build_network
-from fna_ext.presets import search_preset
+from fna_ext.families.mbconv import build_network
+from fna_ext.tasks.detection.presets import search_preset
 from fna_ext.remap import save_weights
 
 TINY = ["data.input_size=[64, 64]", "train.batch_size=4", "train.num_workers=0", "train.epochs=2",

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fna_ext import mobilenet_v2
-from fna_ext.models import load_seed_weights, read_state_dict
+from fna_ext.families.mbconv import load_seed_weights, read_state_dict
 
 # (expansion, channels, layers, stride)
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),

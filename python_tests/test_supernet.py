@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from fna_ext.arch import Arch, mobilenet_v2_arch
-from fna_ext.arch_adaptation import _step_inside
-from fna_ext.models import build_network
+from fna_ext.nas.search import _step_inside
+from fna_ext.families.mbconv import build_network
 from fna_ext.ops import sampled_mbconv
 from fna_ext.remap import remap_network
-from fna_ext.search_space import DETECTION, SSDLITE
-from fna_ext.supernet import SuperNetwork
+from fna_ext.nas.search_space import DETECTION, SSDLITE
+from fna_ext.nas.supernet import SuperNetwork
 
 SEED_ARCH = mobilenet_v2_arch(0.35)
 

@@ -1,8 +1,8 @@
-"""Detection data: COCO-format datasets, numpy/Pillow transforms for the SSD and RetinaNet
-recipes, and padded batching with seeded loaders."""
+"""Data every task shares: numpy/Pillow transforms (the SSD and RetinaNet recipes among them),
+padded batching with seeded loaders, image-folder classification and the synthetic datasets.
+COCO detection files are read by :mod:`fna_ext.tasks.detection.coco_data`."""
 
 from .batching import collate_detection, detection_loader, padded_size, seed_worker
-from .coco import CocoDetection, ImageRecord, load_coco, resolve_coco_paths
 from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Compose, Expand, MinIoURandomCrop,
                          PhotometricDistortion, RandomHorizontalFlip, Resize, ResizeShortSide,
                          ToNormalizedTensor, default_eval_transform, retinanet_eval_transform,
@@ -11,7 +11,6 @@ from .classification import ImageFolderDataset
 from .synthetic import CLASS_NAMES, default_dataset, generate_classification, generate_detection
 
 __all__ = [
-    "CocoDetection", "ImageRecord", "load_coco", "resolve_coco_paths",
     "collate_detection", "detection_loader", "padded_size", "seed_worker",
     "IMAGENET_MEAN", "IMAGENET_STD", "Compose", "PhotometricDistortion", "Expand",
     "MinIoURandomCrop", "Resize", "ResizeShortSide", "RandomHorizontalFlip", "ToNormalizedTensor",

@@ -14,7 +14,7 @@ Two implementations with one signature:
 :func:`sampled_mbconv` and :func:`depthwise_project` take the fused path whenever the extension
 has a kernel for the input's device and dtype, unless :func:`set_fused(False) <set_fused>` (the
 CLIs' ``--no-fused``) says otherwise. Under ``torchrun`` they take the reference, whose BatchNorm
-reduces its statistics over every process (:mod:`fna_ext.distributed`).
+reduces its statistics over every process (:mod:`fna_ext.engine.distributed`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .. import _extension, distributed
-from ..distributed import batch_norm as global_batch_norm
+from .. import _extension
+from ..engine import distributed
+from ..engine.distributed import batch_norm as global_batch_norm
 
 FUSED_KERNEL_SIZES = (3, 5, 7)  # the search spaces' kernels; others run the reference
 _FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),

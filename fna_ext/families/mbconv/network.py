@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import Arch, make_divisible, mobilenet_v2_arch
+from ...arch import Arch, make_divisible, mobilenet_v2_arch
 from .blocks import ConvBNAct, make_layer
 
 

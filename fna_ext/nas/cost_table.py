@@ -33,9 +33,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .arch import Arch, Op
-from .atomic import atomic_write_text
-from .models.blocks import ConvBNAct, MBConv, make_layer
+from ..arch import Arch, Op
+from ..atomic import atomic_write_text
+from ..families.mbconv.blocks import ConvBNAct, MBConv, make_layer
 from .supernet import LayerSpec
 
 HW = tuple[int, int]
@@ -220,7 +220,7 @@ def device_name(device: torch.device) -> str:
 
 
 def default_cache_dir() -> Path:
-    from .data.synthetic import cache_dir  # imported late: the data package pulls in PIL and more
+    from ..data.synthetic import cache_dir  # imported late: the data package pulls in PIL and more
 
     return cache_dir() / "latency"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from .tasks import task_spec
+from .. import task_spec
 
 
 def _data(**size) -> dict:

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..models.blocks import ConvBNAct
+from ...families.mbconv.blocks import ConvBNAct
 
 
 def _flatten(x: torch.Tensor, per_anchor: int) -> torch.Tensor:

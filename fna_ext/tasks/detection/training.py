@@ -13,20 +13,20 @@ from pathlib import Path
 
 import torch
 
-from .arch import Arch
-from .atomic import atomic_torch_save, atomic_write_text
-from .bn_recalibration import recalibrate_batch_norm
-from .config import dump
-from .data import coco as coco_data
-from .data import transforms
-from .data.batching import collate_detection
-from .detection.inference import predict_dataset
-from .detector_file import detector_payload
-from .engine import Trainer, progress_enabled
-from .eval.coco import evaluate_detections
-from .plots import plot_training_curves
-from .remap import load_seed_network, remap_network
-from .tasks import build_model
+from ...arch import Arch
+from ...atomic import atomic_torch_save, atomic_write_text
+from ...engine.bn_recalibration import recalibrate_batch_norm
+from ...config import dump
+from . import coco_data
+from ...data import transforms
+from ...data.batching import collate_detection
+from .inference import predict_dataset
+from .model_file import detector_payload
+from ...engine.trainer import Trainer, progress_enabled
+from .coco_eval import evaluate_detections
+from ...plots import plot_training_curves
+from ...remap import load_seed_network, remap_network
+from .. import build_model
 
 
 def dataset_root(config: dict) -> Path | None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.blocks import ConvBNAct
+from ...families.mbconv.blocks import ConvBNAct
 
 
 class SSDLiteExtraBlock(nn.Sequential):

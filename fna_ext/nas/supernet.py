@@ -1,5 +1,5 @@
 """FNA's super network: the seed's fixed parts (stem, the k3_e1 stage, the head conv) and, per
-searched layer, a choice among the candidate ops of a :class:`~fna_ext.search_space.SearchSpace`.
+searched layer, a choice among the candidate ops of a :class:`~fna_ext.nas.search_space.SearchSpace`.
 
 Two weight modes:
 
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import Arch, Op, Stage
-from .models.blocks import ConvBNAct, MBConv, make_layer
-from .models.network import Network
-from .ops import sampled_mbconv
-from .ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
-from .ops.sampled_mbconv import depthwise_project, expand_hidden
-from .remap import plan_candidates
+from ..arch import Arch, Op, Stage
+from ..families.mbconv.blocks import ConvBNAct, MBConv, make_layer
+from ..families.mbconv.network import Network
+from ..ops import sampled_mbconv
+from ..ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
+from ..ops.sampled_mbconv import depthwise_project, expand_hidden
+from ..remap import plan_candidates
 from .search_space import SearchSpace
 
 WEIGHT_MODES = ("shared", "independent")
@@ -199,7 +199,7 @@ class SearchLayer(nn.Module):
 
 class SuperNetwork(nn.Module):
     """Stem, the fixed first stage, the searched layers (``stages[i][j]`` are SearchLayers) and the
-    head conv, laid out like :class:`~fna_ext.models.Network` so detectors tap it the same way."""
+    head conv, laid out like :class:`~fna_ext.families.mbconv.Network` so detectors tap it the same way."""
 
     def __init__(self, seed_arch: Arch, space: SearchSpace, *, seed: Network | None = None,
                  weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | None = 1280,
@@ -255,7 +255,7 @@ class SuperNetwork(nn.Module):
 
     # -- running
     def extract_features(self, taps, x: torch.Tensor) -> list[torch.Tensor]:
-        from .detection.features import extract_features
+        from ..tasks.detection.features import extract_features
 
         return extract_features(self, taps, x)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import Op
+from ...arch import Op
 
 
 class ConvBNAct(nn.Sequential):

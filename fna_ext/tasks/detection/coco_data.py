@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from .transforms import default_eval_transform
+from ...data.transforms import default_eval_transform
 
 # why an annotation was skipped, in the order the warning lists them
 SKIP_MALFORMED = "a malformed bbox"

@@ -1,5 +1,5 @@
 """Which backbone features a detector takes. A tap names a place in any Arch-built
-:class:`~fna_ext.models.Network`, so the same detector builds on a seed, a searched target or
+:class:`~fna_ext.families.mbconv.Network`, so the same detector builds on a seed, a searched target or
 a super network's sampled path:
 
 - ``"stage:I"``: the output of stage I (0-based; stage 0 is the fixed k3_e1 block);
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..arch import Arch, Op
-from ..models.blocks import MBConv
-from ..models.network import Network
+from ...arch import Arch, Op
+from ...families.mbconv.blocks import MBConv
+from ...families.mbconv.network import Network
 
 
 @dataclass(frozen=True)

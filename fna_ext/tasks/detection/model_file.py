@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import Arch
-from .tasks import DETECTORS, build_model
+from ...arch import Arch
+from .. import DETECTORS, build_model
 
 WEIGHTS_FORMAT = "fna_ext.detector"
 _REQUIRED = ("detector", "arch", "num_classes", "class_names", "cat_ids", "config", "state_dict")

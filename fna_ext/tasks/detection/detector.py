@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..arch import Arch
-from ..models.network import Network
+from ...arch import Arch
+from ...families.mbconv.network import Network
 from .anchors import GridAnchorGenerator, SSDAnchorGenerator
 from .box_coder import BoxCoder
 from .features import Tap, extract_features, tap_channels

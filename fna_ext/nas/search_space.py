@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .arch import Arch, Op
-from .models import MBConv
+from ..arch import Arch, Op
+from ..families.mbconv import MBConv
 
 MBCONV_CANDIDATES = ("k3_e3", "k3_e6", "k5_e3", "k5_e6", "k7_e3", "k7_e6")
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ops import batched_nms
+from ...ops import batched_nms
 from .boxes import clip_boxes
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from torch import nn
 
-from .arch import Arch
+from ..arch import Arch
 from .detection import retinanet, ssdlite
 
 

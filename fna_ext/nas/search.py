@@ -28,18 +28,19 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed, ops
-from .atomic import atomic_torch_save, atomic_write_text
-from .config import dump
+from .. import ops
+from ..engine import distributed
+from ..atomic import atomic_torch_save, atomic_write_text
+from ..config import dump
 from .cost_table import build_cost_table
-from .data.batching import collate_detection
-from .engine import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
+from ..data.batching import collate_detection
+from ..engine.trainer import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
                      load_checkpoint, place_model, progress_enabled, rng_state, set_rng_state)
-from .models.network import Network
+from ..families.mbconv.network import Network
 from .search_space import SPACES
 from .supernet import SuperNetwork
-from .tasks import build_model
-from .training import INITS, build_datasets, dataset_root
+from ..tasks import build_model
+from ..tasks.detection.training import INITS, build_datasets, dataset_root
 
 STRATEGIES = ("diff", "random")
 
@@ -391,7 +392,7 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
 
 
 def _detector_cost(config: dict, arch, size, num_classes: int) -> dict:
-    from .cost import count
+    from ..cost import count
 
     model = build_model(config["detector"], arch, num_classes)
     report = count(model, size)
@@ -402,7 +403,7 @@ def _detector_cost(config: dict, arch, size, num_classes: int) -> dict:
 
 def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
     """Argmax per layer (or the random search's pick); writes arch.json, arch.png, alphas.png."""
-    from . import plots
+    from .. import plots
 
     started = time.perf_counter()
     s, config = search.config["search"], search.config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from ..data.batching import collate_detection
+from ...data.batching import collate_detection
 
 
 def to_original_coordinates(detections: dict, target: dict) -> dict:

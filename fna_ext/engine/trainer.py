@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .atomic import atomic_torch_save
+from ..atomic import atomic_torch_save
 
 CHECKPOINT_FORMAT = "fna_ext.checkpoint"
 

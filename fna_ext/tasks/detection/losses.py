@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..distributed import global_sum
+from ...engine.distributed import global_sum
 from .matcher import BACKGROUND, IGNORE
 
 

@@ -1,0 +1,1 @@
+"""Seed families: the block types a seed network is made of and everything that depends on them."""
