@@ -28,13 +28,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fna_ext.cli.adapt import AdaptOptions, device_description, pipeline_configs  # noqa: E402
+from fna_ext.pipeline import AdaptOptions, device_description, pipeline_configs  # noqa: E402
 from fna_ext.arch import Arch  # noqa: E402
 from fna_ext.nas.search import search  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
 from fna_ext.remap import load_seed_network  # noqa: E402
-from fna_ext.cli.search import seed_weights_path  # noqa: E402
-from fna_ext.tasks.detection.training import train_detector  # noqa: E402
+from fna_ext.engine.finetune import finetune  # noqa: E402
+from fna_ext.pretrain import seed_weights_path  # noqa: E402
+from fna_ext.tasks import get_task  # noqa: E402
 
 ROWS = [("remap", "remap"), ("random", "remap"), ("remap", "random"), ("random", "random")]
 NAMES = {"remap": "Remap", "random": "RandInit"}
@@ -60,8 +61,8 @@ def fine_tuned_metrics(options: AdaptOptions, arch: Arch, seed_path: Path, work:
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     _, train_config = pipeline_configs(options)
-    return train_detector(train_config, arch, out, seed_weights=seed_path, init=options.train_init,
-                          device=options.device).metrics
+    return finetune(get_task(options.task), train_config, arch, out, seed_weights=seed_path,
+                    init=options.train_init, device=options.device).metrics
 
 
 def run(args) -> list[dict]:

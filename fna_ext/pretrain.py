@@ -302,6 +302,17 @@ def default_seed_weights() -> Path:
     return path
 
 
+def seed_weights_path(seed_weights: str | None, data: str | None) -> Path:
+    """The seed's weight file: the given one, or with no ``--data`` the embedded default's
+    (pretrained once and cached)."""
+    if seed_weights:
+        return Path(seed_weights)
+    if data is not None:
+        raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
+                         "(torchvision, timm, FNA or fna_ext weights)")
+    return default_seed_weights()
+
+
 def _build_and_publish(path: Path) -> None:
     private = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.pt")
     try:

@@ -13,7 +13,7 @@ from fna_ext.arch import Arch, mobilenet_v2_arch
 from fna_ext.data.synthetic import generate_detection
 from fna_ext.tasks.detection.model_file import load_detector, read_detector_file
 from fna_ext.tasks.detection.coco_eval import STAT_NAMES
-from fna_ext.cli.export import DecodedDetector
+from fna_ext.tasks.detection.export import DecodedDetector
 from fna_ext.families.mbconv import build_network
 from fna_ext.remap import save_weights
 from fna_ext.tasks import build_model
@@ -140,12 +140,12 @@ def test_onnx_export_matches_under_onnxruntime(adapted, tmp_path):
 def test_onnx_without_its_packages_says_what_to_install(monkeypatch, tmp_path):
     import importlib.util
 
-    from fna_ext.cli import export
+    from fna_ext.engine import export
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
     with pytest.raises(ValueError, match=r"pip install 'fna_ext\[onnx\]'"):
-        export.export_detector(tmp_path / "whatever.pt", tmp_path / "m.onnx", "onnx")
+        export.export_model(tmp_path / "whatever.pt", tmp_path / "m.onnx", "onnx")
 
 
 @pytest.mark.parametrize("module, args, message", [

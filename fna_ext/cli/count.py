@@ -7,17 +7,25 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import cli
+from . import human, run
 from ..arch import Arch
 from ..cost import CostReport, count
 from ..families.mbconv import build_network
-from ..tasks import TASKS as DENSE_TASKS, build_model, task_spec
+from ..tasks import build_model, model_names, resolve, task_names
 
-TASKS = ("classification", *DENSE_TASKS)
+
+
+def count_tasks() -> tuple[str, ...]:
+    """classification, then every model and task of the registry (a task counts its default
+    model), read when asked so that a task registered later is countable too."""
+    return ("classification", *model_names(), *task_names())
 
 
 def default_input_size(task: str) -> tuple[int, int]:
-    return (224, 224) if task == "classification" else task_spec(task).count_size
+    if task == "classification":
+        return (224, 224)
+    owner, model = resolve(task)
+    return owner.count_size(model)
 
 
 def count_task(task: str, arch: Arch, input_size: tuple[int, int] | None = None,
@@ -25,8 +33,8 @@ def count_task(task: str, arch: Arch, input_size: tuple[int, int] | None = None,
     """The cost report of ``arch`` built for ``task`` at ``input_size`` (H, W; default: the size
     of the paper's tables). ``num_classes`` counts foreground classes (default 1000 for
     classification, 80 for COCO); SSDLite adds background."""
-    if task not in TASKS:
-        raise ValueError(f"--task {task!r} is not supported; choose one of {list(TASKS)}")
+    if task not in count_tasks():
+        raise ValueError(f"--task {task!r} is not supported; choose one of {list(count_tasks())}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"--num-classes must be positive, got {num_classes}")
     input_size = input_size or default_input_size(task)
@@ -55,16 +63,16 @@ def format_report(report: CostReport, title: str, task: str = "classification") 
     if task != "classification":
         lines.append("-" * (width + 31))
         for part, (p, a) in report.grouped().items():
-            lines.append(f"{part:<{width}}  {p:>12,}  {a:>15,}   {cli.human(p)} / {cli.human(a)}")
+            lines.append(f"{part:<{width}}  {p:>12,}  {a:>15,}   {human(p)} / {human(a)}")
     lines.append(f"{'total':<{width}}  {report.params:>12,}  {report.madds:>15,}")
-    lines.append(f"params {cli.human(report.params)}, MAdds {cli.human(report.madds)} "
+    lines.append(f"params {human(report.params)}, MAdds {human(report.madds)} "
                  f"at {report.input_size[0]}x{report.input_size[1]}")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fna_ext.count", description=__doc__)
-    parser.add_argument("--task", default="classification", choices=TASKS)
+    parser.add_argument("--task", default="classification", choices=count_tasks())
     parser.add_argument("--arch", default="mobilenet_v2",
                         help="a name (mobilenet_v2), an arch file (JSON or net_config), or inline "
                              "net_config text (default: mobilenet_v2)")
@@ -88,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run(main)

@@ -11,49 +11,29 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 
 import torch
 import torch.distributed
 
-from .. import cli
+from . import run
+from .common import add_common_arguments, check_device, config_from_preset, seed_weights_path, task_and_model
 from ..engine import distributed
 from ..nas.search import STRATEGIES, search
-from ..config import resolve
-from ..tasks.detection.presets import search_preset
 from ..remap import load_seed_network
-from .train import add_common_arguments, check_device
 
 PHASES = ("data", "seed", "remap", "cost table", "search", "derive")
 
 
 def build_config(args) -> dict:
-    preset = search_preset(args.detector, synthetic=args.data is None)
-    overrides = [f"data.root={args.data}"] if args.data is not None else []
-    overrides += list(args.set)
-    for flag, key in ((args.weight_sharing, "search.weight_sharing"), (args.strategy, "search.strategy"),
-                      (args.cost, "search.cost")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
+    task, model = task_and_model(args)
+    overrides = [f"{key}={flag}" for flag, key in ((args.weight_sharing, "search.weight_sharing"),
+                                                   (args.strategy, "search.strategy"), (args.cost, "search.cost"))
+                 if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be positive, got {args.epochs}")
-        overrides.append(f"train.epochs={args.epochs}")
-    return resolve(preset, args.config, overrides)
-
-
-def seed_weights_path(seed_weights: str | None, data: str | None) -> Path:
-    """The seed's weight file: the given one, or with no ``--data`` the embedded default's
-    (pretrained once and cached)."""
-    if seed_weights:
-        return Path(seed_weights)
-    if data is not None:
-        raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
-                         "(torchvision, timm, FNA or fna_ext weights)")
-    from ..pretrain import default_seed_weights  # imported late: only the embedded default needs it
-    return default_seed_weights()
+    return config_from_preset(task.search_preset(model, synthetic=args.data is None), args, overrides)
 
 
 def summary(result, seed_path: Path, seconds: dict, args) -> str:
@@ -62,7 +42,7 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
     size = "x".join(map(str, adapted["input_size"]))
     lines = [f"derived architecture ({record['strategy']} search, {record['weight_sharing']} weights):",
              f"  {result.arch}",
-             f"{'':12}{'params':>12}{'MAdds':>16}   ({record['detector']} at {size})",
+             f"{'':12}{'params':>12}{'MAdds':>16}   ({record['model']} at {size})",
              f"{'seed':12}{seed['params']:>12,}{seed['madds']:>16,}",
              f"{'adapted':12}{adapted['params']:>12,}{adapted['madds']:>16,}",
              f"backbone {record['cost_kind']} the search optimised: {record['expected_cost']:.4g} "
@@ -70,7 +50,7 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
              "time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
              f"wrote {result.out_dir / 'arch.json'}, arch.png, alphas.png",
              "next (parameter adaptation):"]
-    command = ["python", "-m", "fna_ext.train", "--task", "coco", "--detector", record["detector"],
+    command = ["python", "-m", "fna_ext.train", "--task", record["task"], "--model", record["model"],
                "--arch", str(result.out_dir / "arch.json"), "--seed-weights", str(seed_path),
                "--out", str(result.out_dir.parent / "train")]
     if args.data:
@@ -93,8 +73,6 @@ def main(argv=None) -> int:
                         help="run the sampled MBConv with the pure-PyTorch reference instead of the fused kernels")
     args = parser.parse_args(argv)
     check_device(args.device)
-    import time
-
     config = build_config(args)
     context = distributed.init_from_env(args.device)  # under torchrun: one process per device
     try:
@@ -115,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    run(main)

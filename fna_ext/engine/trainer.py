@@ -304,7 +304,7 @@ class Trainer:
                        desc=f"{self.description} epoch {epoch + 1}/{self.epochs}", leave=False)
             started, steps = time.perf_counter(), 0
             for batch in bar:
-                record = self.train_step(_to_device(batch, self.device))
+                record = self.train_step(to_device(batch, self.device))
                 steps += 1
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.3g}")
                 if self.iteration % log_every == 0 or self.iteration % self.iters_per_epoch == 0:
@@ -330,11 +330,12 @@ def place_model(model: nn.Module, device: torch.device | str, channels_last: boo
     return model.to(device)
 
 
-def _to_device(batch, device: torch.device):
+def to_device(batch, device: torch.device):
+    """``batch`` (tensors in any nesting of lists, tuples and dicts) on ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch

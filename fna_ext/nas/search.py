@@ -33,14 +33,13 @@ from ..engine import distributed
 from ..atomic import atomic_torch_save, atomic_write_text
 from ..config import dump
 from .cost_table import build_cost_table
-from ..data.batching import collate_detection
 from ..engine.trainer import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
                      load_checkpoint, place_model, progress_enabled, rng_state, set_rng_state)
 from ..families.mbconv.network import Network
-from .search_space import SPACES
 from .supernet import SuperNetwork
-from ..tasks import build_model
-from ..tasks.detection.training import INITS, build_datasets, dataset_root
+from ..engine.finetune import INITS
+from ..engine.trainer import to_device as _to_device
+from ..tasks import get_task
 
 STRATEGIES = ("diff", "random")
 
@@ -112,7 +111,7 @@ class _Loader:
     """Global batches of a split, in a per-epoch order that a step count alone determines; each
     process loads its slice of them."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, workers: int):
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int, collate):
         if len(dataset) < batch_size:
             raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
                              f"{batch_size}; lower train.batch_size or use more data")
@@ -124,7 +123,7 @@ class _Loader:
         self.per_epoch = len(dataset) // batch_size
         self.batch_size = batch_size
         self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=_RankSlices(self.sampler, batch_size),
-                                                  collate_fn=collate_detection, num_workers=workers,
+                                                  collate_fn=collate, num_workers=workers,
                                                   generator=torch.Generator().manual_seed(0))
         self._iterator, self._position = None, None
 
@@ -153,21 +152,23 @@ class ArchitectureSearch:
             raise ValueError(f"--strategy must be one of {STRATEGIES}, got {s['strategy']!r}")
         self.phase_seconds: dict[str, float] = {}
         started = time.perf_counter()
-        train_set, _ = build_datasets(config, dataset_root(config))
-        self.class_names = train_set.class_names
+        self.task, self.model_name = get_task(config["task"]), config["model"]["name"]
+        data = self.task.data(config)
+        train_set = data.train
+        self.class_names = data.class_names
         self.seed = int(train.get("seed", 0))
         weight_split, arch_split = split_dataset(train_set, float(s["split_fraction"]), self.seed)
         workers = int(train.get("num_workers", 0))
-        self.weight_data = _Loader(weight_split, int(train["batch_size"]), self.seed, workers)
+        self.weight_data = _Loader(weight_split, int(train["batch_size"]), self.seed, workers, data.collate)
         # alpha steps run every candidate; a smaller batch keeps them affordable on small machines
         alpha_batch = int(s.get("alpha_batch_size") or train["batch_size"])
-        self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers)
-        self.num_classes = config["model"]["num_classes"] or train_set.num_classes
+        self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers, data.collate)
+        self.num_classes = config["model"]["num_classes"] or data.num_classes
         self.phase_seconds["data"] = time.perf_counter() - started
 
         started = time.perf_counter()
         torch.manual_seed(self.seed)  # the neck and head start the same for the same config
-        space = SPACES[config["detector"]]
+        space = self.task.search_space(self.model_name)
         if s["init"] not in INITS:
             raise ValueError(f"search.init must be one of {INITS}, got {s['init']!r}")
         # "random": the super network starts untrained (the paper's RandInit -> ArchAdapt rows)
@@ -176,8 +177,8 @@ class ArchitectureSearch:
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
                                      kernel=s["remap_kernel"])
-        self.model = place_model(build_model(config["detector"], self.supernet.arch, self.num_classes,
-                                             backbone=self.supernet),
+        self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
+                                                       backbone=self.supernet),
                                  self.device, bool(train.get("channels_last", True)))
         if distributed.current():
             distributed.use_global_batch_norm(self.model)
@@ -187,7 +188,7 @@ class ArchitectureSearch:
         self.phase_seconds["remap"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        size = tuple(config["data"].get("input_size") or (config["data"]["short_side"],) * 2)
+        size = self.task.input_size(config)
         self.cost_table = build_cost_table(s["cost"], seed_network.arch, self.supernet.specs, size,
                                            device=str(self.device))
         self.phase_seconds["cost table"] = time.perf_counter() - started
@@ -219,8 +220,7 @@ class ArchitectureSearch:
                                                                 uniform=not self.alpha_active()))
         ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
         self.supernet.set_path(ops)
-        images, targets = _to_device(self.weight_data.batch(self.step), self.device)
-        losses = self.model.loss(self.model(images), targets)
+        losses = self.task.loss(self.model, _to_device(self.weight_data.batch(self.step), self.device))
         loss = sum(losses.values())
         _check_finite(loss, losses, self.step)
         self.weight_optimizer.zero_grad(set_to_none=True)
@@ -239,12 +239,12 @@ class ArchitectureSearch:
         s = self.config["search"]
         probs = self.alphas.probabilities()
         self.supernet.set_mixture(probs)
-        images, targets = _to_device(self.arch_data.batch(self.alpha_steps), self.device)
+        batch = _to_device(self.arch_data.batch(self.alpha_steps), self.device)
         weights = [p for p in self.model.parameters() if p.requires_grad]
         for p in weights:  # only alpha learns here; skipping weight gradients halves the work
             p.requires_grad_(False)
         try:
-            task = sum(self.model.loss(self.model(images), targets).values())
+            task = sum(self.task.loss(self.model, batch).values())
         finally:
             for p in weights:
                 p.requires_grad_(True)
@@ -361,12 +361,6 @@ def _step_inside(optimizer: torch.optim.Optimizer, masks: dict) -> None:
                         current.masked_fill_(~inside, 0)
 
 
-def _to_device(batch, device):
-    images, targets = batch
-    return images.to(device), [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()}
-                               for t in targets]
-
-
 # ---------------------------------------------------------------------- derivation and outputs
 
 def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[dict]]:
@@ -382,8 +376,8 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
             indices = distributed.broadcast_ints(search.alphas.sample(generator, uniform=True))
             ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
             search.supernet.set_path(ops)
-            images, targets = _to_device(search.arch_data.batch(k), search.device)
-            task = distributed.global_sum(sum(search.model.loss(search.model(images), targets).values()))
+            batch = _to_device(search.arch_data.batch(k), search.device)
+            task = distributed.global_sum(sum(search.task.loss(search.model, batch).values()))
             cost = torch.tensor(search.cost_table.of_ops(ops))
             score = (task + cost_term(cost, float(s["lambda"]), float(s["tau"]))).item()
             scored.append({"ops": ops, "task_loss": task.item(), "cost": cost.item(), "score": score})
@@ -391,10 +385,10 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
     return [layer.spec.candidates.index(op) for layer, op in zip(search.layers, scored[best]["ops"])], scored
 
 
-def _detector_cost(config: dict, arch, size, num_classes: int) -> dict:
+def _model_cost(search: ArchitectureSearch, arch, size) -> dict:
     from ..cost import count
 
-    model = build_model(config["detector"], arch, num_classes)
+    model = search.task.build_model(search.model_name, arch, search.num_classes)
     report = count(model, size)
     parts = report.grouped()
     return {"input_size": list(size), "params": report.params, "madds": report.madds,
@@ -415,9 +409,9 @@ def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
     ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
     arch = search.supernet.derive(ops)
     probs = search.alphas.probabilities()
-    size = tuple(config["data"].get("input_size") or (config["data"]["short_side"],) * 2)
+    size = search.task.input_size(config)
     record = {
-        "task": config["task"], "detector": config["detector"], "strategy": s["strategy"],
+        "task": search.task.name, "model": search.model_name, "strategy": s["strategy"],
         "weight_sharing": s["weight_sharing"], "cost_kind": search.cost_table.kind,
         "cost_unit": search.cost_table.unit,
         "expected_cost": search.cost_table.expected(probs).item(),
@@ -427,18 +421,18 @@ def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
                     "probabilities": {c: round(float(p), 6) for c, p in zip(layer.spec.candidates, prob.detach().cpu())},
                     "alpha": [round(float(a), 6) for a in alpha.detach().cpu()]}
                    for layer, op, prob, alpha in zip(search.layers, ops, probs, search.alphas.alphas)],
-        "adapted": _detector_cost(config, arch, size, search.num_classes),
-        "seed": _detector_cost(config, seed_network.arch, size, search.num_classes),
+        "adapted": _model_cost(search, arch, size),
+        "seed": _model_cost(search, seed_network.arch, size),
         "steps": search.step, "alpha_steps": search.alpha_steps, "config": config,
     }
     if scored is not None:
         record["random_candidates"] = scored
-    arch = arch.with_meta(task=config["task"], detector=config["detector"], input_size=list(size), search=record)
+    arch = arch.with_meta(task=search.task.name, model=search.model_name, input_size=list(size), search=record)
     if not _is_main():
         return SearchResult(search.out_dir, arch, ops, record, dict(search.phase_seconds))
     arch.save(search.out_dir / "arch.json")
     plots.plot_arch(arch, search.out_dir / "arch.png", seed_arch=seed_network.arch,
-                    title=f"{config['detector']} backbone found by FNA ({s['strategy']} search)")
+                    title=f"{search.model_name} backbone found by FNA ({s['strategy']} search)")
     plots.plot_alphas(search.history, [l.spec.key for l in search.layers],
                       [list(l.spec.candidates) for l in search.layers], search.out_dir / "alphas.png",
                       title="softmax(alpha) per layer over search steps")

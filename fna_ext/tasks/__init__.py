@@ -1,53 +1,100 @@
-"""The dense tasks fna_ext adapts to, and ``build_model(task, arch, num_classes)``: one place
-that knows which model a task uses, at which input size it is counted, and how its data is
-transformed. COCO detection comes with two detectors, SSDLite and RetinaNet."""
+"""The registry of dense tasks. A task is a :class:`Task` (one subpackage of this package) and one
+line in :data:`TASKS`; :func:`register` adds one at run time (a test's toy task, a user's own).
+
+``build_model(name, arch, num_classes)`` builds a task's model by task name (its default model)
+or by model name (``ssdlite``, ``retinanet``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..arch import Arch
-from .detection import retinanet, ssdlite
+from .base import Task, TaskData
+from .detection.task import DETECTION
+
+TASKS: dict[str, Task] = {task.name: task for task in (DETECTION,)}
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    build: Callable[..., nn.Module]
-    count_size: tuple[int, int]  # (H, W) of the paper's Params/MAdds tables
-    num_classes: int             # foreground classes of the published dataset
-    description: str
+def register(task: Task) -> Task:
+    """Adds ``task`` to the registry (replacing one of the same name) and returns it."""
+    if not task.name or not task.models or task.default_model not in task.models:
+        raise ValueError(f"a task needs a name, models and a default model among them; got "
+                         f"{task.name!r}, {task.models!r}, {task.default_model!r}")
+    TASKS[task.name] = task
+    return task
 
 
-TASKS: dict[str, TaskSpec] = {
-    "ssdlite": TaskSpec("ssdlite", ssdlite, (320, 320), 80,
-                        "COCO detection with SSDLite (320x320, softmax with background)"),
-    "retinanet": TaskSpec("retinanet", retinanet, (800, 1088), 80,
-                          "COCO detection with RetinaNet (short side 800, long side <= 1333)"),
-}
-DETECTORS = ("ssdlite", "retinanet")
-# ``coco`` is the detection task; its default detector is the lighter one, SSDLite.
-ALIASES = {"coco": "ssdlite"}
+def unregister(name: str) -> None:
+    TASKS.pop(name, None)
 
 
-def task_spec(task: str) -> TaskSpec:
-    name = ALIASES.get(task, task)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS) + sorted(ALIASES)}")
-    return TASKS[name]
+def task_names() -> list[str]:
+    """Every name --task accepts: the tasks and their aliases."""
+    return sorted({*TASKS, *(alias for task in TASKS.values() for alias in task.aliases)})
 
 
-def build_model(task: str, arch: Arch | str, num_classes: int | None = None, **options) -> nn.Module:
-    """The model of ``task`` (``ssdlite``, ``retinanet``, or ``coco`` for SSDLite) on a backbone
-    built from ``arch``. ``num_classes`` counts foreground classes (default: the published
-    dataset's); ``options`` go to the builder (``config``, ``backbone_bn_eps``)."""
-    spec = task_spec(task)
+def get_task(name: str) -> Task:
+    """The task called ``name`` or with ``name`` among its aliases (``coco`` is detection)."""
+    for task in TASKS.values():
+        if name == task.name or name in task.aliases:
+            return task
+    raise ValueError(f"unknown task {name!r}; choose one of {task_names()}")
+
+
+def model_names() -> list[str]:
+    return sorted({model for task in TASKS.values() for model in task.models})
+
+
+def resolve(name: str) -> tuple[Task, str]:
+    """(task, model) for a task name (its default model) or a model name."""
+    for task in TASKS.values():
+        if name in task.models:
+            return task, name
+    task = get_task(name)
+    return task, task.default_model
+
+
+def build_model(name: str, arch: Arch | str, num_classes: int | None = None, **options) -> nn.Module:
+    """The model ``name`` (a task, for its default model, or a model such as ``ssdlite``) on a
+    backbone built from ``arch``. ``num_classes`` counts foreground classes (default: the
+    published dataset's); ``options`` go to the builder (``backbone``, ``backbone_bn_eps``, ...)."""
+    task, model = resolve(name)
     if isinstance(arch, str):
         arch = Arch.from_arg(arch)
-    num_classes = spec.num_classes if num_classes is None else num_classes
+    num_classes = task.default_num_classes(model) if num_classes is None else num_classes
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    return spec.build(arch, num_classes, **options)
+    return task.build_model(model, arch, num_classes, **options)
+
+
+def read_model_file(path: str | Path) -> tuple[Task, dict]:
+    """(task, payload) of a trained model file, read without unpickling code; the task then
+    rebuilds the model (:meth:`Task.load_model`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torn, foreign or pickled-code files
+        raise ValueError(f"{path} cannot be read safely as a weight file ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("task"), str):
+        raise ValueError(f"{path} is not a trained model (no 'task' field); pass the model_final.pt "
+                         "that python -m fna_ext.train writes")
+    try:
+        return get_task(payload["task"]), payload
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def load_model_file(path: str | Path) -> tuple[Task, nn.Module, dict]:
+    """(task, model in eval mode, payload) from a trained model file of any task."""
+    task, _ = read_model_file(path)
+    model, payload = task.load_model(path)
+    return task, model, payload
+
+
+__all__ = ["Task", "TaskData", "TASKS", "register", "unregister", "get_task", "task_names", "model_names",
+           "resolve", "build_model", "read_model_file", "load_model_file"]

@@ -184,3 +184,7 @@ def retinanet(arch: Arch, num_classes: int, config: RetinaNetConfig | None = Non
     head = RetinaHead(config.fpn_channels, anchors.num_anchors()[0], num_classes)
     matcher = Matcher(config.pos_iou, config.neg_iou)
     return RetinaNet(backbone, taps, neck, head, anchors, BoxCoder(), matcher, config.test)
+
+
+# The detectors the detection task builds, by the name configs and model files use.
+BUILDERS = {"ssdlite": ssdlite, "retinanet": retinanet}

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...arch import Arch
-from .. import DETECTORS, build_model
+from .detector import BUILDERS
 
 WEIGHTS_FORMAT = "fna_ext.detector"
 _REQUIRED = ("detector", "arch", "num_classes", "class_names", "cat_ids", "config", "state_dict")
@@ -21,7 +21,7 @@ def detector_payload(model: nn.Module, config: dict, class_names: list[str], cat
                      **extra) -> dict:
     """What a trained detector's weight file holds; ``extra`` adds plain fields (metrics, ...)."""
     state = {k: v.contiguous() for k, v in model.state_dict().items()}  # plain layout on disk
-    return {"format": WEIGHTS_FORMAT, "task": config["task"], "detector": config["detector"],
+    return {"format": WEIGHTS_FORMAT, "task": config["task"], "detector": config["model"]["name"],
             "arch": model.arch.to_json(), "num_classes": len(class_names), "class_names": class_names,
             "cat_ids": cat_ids, "config": config, "state_dict": state, **extra}
 
@@ -41,16 +41,16 @@ def read_detector_file(path: str | Path) -> dict:
     missing = [key for key in _REQUIRED if key not in payload]
     if missing:
         raise ValueError(f"{path} lacks the fields {missing}; it was not written by fna_ext.train")
-    if payload["detector"] not in DETECTORS:
-        raise ValueError(f"{path}: unknown detector {payload['detector']!r} (known: {DETECTORS})")
+    if payload["detector"] not in BUILDERS:
+        raise ValueError(f"{path}: unknown detector {payload['detector']!r} (known: {sorted(BUILDERS)})")
     return payload
 
 
 def detector_from_payload(payload: dict, source: str = "weights") -> nn.Module:
     """The detector a payload describes, with its trained weights, in eval mode."""
     arch = Arch.parse(payload["arch"])
-    model = build_model(payload["detector"], arch, int(payload["num_classes"]),
-                        backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
+    model = BUILDERS[payload["detector"]](arch, int(payload["num_classes"]),
+                                          backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:

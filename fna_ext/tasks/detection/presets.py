@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 
-from .. import task_spec
 
 
 def _data(**size) -> dict:
@@ -70,10 +69,8 @@ SYNTHETIC_FINETUNE = {
 def finetune_preset(detector: str, synthetic: bool) -> dict:
     """The fixed-architecture training config of ``detector``: the published COCO settings, or
     the embedded default's when training on the synthetic data."""
-    name = task_spec(detector).name
     table = SYNTHETIC_FINETUNE if synthetic else COCO_FINETUNE
-    return {"task": "coco", "detector": name, "model": {"num_classes": None, "backbone_bn_eps": 1e-5},
-            "eval": {"batch_size": 16}, **copy.deepcopy(table[name])}
+    return {**_identity(detector, table), "eval": {"batch_size": 16}, **copy.deepcopy(table[detector])}
 
 
 # Architecture adaptation (the search), as published (REFERENCE.md, A.2). Alpha: Adam lr 3e-4,
@@ -141,7 +138,12 @@ SYNTHETIC_SEARCH = {
 
 def search_preset(detector: str, synthetic: bool) -> dict:
     """The architecture-adaptation config of ``detector`` (published, or the embedded default's)."""
-    name = task_spec(detector).name
     table = SYNTHETIC_SEARCH if synthetic else COCO_SEARCH
-    return {"task": "coco", "detector": name, "model": {"num_classes": None, "backbone_bn_eps": 1e-5},
-            **copy.deepcopy(table[name])}
+    return {**_identity(detector, table), **copy.deepcopy(table[detector])}
+
+
+def _identity(detector: str, table: dict) -> dict:
+    """The keys every detection config starts with: the task, and which detector it builds."""
+    if detector not in table:
+        raise ValueError(f"unknown detector {detector!r}; choose one of {sorted(table)}")
+    return {"task": "detection", "model": {"name": detector, "num_classes": None, "backbone_bn_eps": 1e-5}}

@@ -1,0 +1,58 @@
+"""Arguments and checks the task commands (search, train, adapt) share. Tasks and their models
+come from the registry, so a registered task is on every command line at once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import resolve
+from ..pretrain import seed_weights_path  # noqa: F401  (the commands' --seed-weights rule)
+from ..tasks import Task, get_task, model_names, task_names
+
+DEVICES = ("cpu", "cuda")
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default="coco", choices=task_names(),
+                        help="the dense task (default: coco, the detection task)")
+    parser.add_argument("--model", choices=model_names(),
+                        help="the task's model (detection: ssdlite or retinanet; default: the task's first)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    add_task_arguments(parser)
+    parser.add_argument("--data", help="the dataset root (COCO layout for detection); default: the embedded "
+                                       "synthetic dataset")
+    parser.add_argument("--seed-weights", help="pretrained backbone weights (torchvision, timm, FNA or fna_ext)")
+    parser.add_argument("--config", help="YAML file of settings to override")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one setting, e.g. --set train.optimizer.lr=0.1 (repeatable)")
+    parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+
+
+def task_and_model(args) -> tuple[Task, str]:
+    """The task of ``--task`` and its model of ``--model`` (checked against each other)."""
+    task = get_task(args.task)
+    return task, task.model_name(args.model)
+
+
+def config_from_preset(preset: dict, args, extra: list[str] = ()) -> dict:
+    """``preset``, then ``--config``, then ``--data``, ``--set``, the command's own flags
+    (``extra``) and ``--epochs``."""
+    overrides = [f"data.root={args.data}"] if args.data is not None else []
+    overrides += list(args.set) + list(extra)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be positive, got {args.epochs}")
+        overrides.append(f"train.epochs={args.epochs}")
+    return resolve(preset, args.config, overrides)
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch sees no CUDA device; use --device cpu")

@@ -1,0 +1,131 @@
+"""What a dense task gives the rest of fna_ext.
+
+The engine, the search and the command lines know a task only through :class:`Task`: they ask it
+for its settings, its data, its model around a backbone, its loss, its metrics and its model file.
+A task is one subpackage of :mod:`fna_ext.tasks` and one line in its registry; nothing outside
+the subpackage names a detector, a dataset or an input size.
+
+A task may offer several models (meta-architectures: SSDLite and RetinaNet for detection,
+DeepLabv3 and v3+ for segmentation); ``config["model"]["name"]`` says which one a run uses.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..arch import Arch
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's datasets for one config. ``num_classes`` and ``class_names`` describe the
+    training split; ``collate`` turns a list of samples into ``(inputs, targets)``."""
+
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset | None
+    collate: Callable
+    num_classes: int
+    class_names: list[str]
+
+
+class Task:
+    """The interface of a task. Subclasses set the class attributes and override the methods
+    that raise ``NotImplementedError``; the rest have defaults that suit most tasks."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    models: tuple[str, ...] = ()     # meta-architectures this task can build
+    default_model: str = ""
+    metric_names: tuple[str, ...] = ()
+    primary_metric: str = ""
+    # What --data points at, for help texts.
+    data_help: str = "dataset root"
+
+    # -- settings ------------------------------------------------------------------------
+    def presets(self, model: str, synthetic: bool) -> tuple[dict, dict]:
+        """(search config, fine-tuning config) of ``model``: the published settings, or the
+        embedded default's when ``synthetic``. Both carry ``task`` and ``model.name``."""
+        raise NotImplementedError
+
+    def search_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
+        return copy.deepcopy(self.presets(self.model_name(model), synthetic)[0])
+
+    def finetune_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
+        return copy.deepcopy(self.presets(self.model_name(model), synthetic)[1])
+
+    def model_name(self, model: str | None) -> str:
+        name = model or self.default_model
+        if name not in self.models:
+            raise ValueError(f"the {self.name} task has no model {name!r}; choose one of {list(self.models)}")
+        return name
+
+    # -- the model ------------------------------------------------------------------------
+    def build_model(self, model: str, arch: Arch, num_classes: int, *, backbone: nn.Module | None = None,
+                    **options) -> nn.Module:
+        """``model`` on a backbone built from ``arch`` (or on ``backbone``, a super network whose
+        ``arch`` is the widest choice of every layer). The result has ``backbone``, and
+        ``loss(outputs, targets)`` returning a dict of loss tensors."""
+        raise NotImplementedError
+
+    def search_space(self, model: str):
+        """The :class:`~fna_ext.nas.search_space.SearchSpace` ``model``'s backbone is searched
+        in: how deep each stage may grow, and which layers' inner width the model reads."""
+        raise NotImplementedError
+
+    def count_size(self, model: str) -> tuple[int, int]:
+        """(H, W) at which the published Params/MAdds tables count ``model``."""
+        raise NotImplementedError
+
+    def input_size(self, config: dict) -> tuple[int, int]:
+        """(H, W) at which a run of ``config`` counts its cost (the search's cost table)."""
+        raise NotImplementedError
+
+    def default_num_classes(self, model: str) -> int:
+        raise NotImplementedError
+
+    # -- data, loss, evaluation ----------------------------------------------------------
+    def data(self, config: dict) -> TaskData:
+        """The datasets of ``config`` (its ``data`` section; the embedded synthetic set when it
+        names no root). Problems with the files are found here, before any training."""
+        raise NotImplementedError
+
+    def val_data(self, config: dict, root: str | Path | None = None) -> torch.utils.data.Dataset:
+        """The evaluation split of ``config``, or of another dataset at ``root``."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        return model.loss(model(inputs), targets)
+
+    def evaluate(self, model: nn.Module, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
+        raise NotImplementedError
+
+    def format_metrics(self, metrics: dict) -> str:
+        return "  ".join(f"{name} {metrics[name]:.3f}" for name in self.metric_names if name in metrics)
+
+    # -- the model file and export ----------------------------------------------------------
+    def model_payload(self, model: nn.Module, config: dict, data: TaskData, **extra) -> dict:
+        """What the trained model's file (``model_final.pt``) holds: plain tensors, strings and
+        numbers, loadable with ``weights_only=True``."""
+        raise NotImplementedError
+
+    def load_model(self, path: str | Path) -> tuple[nn.Module, dict]:
+        """(model in eval mode, the file's payload) from a file :meth:`model_payload` wrote."""
+        raise NotImplementedError
+
+    def check_same_classes(self, payload: dict, dataset, where: str) -> None:
+        """Raises when ``dataset`` does not have the classes the model was trained on."""
+
+    def export_module(self, model: nn.Module, payload: dict, input_size: tuple[int, int]) -> nn.Module:
+        """A module for TorchScript/ONNX that takes raw 0..255 RGB images of ``input_size``."""
+        raise NotImplementedError(f"the {self.name} task has no export yet")
+
+    def export_input_size(self, payload: dict) -> tuple[int, int]:
+        return self.input_size(payload["config"])
