@@ -14,41 +14,13 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .families.mbconv.op import SKIP, Op  # noqa: F401  (re-exported)
 
-SKIP = "skip"
-_OP_RE = re.compile(r"^k(\d+)_e(\d+)$")
 JSON_FORMAT = "fna_ext.arch"
-
-
-@dataclass(frozen=True)
-class Op:
-    """One layer's operation: an MBConv block (kernel, expansion) or a skip."""
-
-    kernel: int = 0
-    expansion: int = 0
-
-    @property
-    def is_skip(self) -> bool:
-        return self.kernel == 0
-
-    @property
-    def name(self) -> str:
-        return SKIP if self.is_skip else f"k{self.kernel}_e{self.expansion}"
-
-    @classmethod
-    def parse(cls, name: str) -> "Op":
-        if name == SKIP:
-            return cls()
-        match = _OP_RE.match(name) if isinstance(name, str) else None
-        if not match or int(match[1]) % 2 == 0 or int(match[2]) < 1:
-            raise ValueError(f"unknown op {name!r}; ops are k{{odd kernel}}_e{{expansion}} "
-                             "(for example k3_e6, k5_e3, k7_e6) or skip")
-        return cls(int(match[1]), int(match[2]))
 
 
 @dataclass(frozen=True)
@@ -58,12 +30,16 @@ class Stage:
     ops: tuple[str, ...]
     stride: int
 
-    def layer_ops(self) -> list[Op]:
-        return [Op.parse(op) for op in self.ops]
+    def layer_ops(self, family: str | None = None) -> list:
+        """The ops of the stage's layers, parsed by ``family``'s grammar (default: mbconv)."""
+        from .families import get_family
 
-    def layers(self):
-        """(in_channels, out_channels, stride, Op) of each layer, skip layers included."""
-        for i, op in enumerate(self.layer_ops()):
+        parse = get_family(family).parse_op
+        return [parse(op) for op in self.ops]
+
+    def layers(self, family: str | None = None):
+        """(in_channels, out_channels, stride, op) of each layer, skip layers included."""
+        for i, op in enumerate(self.layer_ops(family)):
             yield (self.in_channels if i == 0 else self.out_channels, self.out_channels,
                    self.stride if i == 0 else 1, op)
 
@@ -72,7 +48,7 @@ class Stage:
         return f"[[{self.in_channels}, {self.out_channels}], [{ops}], {self.stride}]"
 
 
-def _validate_stage(index: int, stage: Stage) -> None:
+def _validate_stage(index: int, stage: Stage, family: str) -> None:
     where = f"stage {index} ({stage.to_net_config()})"
     for name, value in (("C_in", stage.in_channels), ("C_out", stage.out_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -81,14 +57,17 @@ def _validate_stage(index: int, stage: Stage) -> None:
         raise ValueError(f"{where}: stride must be 1 or 2, got {stage.stride!r}")
     if not stage.ops:
         raise ValueError(f"{where}: a stage needs at least one op")
+    from .families import get_family
+
+    parse = get_family(family).parse_op
     for j, name in enumerate(stage.ops):
         try:
-            op = Op.parse(name)
+            op = parse(name)
         except ValueError as err:
             raise ValueError(f"{where}, layer {j}: {err}") from None
         if op.is_skip and j == 0:
             raise ValueError(f"{where}: 'skip' cannot be the first layer of a stage, which changes "
-                             "channels or resolution; use an MBConv op there")
+                             "channels or resolution; use a block op there")
 
 
 @dataclass(frozen=True)
@@ -96,13 +75,15 @@ class Arch:
     stages: tuple[Stage, ...]
     # Task, input size, search record...: carried along, not part of the architecture's identity.
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    # the seed family whose blocks the ops name (fna_ext.families); it owns the op grammar
+    family: str = "mbconv"
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
             raise ValueError("an architecture needs at least one stage")
         for i, stage in enumerate(self.stages):
-            _validate_stage(i, stage)
+            _validate_stage(i, stage, self.family)
             if i and stage.in_channels != self.stages[i - 1].out_channels:
                 raise ValueError(
                     f"stage {i} ({stage.to_net_config()}): C_in {stage.in_channels} does not match "
@@ -121,7 +102,7 @@ class Arch:
         return sum(1 for s in self.stages for op in s.layer_ops() if include_skips or not op.is_skip)
 
     def with_meta(self, **meta) -> "Arch":
-        return Arch(self.stages, {**self.meta, **meta})
+        return Arch(self.stages, {**self.meta, **meta}, self.family)
 
     # ---- text forms -----------------------------------------------------------------------
     def __str__(self) -> str:
@@ -130,7 +111,8 @@ class Arch:
     def to_dict(self) -> dict:
         stages = [{"in": s.in_channels, "out": s.out_channels, "ops": list(s.ops), "stride": s.stride}
                   for s in self.stages]
-        return {"format": JSON_FORMAT, "version": 1, "net_config": str(self), "stages": stages,
+        family = {} if self.family == "mbconv" else {"family": self.family}
+        return {"format": JSON_FORMAT, "version": 1, "net_config": str(self), **family, "stages": stages,
                 **self.meta}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -146,15 +128,15 @@ class Arch:
         if not isinstance(text, str):
             raise ValueError(f"an architecture must be given as text, got {type(text).__name__}")
         text = text.strip()
-        if text in NAMED_ARCHS:
-            return NAMED_ARCHS[text]()
+        if text in named_archs():
+            return named_archs()[text]()
         if text.startswith("{"):
             return cls._from_json_text(text)
         if text.startswith("["):
             return cls._from_net_config(text)
         raise ValueError(f"cannot parse architecture {text[:60]!r}: expected net_config text "
                          f"('[[32, 16], ['k3_e1'], 1]|...'), the JSON form, or one of the names "
-                         f"{sorted(NAMED_ARCHS)}")
+                         f"{sorted(named_archs())}")
 
     @classmethod
     def load(cls, path) -> "Arch":
@@ -171,15 +153,15 @@ class Arch:
     @classmethod
     def from_arg(cls, value: str) -> "Arch":
         """A CLI's ARCH argument: a registered name, a file, or inline net_config/JSON text."""
-        if value.strip() in NAMED_ARCHS or value.lstrip().startswith(("[", "{")):
+        if value.strip() in named_archs() or value.lstrip().startswith(("[", "{")):
             return cls.parse(value)
         if Path(value).is_file():
             return cls.load(value)
         raise ValueError(f"--arch {value!r} is neither a file, nor net_config/JSON text, nor one of "
-                         f"the names {sorted(NAMED_ARCHS)}")
+                         f"the names {sorted(named_archs())}")
 
     @classmethod
-    def _from_net_config(cls, text: str, meta: dict | None = None) -> "Arch":
+    def _from_net_config(cls, text: str, meta: dict | None = None, family: str = "mbconv") -> "Arch":
         stages = []
         for i, chunk in enumerate(text.split("|")):
             try:
@@ -188,7 +170,7 @@ class Arch:
                 raise ValueError(f"stage {i} ({chunk.strip()[:60]!r}): not a list of the form "
                                  "[[C_in, C_out], [op, ...], stride]") from None
             stages.append(_stage_from_list(i, value))
-        return cls(tuple(stages), meta or {})
+        return cls(tuple(stages), meta or {}, family)
 
     @classmethod
     def _from_json_text(cls, text: str) -> "Arch":
@@ -203,17 +185,20 @@ class Arch:
         if not isinstance(data, dict):
             raise ValueError("a JSON architecture must be an object")
         meta = {k: v for k, v in data.items()
-                if k not in ("format", "version", "net_config", "stages")}
+                if k not in ("format", "version", "net_config", "stages", "family")}
+        family = data.get("family", "mbconv")
+        if not isinstance(family, str):
+            raise ValueError(f"field 'family' must be the name of a seed family, got {family!r}")
         if "stages" in data:
             if not isinstance(data["stages"], list):
                 raise ValueError("field 'stages' must be a list")
             stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(data["stages"]))
-            arch = cls(stages, meta)
-            if "net_config" in data and Arch.parse(data["net_config"]) != arch:
+            arch = cls(stages, meta, family)
+            if "net_config" in data and cls._from_net_config(str(data["net_config"]), family=family) != arch:
                 raise ValueError("fields 'net_config' and 'stages' describe different architectures")
             return arch
         if "net_config" in data:
-            return cls._from_net_config(str(data["net_config"]), meta)
+            return cls._from_net_config(str(data["net_config"]), meta, family)
         raise ValueError("a JSON architecture needs a 'stages' or a 'net_config' field")
 
 
@@ -236,28 +221,46 @@ def _stage_from_dict(index: int, value) -> Stage:
     return Stage(value["in"], value["out"], tuple(value["ops"]), value["stride"])
 
 
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Rounds channels to a multiple of ``divisor`` without going more than 10% below (torchvision)."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
+@dataclass(frozen=True)
+class StageGeometry:
+    """How a stage runs once an output stride is imposed: its first layer's stride and dilation,
+    and the dilation of its other layers."""
+
+    stride: int
+    first_dilation: int
+    dilation: int
 
 
-# MobileNetV2: (expansion, channels, layers, stride of the first layer) per stage.
-_MOBILENET_V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                        (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+def stage_geometry(arch: Arch, output_stride: int | None = None, stem_stride: int = 2) -> list[StageGeometry]:
+    """Per stage, the stride and dilations that keep the features at ``output_stride`` (None:
+    the arch's own strides). As DeepLab does, a stage that would go past the output stride runs at
+    stride 1 and dilates instead; its first layer keeps the dilation the previous layers had, and
+    the layers after it take the new one."""
+    if output_stride is not None and (output_stride < stem_stride or output_stride & (output_stride - 1)):
+        raise ValueError(f"output_stride must be a power of two of at least {stem_stride}, got {output_stride}")
+    geometry, stride, dilation = [], stem_stride, 1
+    for stage in arch.stages:
+        previous = dilation
+        if output_stride is not None and stride * stage.stride > output_stride:
+            dilation *= stage.stride
+            geometry.append(StageGeometry(1, previous, dilation))
+        else:
+            stride *= stage.stride
+            geometry.append(StageGeometry(stage.stride, previous, dilation))
+    return geometry
 
 
-def mobilenet_v2_arch(width_mult: float = 1.0) -> Arch:
-    """MobileNetV2's backbone, channels scaled by ``width_mult`` and rounded to multiples of 8."""
-    if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}")
-    in_ch = make_divisible(32 * width_mult)
-    stages = []
-    for expansion, channels, layers, stride in _MOBILENET_V2_STAGES:
-        out_ch = make_divisible(channels * width_mult)
-        stages.append(Stage(in_ch, out_ch, (f"k3_e{expansion}",) * layers, stride))
-        in_ch = out_ch
-    return Arch(tuple(stages))
+def named_archs() -> dict:
+    """{name: function returning the Arch} of every named architecture (MobileNetV2, ...)."""
+    from .families.mbconv.archs import NAMED_ARCHS
+
+    return NAMED_ARCHS
 
 
-NAMED_ARCHS = {"mobilenet_v2": mobilenet_v2_arch}
+def __getattr__(name: str):
+    # the MobileNetV2 helpers live with their family; fna_ext.arch.mobilenet_v2_arch still works
+    if name in ("mobilenet_v2_arch", "make_divisible"):
+        from .families.mbconv import archs
+
+        return getattr(archs, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

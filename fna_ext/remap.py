@@ -32,7 +32,8 @@ from torch import nn
 from . import _extension, cli
 from .arch import Arch
 from .atomic import atomic_torch_save
-from .families.mbconv import MBConv, Network, build_network, load_seed_weights
+from .families import get_family
+from .families.mbconv import Network, build_network, load_seed_weights
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
@@ -164,6 +165,13 @@ class RemapPlan:
     copies: list[tuple[str, str]] = field(default_factory=list)  # integer buffers, copied as is
     layers: list[LayerRecord] = field(default_factory=list)
 
+    def restricted_to(self, keys) -> "RemapPlan":
+        """The plan without the tensors the target does not have (the running statistics of
+        BNs built not to track them)."""
+        keys = set(keys)
+        return RemapPlan([e for e in self.entries if e.target in keys],
+                         [(t, s) for t, s in self.copies if t in keys], self.layers)
+
     def _sources(self, seed_state: dict) -> list[torch.Tensor]:
         return [e.synthetic if e.source is None else seed_state[e.source] for e in self.entries]
 
@@ -206,12 +214,12 @@ class RemapPlan:
 _BN_FILLS = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}
 
 
-def _add_conv(plan: RemapPlan, target: str, source: str | None, maps, synthetic=None, scale=None):
+def add_conv(plan: RemapPlan, target: str, source: str | None, maps, synthetic=None, scale=None):
     plan.entries.append(TensorRemap(f"{target}.weight", f"{source}.weight" if source else None,
                                     list(maps), 0.0, scale, synthetic))
 
 
-def _add_bn(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor):
+def add_bn(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor):
     """BN entries; with no source, every entry takes its initial value."""
     for name, fill in _BN_FILLS.items():
         if source is None:
@@ -223,51 +231,15 @@ def _add_bn(plan: RemapPlan, target: str, source: str | None, channel_map: torch
         plan.copies.append((f"{target}.num_batches_tracked", f"{source}.num_batches_tracked"))
 
 
-def _width_reference(block: MBConv, mode: str) -> torch.Tensor | None:
-    """Algorithm 1's reference vector over the seed block's hidden channels."""
-    first = block.expand if block.expand is not None else block.depthwise  # makes the hidden channels
-    if mode == "bn":
-        return first.bn.weight.detach().abs()
-    if mode in ("std", "l1"):
-        filters = first.conv.weight.detach().flatten(1)
-        return filters.std(1, unbiased=False) if mode == "std" else filters.abs().sum(1)
-    return None
-
-
-def plan_block(plan: RemapPlan, seed: MBConv, target: MBConv, seed_prefix: str, target_prefix: str,
-               width: str = "first", kernel_mode: str = "center") -> RemapPlan:
-    """Adds the maps that remap MBConv ``seed`` into MBConv ``target`` (any kernel and expansion)
-    to ``plan``. The same hidden-channel selection flows through the expand conv's outputs, both
-    hidden BNs, the depthwise conv and the project conv's inputs. A target expand conv whose seed
-    layer has none (expansion 1) starts as the identity on the channels the seed passes through."""
-    in_map = first_channels(target.in_channels, seed.in_channels)
-    out_map = first_channels(target.out_channels, seed.out_channels)
-    hidden, counts = width_index(seed.hidden_channels, target.hidden_channels,
-                                 _width_reference(seed, width), width)
-    s, t = seed_prefix, target_prefix
-    if target.expand is not None:
-        if seed.expand is not None:
-            _add_conv(plan, f"{t}.expand.conv", f"{s}.expand.conv", [hidden, in_map, None, None])
-            _add_bn(plan, f"{t}.expand.bn", f"{s}.expand.bn", hidden)
-        else:
-            identity = torch.eye(seed.in_channels)[:, :, None, None]
-            _add_conv(plan, f"{t}.expand.conv", None, [hidden, in_map, None, None], synthetic=identity)
-            _add_bn(plan, f"{t}.expand.bn", None, hidden)
-    spatial = kernel_index(seed.kernel_size, target.kernel_size, kernel_mode)
-    _add_conv(plan, f"{t}.depthwise.conv", f"{s}.depthwise.conv", [hidden, None, spatial, spatial])
-    _add_bn(plan, f"{t}.depthwise.bn", f"{s}.depthwise.bn", hidden)
-    scale = (1, 1.0 / counts[hidden].double()) if counts is not None else None
-    _add_conv(plan, f"{t}.project.conv", f"{s}.project.conv", [out_map, hidden, None, None], scale=scale)
-    _add_bn(plan, f"{t}.project.bn", f"{s}.project.bn", out_map)
-    return plan
-
-
 def check_compatible(seed: nn.Module, target: nn.Module) -> None:
     """Raises ValueError naming the stage and channels where ``target`` cannot take ``seed``."""
     for role, net in (("seed", seed), ("target", target)):
-        if not isinstance(net, Network):
+        if not all(hasattr(net, part) for part in ("arch", "stem", "stages", "head")):
             raise ValueError(f"the {role} is not an fna_ext network (got {type(net).__name__}); "
                              "build it with fna_ext.build_network")
+    if seed.arch.family != target.arch.family:
+        raise ValueError(f"the seed is a {seed.arch.family} network and the target a {target.arch.family} one; "
+                         "FNA remaps within one family")
     if len(seed.stages) != len(target.stages):
         raise ValueError(f"the target arch has {len(target.stages)} stages but the seed has "
                          f"{len(seed.stages)}; FNA remaps stage by stage")
@@ -282,25 +254,27 @@ def check_compatible(seed: nn.Module, target: nn.Module) -> None:
 
 def plan_network(seed: Network, target: Network, width: str = "first",
                  kernel: str = "center") -> RemapPlan:
-    """The maps of every tensor of ``target`` (stem, every MBConv layer, head, classifier)."""
+    """The maps of every tensor of ``target`` (stem, every block, head, classifier); the family
+    of the seed's arch remaps each block (:meth:`~fna_ext.families.Family.plan_block`)."""
     check_compatible(seed, target)
+    family = get_family(seed.arch.family)
     if width not in WIDTH_MODES:
         raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
     kernel_index(3, 3, kernel)  # validates the mode
     plan = RemapPlan()
-    _add_conv(plan, "stem.conv", "stem.conv", [None] * 4)
-    _add_bn(plan, "stem.bn", "stem.bn", torch.arange(seed.arch.stem_channels))
+    add_conv(plan, "stem.conv", "stem.conv", [None] * 4)
+    add_bn(plan, "stem.bn", "stem.bn", torch.arange(seed.arch.stem_channels))
     plan.layers.append(LayerRecord("stem", "stem", "copied"))
     for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
-        seed_layers = [(j, m) for j, m in enumerate(seed_stage) if isinstance(m, MBConv)]
-        target_layers = [j for j, m in enumerate(target_stage) if isinstance(m, MBConv)]
+        seed_layers = [(j, m) for j, m in enumerate(seed_stage) if family.is_block(m)]
+        target_layers = [j for j, m in enumerate(target_stage) if family.is_block(m)]
         source_of = dict(zip(target_layers, depth_map(len(seed_layers), len(target_layers))))
         for tj, t in enumerate(target_stage):
             if tj not in source_of:
                 plan.layers.append(LayerRecord(f"stages.{i}.{tj}", "-", "skip (no parameters)"))
                 continue
             sj, s = seed_layers[source_of[tj]]
-            plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel)
+            family.plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel)
             plan.layers.append(LayerRecord(f"stages.{i}.{tj}", f"stages.{i}.{sj}",
                                            f"{s.op.name} -> {t.op.name}"))
     _plan_head_and_classifier(plan, seed, target)
@@ -310,9 +284,9 @@ def plan_network(seed: Network, target: Network, width: str = "first",
 def _plan_head_and_classifier(plan: RemapPlan, seed: Network, target: Network) -> None:
     if seed.head is not None and target.head is not None:
         out_map = first_channels(target.head.conv.out_channels, seed.head.conv.out_channels)
-        _add_conv(plan, "head.conv", "head.conv",
+        add_conv(plan, "head.conv", "head.conv",
                   [out_map, first_channels(target.arch.out_channels, seed.arch.out_channels), None, None])
-        _add_bn(plan, "head.bn", "head.bn", out_map)
+        add_bn(plan, "head.bn", "head.bn", out_map)
         plan.layers.append(LayerRecord("head", "head", "copied"))
     if (seed.classifier is not None and target.classifier is not None
             and seed.classifier.weight.shape == target.classifier.weight.shape):
@@ -340,13 +314,14 @@ def plan_candidates(seed: Network, blocks: nn.ModuleDict, width: str = "first",
     """Maps for a super network's candidate blocks (:func:`fna_ext.nas.search_space.candidate_blocks`):
     each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
     :func:`plan_block` that remaps target networks."""
+    family = get_family(seed.arch.family)
     plan = RemapPlan()
     for key, block in blocks.items():
         stage, layer = (int(part[1:]) for part in key.split("_")[:2])
-        seed_layers = [(j, m) for j, m in enumerate(seed.stages[stage]) if isinstance(m, MBConv)]
+        seed_layers = [(j, m) for j, m in enumerate(seed.stages[stage]) if family.is_block(m)]
         sj, source = seed_layers[min(layer, len(seed_layers) - 1)]
-        plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel)
-    return plan
+        family.plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel)
+    return plan.restricted_to(blocks.state_dict().keys())
 
 
 def _register_fake_kernels() -> None:
@@ -380,8 +355,9 @@ def load_seed_network(path, seed_arch: Arch | str | None = None) -> Network:
     if isinstance(seed_arch, str):
         seed_arch = Arch.from_arg(seed_arch)
     seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
-    seed = build_network(seed_arch, num_classes=None)
-    load_seed_weights(seed, path, skip_classifier=True)
+    family = get_family(seed_arch.family)
+    seed = family.build_network(seed_arch, num_classes=None)
+    family.load_seed_weights(seed, path, skip_classifier=True)
     return seed
 
 

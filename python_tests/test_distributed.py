@@ -35,7 +35,7 @@ def _batch():
 
 
 # one searched layer per stage keeps float64 convolutions affordable
-ONE_LAYER_SPACE = SearchSpace("one-layer", (1, 1, 1, 1, 1, 1), e6_first_layer_stages=(4,))
+ONE_LAYER_SPACE = SearchSpace("one-layer", (1, 1, 1, 1, 1, 1), keep_width_first_layers=(4,))
 
 
 def _gradients(rank: int, world: int, mode: str) -> dict:

@@ -33,10 +33,11 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..arch import Arch, Op
+from ..arch import Arch
 from ..atomic import atomic_write_text
-from ..families.mbconv.blocks import ConvBNAct, MBConv, make_layer
-from .supernet import LayerSpec
+from ..cost import count
+from ..families import get_family
+from .search_space import LayerSpec
 
 HW = tuple[int, int]
 KINDS = ("madds", "latency")
@@ -71,13 +72,28 @@ class _BackboneSizes:
     output: HW               # what the head conv sees
 
 
+def _fixed_parts(seed_arch: Arch, head_channels: int | None) -> tuple[nn.Module, nn.Module | None]:
+    """(stem and first stage, head) as the seed's family builds them: the parts every path shares."""
+    family = get_family(seed_arch.family)
+    with torch.random.fork_rng(devices=[]):  # building them must not move the caller's random stream
+        first = nn.Sequential(family.build_stem(seed_arch),
+                              *(family.build_layer(c_in, c_out, s, op)
+                                for c_in, c_out, s, op in seed_arch.stages[0].layers(seed_arch.family)))
+        return first, family.build_head(seed_arch, head_channels)
+
+
+def _output_size(module: nn.Module, channels: int, size: HW) -> HW:
+    with torch.no_grad():
+        return tuple(module.eval()(torch.zeros(1, channels, *size)).shape[-2:])
+
+
 def _backbone_sizes(seed_arch: Arch, specs: list[LayerSpec], input_size) -> _BackboneSizes:
-    size = stem_output = _downsample(_as_hw(input_size), 3, 2)
-    stage0_inputs = []
-    for _, _, stride, op in seed_arch.stages[0].layers():
+    stem, _ = _fixed_parts(seed_arch, None)
+    stem_output = _output_size(stem[0], 3, _as_hw(input_size))
+    stage0_inputs, size = [], stem_output
+    for (c_in, *_), layer in zip(seed_arch.stages[0].layers(seed_arch.family), stem[1:]):
         stage0_inputs.append(size)
-        if not op.is_skip:
-            size = _downsample(size, op.kernel, stride)
+        size = _output_size(layer, c_in, size)
     layer_inputs = []
     for spec in specs:
         layer_inputs.append(size)
@@ -166,41 +182,25 @@ class CostTable:
 
 
 # --------------------------------------------------------------------------- MAdds
-def mbconv_madds(c_in: int, c_out: int, kernel: int, expansion: int, stride: int, input_size: HW) -> int:
-    """An MBConv's MAdds under :mod:`fna_ext.cost`'s convention (bias-free convs only)."""
-    hidden = c_in * expansion
-    h, w = input_size
-    h_out, w_out = _downsample(input_size, kernel, stride)
-    expand = c_in * hidden * h * w if expansion != 1 else 0
-    depthwise = kernel * kernel * hidden * h_out * w_out
-    project = hidden * c_out * h_out * w_out
-    return expand + depthwise + project
-
-
-def _op_madds(spec: LayerSpec, op_name: str, size: HW) -> int:
-    op = Op.parse(op_name)
-    if op.is_skip:
-        return 0
-    return mbconv_madds(spec.in_channels, spec.out_channels, op.kernel, op.expansion, spec.stride, size)
-
-
-def _fixed_madds(seed_arch: Arch, sizes: _BackboneSizes, head_channels: int | None) -> int:
-    stem_h, stem_w = sizes.stem_output
-    total = 3 * 3 * 3 * seed_arch.stem_channels * stem_h * stem_w
-    for (c_in, c_out, stride, op), size in zip(seed_arch.stages[0].layers(), sizes.stage0_inputs):
-        if not op.is_skip:
-            total += mbconv_madds(c_in, c_out, op.kernel, op.expansion, stride, size)
-    if head_channels:
-        total += seed_arch.out_channels * head_channels * sizes.output[0] * sizes.output[1]
+def _fixed_madds(seed_arch: Arch, sizes: _BackboneSizes, input_size: HW, head_channels: int | None) -> int:
+    """The MAdds of the parts every path shares, counted on the modules themselves."""
+    first, head = _fixed_parts(seed_arch, head_channels)
+    total = count(first, input_size).madds
+    if head is not None:
+        features = torch.zeros(1, seed_arch.out_channels, *sizes.output)
+        total += count(head, sizes.output, forward=lambda m, _: m(features)).madds
     return total
 
 
 def madds_table(seed_arch: Arch, specs: list[LayerSpec], input_size, head_channels: int | None = 1280) -> CostTable:
     """Every candidate's MAdds at its layer's input size, and the fixed parts'."""
     sizes = _backbone_sizes(seed_arch, specs, input_size)
-    per_layer = [[float(_op_madds(spec, op, size)) for op in spec.candidates]
+    family = get_family(seed_arch.family)
+    per_layer = [[float(family.op_madds(spec.in_channels, spec.out_channels, op, spec.stride, size))
+                  for op in spec.candidates]
                  for spec, size in zip(specs, sizes.layer_inputs)]
-    return CostTable("madds", "MAdds", float(_fixed_madds(seed_arch, sizes, head_channels)), per_layer,
+    fixed = _fixed_madds(seed_arch, sizes, _as_hw(input_size), head_channels)
+    return CostTable("madds", "MAdds", float(fixed), per_layer,
                      [s.key for s in specs], [list(s.candidates) for s in specs], _as_hw(input_size),
                      extra={"head_channels": head_channels, "net_config": str(seed_arch)})
 
@@ -287,32 +287,27 @@ def _measure(jobs: list[_Job], device: torch.device, repeats: int, warmup: int) 
 
 
 def _fixed_jobs(seed_arch: Arch, sizes: _BackboneSizes, input_size: HW, head_channels: int | None) -> list[_Job]:
-    def stem_and_first_stage() -> nn.Module:
-        return nn.Sequential(ConvBNAct(3, seed_arch.stem_channels, 3, stride=2),
-                             *(make_layer(c_in, c_out, s, op) for c_in, c_out, s, op in seed_arch.stages[0].layers()))
-
-    jobs = [_Job(stem_and_first_stage, 3, input_size)]
+    jobs = [_Job(lambda: _fixed_parts(seed_arch, None)[0], 3, input_size)]
     if head_channels:
-        jobs.append(_Job(lambda: ConvBNAct(seed_arch.out_channels, head_channels, 1), seed_arch.out_channels,
-                         sizes.output))
+        jobs.append(_Job(lambda: _fixed_parts(seed_arch, head_channels)[1], seed_arch.out_channels, sizes.output))
     return jobs
 
 
-def _candidate_configs(specs: list[LayerSpec], sizes: _BackboneSizes) -> list[list[tuple | None]]:
-    """Per layer and candidate, the (c_in, c_out, k, e, stride, size) that fixes its latency
+def _candidate_configs(specs: list[LayerSpec], sizes: _BackboneSizes, families: list[str]) -> list[list[tuple | None]]:
+    """Per layer and candidate, the (family, c_in, c_out, op, stride, size) that fixes its latency
     (None for a skip)."""
     configs = []
-    for spec, size in zip(specs, sizes.layer_inputs):
-        ops = [Op.parse(name) for name in spec.candidates]
-        configs.append([None if op.is_skip else
-                        (spec.in_channels, spec.out_channels, op.kernel, op.expansion, spec.stride, size)
-                        for op in ops])
+    for spec, size, family in zip(specs, sizes.layer_inputs, families):
+        parse = get_family(family).parse_op
+        configs.append([None if parse(op).is_skip else (family, spec.in_channels, spec.out_channels, op, spec.stride,
+                                                        size)
+                        for op in spec.candidates])
     return configs
 
 
-def _mbconv_job(config: tuple) -> _Job:
-    c_in, c_out, kernel, expansion, stride, size = config
-    return _Job(lambda: MBConv(c_in, c_out, kernel, expansion, stride), c_in, size)
+def _layer_job(config: tuple) -> _Job:
+    family, c_in, c_out, op, stride, size = config
+    return _Job(lambda: get_family(family).build_layer(c_in, c_out, stride, op), c_in, size)
 
 
 def _measure_backbone(seed_arch: Arch, specs: list[LayerSpec], input_size: HW, head_channels: int | None,
@@ -321,9 +316,9 @@ def _measure_backbone(seed_arch: Arch, specs: list[LayerSpec], input_size: HW, h
     timed once."""
     sizes = _backbone_sizes(seed_arch, specs, input_size)
     fixed_jobs = _fixed_jobs(seed_arch, sizes, input_size, head_channels)
-    configs = _candidate_configs(specs, sizes)
+    configs = _candidate_configs(specs, sizes, [seed_arch.family] * len(specs))
     unique = list(dict.fromkeys(c for layer in configs for c in layer if c is not None))
-    latencies = _measure(fixed_jobs + [_mbconv_job(c) for c in unique], device, repeats, warmup)
+    latencies = _measure(fixed_jobs + [_layer_job(c) for c in unique], device, repeats, warmup)
     by_config = dict(zip(unique, latencies[len(fixed_jobs):]))
     per_layer = [[0.0 if c is None else by_config[c] for c in layer] for layer in configs]
     return sum(latencies[:len(fixed_jobs)]), per_layer

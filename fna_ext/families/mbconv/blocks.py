@@ -4,23 +4,39 @@ and weight loading can match them by structure."""
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import nn
 
-from ...arch import Op
+from .op import Op
+
+
+def batch_norm(eps: float = 1e-5) -> Callable[[int], nn.Module]:
+    """The default norm layer factory: BatchNorm2d with ``eps``."""
+    return partial(nn.BatchNorm2d, eps=eps)
+
+
+def relu6() -> nn.Module:
+    return nn.ReLU6(inplace=True)
 
 
 class ConvBNAct(nn.Sequential):
-    """Conv (no bias) -> BatchNorm -> ReLU6 (or no activation)."""
+    """Conv (no bias) -> norm -> activation (or none). ``norm_layer(channels)`` and
+    ``act_layer()`` build the norm and the activation; by default BatchNorm2d with ``bn_eps`` and
+    ReLU6, as MobileNetV2 has them."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1, dilation: int = 1, act: bool = True, bn_eps: float = 1e-5):
+                 groups: int = 1, dilation: int = 1, act: bool = True, bn_eps: float = 1e-5,
+                 norm_layer: Callable[[int], nn.Module] | None = None,
+                 act_layer: Callable[[], nn.Module] | None = None):
         padding = (kernel_size - 1) // 2 * dilation
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
                               dilation=dilation, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels, eps=bn_eps)
-        self.act = nn.ReLU6(inplace=True) if act else nn.Identity()
+        self.bn = (norm_layer or batch_norm(bn_eps))(out_channels)
+        self.act = (act_layer or relu6)() if act else nn.Identity()
 
 
 class MBConv(nn.Module):
@@ -28,16 +44,17 @@ class MBConv(nn.Module):
     1x1 project, with a residual connection when stride is 1 and channels do not change."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, expansion: int,
-                 stride: int = 1, dilation: int = 1, bn_eps: float = 1e-5):
+                 stride: int = 1, dilation: int = 1, bn_eps: float = 1e-5,
+                 norm_layer: Callable[[int], nn.Module] | None = None,
+                 act_layer: Callable[[], nn.Module] | None = None):
         super().__init__()
         hidden = in_channels * expansion
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.expansion, self.stride = kernel_size, expansion, stride
-        self.expand = (ConvBNAct(in_channels, hidden, 1, bn_eps=bn_eps)
-                       if expansion != 1 else None)
-        self.depthwise = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden,
-                                   dilation=dilation, bn_eps=bn_eps)
-        self.project = ConvBNAct(hidden, out_channels, 1, act=False, bn_eps=bn_eps)
+        self.kernel_size, self.expansion, self.stride, self.dilation = kernel_size, expansion, stride, dilation
+        parts = dict(bn_eps=bn_eps, norm_layer=norm_layer, act_layer=act_layer)
+        self.expand = ConvBNAct(in_channels, hidden, 1, **parts) if expansion != 1 else None
+        self.depthwise = ConvBNAct(hidden, hidden, kernel_size, stride, groups=hidden, dilation=dilation, **parts)
+        self.project = ConvBNAct(hidden, out_channels, 1, act=False, **parts)
         self.use_residual = stride == 1 and in_channels == out_channels
 
     @property
@@ -49,9 +66,14 @@ class MBConv(nn.Module):
         return self.depthwise.conv.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.expand(x) if self.expand is not None else x
-        out = self.project(self.depthwise(out))
-        return out + x if self.use_residual else out
+        return self.forward_tapping_expand(x, tap=False)[0]
+
+    def forward_tapping_expand(self, x: torch.Tensor, tap: bool = True):
+        """(output, expansion output after BN and activation): the inner feature the block
+        declares (``FeatureInfo`` kind ``expand``), which SSDLite reads; None when not asked."""
+        hidden = self.expand(x) if self.expand is not None else x
+        out = self.project(self.depthwise(hidden))
+        return (out + x if self.use_residual else out), (hidden if tap else None)
 
 
 class Skip(nn.Identity):
@@ -62,7 +84,9 @@ class Skip(nn.Identity):
 
 
 def make_layer(in_channels: int, out_channels: int, stride: int, op: Op, bn_eps: float = 1e-5,
-               dilation: int = 1) -> nn.Module:
+               dilation: int = 1, norm_layer: Callable[[int], nn.Module] | None = None,
+               act_layer: Callable[[], nn.Module] | None = None) -> nn.Module:
     if op.is_skip:
         return Skip()
-    return MBConv(in_channels, out_channels, op.kernel, op.expansion, stride, dilation, bn_eps)
+    return MBConv(in_channels, out_channels, op.kernel, op.expansion, stride, dilation, bn_eps,
+                  norm_layer=norm_layer, act_layer=act_layer)

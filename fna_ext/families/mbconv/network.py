@@ -3,11 +3,25 @@ pooling and classifier, laid out as MobileNetV2 is."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
-from ...arch import Arch, make_divisible, mobilenet_v2_arch
+from ...arch import Arch, stage_geometry
+from .archs import make_divisible, mobilenet_v2_arch
 from .blocks import ConvBNAct, make_layer
+
+
+def build_stem(arch: Arch, **parts) -> nn.Module:
+    """The 3x3 stride-2 conv to the first stage's input channels (``parts``: ``bn_eps``,
+    ``norm_layer``, ``act_layer``)."""
+    return ConvBNAct(3, arch.stem_channels, 3, stride=2, **parts)
+
+
+def build_head(arch: Arch, head_channels: int | None, **parts) -> nn.Module | None:
+    """The 1x1 head conv to ``head_channels`` (None: no head conv)."""
+    return ConvBNAct(arch.out_channels, head_channels, 1, **parts) if head_channels else None
 
 
 class Network(nn.Module):
@@ -16,16 +30,19 @@ class Network(nn.Module):
     pooled features; ``forward_stages`` gives every stage's output for dense tasks."""
 
     def __init__(self, arch: Arch, num_classes: int | None = 1000, head_channels: int | None = 1280,
-                 dropout: float = 0.2, bn_eps: float = 1e-5):
+                 dropout: float = 0.2, bn_eps: float = 1e-5, *, output_stride: int | None = None,
+                 norm_layer: Callable[[int], nn.Module] | None = None,
+                 act_layer: Callable[[], nn.Module] | None = None):
         super().__init__()
-        self.arch = arch
-        self.stem = ConvBNAct(3, arch.stem_channels, 3, stride=2, bn_eps=bn_eps)
+        self.arch, self.output_stride = arch, output_stride
+        parts = dict(bn_eps=bn_eps, norm_layer=norm_layer, act_layer=act_layer)
+        self.stem = build_stem(arch, **parts)
         self.stages = nn.ModuleList(
-            nn.Sequential(*(make_layer(c_in, c_out, stride, op, bn_eps)
-                            for c_in, c_out, stride, op in stage.layers()))
-            for stage in arch.stages)
-        self.head = (ConvBNAct(arch.out_channels, head_channels, 1, bn_eps=bn_eps)
-                     if head_channels else None)
+            nn.Sequential(*(make_layer(c_in, c_out, geometry.stride if j == 0 else 1, op,
+                                       dilation=geometry.first_dilation if j == 0 else geometry.dilation, **parts)
+                            for j, (c_in, c_out, _, op) in enumerate(stage.layers())))
+            for stage, geometry in zip(arch.stages, stage_geometry(arch, output_stride)))
+        self.head = build_head(arch, head_channels, **parts)
         features = head_channels or arch.out_channels
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(features, num_classes) if num_classes else None

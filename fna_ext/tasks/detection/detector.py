@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...arch import Arch
-from ...families.mbconv.network import Network
+from ...families import get_family
 from .anchors import GridAnchorGenerator, SSDAnchorGenerator
 from .box_coder import BoxCoder
 from .features import Tap, extract_features, tap_channels
@@ -51,9 +51,9 @@ def first_stage_at_stride(arch: Arch, stride: int) -> int:
 
 
 class Detector(nn.Module):
-    """Backbone (an Arch-built :class:`Network` without classifier), neck and head."""
+    """Backbone (an Arch-built network of the arch's family, without classifier), neck and head."""
 
-    def __init__(self, backbone: Network, taps: list[Tap], neck: nn.Module, head: nn.Module,
+    def __init__(self, backbone: nn.Module, taps: list[Tap], neck: nn.Module, head: nn.Module,
                  anchor_generator, coder: BoxCoder, matcher: Matcher, test_config: PostprocessConfig):
         super().__init__()
         self.backbone, self.neck, self.head = backbone, neck, head
@@ -75,10 +75,8 @@ class Detector(nn.Module):
         return {"cls_logits": logits, "box_deltas": deltas, "anchors": anchors}
 
     def backbone_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        # A super network knows how to run its own sampled path or mixture up to the taps.
-        custom = getattr(self.backbone, "extract_features", None)
-        if custom is not None:
-            return custom(self.taps, images)
+        # a seed, a derived network and a super network (its sampled path or mixture) share one
+        # layout: stem, stages of layers, head
         return extract_features(self.backbone, self.taps, images)
 
     def predict(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> list[dict]:
@@ -160,7 +158,8 @@ def ssdlite(arch: Arch, num_classes: int, config: SSDLiteConfig | None = None,
     built from ``arch`` (a super network, whose ``arch`` gives the tapped channels)."""
     config = config or SSDLiteConfig()
     if backbone is None:
-        backbone = Network(arch, num_classes=None, head_channels=config.head_channels, bn_eps=backbone_bn_eps)
+        backbone = get_family(arch.family).build_network(arch, None, head_channels=config.head_channels,
+                                                          bn_eps=backbone_bn_eps)
     taps = [Tap("expand", first_stage_at_stride(arch, 32)), Tap("head")]
     channels = tap_channels(arch, taps, config.head_channels)
     neck = SSDLiteExtras(channels[-1], config.extra_channels, config.bn_eps)
@@ -177,7 +176,7 @@ def retinanet(arch: Arch, num_classes: int, config: RetinaNetConfig | None = Non
     MobileNetV2), P6 and P7, 9 anchors per location, the shared four-conv head."""
     config = config or RetinaNetConfig()
     if backbone is None:
-        backbone = Network(arch, num_classes=None, head_channels=None, bn_eps=backbone_bn_eps)
+        backbone = get_family(arch.family).build_network(arch, None, head_channels=None, bn_eps=backbone_bn_eps)
     taps = [Tap("stage", last_stage_at_stride(arch, s)) for s in (8, 16, 32)]
     neck = FPN(tap_channels(arch, taps, None), config.fpn_channels, extra_levels=len(config.strides) - 3)
     anchors = GridAnchorGenerator(config.strides)

@@ -1,5 +1,5 @@
 """Which backbone features a detector takes. A tap names a place in any Arch-built
-:class:`~fna_ext.families.mbconv.Network`, so the same detector builds on a seed, a searched target or
+:class:`~fna_ext.families.mbconv.Network` (or any family's network of the same layout), so the same detector builds on a seed, a searched target or
 a super network's sampled path:
 
 - ``"stage:I"``: the output of stage I (0-based; stage 0 is the fixed k3_e1 block);
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ...arch import Arch, Op
-from ...families.mbconv.blocks import MBConv
-from ...families.mbconv.network import Network
+from torch import nn
+
+from ...arch import Arch
+from ...families import get_family
 
 
 @dataclass(frozen=True)
@@ -34,36 +35,22 @@ class Tap:
         raise ValueError(f"unknown feature tap {text!r}; use 'stage:I', 'expand:I' or 'head'")
 
 
-def _first_layer_op(arch: Arch, stage: int) -> Op:
-    return arch.stages[stage].layer_ops()[0]
-
-
 def tap_channels(arch: Arch, taps: list[Tap], head_channels: int | None) -> list[int]:
-    """Channels of each tapped feature of a network built from ``arch``."""
+    """Channels of each tapped feature of a network built from ``arch``, as its family declares
+    them (:meth:`~fna_ext.families.Family.feature_info`)."""
+    offered = {info.name: info.channels for info in get_family(arch.family).feature_info(arch, head_channels)}
     channels = []
     for tap in taps:
-        if tap.kind == "head":
-            if not head_channels:
-                raise ValueError("feature tap 'head' needs a backbone with a head conv")
-            channels.append(head_channels)
-        elif tap.kind == "stage":
-            channels.append(arch.stages[tap.stage].out_channels)
-        else:
-            op = _first_layer_op(arch, tap.stage)
-            if op.expansion == 1:
-                raise ValueError(f"feature tap 'expand:{tap.stage}' needs an expansion conv in "
-                                 f"stage {tap.stage}'s first layer, which is {op.name}")
-            channels.append(arch.stages[tap.stage].in_channels * op.expansion)
+        name = "head" if tap.kind == "head" else f"{tap.kind}:{tap.stage}"
+        if name not in offered:
+            raise ValueError(f"feature tap {name!r} is not offered by the backbone {arch} (it offers "
+                             f"{sorted(offered)}); an 'expand' tap needs a first layer with an inner expansion, "
+                             "'head' a head conv")
+        channels.append(offered[name])
     return channels
 
 
-def _run_first_layer_tapping_expand(layer: MBConv, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    hidden = layer.expand(x)
-    out = layer.project(layer.depthwise(hidden))
-    return (out + x if layer.use_residual else out), hidden
-
-
-def extract_features(network: Network, taps: list[Tap], x: torch.Tensor) -> list[torch.Tensor]:
+def extract_features(network: nn.Module, taps: list[Tap], x: torch.Tensor) -> list[torch.Tensor]:
     """Runs ``network`` only as far as the last tap needs and returns the tapped features."""
     wanted = {tap: None for tap in taps}
     last_stage = max(len(network.stages) - 1 if t.kind == "head" else t.stage for t in taps)
@@ -73,10 +60,8 @@ def extract_features(network: Network, taps: list[Tap], x: torch.Tensor) -> list
             break
         layers = list(stage)
         if Tap("expand", i) in wanted:
-            # a super network's searched layer knows how to tap its own expansion
-            tapping = getattr(layers[0], "forward_tapping_expand", None)
-            x, wanted[Tap("expand", i)] = (tapping(x) if tapping is not None
-                                           else _run_first_layer_tapping_expand(layers[0], x))
+            # the block declares its inner feature (a searched layer, a weighted mixture of them)
+            x, wanted[Tap("expand", i)] = layers[0].forward_tapping_expand(x)
             layers = layers[1:]
         for layer in layers:
             x = layer(x)

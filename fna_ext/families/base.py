@@ -1,0 +1,107 @@
+"""What a seed family gives the rest of fna_ext.
+
+A family is the kind of block a seed network is made of (MBConv for MobileNetV2 and the NAS-found
+networks; basic and bottleneck blocks for ResNets). Remapping, the super network, the cost table
+and the tasks' feature taps know blocks only through :class:`Family`: its op grammar, how to build
+a layer and a network, how to remap one block into another, its candidates and searched layer, the
+cost of one op, and which features its networks offer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature a network of the family offers, as timm's ``feature_info`` declares them:
+    ``kind`` is ``stage`` (a stage's output), ``expand`` (the inner features of a stage's first
+    layer, before its stride takes effect where the block allows) or ``head`` (the head conv's
+    output); ``stride`` counts from the input image."""
+
+    kind: str
+    stage: int | None
+    stride: int
+    channels: int
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.stage is None else f"{self.kind}:{self.stage}"
+
+
+class Family:
+    """The interface of a seed family. Subclasses set ``name`` and implement every method."""
+
+    name: str = ""
+    op_help: str = ""  # the op grammar, for error messages
+
+    # -- the op grammar -------------------------------------------------------------------
+    def parse_op(self, name: str):
+        """The op ``name`` stands for (an object with ``name`` and ``is_skip``); ValueError
+        (with :attr:`op_help`) when the grammar does not admit it."""
+        raise NotImplementedError
+
+    def named_archs(self) -> dict[str, Callable]:
+        """{name: function returning the Arch} of the family's named architectures."""
+        return {}
+
+    # -- building ---------------------------------------------------------------------------
+    def build_layer(self, in_channels: int, out_channels: int, stride: int, op, *, dilation: int = 1,
+                    norm_layer: Callable[[int], nn.Module] | None = None,
+                    act_layer: Callable[[], nn.Module] | None = None) -> nn.Module:
+        """One layer taking ``op``; ``norm_layer(channels)`` and ``act_layer()`` build its norm
+        and activation (default: the family's own)."""
+        raise NotImplementedError
+
+    def build_network(self, arch, num_classes: int | None = None, **options) -> nn.Module:
+        raise NotImplementedError
+
+    def build_stem(self, arch, **parts) -> nn.Module:
+        """The network's fixed input part (``parts``: ``bn_eps``, ``norm_layer``, ``act_layer``)."""
+        raise NotImplementedError
+
+    def build_head(self, arch, head_channels: int | None, **parts) -> nn.Module | None:
+        """The network's fixed part after the last stage (None when it has none)."""
+        raise NotImplementedError
+
+    def is_block(self, module: nn.Module) -> bool:
+        """Whether ``module`` is one of the family's blocks (a layer with parameters to remap)."""
+        raise NotImplementedError
+
+    # -- remapping ----------------------------------------------------------------------------
+    def plan_block(self, plan, seed: nn.Module, target: nn.Module, seed_prefix: str, target_prefix: str,
+                   width: str = "first", kernel: str = "center"):
+        """Adds to ``plan`` the maps that remap block ``seed`` into block ``target``."""
+        raise NotImplementedError
+
+    def load_seed_weights(self, model: nn.Module, path, **options):
+        """Copies a pretrained weight file (the layouts the family knows) into ``model``."""
+        raise NotImplementedError
+
+    # -- the search ---------------------------------------------------------------------------
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False) -> tuple[str, ...]:
+        """The candidate ops of a searched layer: a stage's first layer changes channels or
+        resolution (no skip); ``keep_inner_width`` keeps only ops whose inner width a model's
+        feature tap can read unchanged."""
+        raise NotImplementedError
+
+    def widest_op(self, candidates) -> str:
+        """The candidate whose weights hold every other's (the shared max-size weight)."""
+        raise NotImplementedError
+
+    def search_layer(self, spec, *, weight_sharing: str, affine_bn: bool, bn_eps: float) -> nn.Module:
+        """The searched layer of ``spec``: its candidates over shared or independent weights."""
+        raise NotImplementedError
+
+    # -- cost and features ------------------------------------------------------------------
+    def op_madds(self, in_channels: int, out_channels: int, op, stride: int, input_size: tuple[int, int],
+                 dilation: int = 1) -> int:
+        """The multiply-adds of one layer taking ``op`` at ``input_size``."""
+        raise NotImplementedError
+
+    def feature_info(self, arch, head_channels: int | None = None) -> list[FeatureInfo]:
+        """Every feature a network of ``arch`` offers (see :class:`FeatureInfo`)."""
+        raise NotImplementedError

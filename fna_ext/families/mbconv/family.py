@@ -1,0 +1,104 @@
+"""The MBConv family as a :class:`~fna_ext.families.base.Family`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..base import Family, FeatureInfo
+from .op import Op
+
+
+class MBConvFamily(Family):
+    name = "mbconv"
+    op_help = "ops are k{odd kernel}_e{expansion} (for example k3_e6, k5_e3, k7_e6) or skip"
+
+    def parse_op(self, name: str) -> Op:
+        return Op.parse(name)
+
+    def named_archs(self):
+        from .archs import NAMED_ARCHS
+
+        return NAMED_ARCHS
+
+    def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
+                    bn_eps: float = 1e-5) -> nn.Module:
+        from .blocks import make_layer
+
+        op = op if isinstance(op, Op) else Op.parse(op)
+        return make_layer(in_channels, out_channels, stride, op, bn_eps, dilation, norm_layer, act_layer)
+
+    def build_network(self, arch, num_classes=None, **options) -> nn.Module:
+        from .network import Network
+
+        return Network(arch, num_classes, **options)
+
+    def build_stem(self, arch, **parts) -> nn.Module:
+        from .network import build_stem
+
+        return build_stem(arch, **parts)
+
+    def build_head(self, arch, head_channels, **parts):
+        from .network import build_head
+
+        return build_head(arch, head_channels, **parts)
+
+    def is_block(self, module: nn.Module) -> bool:
+        from .blocks import MBConv
+
+        return isinstance(module, MBConv)
+
+    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center"):
+        from .remap import plan_block
+
+        return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
+
+    def load_seed_weights(self, model, path, **options):
+        from .seed_weights import load_seed_weights
+
+        return load_seed_weights(model, path, **options)
+
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False) -> tuple[str, ...]:
+        from .candidates import MBCONV_CANDIDATES
+
+        if not first_layer:
+            return MBCONV_CANDIDATES + ("skip",)
+        if keep_inner_width:  # SSDLite taps the first layer's expansion: its width must not change
+            return tuple(op for op in MBCONV_CANDIDATES if Op.parse(op).expansion == 6)
+        return MBCONV_CANDIDATES
+
+    def widest_op(self, candidates) -> str:
+        ops = [Op.parse(name) for name in candidates if not Op.parse(name).is_skip]
+        return Op(max(op.kernel for op in ops), max(op.expansion for op in ops)).name
+
+    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps):
+        from .search_layer import SearchLayer
+
+        return SearchLayer(spec, weight_sharing, affine_bn, bn_eps)
+
+    def op_madds(self, in_channels, out_channels, op, stride, input_size, dilation=1) -> int:
+        from .cost import mbconv_madds
+
+        op = op if isinstance(op, Op) else Op.parse(op)
+        if op.is_skip:
+            return 0
+        return mbconv_madds(in_channels, out_channels, op.kernel, op.expansion, stride, input_size, dilation)
+
+    def feature_info(self, arch, head_channels=None, output_stride=None) -> list[FeatureInfo]:
+        """Each stage's output, each stage's first-layer expansion (at the stage's input stride:
+        the depthwise conv has not strided yet) and the head conv's output. Strides count the
+        stem's 2; under ``output_stride`` a dilated stage keeps the stride it starts at."""
+        from ...arch import stage_geometry
+
+        features, stride = [], 2
+        for i, (stage, geometry) in enumerate(zip(arch.stages, stage_geometry(arch, output_stride))):
+            first = Op.parse(stage.ops[0])
+            if first.expansion != 1:
+                features.append(FeatureInfo("expand", i, stride, stage.in_channels * first.expansion))
+            stride *= geometry.stride
+            features.append(FeatureInfo("stage", i, stride, stage.out_channels))
+        if head_channels:
+            features.append(FeatureInfo("head", None, stride, head_channels))
+        return features
+
+
+MBCONV = MBConvFamily()

@@ -1,0 +1,161 @@
+"""The MBConv family's searched layer: a layer's candidate ops (k, e) over one shared max-size
+MBConv (or one MBConv each), run as one sampled op (path mode) or as their softmax(alpha)-weighted
+mixture (mixture mode)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...ops import sampled_mbconv
+from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
+from ...ops.sampled_mbconv import depthwise_project, expand_hidden
+from .blocks import MBConv
+from .op import Op
+
+MAX_OP = Op(7, 6)
+
+
+def candidate_batch_norm(eps: float, affine: bool):
+    """The norm layer of candidate blocks: batch statistics only, never running ones (as
+    published); without affine parameters there is nothing to learn either, so the parameters are
+    frozen at (1, 0) and never used."""
+    def build(channels: int) -> nn.BatchNorm2d:
+        bn = nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)
+        bn.weight.requires_grad_(affine)
+        bn.bias.requires_grad_(affine)
+        return bn
+    return build
+
+
+class SearchLayer(nn.Module):
+    """One searched layer: its candidate ops over shared or independent weights."""
+
+    def __init__(self, spec, weight_sharing: str, affine_bn: bool, bn_eps: float):
+        super().__init__()
+        self.spec, self.weight_sharing, self.affine_bn, self.bn_eps = spec, weight_sharing, affine_bn, bn_eps
+        ops = [op for op in spec.candidates if not Op.parse(op).is_skip]
+        owners = [MAX_OP.name] if weight_sharing == "shared" else ops
+        norm = candidate_batch_norm(bn_eps, affine_bn)
+        self.blocks = nn.ModuleDict({name: MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
+                                                  Op.parse(name).expansion, spec.stride, norm_layer=norm)
+                                     for name in owners})
+        self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
+
+    def _owner(self, op: str) -> MBConv:
+        return self.blocks[MAX_OP.name] if self.weight_sharing == "shared" else self.blocks[op]
+
+    def _bn_args(self, block: MBConv) -> dict:
+        if not self.affine_bn:
+            return {}
+        bns = (block.expand.bn, block.depthwise.bn, block.project.bn)
+        return {f"bn{i}_{kind}": getattr(bn, kind) for i, bn in enumerate(bns, 1) for kind in ("weight", "bias")}
+
+    def _expansion(self, op: str) -> int:
+        return Op.parse(op).expansion * self.spec.in_channels
+
+    def run_op(self, x: torch.Tensor, op: str) -> torch.Tensor:
+        parsed = Op.parse(op)
+        if parsed.is_skip:
+            return x
+        block = self._owner(op)
+        return sampled_mbconv(x, block.expand.conv.weight, block.depthwise.conv.weight, block.project.conv.weight,
+                              kernel_size=parsed.kernel, expand_channels=self._expansion(op),
+                              stride=self.spec.stride, eps=self.bn_eps, **self._bn_args(block))
+
+    def expansion_output(self, x: torch.Tensor, op: str) -> torch.Tensor:
+        """The op's expand conv -> BN -> ReLU6 output (for a detector feature tap)."""
+        block = self._owner(op)
+        bn = self._bn_args(block)
+        return expand_hidden(x, block.expand.conv.weight, self._expansion(op), bn.get("bn1_weight"),
+                             bn.get("bn1_bias"), self.bn_eps)
+
+    def _rest_of_block(self, x: torch.Tensor, hidden: torch.Tensor, op: str) -> torch.Tensor:
+        block, parsed = self._owner(op), Op.parse(op)
+        bn = self._bn_args(block)
+        return depthwise_project(x, hidden, block.depthwise.conv.weight, block.project.conv.weight,
+                                 kernel_size=parsed.kernel, stride=self.spec.stride,
+                                 bn2_weight=bn.get("bn2_weight"), bn2_bias=bn.get("bn2_bias"),
+                                 bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps)
+
+    def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
+        """In shared mode, which entries of the max-size weights op (k, e) uses: the optimiser
+        step must leave the others (other candidates' weights) where they were."""
+        parsed = Op.parse(op)
+        if self.weight_sharing != "shared" or parsed.is_skip:
+            return {}
+        block = self._owner(op)
+        e = parsed.expansion * self.spec.in_channels
+        start = (MAX_OP.kernel - parsed.kernel) // 2
+        masks = {}
+        for param, region in ((block.expand.conv.weight, (slice(0, e),)),
+                              (block.depthwise.conv.weight, (slice(0, e), slice(None), slice(start, start + parsed.kernel),
+                                                              slice(start, start + parsed.kernel))),
+                              (block.project.conv.weight, (slice(None), slice(0, e)))):
+            mask = torch.zeros_like(param, dtype=torch.bool)
+            mask[region] = True
+            masks[param] = mask
+        if self.affine_bn:
+            for bn in (block.expand.bn, block.depthwise.bn):
+                for param in (bn.weight, bn.bias):
+                    mask = torch.zeros_like(param, dtype=torch.bool)
+                    mask[:e] = True
+                    masks[param] = mask
+        return masks
+
+    def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(softmax-weighted sum of every candidate's output, weighted sum of their expansion
+        outputs). With shared weights the candidates run as one mixture op, which computes the
+        widest expansion once (materialised only when a detector taps it)."""
+        if self.weight_sharing != "shared":
+            return self._independent_mixture(x, tap)
+        positions = [i for i, op in enumerate(self.spec.candidates) if not Op.parse(op).is_skip]
+        ops = [self.spec.candidates[i] for i in positions]
+        widest = max(ops, key=self._expansion)
+        block = self._owner(widest)
+        bn = self._bn_args(block)
+        common = dict(candidates=[(Op.parse(op).kernel, self._expansion(op)) for op in ops], stride=self.spec.stride,
+                      eps=self.bn_eps, **{k: v for k, v in bn.items() if not k.startswith("bn1")})
+        weights = self.choice[positions]
+        shared = self.expansion_output(x, widest) if tap else None
+        if tap:
+            out = depthwise_project_mixture(x, shared, weights, block.depthwise.conv.weight, block.project.conv.weight,
+                                            **common)
+        else:
+            out = mbconv_mixture(x, block.expand.conv.weight, weights, block.depthwise.conv.weight,
+                                 block.project.conv.weight, bn1_weight=bn.get("bn1_weight"),
+                                 bn1_bias=bn.get("bn1_bias"), **common)
+        for w, op in zip(self.choice, self.spec.candidates):
+            if Op.parse(op).is_skip:
+                out = out + w * x
+        if not tap:
+            return out, None
+        full = [i for i, op in zip(positions, ops) if self._expansion(op) == self._expansion(widest)]
+        return out, shared * self.choice[full].sum()
+
+    def _independent_mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        ops = [op for op in self.spec.candidates if not Op.parse(op).is_skip]
+        widest = max(ops, key=self._expansion)
+        out, tapped = 0, 0
+        for w, op in zip(self.choice, self.spec.candidates):
+            if Op.parse(op).is_skip:
+                out = out + w * x
+                continue
+            hidden = self.expansion_output(x, op)
+            out = out + w * self._rest_of_block(x, hidden, op)
+            if tap and hidden.shape[1] == self._expansion(widest):
+                tapped = tapped + w * hidden
+        return out, (tapped if tap else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tapping_expand(x, tap=False)[0]
+
+    def forward_tapping_expand(self, x: torch.Tensor, tap: bool = True):
+        """(output, expansion output); a tapped layer's candidates all have one expansion width
+        (SSDLite's e6-only first layer), so the weighted sum of their expansions is well formed."""
+        if isinstance(self.choice, str):
+            out = self.run_op(x, self.choice)
+            return out, (self.expansion_output(x, self.choice) if tap else None)
+        if self.choice is None:
+            raise RuntimeError(f"layer {self.spec.key}: set a path or mixture on the super network first")
+        return self._mixture(x, tap)
