@@ -7,6 +7,7 @@
 #include <string>
 
 #include "host_cache.h"
+#include "mbconv/mixture_driver.h"
 
 namespace fna_ext {
 namespace {
@@ -41,6 +42,11 @@ std::string build_info() {
          std::to_string(__cplusplus) + ", \"cxx11_abi\": " + cxx11_abi + "}";
 }
 
+// The length of the stats tensor the sampled ops save, as the kernels allocate it.
+int64_t sampled_stats_size(int64_t expand_channels, int64_t out_channels, bool with_bn1) {
+  return mbconv::stats_size(expand_channels, out_channels, with_bn1);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(fna_ext, m) {
@@ -63,26 +69,29 @@ TORCH_LIBRARY(fna_ext, m) {
   // The super network's sampled MBConv (fna_ext.ops.sampled_mbconv): expand 1x1 -> BN1 -> ReLU6 ->
   // depthwise k x k -> BN2 -> ReLU6 -> project 1x1 -> BN3 (+ x), batch statistics, on the first
   // expand_channels channels and the centre k x k of max-size weights. Returns (out, h1, h2, h3,
-  // stats): the pre-BN tensors and the BN statistics (double) that backward needs.
+  // stats): the pre-BN tensors and the BN statistics (double) that backward needs. `dilation`
+  // spaces the depthwise taps (padding dilation * (k - 1) / 2; stride must then be 1); it comes
+  // last, with a default, in every op below so existing callers keep working.
   m.def("sampled_mbconv_forward(Tensor x, Tensor expand_weight, Tensor dw_weight, Tensor project_weight, "
         "Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "
-        "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps) "
+        "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps, int dilation=1) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Gradients of x, the three max-size weights (zero outside the slice) and the six BN parameters
   // (empty where the BN has none, and all of them when weight_grads is false: an architecture step).
   m.def("sampled_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
         "Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, Tensor stats, "
-        "int kernel_size, int stride, bool weight_grads) -> Tensor[]");
+        "int kernel_size, int stride, bool weight_grads, int dilation=1) -> Tensor[]");
   // The same from the depthwise conv on, for an activated hidden tensor (the mixture's shared
   // expansion): returns (out, h2, h3, stats).
   m.def("depthwise_project_forward(Tensor x, Tensor hidden, Tensor dw_weight, Tensor project_weight, "
         "Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, int kernel_size, int stride, "
-        "float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+        "float eps, int dilation=1) -> (Tensor, Tensor, Tensor, Tensor)");
   // Gradients of x (empty without a residual), hidden, the weights and the four BN parameters.
   m.def("depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
-        "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride, bool weight_grads) -> Tensor[]");
+        "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride, bool weight_grads, "
+        "int dilation=1) -> Tensor[]");
   // One layer's whole mixture with shared weights (fna_ext.ops.mbconv_mixture): the weighted sum of
   // the candidates (kernel_sizes[i], expansions[i]); candidates of one kernel size share the
   // depthwise conv and nest their projections. mixture_mbconv runs the shared expansion as well
@@ -90,21 +99,27 @@ TORCH_LIBRARY(fna_ext, m) {
   // the gradients of x and the mixture weights: the weights are frozen (an architecture step).
   m.def("mixture_mbconv_forward(Tensor x, Tensor expand_weight, Tensor weights, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
-        "Tensor? bn3_weight, Tensor? bn3_bias, int[] kernel_sizes, int[] expansions, int stride, float eps) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "Tensor? bn3_weight, Tensor? bn3_bias, int[] kernel_sizes, int[] expansions, int stride, float eps, "
+        "int dilation=1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("mixture_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor weights, "
         "Tensor dw_weight, Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, "
         "Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, "
-        "Tensor stats, int[] kernel_sizes, int[] expansions, int stride) -> Tensor[]");
+        "Tensor stats, int[] kernel_sizes, int[] expansions, int stride, int dilation=1) -> Tensor[]");
   // The same from the depthwise conv on, over an activated shared expansion `hidden`: returns
   // (out, h2, h3, stats); backward gives x's (empty without a residual), hidden's and the weights'.
   m.def("mixture_depthwise_project_forward(Tensor x, Tensor hidden, Tensor weights, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
-        "int[] kernel_sizes, int[] expansions, int stride, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+        "int[] kernel_sizes, int[] expansions, int stride, float eps, int dilation=1) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("mixture_depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor weights, "
         "Tensor dw_weight, Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "
         "Tensor? bn3_bias, Tensor hidden2, Tensor hidden3, Tensor stats, int[] kernel_sizes, int[] expansions, "
-        "int stride) -> Tensor[]");
+        "int stride, int dilation=1) -> Tensor[]");
+  // The length of the float64 stats tensor the ops above save, as their kernels allocate it: the
+  // fake (meta) kernels ask these rather than re-encode the layout.
+  m.def("sampled_stats_size(int expand_channels, int out_channels, bool with_bn1) -> int", &sampled_stats_size);
+  m.def("mixture_stats_size(int[] kernel_sizes, int[] expansions, int out_channels, bool expand) -> int",
+        &mbconv::mixture_stats_size);
 }
 
 }  // namespace fna_ext

@@ -6,7 +6,8 @@
 // weights, 4 output pixels at a time in registers. Backward computes the input gradient as the
 // same correlation over the zero-dilated output gradient with the kernel flipped, and the weight
 // gradient one kernel row at a time. Per-task partial sums are reduced in a fixed order, so
-// results do not depend on the thread count.
+// results do not depend on the thread count. A dilated conv runs as d x d undilated ones over
+// interleaved sub-images (see "dilation" below), so none of this changes for it.
 //
 // The hot functions are compiled for AVX-512, AVX2 and baseline x86-64 (GCC's target_clones
 // picks one at load time); elsewhere they are built once for the compiler's target.
@@ -296,9 +297,17 @@ FNA_INLINE void zero_frame(T* tile, int64_t h, int64_t w, int64_t pad) {
   }
 }
 
-struct DwIn {  // the depthwise input: (N, H, W) pixels of `ld` values, and BN1 applied on load
+// Where a task's pixels lie in an (N, H, W, C) buffer of unit channel stride: pixel (n, y, x)
+// starts at element base + n * image + y * row + x * col. A whole image has base 0, row W * ld
+// and col ld; a phase of a dilated conv (see Phase) steps d pixels.
+struct Pixels {
+  int64_t base, image, row, col;
+  int64_t at(int64_t n, int64_t y, int64_t x) const { return base + n * image + y * row + x * col; }
+};
+
+struct DwIn {  // the depthwise input, and BN1 applied on load
   const void* data;
-  int64_t ld;
+  Pixels px;
   const void* scale;  // null: the input is already activated
   const void* shift;
 };
@@ -314,7 +323,7 @@ FNA_INLINE void load_input_tile(const Geometry& g, const DwIn& in, int64_t n, in
     std::fill(tile, tile + (g.h + 2 * g.pad) * wp * kBlock, T(0));
     for (int64_t ih = 0; ih < g.h; ++ih) {
       for (int64_t iw = 0; iw < g.w; ++iw) {
-        const T* s = src + ((n * g.h + ih) * g.w + iw) * in.ld + c0;
+        const T* s = src + in.px.at(n, ih, iw) + c0;
         T* d = tile + ((ih + g.pad) * wp + iw + g.pad) * kBlock;
         for (int64_t ch = 0; ch < nb; ++ch) d[ch] = scale == nullptr ? s[ch] : relu6(s[ch] * scale[c0 + ch] + shift[c0 + ch]);
       }
@@ -325,10 +334,10 @@ FNA_INLINE void load_input_tile(const Geometry& g, const DwIn& in, int64_t n, in
   const Vec<T> sc = scale == nullptr ? Vec<T>{} : vload<T>(scale + c0);
   const Vec<T> sh = scale == nullptr ? Vec<T>{} : vload<T>(shift + c0);
   for (int64_t ih = 0; ih < g.h; ++ih) {
-    const T* s = src + (n * g.h + ih) * g.w * in.ld + c0;
+    const T* s = src + in.px.at(n, ih, 0) + c0;
     T* d = tile + ((ih + g.pad) * wp + g.pad) * kBlock;
     for (int64_t iw = 0; iw < g.w; ++iw) {
-      const Vec<T> v = vload<T>(s + iw * in.ld);
+      const Vec<T> v = vload<T>(s + iw * in.px.col);
       vstore<T>(d + iw * kBlock, scale == nullptr ? v : vrelu6<T>(v * sc + sh));
     }
   }
@@ -369,8 +378,8 @@ FNA_INLINE void store_channels(T* d, Vec<T> v, int64_t nb) {
 }
 
 template <typename T, int K>
-FNA_INLINE void depthwise_forward_body(const Geometry& g, DwIn in, const T* weight, T* out, int64_t n, int64_t c0,
-                                       double* sum, double* sumsq) {
+FNA_INLINE void depthwise_forward_body(const Geometry& g, DwIn in, const T* weight, T* out, Pixels opx, int64_t n,
+                                       int64_t c0, double* sum, double* sumsq) {
   const int64_t nb = std::min(kBlock, g.e - c0);
   const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad;
   T* tile = scratch<T>((hp * wp + K * K + g.wo) * kBlock);
@@ -385,7 +394,7 @@ FNA_INLINE void depthwise_forward_body(const Geometry& g, DwIn in, const T* weig
     Vec<T> rs = {}, rq = {};
     for (int64_t ow = 0; ow < g.wo; ++ow) {
       const Vec<T> v = vload<T>(row + ow * kBlock);
-      store_channels<T>(out + ((n * g.ho + oh) * g.wo + ow) * g.e + c0, v, nb);
+      store_channels<T>(out + opx.at(n, oh, ow) + c0, v, nb);
       rs += v;
       rq += v * v;
     }
@@ -398,6 +407,7 @@ struct DwGradOut {  // what the depthwise conv's output gradient is made of (see
   const void* h2;
   const void* scale2, *shift2;  // BN2 as an affine map: the ReLU6 mask
   const void* a, *b, *c;        // BN2's backward: dh2 = a * gz + b * h2 + c
+  Pixels px;                    // of ga2 and h2
 };
 
 // Writes dL/dh2 of image n into the (K - 1)-padded, stride-dilated tile `dilated`: the ReLU6
@@ -420,7 +430,7 @@ FNA_INLINE void load_output_grad_tile(const Geometry& g, const DwGradOut& go, in
   }
   for (int64_t oh = 0; oh < g.ho; ++oh) {
     for (int64_t ow = 0; ow < g.wo; ++ow) {
-      const int64_t at = ((n * g.ho + oh) * g.wo + ow) * g.e + c0;
+      const int64_t at = go.px.at(n, oh, ow) + c0;
       Vec<T> gv = {}, hv = {};
       if (nb == kBlock) {
         gv = vload<T>(ga2 + at), hv = vload<T>(h2 + at);
@@ -451,7 +461,8 @@ FNA_INLINE void weight_grad_pixels(const T* __restrict__ grad, const T* __restri
 
 template <typename T, int K>
 FNA_INLINE void depthwise_backward_body(const Geometry& g, DwGradOut go, DwIn in, const T* weight, T* grad_in,
-                                        double* grad_w, int64_t n, int64_t c0, double* sum_g, double* sum_gh) {
+                                        Pixels gpx, double* grad_w, int64_t n, int64_t c0, double* sum_g,
+                                        double* sum_gh) {
   const int64_t nb = std::min(kBlock, g.e - c0);
   const int64_t hp = g.h + 2 * g.pad, wp = g.w + 2 * g.pad, s = g.stride;
   // the output gradient, zero-dilated by the stride and padded by K - 1 on every side
@@ -494,23 +505,23 @@ FNA_INLINE void depthwise_backward_body(const Geometry& g, DwGradOut go, DwIn in
   std::fill(sum_gh, sum_gh + nb, 0.0);
   for (int64_t ih = 0; ih < g.h; ++ih) {
     conv_row<T, K>(dilated + ((ih + g.pad) * wg + g.pad) * kBlock, wg, 1, wflip, g.w, row);
-    T* d = grad_in + (n * g.h + ih) * g.w * g.e + c0;
+    T* d = grad_in + gpx.at(n, ih, 0) + c0;
     if (in.scale == nullptr) {
-      for (int64_t iw = 0; iw < g.w; ++iw) store_channels<T>(d + iw * g.e, vload<T>(row + iw * kBlock), nb);
+      for (int64_t iw = 0; iw < g.w; ++iw) store_channels<T>(d + iw * gpx.col, vload<T>(row + iw * kBlock), nb);
       continue;
     }
     const T* act = tile + ((ih + g.pad) * wp + g.pad) * kBlock;  // relu6(pre): 0 < act < 6 iff it passes
-    const T* h1 = src + (n * g.h + ih) * g.w * in.ld + c0;
+    const T* h1 = src + in.px.at(n, ih, 0) + c0;
     Vec<T> rs = {}, rq = {};
     for (int64_t iw = 0; iw < g.w; ++iw) {
       const Vec<T> gz = vpass<T>(vload<T>(act + iw * kBlock), vload<T>(row + iw * kBlock));
       Vec<T> hv = {};
       if (nb == kBlock) {
-        hv = vload<T>(h1 + iw * in.ld);
+        hv = vload<T>(h1 + iw * in.px.col);
       } else {
-        for (int64_t ch = 0; ch < nb; ++ch) hv[ch] = h1[iw * in.ld + ch];
+        for (int64_t ch = 0; ch < nb; ++ch) hv[ch] = h1[iw * in.px.col + ch];
       }
-      store_channels<T>(d + iw * g.e, gz, nb);
+      store_channels<T>(d + iw * gpx.col, gz, nb);
       rs += gz;
       rq += gz * hv;
     }
@@ -521,35 +532,35 @@ FNA_INLINE void depthwise_backward_body(const Geometry& g, DwGradOut go, DwIn in
 // float, what training runs, is built for each instruction set; double (tests, gradcheck) once,
 // which halves the compile time.
 template <int K>
-FNA_CLONES void depthwise_forward_float(const Geometry& g, DwIn in, const float* weight, float* out, int64_t n,
-                                        int64_t c0, double* sum, double* sumsq) {
-  depthwise_forward_body<float, K>(g, in, weight, out, n, c0, sum, sumsq);
+FNA_CLONES void depthwise_forward_float(const Geometry& g, DwIn in, const float* weight, float* out, Pixels opx,
+                                        int64_t n, int64_t c0, double* sum, double* sumsq) {
+  depthwise_forward_body<float, K>(g, in, weight, out, opx, n, c0, sum, sumsq);
 }
 
 template <int K>
 FNA_CLONES void depthwise_backward_float(const Geometry& g, DwGradOut go, DwIn in, const float* weight,
-                                         float* grad_in, double* grad_w, int64_t n, int64_t c0, double* sum_g,
-                                         double* sum_gh) {
-  depthwise_backward_body<float, K>(g, go, in, weight, grad_in, grad_w, n, c0, sum_g, sum_gh);
+                                         float* grad_in, Pixels gpx, double* grad_w, int64_t n, int64_t c0,
+                                         double* sum_g, double* sum_gh) {
+  depthwise_backward_body<float, K>(g, go, in, weight, grad_in, gpx, grad_w, n, c0, sum_g, sum_gh);
 }
 
 template <typename T, int K>
-void depthwise_forward_task(const Geometry& g, DwIn in, const T* weight, T* out, int64_t n, int64_t c0, double* sum,
-                            double* sumsq) {
+void depthwise_forward_task(const Geometry& g, DwIn in, const T* weight, T* out, Pixels opx, int64_t n, int64_t c0,
+                            double* sum, double* sumsq) {
   if constexpr (std::is_same_v<T, float>) {
-    depthwise_forward_float<K>(g, in, weight, out, n, c0, sum, sumsq);
+    depthwise_forward_float<K>(g, in, weight, out, opx, n, c0, sum, sumsq);
   } else {
-    depthwise_forward_body<T, K>(g, in, weight, out, n, c0, sum, sumsq);
+    depthwise_forward_body<T, K>(g, in, weight, out, opx, n, c0, sum, sumsq);
   }
 }
 
 template <typename T, int K>
-void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in, const T* weight, T* grad_in, double* grad_w,
-                             int64_t n, int64_t c0, double* sum_g, double* sum_gh) {
+void depthwise_backward_task(const Geometry& g, DwGradOut go, DwIn in, const T* weight, T* grad_in, Pixels gpx,
+                             double* grad_w, int64_t n, int64_t c0, double* sum_g, double* sum_gh) {
   if constexpr (std::is_same_v<T, float>) {
-    depthwise_backward_float<K>(g, go, in, weight, grad_in, grad_w, n, c0, sum_g, sum_gh);
+    depthwise_backward_float<K>(g, go, in, weight, grad_in, gpx, grad_w, n, c0, sum_g, sum_gh);
   } else {
-    depthwise_backward_body<T, K>(g, go, in, weight, grad_in, grad_w, n, c0, sum_g, sum_gh);
+    depthwise_backward_body<T, K>(g, go, in, weight, grad_in, gpx, grad_w, n, c0, sum_g, sum_gh);
   }
 }
 
@@ -616,6 +627,7 @@ struct NestedOut {  // per ring group: kernel 2 * grp + 3's pre-BN2 output and s
   void* out[3];
   double* sum[3];
   double* sumsq[3];
+  Pixels px;  // of every out
 };
 
 template <typename T, int KMAX>
@@ -654,7 +666,7 @@ FNA_INLINE void nested_forward_body(const Geometry& g, DwIn in, const T* weight,
       Vec<T> rs = {}, rq = {};
       for (int64_t ow = 0; ow < g.wo; ++ow) {
         const Vec<T> v = vload<T>(rows[grp] + ow * kBlock);
-        store_channels<T>(out + ((n * g.ho + oh) * g.wo + ow) * g.e + c0, v, nb);
+        store_channels<T>(out + o.px.at(n, oh, ow) + c0, v, nb);
         rs += v;
         rq += v * v;
       }
@@ -688,7 +700,7 @@ struct NestedGradOut {  // per ring group: kernel 2 * grp + 3's output gradient 
 
 template <typename T, int KMAX>
 FNA_INLINE void nested_backward_body(const Geometry& g, const NestedGradOut& go, const T* weight, T* grad_in,
-                                     int64_t n, int64_t c0) {
+                                     Pixels gpx, int64_t n, int64_t c0) {
   constexpr int R = KMAX / 2;
   const int64_t nb = std::min(kBlock, g.e - c0);
   const int64_t s = g.stride;
@@ -733,8 +745,8 @@ FNA_INLINE void nested_backward_body(const Geometry& g, const NestedGradOut& go,
       sourced_pixels<T, KMAX, 1>(p, wg, wflip, acc);
       vstore<T>(row + iw * kBlock, acc[0]);
     }
-    T* d = grad_in + (n * g.h + ih) * g.w * g.e + c0;
-    for (int64_t x = 0; x < g.w; ++x) store_channels<T>(d + x * g.e, vload<T>(row + x * kBlock), nb);
+    T* d = grad_in + gpx.at(n, ih, 0) + c0;
+    for (int64_t x = 0; x < g.w; ++x) store_channels<T>(d + x * gpx.col, vload<T>(row + x * kBlock), nb);
   }
 }
 
@@ -746,8 +758,8 @@ FNA_CLONES void nested_forward_float(const Geometry& g, DwIn in, const float* we
 
 template <int KMAX>
 FNA_CLONES void nested_backward_float(const Geometry& g, const NestedGradOut& go, const float* weight, float* grad_in,
-                                      int64_t n, int64_t c0) {
-  nested_backward_body<float, KMAX>(g, go, weight, grad_in, n, c0);
+                                      Pixels gpx, int64_t n, int64_t c0) {
+  nested_backward_body<float, KMAX>(g, go, weight, grad_in, gpx, n, c0);
 }
 
 template <typename T, int KMAX>
@@ -760,12 +772,12 @@ void nested_forward_task(const Geometry& g, DwIn in, const T* weight, NestedOut 
 }
 
 template <typename T, int KMAX>
-void nested_backward_task(const Geometry& g, const NestedGradOut& go, const T* weight, T* grad_in, int64_t n,
-                          int64_t c0) {
+void nested_backward_task(const Geometry& g, const NestedGradOut& go, const T* weight, T* grad_in, Pixels gpx,
+                          int64_t n, int64_t c0) {
   if constexpr (std::is_same_v<T, float>) {
-    nested_backward_float<KMAX>(g, go, weight, grad_in, n, c0);
+    nested_backward_float<KMAX>(g, go, weight, grad_in, gpx, n, c0);
   } else {
-    nested_backward_body<T, KMAX>(g, go, weight, grad_in, n, c0);
+    nested_backward_body<T, KMAX>(g, go, weight, grad_in, gpx, n, c0);
   }
 }
 
@@ -782,13 +794,60 @@ void for_each_kernel_size(int64_t k, Fn&& fn) {
 template <typename T>
 const T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// One task per (image, block of kBlock channels), in a fixed order.
+// ---- dilation ---------------------------------------------------------------------------------
+//
+// With stride 1 and padding d (k - 1) / 2 (a multiple of d), output pixel (y, x) of a conv dilated
+// by d reads only the inputs congruent to (y, x) modulo d. So the dilated conv is d * d
+// independent undilated ones, one per phase (a, b): the plain k x k conv, padding k / 2, of the
+// sub-image of pixels (a + i d, b + j d), whose output is the same pixels of the output. The
+// tasks read and write a phase in place through Pixels strides: no copies, inner loops
+// untouched, and dilation 1 is the single phase (0, 0), the whole image. A dilated k3 is then the
+// centre of the dilated k7 phase by phase, so the nested kernels apply unchanged.
+struct Phase {
+  Geometry g;     // the sub-image's: undilated, padding k / 2 (the image's own when d = 1)
+  Geometry full;  // the image's
+  int64_t a, b;   // the sub-image's first row and column
+  // input and output (stride 1 when d > 1, so one offset form serves both) with `ld` per pixel
+  Pixels input(int64_t ld) const { return pixels(full.h, full.w, ld); }
+  Pixels output(int64_t ld) const { return pixels(full.ho, full.wo, ld); }
+  Pixels pixels(int64_t h, int64_t w, int64_t ld) const {
+    const int64_t d = full.dilation;
+    return {(a * w + b) * ld, h * w * ld, d * w * ld, d * ld};
+  }
+};
+
+inline std::vector<Phase> phases(const Geometry& full) {
+  const int64_t d = full.dilation;
+  std::vector<Phase> list;
+  for (int64_t a = 0; a < d; ++a) {
+    for (int64_t b = 0; b < d; ++b) {
+      Phase p{full, full, a, b};
+      if (d > 1) {  // may be empty (an image smaller than d): its tasks write zero sums
+        p.g.h = p.g.ho = (full.h - a + d - 1) / d;
+        p.g.w = p.g.wo = (full.w - b + d - 1) / d;
+        p.g.pad = full.k / 2;
+        p.g.dilation = 1;
+      }
+      list.push_back(p);
+    }
+  }
+  return list;
+}
+
+// One task per (phase, image, block of kBlock channels), in a fixed order: fn(phase, n, c0).
+// Partial results are indexed by the task's (phase, image) row, phase * N + n.
 template <typename Fn>
-void for_each_tile(const Geometry& g, Fn&& fn) {
-  const int64_t blocks = (g.e + kBlock - 1) / kBlock;
-  at::parallel_for(0, g.n * blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) fn(t / blocks, (t % blocks) * kBlock);
+void for_each_tile(const Geometry& g, const std::vector<Phase>& list, Fn&& fn) {
+  const int64_t blocks = (g.e + kBlock - 1) / kBlock, per_phase = g.n * blocks;
+  at::parallel_for(0, static_cast<int64_t>(list.size()) * per_phase, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      fn(list[t / per_phase], (t % per_phase) / blocks, (t % blocks) * kBlock);
+    }
   });
+}
+
+inline int64_t partial_row(const Geometry& g, const Phase& p, int64_t n) {
+  return ((p.a * g.dilation) + p.b) * g.n + n;
 }
 
 struct CpuBackend {
@@ -865,16 +924,19 @@ struct CpuBackend {
                                 const at::Tensor& shift, const at::Tensor& weight, at::Tensor out, at::Tensor sum,
                                 at::Tensor sumsq) {
     FNA_MBCONV_STEP("depthwise_forward");
-    at::Tensor partial = at::empty({2, g.n, g.e}, sum.options());  // every task writes its part
+    const std::vector<Phase> list = phases(g);
+    const int64_t rows = static_cast<int64_t>(list.size()) * g.n;
+    at::Tensor partial = at::empty({2, rows, g.e}, sum.options());  // every task writes its part
     double* p = partial.data_ptr<double>();
-    const DwIn src{in.data_ptr(), in.stride(2), scale.defined() ? scale.data_ptr() : nullptr,
-                   shift.defined() ? shift.data_ptr() : nullptr};
     AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "fna_ext_mbconv_dw_forward", [&] {
       for_each_kernel_size(g.k, [&](auto k) {
-        for_each_tile(g, [&](int64_t n, int64_t c0) {
-          depthwise_forward_task<scalar_t, decltype(k)::value>(g, src, weight.data_ptr<scalar_t>(),
-                                                               out.data_ptr<scalar_t>(), n, c0, p + n * g.e + c0,
-                                                               p + (g.n + n) * g.e + c0);
+        for_each_tile(g, list, [&](const Phase& f, int64_t n, int64_t c0) {
+          const DwIn src{in.data_ptr(), f.input(in.stride(2)), scale.defined() ? scale.data_ptr() : nullptr,
+                         shift.defined() ? shift.data_ptr() : nullptr};
+          const int64_t r = partial_row(g, f, n);
+          depthwise_forward_task<scalar_t, decltype(k)::value>(f.g, src, weight.data_ptr<scalar_t>(),
+                                                               out.data_ptr<scalar_t>(), f.output(g.e), n, c0,
+                                                               p + r * g.e + c0, p + (rows + r) * g.e + c0);
         });
       });
     });
@@ -888,21 +950,24 @@ struct CpuBackend {
                                  const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& weight,
                                  at::Tensor grad_in, at::Tensor grad_weight, at::Tensor sum_g, at::Tensor sum_gh) {
     FNA_MBCONV_STEP("depthwise_backward");
-    at::Tensor partial = at::empty({2, g.n, g.e}, sum_g.options());  // every task writes its part
+    const std::vector<Phase> list = phases(g);
+    const int64_t rows = static_cast<int64_t>(list.size()) * g.n;
+    at::Tensor partial = at::empty({2, rows, g.e}, sum_g.options());  // every task writes its part
     // every task writes its part; none when the weight gradient is not wanted
-    at::Tensor partial_w = at::empty({grad_weight.defined() ? g.n : 0, g.e, g.k, g.k}, sum_g.options());
+    at::Tensor partial_w = at::empty({grad_weight.defined() ? rows : 0, g.e, g.k, g.k}, sum_g.options());
     double* p = partial.data_ptr<double>();
     double* pw = grad_weight.defined() ? partial_w.data_ptr<double>() : nullptr;
-    const DwIn src{in.data_ptr(), in.stride(2), scale1.defined() ? scale1.data_ptr() : nullptr,
-                   shift1.defined() ? shift1.data_ptr() : nullptr};
-    const DwGradOut go{ga2.data_ptr(), h2.data_ptr(), scale2.data_ptr(), shift2.data_ptr(),
-                       a.data_ptr(),   b.data_ptr(),  c.data_ptr()};
     AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "fna_ext_mbconv_dw_backward", [&] {
       for_each_kernel_size(g.k, [&](auto k) {
-        for_each_tile(g, [&](int64_t n, int64_t c0) {
+        for_each_tile(g, list, [&](const Phase& f, int64_t n, int64_t c0) {
+          const DwIn src{in.data_ptr(), f.input(in.stride(2)), scale1.defined() ? scale1.data_ptr() : nullptr,
+                         shift1.defined() ? shift1.data_ptr() : nullptr};
+          const DwGradOut go{ga2.data_ptr(), h2.data_ptr(), scale2.data_ptr(), shift2.data_ptr(),
+                             a.data_ptr(),   b.data_ptr(),  c.data_ptr(),      f.output(g.e)};
+          const int64_t r = partial_row(g, f, n);
           depthwise_backward_task<scalar_t, decltype(k)::value>(
-              g, go, src, weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(),
-              pw == nullptr ? nullptr : pw + n * g.e * g.k * g.k, n, c0, p + n * g.e + c0, p + (g.n + n) * g.e + c0);
+              f.g, go, src, weight.data_ptr<scalar_t>(), grad_in.data_ptr<scalar_t>(), f.input(g.e),
+              pw == nullptr ? nullptr : pw + r * g.e * g.k * g.k, n, c0, p + r * g.e + c0, p + (rows + r) * g.e + c0);
         });
       });
     });
@@ -921,24 +986,28 @@ struct CpuBackend {
                                        const std::vector<at::Tensor>& sums) {
     FNA_MBCONV_STEP("depthwise_forward_nested");
     const int64_t nk = static_cast<int64_t>(kernels.size());
-    at::Tensor partial = at::empty({nk, 2, g.n, g.e}, sums[0].options());  // every task writes its part
+    const std::vector<Phase> list = phases(g);
+    const int64_t rows = static_cast<int64_t>(list.size()) * g.n;
+    at::Tensor partial = at::empty({nk, 2, rows, g.e}, sums[0].options());  // every task writes its part
     double* base = partial.data_ptr<double>();
     std::vector<void*> out_ptrs;
     for (const at::Tensor& out : outs) out_ptrs.push_back(out.data_ptr());
-    const DwIn src{in.data_ptr(), in.stride(2), scale.defined() ? scale.data_ptr() : nullptr,
-                   shift.defined() ? shift.data_ptr() : nullptr};
     AT_DISPATCH_FLOATING_TYPES(in.scalar_type(), "fna_ext_mbconv_dw_nested_forward", [&] {
       for_each_kernel_size(g.k, [&](auto kmax) {
-        for_each_tile(g, [&](int64_t n, int64_t c0) {
+        for_each_tile(g, list, [&](const Phase& f, int64_t n, int64_t c0) {
+          const DwIn src{in.data_ptr(), f.input(in.stride(2)), scale.defined() ? scale.data_ptr() : nullptr,
+                         shift.defined() ? shift.data_ptr() : nullptr};
+          const int64_t r = partial_row(g, f, n);
           NestedOut o{};
+          o.px = f.output(g.e);
           for (int64_t i = 0; i < nk; ++i) {
             const int64_t grp = (kernels[i] - 3) / 2;
-            double* p = base + i * 2 * g.n * g.e;
+            double* p = base + i * 2 * rows * g.e;
             o.out[grp] = out_ptrs[i];
-            o.sum[grp] = p + n * g.e + c0;
-            o.sumsq[grp] = p + (g.n + n) * g.e + c0;
+            o.sum[grp] = p + r * g.e + c0;
+            o.sumsq[grp] = p + (rows + r) * g.e + c0;
           }
-          nested_forward_task<scalar_t, decltype(kmax)::value>(g, src, weight.data_ptr<scalar_t>(), o, n, c0);
+          nested_forward_task<scalar_t, decltype(kmax)::value>(f.g, src, weight.data_ptr<scalar_t>(), o, n, c0);
         });
       });
     });
@@ -959,13 +1028,16 @@ struct CpuBackend {
       const int64_t grp = (kernels[i] - 3) / 2;
       go.present[grp] = true;
       go.go[grp] = DwGradOut{ga2[i].data_ptr(), h2[i].data_ptr(), scale2[i].data_ptr(), shift2[i].data_ptr(),
-                             a[i].data_ptr(),   b[i].data_ptr(),  c[i].data_ptr()};
+                             a[i].data_ptr(),   b[i].data_ptr(),  c[i].data_ptr(),      Pixels{}};
     }
+    const std::vector<Phase> list = phases(g);
     AT_DISPATCH_FLOATING_TYPES(grad_in.scalar_type(), "fna_ext_mbconv_dw_nested_backward", [&] {
       for_each_kernel_size(g.k, [&](auto kmax) {
-        for_each_tile(g, [&](int64_t n, int64_t c0) {
-          nested_backward_task<scalar_t, decltype(kmax)::value>(g, go, weight.data_ptr<scalar_t>(),
-                                                                grad_in.data_ptr<scalar_t>(), n, c0);
+        for_each_tile(g, list, [&](const Phase& f, int64_t n, int64_t c0) {
+          NestedGradOut phase_go = go;
+          for (DwGradOut& o : phase_go.go) o.px = f.output(g.e);
+          nested_backward_task<scalar_t, decltype(kmax)::value>(f.g, phase_go, weight.data_ptr<scalar_t>(),
+                                                                grad_in.data_ptr<scalar_t>(), f.input(g.e), n, c0);
         });
       });
     });

@@ -227,6 +227,13 @@ __device__ __forceinline__ void load_taps(const DwShape& s, const void* weight, 
   }
 }
 
+// The taps' spacing: D itself, a constant for the common D = 1 (so the undilated kernels compile
+// to exactly the code they had before dilation existed), or the shape's when D = 0 (dilated).
+template <int D>
+__device__ __forceinline__ int dilation_of(const DwShape& s) {
+  return D > 0 ? D : static_cast<int>(s.dilation);
+}
+
 // Output pixel index -> (image, row, column).
 struct Pixel {
   int64_t n;
@@ -241,7 +248,7 @@ struct Pixel {
 
 // One thread per output element, all K x K taps in registers; sums of the stored outputs (as
 // rounded to T, the values BN2 will normalise).
-template <typename T, int K, int S>
+template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
   using A = Acc<T>;
   const DwShape& s = p.s;
@@ -254,18 +261,19 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
     const DwInput<T> in(p.in, p.ld, p.scale, p.shift, c);
     T* __restrict__ out = static_cast<T*>(p.out);
     const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+    const int dil = dilation_of<D>(s);
     const int64_t pixels = s.n * s.ho * s.wo;
     for (int64_t q = first_row(); q < pixels; q += row_step()) {
       const Pixel o(q, s.ho, s.wo);
       A v = A(0);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
-        const int ih = o.y * S - pad + kh;
+        const int ih = o.y * S - pad + kh * dil;
         if (ih < 0 || ih >= h) continue;  // zero padding
         const int64_t row = (o.n * h + ih) * wd;
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
-          const int iw = o.x * S - pad + kw;
+          const int iw = o.x * S - pad + kw * dil;
           if (iw < 0 || iw >= wd) continue;
           v += in(row + iw, c) * w[kh * K + kw];
         }
@@ -299,8 +307,8 @@ struct DwOutputGrad {
 };
 
 // Input gradient in gather form: one thread per input element sums G * w over the output pixels
-// whose window covers it (oh * S - pad + kh = ih), then applies BN1's ReLU6 mask and sums.
-template <typename T, int K, int S>
+// whose window covers it (oh * S - pad + kh * dilation = ih), then applies BN1's ReLU6 mask and sums.
+template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs p) {
   using A = Acc<T>;
   const DwShape& s = p.s;
@@ -315,18 +323,19 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
     const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
     T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
     const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo), pad = static_cast<int>(s.pad);
+    const int dil = dilation_of<D>(s);
     const int64_t pixels = s.n * s.h * s.w;
     for (int64_t q = first_row(); q < pixels; q += row_step()) {
       const Pixel i(q, s.h, s.w);
       A ga = A(0);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
-        const int th = i.y + pad - kh;  // = oh * S
+        const int th = i.y + pad - kh * dil;  // = oh * S
         if (th < 0 || th % S != 0 || th / S >= ho) continue;
         const int64_t row = (i.n * ho + th / S) * wo;
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
-          const int tw = i.x + pad - kw;
+          const int tw = i.x + pad - kw * dil;
           if (tw < 0 || tw % S != 0 || tw / S >= wo) continue;
           ga += grad(row + tw / S, c) * w[kh * K + kw];
         }
@@ -349,7 +358,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
 // Weight gradient: each thread keeps all K x K taps of its channel in registers over its output
 // pixels (G computed once per pixel), then the block sums them tap by tap and adds them into
 // the float64 (e, K, K) accumulator.
-template <typename T, int K, int S>
+template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs p) {
   using A = Acc<T>;
   __shared__ A buf[kThreads];
@@ -363,18 +372,19 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs
     const DwOutputGrad<T> grad(p, c);
     const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
     const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+    const int dil = dilation_of<D>(s);
     const int64_t pixels = s.n * s.ho * s.wo;
     for (int64_t q = first_row(); q < pixels; q += row_step()) {
       const Pixel o(q, s.ho, s.wo);
       const A gv = grad(q, c);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
-        const int ih = o.y * S - pad + kh;
+        const int ih = o.y * S - pad + kh * dil;
         if (ih < 0 || ih >= h) continue;  // the padding contributes 0
         const int64_t row = (o.n * h + ih) * wd;
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
-          const int iw = o.x * S - pad + kw;
+          const int iw = o.x * S - pad + kw * dil;
           if (iw < 0 || iw >= wd) continue;
           acc[kh * K + kw] += gv * in(row + iw, c);
         }
@@ -429,29 +439,39 @@ cudaError_t with_dtype(MbconvDtype dtype, F&& f) {
   return cudaErrorInvalidValue;
 }
 
-template <int K_, int S_> struct Shape { static constexpr int K = K_, S = S_; };
+// D: the dilation as a constant (1), or 0 for "read it from the shape" (see dilation_of).
+template <int K_, int S_, int D_> struct Shape { static constexpr int K = K_, S = S_, D = D_; };
 
-// The kernels are instantiated for every (kernel size, stride) pair, so the taps unroll.
+// The kernels are instantiated for every (kernel size, stride) pair, so the taps unroll; a
+// dilated conv (stride 1 only) gets its own instantiation, leaving the undilated ones untouched.
 template <typename F>
-cudaError_t with_shape(int64_t k, int64_t stride, F&& f) {
-  if (stride == 1) {
+cudaError_t with_shape(int64_t k, int64_t stride, int64_t dilation, F&& f) {
+  if (dilation > 1) {
+    if (stride != 1) return cudaErrorInvalidValue;
     switch (k) {
-      case 3: return f(Shape<3, 1>());
-      case 5: return f(Shape<5, 1>());
-      case 7: return f(Shape<7, 1>());
+      case 3: return f(Shape<3, 1, 0>());
+      case 5: return f(Shape<5, 1, 0>());
+      case 7: return f(Shape<7, 1, 0>());
+    }
+  } else if (stride == 1) {
+    switch (k) {
+      case 3: return f(Shape<3, 1, 1>());
+      case 5: return f(Shape<5, 1, 1>());
+      case 7: return f(Shape<7, 1, 1>());
     }
   } else if (stride == 2) {
     switch (k) {
-      case 3: return f(Shape<3, 2>());
-      case 5: return f(Shape<5, 2>());
-      case 7: return f(Shape<7, 2>());
+      case 3: return f(Shape<3, 2, 1>());
+      case 5: return f(Shape<5, 2, 1>());
+      case 7: return f(Shape<7, 2, 1>());
     }
   }
   return cudaErrorInvalidValue;
 }
 
 bool bad_shape(const DwShape& s) {
-  return s.k < 1 || s.k > s.k_max || s.pad < 0 || s.h > INT32_MAX || s.w > INT32_MAX;  // coordinates are int
+  return s.k < 1 || s.k > s.k_max || s.pad < 0 || s.dilation < 1 || s.dilation > INT32_MAX || s.h > INT32_MAX ||
+         s.w > INT32_MAX;  // coordinates are int
 }
 
 }  // namespace
@@ -505,9 +525,9 @@ cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtyp
   if (const cudaError_t err = plan_rows(s.e, pixels, 4, 2, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return with_shape(s.k, s.stride, [&](auto shape) {
+    return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_forward_kernel<T, Sh::K, Sh::S><<<plan.grid, plan.block, 0, stream>>>(args);
+      dw_forward_kernel<T, Sh::K, Sh::S, Sh::D><<<plan.grid, plan.block, 0, stream>>>(args);
       return cudaGetLastError();
     });
   });
@@ -524,12 +544,12 @@ cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dt
   if (const cudaError_t err = plan_rows(s.e, pixels_out, 16, 1, &w_plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    return with_shape(s.k, s.stride, [&](auto shape) {
+    return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_grad_input_kernel<T, Sh::K, Sh::S><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
+      dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess || pixels_out == 0 || args.grad_weight == nullptr) return err;
-      dw_grad_weight_kernel<T, Sh::K, Sh::S><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
+      dw_grad_weight_kernel<T, Sh::K, Sh::S, Sh::D><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
       return cudaGetLastError();
     });
   });

@@ -77,13 +77,14 @@ struct GradApplyArgs {
 };
 
 // The depthwise convolution's shape: input (n, h, w) pixels, output (n, ho, wo), e channels, a
-// k x k window (odd, at most 7) centred in the k_max x k_max weight, stride 1 or 2, padding pad.
+// k x k window (odd, at most 7) centred in the k_max x k_max weight, stride 1 or 2, padding pad,
+// taps `dilation` pixels apart (dilation > 1 only with stride 1).
 struct DwShape {
   int64_t n, h, w, ho, wo, e;
-  int64_t k, k_max, stride, pad;
+  int64_t k, k_max, stride, pad, dilation;
 };
 
-// out[(n*ho+oh)*wo+ow][j] = sum_{kh,kw} in'(n, oh*stride-pad+kh, ow*stride-pad+kw, j) * w(j,kh,kw),
+// out[(n*ho+oh)*wo+ow][j] = sum_{kh,kw} in'(n, oh*stride-pad+kh*dilation, ow*stride-pad+kw*dilation, j) * w(j,kh,kw),
 // with in' = relu6(in * scale + shift) (or in, when scale is null) inside the image and 0 in
 // the padding; out is contiguous (rows_out, e). Also sum and sumsq of out per channel.
 struct DwForwardArgs {

@@ -64,7 +64,7 @@ void check_sums(const at::Tensor& t, int64_t channels, const at::Tensor& like, c
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 DwShape dw_shape(const Geometry& g) {
-  return DwShape{g.n, g.h, g.w, g.ho, g.wo, g.e, g.k, g.k_max, g.stride, g.pad};
+  return DwShape{g.n, g.h, g.w, g.ho, g.wo, g.e, g.k, g.k_max, g.stride, g.pad, g.dilation};
 }
 
 // The depthwise input (N, H, W, e) as the kernels address it: pixel (n, ih, iw) at

@@ -36,6 +36,7 @@ struct Geometry {
   int64_t n, h, w, ho, wo;
   int64_t c_in, e, c_out, e_max;
   int64_t k, k_max, stride, pad;
+  int64_t dilation;  // the taps' spacing: k x k taps span dilation * (k - 1) + 1 pixels
   int64_t rows_in() const { return n * h * w; }
   int64_t rows_out() const { return n * ho * wo; }
   int64_t offset() const { return (k_max - k) / 2; }  // of the centre k x k in the K x K weight
@@ -137,7 +138,8 @@ inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::T
 }
 
 inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& dw_weight,
-                         const at::Tensor& project_weight, int64_t kernel_size, int64_t channels, int64_t stride) {
+                         const at::Tensor& project_weight, int64_t kernel_size, int64_t channels, int64_t stride,
+                         int64_t dilation) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == 1 && dw_weight.size(2) == dw_weight.size(3), op,
               ": dw_weight must be (E_max, 1, K, K), got ", dw_weight.sizes());
@@ -151,6 +153,11 @@ inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& 
                   project_weight.size(2) == 1 && project_weight.size(3) == 1,
               op, ": project_weight must be (C_out, E_max, 1, 1), got ", project_weight.sizes());
   TORCH_CHECK(stride == 1 || stride == 2, op, ": stride must be 1 or 2, got ", stride);
+  TORCH_CHECK(dilation >= 1, op, ": dilation must be positive, got ", dilation);
+  // DeepLab-style output strides trade a stride for dilation; the kernels split a dilated conv
+  // into stride-1 phases (mbconv_cpu.cpp), so the two are never combined
+  TORCH_CHECK(stride == 1 || dilation == 1, op, ": stride ", stride, " with dilation ", dilation,
+              " is not supported (a dilated conv has stride 1)");
   for (const at::Tensor* t : {&dw_weight, &project_weight}) {
     TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
                 ": the weights must have x's dtype and device");
@@ -158,7 +165,7 @@ inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& 
 }
 
 inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& project_weight,
-                              int64_t e, int64_t k, int64_t stride) {
+                              int64_t e, int64_t k, int64_t stride, int64_t dilation) {
   Geometry g;
   g.n = x.size(0);
   g.c_in = x.size(1);
@@ -170,16 +177,20 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight, 
   g.k = k;
   g.k_max = dw_weight.size(2);
   g.stride = stride;
-  g.pad = k / 2;
-  g.ho = (g.h + 2 * g.pad - k) / stride + 1;
-  g.wo = (g.w + 2 * g.pad - k) / stride + 1;
+  g.dilation = dilation;
+  g.pad = dilation * (k - 1) / 2;  // "same" padding of the dilated window
+  const int64_t extent = dilation * (k - 1) + 1;
+  g.ho = (g.h + 2 * g.pad - extent) / stride + 1;
+  g.wo = (g.w + 2 * g.pad - extent) / stride + 1;
   return g;
 }
 
 inline bool has_residual(const Geometry& g) { return g.stride == 1 && g.c_in == g.c_out; }
 
-// Stats layout (double): [mean, invstd] per BN, e channels for BN1 and BN2, C_out for BN3.
-inline int64_t stats_size(const Geometry& g, bool with_bn1) { return (with_bn1 ? 4 : 2) * g.e + 2 * g.c_out; }
+// Stats layout (double): [mean, invstd] per BN, e channels for BN1 and BN2, C_out for BN3. Also
+// the fna_ext::sampled_stats_size op, which the fake kernels ask (registration.cpp).
+inline int64_t stats_size(int64_t e, int64_t c_out, bool with_bn1) { return (with_bn1 ? 4 : 2) * e + 2 * c_out; }
+inline int64_t stats_size(const Geometry& g, bool with_bn1) { return stats_size(g.e, g.c_out, with_bn1); }
 
 struct TailStats {
   at::Tensor mean2, invstd2, mean3, invstd3;
@@ -283,13 +294,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
-    int64_t expand_channels, int64_t stride, double eps) {
+    int64_t expand_channels, int64_t stride, double eps, int64_t dilation) {
   const char* op = "fna_ext::sampled_mbconv_forward";
-  check_inputs(op, x, dw_weight, project_weight, kernel_size, expand_channels, stride);
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, expand_channels, stride, dilation);
   TORCH_CHECK(expand_weight.dim() == 4 && expand_weight.size(0) == dw_weight.size(0) &&
                   expand_weight.size(1) == x.size(1) && expand_weight.numel() == expand_weight.size(0) * x.size(1),
               op, ": expand_weight must be (E_max, C_in, 1, 1), got ", expand_weight.sizes());
-  const Geometry g = make_geometry(x, dw_weight, project_weight, expand_channels, kernel_size, stride);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, expand_channels, kernel_size, stride, dilation);
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   at::Tensor stats = at::empty({stats_size(g, true)}, x.options().dtype(at::kDouble));
@@ -317,13 +328,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_project_for
     const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight, const at::Tensor& project_weight,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
-    int64_t stride, double eps) {
+    int64_t stride, double eps, int64_t dilation) {
   const char* op = "fna_ext::depthwise_project_forward";
   TORCH_CHECK(hidden.dim() == 4 && hidden.size(0) == x.size(0) && hidden.size(2) == x.size(2) &&
                   hidden.size(3) == x.size(3) && hidden.scalar_type() == x.scalar_type(),
               op, ": hidden must be (N, e, H, W) like x, got ", hidden.sizes(), " and ", x.sizes());
-  check_inputs(op, x, dw_weight, project_weight, kernel_size, hidden.size(1), stride);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride);
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, hidden.size(1), stride, dilation);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
   const at::Tensor x_rows = has_residual(g) ? as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)) : at::Tensor();
   at::Tensor stats = at::empty({stats_size(g, false)}, x.options().dtype(at::kDouble));
   auto [out, h2, h3] = tail_forward<Backend>(
@@ -342,9 +353,10 @@ std::vector<at::Tensor> sampled_mbconv_backward(
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1,
     const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride,
-    bool weight_grads) {
-  check_inputs("fna_ext::sampled_mbconv_backward", x, dw_weight, project_weight, kernel_size, h1.size(1), stride);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride);
+    bool weight_grads, int64_t dilation) {
+  check_inputs("fna_ext::sampled_mbconv_backward", x, dw_weight, project_weight, kernel_size, h1.size(1), stride,
+               dilation);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride, dilation);
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
@@ -384,10 +396,11 @@ std::vector<at::Tensor> depthwise_project_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight,
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2,
-    const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride, bool weight_grads) {
+    const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride, bool weight_grads,
+    int64_t dilation) {
   check_inputs("fna_ext::depthwise_project_backward", x, dw_weight, project_weight, kernel_size, hidden.size(1),
-               stride);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride);
+               stride, dilation);
+  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
   TailGrads t = tail_backward<Backend>(g, grad_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <type_traits>
 #include <vector>
@@ -49,12 +50,10 @@ struct MixturePlan {
 };
 
 inline MixturePlan make_plan(const char* op, at::IntArrayRef kernel_sizes, at::IntArrayRef expansions,
-                             int64_t max_channels, const at::Tensor& weights, bool expand) {
+                             int64_t max_channels, bool expand) {
   TORCH_CHECK(!kernel_sizes.empty() && kernel_sizes.size() == expansions.size(), op,
               ": kernel_sizes and expansions must be equally long and not empty, got ", kernel_sizes.size(), " and ",
               expansions.size());
-  TORCH_CHECK(weights.dim() == 1 && weights.numel() == static_cast<int64_t>(kernel_sizes.size()), op,
-              ": weights must hold one value per candidate (", kernel_sizes.size(), "), got ", weights.sizes());
   MixturePlan plan;
   plan.expand = expand;
   plan.candidates = static_cast<int64_t>(kernel_sizes.size());
@@ -74,7 +73,8 @@ inline MixturePlan make_plan(const char* op, at::IntArrayRef kernel_sizes, at::I
 }
 
 // Stats layout (double): with the expansion [mean1, invstd1] (width each); per kernel size
-// [mean2, invstd2] (width each); per candidate [mean3, invstd3] (C_out each).
+// [mean2, invstd2] (width each); per candidate [mean3, invstd3] (C_out each). size() is also the
+// fna_ext::mixture_stats_size op, which the fake kernels ask (registration.cpp).
 struct MixtureStats {
   at::Tensor all;
   int64_t width, c_out, kernels, base2;
@@ -97,13 +97,13 @@ struct MixtureStats {
 // What both ops take, checked once.
 struct MixtureArgs {
   MixturePlan plan;
-  Geometry g0;  // the first kernel size's; the output size is the same for every odd kernel
+  Geometry g0;  // the first kernel size's; the output size is the same for every odd kernel (and dilation)
   at::Tensor dw, wp, we;  // contiguous depthwise weight; (C_out, E_max) and (E_max, C_in) views
   at::Tensor gamma1, beta1, gamma2, beta2, gamma3, beta3;
   at::ScalarType opmath;
   Geometry geometry(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& project_weight,
                     int64_t ki) const {
-    return make_geometry(x, dw_weight, project_weight, plan.width, plan.kernels[ki], g0.stride);
+    return make_geometry(x, dw_weight, project_weight, plan.width, plan.kernels[ki], g0.stride, g0.dilation);
   }
 };
 
@@ -113,7 +113,7 @@ inline MixtureArgs mixture_args(const char* op, const at::Tensor& x, const at::T
                                 const c10::optional<at::Tensor>& bn1_b, const c10::optional<at::Tensor>& bn2_w,
                                 const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
                                 const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
-                                at::IntArrayRef expansions, int64_t stride) {
+                                at::IntArrayRef expansions, int64_t stride, int64_t dilation) {
   const bool expand = expand_weight.defined();
   if (expand) {
     TORCH_CHECK(expand_weight.dim() == 4 && expand_weight.size(0) == dw_weight.size(0) &&
@@ -125,9 +125,11 @@ inline MixtureArgs mixture_args(const char* op, const at::Tensor& x, const at::T
                 op, ": hidden must be (N, e, H, W) like x, got ", hidden.sizes(), " and ", x.sizes());
   }
   MixtureArgs a;
-  a.plan = make_plan(op, kernel_sizes, expansions, expand ? dw_weight.size(0) : hidden.size(1), weights, expand);
-  for (int64_t k : a.plan.kernels) check_inputs(op, x, dw_weight, project_weight, k, a.plan.width, stride);
-  a.g0 = make_geometry(x, dw_weight, project_weight, a.plan.width, a.plan.kernels[0], stride);
+  a.plan = make_plan(op, kernel_sizes, expansions, expand ? dw_weight.size(0) : hidden.size(1), expand);
+  TORCH_CHECK(weights.dim() == 1 && weights.numel() == a.plan.candidates, op,
+              ": weights must hold one value per candidate (", a.plan.candidates, "), got ", weights.sizes());
+  for (int64_t k : a.plan.kernels) check_inputs(op, x, dw_weight, project_weight, k, a.plan.width, stride, dilation);
+  a.g0 = make_geometry(x, dw_weight, project_weight, a.plan.width, a.plan.kernels[0], stride, dilation);
   a.dw = dw_weight.contiguous();
   a.wp = project_weight.reshape({a.g0.c_out, a.g0.e_max});
   if (expand) a.we = expand_weight.reshape({a.g0.e_max, a.g0.c_in});
@@ -335,10 +337,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_m
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
-    at::IntArrayRef expansions, int64_t stride, double eps) {
+    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_mbconv_forward", x, expand_weight, at::Tensor(), weights,
                                      dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                                     expansions, stride);
+                                     expansions, stride, dilation);
   return mixture_forward<Backend>(a, x, at::Tensor(), weights, dw_weight, project_weight, eps);
 }
 
@@ -350,10 +352,11 @@ std::vector<at::Tensor> mixture_mbconv_backward(
     const c10::optional<at::Tensor>& bn1_b, const c10::optional<at::Tensor>& bn2_w,
     const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
     const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1, const at::Tensor& h2, const at::Tensor& h3,
-    const at::Tensor& stats, at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride) {
+    const at::Tensor& stats, at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride,
+    int64_t dilation) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_mbconv_backward", x, expand_weight, at::Tensor(), weights,
                                      dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                                     expansions, stride);
+                                     expansions, stride, dilation);
   return mixture_backward<Backend>(a, grad_out, x, at::Tensor(), weights, dw_weight, project_weight, h1, h2, h3, stats);
 }
 
@@ -363,10 +366,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_depthwise_pro
     const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights, const at::Tensor& dw_weight,
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
-    at::IntArrayRef expansions, int64_t stride, double eps) {
+    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_depthwise_project_forward", x, at::Tensor(), hidden, weights,
                                      dw_weight, project_weight, {}, {}, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                                     expansions, stride);
+                                     expansions, stride, dilation);
   auto [out, h1, h2, h3, stats] = mixture_forward<Backend>(a, x, hidden, weights, dw_weight, project_weight, eps);
   return {out, h2, h3, stats};
 }
@@ -378,12 +381,21 @@ std::vector<at::Tensor> mixture_depthwise_project_backward(
     const at::Tensor& dw_weight, const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w,
     const c10::optional<at::Tensor>& bn2_b, const c10::optional<at::Tensor>& bn3_w,
     const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats,
-    at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride) {
+    at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t stride, int64_t dilation) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_depthwise_project_backward", x, at::Tensor(), hidden, weights,
                                      dw_weight, project_weight, {}, {}, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                                     expansions, stride);
+                                     expansions, stride, dilation);
   return mixture_backward<Backend>(a, grad_out, x, hidden, weights, dw_weight, project_weight, at::Tensor(), h2, h3,
                                    stats);
+}
+
+// fna_ext::mixture_stats_size: the stats tensor's length for these candidates, from the plan and
+// MixtureStats the kernels allocate with.
+inline int64_t mixture_stats_size(at::IntArrayRef kernel_sizes, at::IntArrayRef expansions, int64_t out_channels,
+                                  bool expand) {
+  const MixturePlan plan = make_plan("fna_ext::mixture_stats_size", kernel_sizes, expansions,
+                                     std::numeric_limits<int64_t>::max(), expand);
+  return MixtureStats::size(plan, out_channels);
 }
 
 template <class Backend>

@@ -18,6 +18,9 @@ Their backward returns the gradients of ``x``, ``hidden`` and the mixture weight
 steps freeze the network's weights. When a weight does need a gradient, or the fused kernels do
 not apply (:func:`~fna_ext.ops.sampled_mbconv.takes_fused_path`), they run the ``*_reference``
 versions: the expansion once, then one :func:`~fna_ext.ops.depthwise_project` per candidate.
+
+``dilation`` spaces every candidate's depthwise taps, as in :func:`~fna_ext.ops.sampled_mbconv`
+(stride 1 only); a dilated k3 is still the centre of the dilated k7, so the sharing holds.
 """
 
 from __future__ import annotations
@@ -25,32 +28,35 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from .sampled_mbconv import _channels_last, _like_x, _out_size, depthwise_project, expand_hidden, takes_fused_path
+from .sampled_mbconv import (_channels_last, _like_x, _out_size, check_dilation, depthwise_project, expand_hidden,
+                             takes_fused_path)
 
 
 def depthwise_project_mixture_reference(x: torch.Tensor, hidden: torch.Tensor, weights: torch.Tensor,
                                         dw_weight: torch.Tensor, project_weight: torch.Tensor, *,
                                         candidates: list[tuple[int, int]], stride: int = 1, bn2_weight=None,
                                         bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                                        eps: float = 1e-5) -> torch.Tensor:
+                                        eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
     """``sum_i weights[i] * depthwise_project(x, hidden[:, :e_i], ..., kernel_size=k_i)`` over
     ``candidates = [(k_i, e_i), ...]``, one op per candidate."""
+    check_dilation(stride, dilation)
     out = 0
     for w, (k, e) in zip(weights, candidates):
         out = out + w * depthwise_project(x, hidden[:, :e], dw_weight, project_weight, kernel_size=k, stride=stride,
                                           bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight,
-                                          bn3_bias=bn3_bias, eps=eps)
+                                          bn3_bias=bn3_bias, eps=eps, dilation=dilation)
     return out
 
 
 def mbconv_mixture_reference(x: torch.Tensor, expand_weight: torch.Tensor, weights: torch.Tensor,
                              dw_weight: torch.Tensor, project_weight: torch.Tensor, *,
                              candidates: list[tuple[int, int]], stride: int = 1, bn1_weight=None, bn1_bias=None,
-                             eps: float = 1e-5, **bn23) -> torch.Tensor:
+                             eps: float = 1e-5, dilation: int = 1, **bn23) -> torch.Tensor:
     """The widest candidate's expansion once, then :func:`depthwise_project_mixture_reference`."""
+    check_dilation(stride, dilation)
     hidden = expand_hidden(x, expand_weight, max(e for _, e in candidates), bn1_weight, bn1_bias, eps)
     return depthwise_project_mixture_reference(x, hidden, weights, dw_weight, project_weight, candidates=candidates,
-                                               stride=stride, eps=eps, **bn23)
+                                               stride=stride, eps=eps, dilation=dilation, **bn23)
 
 
 def _check(channels: int, weights: torch.Tensor, candidates) -> None:
@@ -79,78 +85,83 @@ def _op_lists(candidates) -> tuple[list[int], list[int]]:
 def mbconv_mixture(x: torch.Tensor, expand_weight: torch.Tensor, weights: torch.Tensor, dw_weight: torch.Tensor,
                    project_weight: torch.Tensor, *, candidates: list[tuple[int, int]], stride: int = 1,
                    bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                   eps: float = 1e-5) -> torch.Tensor:
+                   eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
     """The weighted sum over ``candidates = [(k_i, e_i), ...]`` of
     :func:`~fna_ext.ops.sampled_mbconv` ``(x, ..., kernel_size=k_i, expand_channels=e_i)``, with
     ``weights[i]`` as candidate i's weight; every candidate slices the same max-size weights."""
     _check(dw_weight.shape[0], weights, candidates)
+    check_dilation(stride, dilation)
     bns = dict(bn1_weight=bn1_weight, bn1_bias=bn1_bias, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
                bn3_weight=bn3_weight, bn3_bias=bn3_bias)
     if not takes_fused_mixture(x, candidates, expand_weight, dw_weight, project_weight, *bns.values()):
         return mbconv_mixture_reference(x, expand_weight, weights, dw_weight, project_weight, candidates=candidates,
-                                        stride=stride, eps=eps, **bns)
+                                        stride=stride, eps=eps, dilation=dilation, **bns)
     tensors = _like_x(x, expand_weight, weights, dw_weight, project_weight, *bns.values())
-    return torch.ops.fna_ext.mixture_mbconv_forward(x, *tensors, *_op_lists(candidates), int(stride), float(eps))[0]
+    return torch.ops.fna_ext.mixture_mbconv_forward(x, *tensors, *_op_lists(candidates), int(stride), float(eps),
+                                                    int(dilation))[0]
 
 
 def depthwise_project_mixture(x: torch.Tensor, hidden: torch.Tensor, weights: torch.Tensor, dw_weight: torch.Tensor,
                               project_weight: torch.Tensor, *, candidates: list[tuple[int, int]], stride: int = 1,
                               bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                              eps: float = 1e-5) -> torch.Tensor:
+                              eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
     """The weighted sum over ``candidates = [(k_i, e_i), ...]`` of depthwise k_i x k_i -> BN2 ->
     ReLU6 -> project 1x1 -> BN3 (+ x) on the first e_i channels of ``hidden`` (the shared,
     activated expansion), with ``weights[i]`` as candidate i's weight."""
     _check(hidden.shape[1], weights, candidates)
+    check_dilation(stride, dilation)
     bns = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias)
     if not takes_fused_mixture(x, candidates, dw_weight, project_weight, *bns.values()):
         return depthwise_project_mixture_reference(x, hidden, weights, dw_weight, project_weight,
-                                                   candidates=candidates, stride=stride, eps=eps, **bns)
+                                                   candidates=candidates, stride=stride, eps=eps, dilation=dilation,
+                                                   **bns)
     tensors = _like_x(x, hidden, weights, dw_weight, project_weight, *bns.values())
     return torch.ops.fna_ext.mixture_depthwise_project_forward(x, *tensors, *_op_lists(candidates), int(stride),
-                                                               float(eps))[0]
+                                                               float(eps), int(dilation))[0]
 
 
 # ---- registration: fake kernels and autograd -----------------------------------------------------
 
-def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, expand):
+def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand):
     n, _, h, w = x.shape
-    ho, wo = _out_size(h, kernel_sizes[0], stride), _out_size(w, kernel_sizes[0], stride)
+    ho, wo = _out_size(h, kernel_sizes[0], stride, dilation), _out_size(w, kernel_sizes[0], stride, dilation)
     width, c_out, kernels = max(expansions), project_weight.shape[0], len(set(kernel_sizes))
     h2 = x.new_empty((kernels, n * ho * wo, width))
     h3 = x.new_empty((len(expansions), n * ho * wo, c_out))
-    stats = x.new_empty(((2 if expand else 0) * width + 2 * kernels * width + 2 * len(expansions) * c_out,),
-                        dtype=torch.float64)
+    # the layout is the kernels' to decide: ask them rather than re-encode it here
+    size = torch.ops.fna_ext.mixture_stats_size(list(kernel_sizes), list(expansions), int(c_out), expand)
+    stats = x.new_empty((size,), dtype=torch.float64)
     return _channels_last(x, n, c_out, ho, wo), h2, h3, stats
 
 
 def _fake_mbconv_forward(x, expand_weight, weights, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w,
-                         bn3_b, kernel_sizes, expansions, stride, eps):
-    out, h2, h3, stats = _fake_saved(x, project_weight, kernel_sizes, expansions, stride, expand=True)
+                         bn3_b, kernel_sizes, expansions, stride, eps, dilation=1):
+    out, h2, h3, stats = _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand=True)
     h1 = _channels_last(x, x.shape[0], max(expansions), x.shape[2], x.shape[3])
     return out, h1, h2, h3, stats
 
 
 def _fake_mbconv_backward(grad_out, x, expand_weight, weights, dw_weight, project_weight, bn1_w, bn1_b, bn2_w,
-                          bn2_b, bn3_w, bn3_b, h1, h2, h3, stats, kernel_sizes, expansions, stride):
+                          bn2_b, bn3_w, bn3_b, h1, h2, h3, stats, kernel_sizes, expansions, stride, dilation=1):
     return [torch.empty_like(x, memory_format=torch.channels_last), torch.empty_like(weights)]
 
 
 def _fake_tail_forward(x, hidden, weights, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                       expansions, stride, eps):
-    return _fake_saved(x, project_weight, kernel_sizes, expansions, stride, expand=False)
+                       expansions, stride, eps, dilation=1):
+    return _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand=False)
 
 
 def _fake_tail_backward(grad_out, x, hidden, weights, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3,
-                        stats, kernel_sizes, expansions, stride):
+                        stats, kernel_sizes, expansions, stride, dilation=1):
     residual = stride == 1 and project_weight.shape[0] == x.shape[1]
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if residual else x.new_empty(0)
     return [grad_x, torch.empty_like(hidden, memory_format=torch.channels_last), torch.empty_like(weights)]
 
 
 def _setup(ctx, inputs, output):
-    *tensors, kernel_sizes, expansions, stride, _ = inputs
+    *tensors, kernel_sizes, expansions, stride, _, dilation = inputs
     ctx.save_for_backward(*tensors, *output[1:])
-    ctx.kernel_sizes, ctx.expansions, ctx.stride = kernel_sizes, expansions, stride
+    ctx.kernel_sizes, ctx.expansions, ctx.stride, ctx.dilation = kernel_sizes, expansions, stride, dilation
     ctx.set_materialize_grads(False)  # only `out` is differentiable
 
 
@@ -162,21 +173,21 @@ def _check_frozen(ctx, weight_positions: slice) -> None:
 
 def _backward_mbconv(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 15
+        return (None,) * 16
     _check_frozen(ctx, slice(1, 2))
     _check_frozen(ctx, slice(3, 11))
     grad_x, grad_weights = torch.ops.fna_ext.mixture_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_sizes,
-                                                                     ctx.expansions, ctx.stride)
-    return (grad_x, None, grad_weights) + (None,) * 12
+                                                                     ctx.expansions, ctx.stride, ctx.dilation)
+    return (grad_x, None, grad_weights) + (None,) * 13
 
 
 def _backward_tail(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 13
+        return (None,) * 14
     _check_frozen(ctx, slice(3, 9))
     grad_x, grad_hidden, grad_weights = torch.ops.fna_ext.mixture_depthwise_project_backward(
-        grad_out, *ctx.saved_tensors, ctx.kernel_sizes, ctx.expansions, ctx.stride)
-    return (grad_x if grad_x.numel() else None, grad_hidden, grad_weights) + (None,) * 10
+        grad_out, *ctx.saved_tensors, ctx.kernel_sizes, ctx.expansions, ctx.stride, ctx.dilation)
+    return (grad_x if grad_x.numel() else None, grad_hidden, grad_weights) + (None,) * 11
 
 
 def _register() -> None:

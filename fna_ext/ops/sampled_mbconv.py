@@ -15,6 +15,10 @@ Two implementations with one signature:
 has a kernel for the input's device and dtype, unless :func:`set_fused(False) <set_fused>` (the
 CLIs' ``--no-fused``) says otherwise. Under ``torchrun`` they take the reference, whose BatchNorm
 reduces its statistics over every process (:mod:`fna_ext.engine.distributed`).
+
+``dilation`` spaces the depthwise taps (padding ``dilation * (k - 1) // 2``): dense tasks keep
+output stride 16 or 8 by turning a stage's stride into dilation (DeepLab), so a dilated block has
+stride 1; the two together are rejected.
 """
 
 from __future__ import annotations
@@ -72,6 +76,19 @@ def _bn(x: torch.Tensor, weight, bias, eps: float) -> torch.Tensor:
     return global_batch_norm(x, _slice(weight, channels), _slice(bias, channels), eps)
 
 
+def check_dilation(stride: int, dilation: int) -> None:
+    """Raises ValueError unless ``dilation`` is a positive int that comes with stride 1."""
+    if isinstance(dilation, bool) or not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"dilation must be a positive int, got {dilation!r}")
+    if dilation > 1 and stride != 1:
+        raise ValueError(f"stride {stride} with dilation {dilation}: a dilated block must have stride 1 "
+                         "(DeepLab replaces a stride by dilation, never combines the two)")
+
+
+def _same_padding(kernel_size: int, dilation: int) -> int:
+    return dilation * (kernel_size - 1) // 2
+
+
 def centre_kernel(dw_weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The centre ``kernel_size`` x ``kernel_size`` taps of a (C, 1, K, K) depthwise weight."""
     k_max = dw_weight.shape[-1]
@@ -92,11 +109,12 @@ def expand_hidden(x: torch.Tensor, expand_weight: torch.Tensor, expand_channels:
 def depthwise_project_reference(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
                                 project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1,
                                 bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                                eps: float = 1e-5) -> torch.Tensor:
+                                eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
     """Pure-PyTorch :func:`depthwise_project`."""
+    check_dilation(stride, dilation)
     e = hidden.shape[1]
     hidden = F.conv2d(hidden, centre_kernel(dw_weight[:e], kernel_size), stride=stride,
-                      padding=kernel_size // 2, groups=e)
+                      padding=_same_padding(kernel_size, dilation), dilation=dilation, groups=e)
     hidden = F.relu6(_bn(hidden, bn2_weight, bn2_bias, eps))
     out = _bn(F.conv2d(hidden, project_weight[:, :e]), bn3_weight, bn3_bias, eps)
     return out + x if stride == 1 and out.shape[1] == x.shape[1] else out
@@ -105,14 +123,15 @@ def depthwise_project_reference(x: torch.Tensor, hidden: torch.Tensor, dw_weight
 def sampled_mbconv_reference(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
                              project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
                              stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
-                             bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
+                             bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
     """Pure-PyTorch :func:`sampled_mbconv`."""
     _check(x, expand_weight, dw_weight, expand_channels)
+    check_dilation(stride, dilation)
     hidden = x if expand_weight is None else expand_hidden(x, expand_weight, expand_channels, bn1_weight,
                                                            bn1_bias, eps)
     return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
                                        stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
-                                       bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
+                                       bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation)
 
 
 def _check(x, expand_weight, dw_weight, expand_channels: int) -> None:
@@ -131,29 +150,36 @@ def _like_x(x: torch.Tensor, *tensors):
 
 def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
                       project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1, bn2_weight=None,
-                      bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
-    """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k ->
-    BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when the shapes allow."""
+                      bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5,
+                      dilation: int = 1) -> torch.Tensor:
+    """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k
+    (taps ``dilation`` apart) -> BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when
+    the shapes allow."""
     centre_kernel(dw_weight, kernel_size)  # checks that k fits
+    check_dilation(stride, dilation)
     if not takes_fused_path(x, kernel_size):
         return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
                                            stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
-                                           bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
+                                           bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation)
     tensors = _like_x(x, hidden, dw_weight, project_weight, bn2_weight, bn2_bias, bn3_weight, bn3_bias)
-    return torch.ops.fna_ext.depthwise_project_forward(x, *tensors, int(kernel_size), int(stride), float(eps))[0]
+    return torch.ops.fna_ext.depthwise_project_forward(x, *tensors, int(kernel_size), int(stride), float(eps),
+                                                       int(dilation))[0]
 
 
 def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
                    project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
                    stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
-                   bn3_weight=None, bn3_bias=None, eps: float = 1e-5) -> torch.Tensor:
-    """expand 1x1 -> BN1 -> ReLU6 -> depthwise k x k (stride) -> BN2 -> ReLU6 -> project 1x1 ->
-    BN3 (+ x when stride is 1 and C_in == C_out), on the slices of the max-size weights
-    ``(E_max, C_in, 1, 1)``, ``(E_max, 1, K_max, K_max)`` and ``(C_out, E_max, 1, 1)``.
-    ``expand_weight=None`` means no expansion conv (``expand_channels`` must be C_in)."""
+                   bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
+    """expand 1x1 -> BN1 -> ReLU6 -> depthwise k x k (stride, or taps ``dilation`` apart) -> BN2 ->
+    ReLU6 -> project 1x1 -> BN3 (+ x when stride is 1 and C_in == C_out), on the slices of the
+    max-size weights ``(E_max, C_in, 1, 1)``, ``(E_max, 1, K_max, K_max)`` and
+    ``(C_out, E_max, 1, 1)``. ``expand_weight=None`` means no expansion conv (``expand_channels``
+    must be C_in)."""
     _check(x, expand_weight, dw_weight, expand_channels)
     centre_kernel(dw_weight, kernel_size)
-    bn23 = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps)
+    check_dilation(stride, dilation)
+    bn23 = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps,
+                dilation=dilation)
     if expand_weight is None:
         return depthwise_project(x, x, dw_weight, project_weight, kernel_size=kernel_size, stride=stride, **bn23)
     if not takes_fused_path(x, kernel_size):
@@ -163,37 +189,41 @@ def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weigh
     tensors = _like_x(x, expand_weight, dw_weight, project_weight, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                       bn3_weight, bn3_bias)
     return torch.ops.fna_ext.sampled_mbconv_forward(x, *tensors, int(kernel_size), int(expand_channels),
-                                                    int(stride), float(eps))[0]
+                                                    int(stride), float(eps), int(dilation))[0]
 
 
 # ---- registration of the fused ops: fake kernels (shapes for torch.compile) and autograd ------
 
-def _out_size(size: int, kernel_size: int, stride: int) -> int:
-    return (size + 2 * (kernel_size // 2) - kernel_size) // stride + 1
+def _out_size(size: int, kernel_size: int, stride: int, dilation: int = 1) -> int:
+    extent = dilation * (kernel_size - 1) + 1  # the dilated window's span
+    return (size + 2 * _same_padding(kernel_size, dilation) - extent) // stride + 1
 
 
 def _channels_last(x: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Tensor:
     return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, with_bn1):
+def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, dilation, with_bn1):
     n, _, h, w = x.shape
-    ho, wo = _out_size(h, kernel_size, stride), _out_size(w, kernel_size, stride)
+    ho, wo = _out_size(h, kernel_size, stride, dilation), _out_size(w, kernel_size, stride, dilation)
     e, c_out = hidden_channels, project_weight.shape[0]
-    stats = x.new_empty(((4 if with_bn1 else 2) * e + 2 * c_out,), dtype=torch.float64)
+    # the layout is the kernels' to decide: ask them rather than re-encode it here
+    stats = x.new_empty((torch.ops.fna_ext.sampled_stats_size(int(e), int(c_out), with_bn1),), dtype=torch.float64)
     return (_channels_last(x, n, c_out, ho, wo), _channels_last(x, n, e, ho, wo),
             _channels_last(x, n, c_out, ho, wo), stats)
 
 
 def _fake_sampled_forward(x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b,
-                          kernel_size, expand_channels, stride, eps):
-    out, h2, h3, stats = _fake_tail(x, expand_channels, project_weight, kernel_size, stride, with_bn1=True)
+                          kernel_size, expand_channels, stride, eps, dilation=1):
+    out, h2, h3, stats = _fake_tail(x, expand_channels, project_weight, kernel_size, stride, dilation,
+                                    with_bn1=True)
     h1 = _channels_last(x, x.shape[0], expand_channels, x.shape[2], x.shape[3])
     return out, h1, h2, h3, stats
 
 
-def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_size, stride, eps):
-    return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, with_bn1=False)
+def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_size, stride, eps,
+                       dilation=1):
+    return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, dilation, with_bn1=False)
 
 
 def _fake_grads(x, params, bns, weight_grads):
@@ -205,14 +235,14 @@ def _fake_grads(x, params, bns, weight_grads):
 
 
 def _fake_sampled_backward(grad_out, x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b,
-                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride, weight_grads):
+                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride, weight_grads, dilation=1):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last)
     return [grad_x] + _fake_grads(x, (expand_weight, dw_weight, project_weight),
                                   (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b), weight_grads)
 
 
 def _fake_tail_backward(grad_out, x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3, stats,
-                        kernel_size, stride, weight_grads):
+                        kernel_size, stride, weight_grads, dilation=1):
     residual = stride == 1 and project_weight.shape[0] == x.shape[1]
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if residual else x.new_empty(0)
     grad_hidden = torch.empty_like(hidden, memory_format=torch.channels_last)
@@ -225,10 +255,10 @@ def _none_if_empty(grads):
 
 
 def _setup_sampled(ctx, inputs, output):
-    *tensors, kernel_size, _, stride, _ = inputs
+    *tensors, kernel_size, _, stride, _, dilation = inputs
     _, h1, h2, h3, stats = output
     ctx.save_for_backward(*tensors, h1, h2, h3, stats)
-    ctx.kernel_size, ctx.stride = kernel_size, stride
+    ctx.kernel_size, ctx.stride, ctx.dilation = kernel_size, stride, dilation
     # Only `out` is differentiable: without this autograd would fill hidden-sized zero gradients
     # for h1, h2, h3 on every backward.
     ctx.set_materialize_grads(False)
@@ -236,28 +266,28 @@ def _setup_sampled(ctx, inputs, output):
 
 def _backward_sampled(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 14
+        return (None,) * 15
     weight_grads = any(ctx.needs_input_grad[1:10])  # false in architecture steps: weights frozen
     grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
-                                                      weight_grads)
-    return _none_if_empty(grads) + (None,) * 4
+                                                      weight_grads, ctx.dilation)
+    return _none_if_empty(grads) + (None,) * 5
 
 
 def _setup_tail(ctx, inputs, output):
-    *tensors, kernel_size, stride, _ = inputs
+    *tensors, kernel_size, stride, _, dilation = inputs
     _, h2, h3, stats = output
     ctx.save_for_backward(*tensors, h2, h3, stats)
-    ctx.kernel_size, ctx.stride = kernel_size, stride
+    ctx.kernel_size, ctx.stride, ctx.dilation = kernel_size, stride, dilation
     ctx.set_materialize_grads(False)
 
 
 def _backward_tail(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 11
+        return (None,) * 12
     weight_grads = any(ctx.needs_input_grad[2:8])
     grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
-                                                         weight_grads)
-    return _none_if_empty(grads) + (None,) * 3
+                                                         weight_grads, ctx.dilation)
+    return _none_if_empty(grads) + (None,) * 4
 
 
 def _register() -> None:
