@@ -3,8 +3,9 @@
 - the fused sampled MBConv (``sampled_mbconv``: forward and the gradients of x and the three
   weights), ``depthwise_project`` and the two mixture ops (``mbconv_mixture``,
   ``depthwise_project_mixture``: forward and the gradients of x, hidden and the mixture weights)
-  at every search shape of benchmarks/bench_mbconv.py, against their pure-PyTorch references in
-  float64 computed from the same (rounded) inputs;
+  at every search shape of benchmarks/bench_mbconv.py, and dilated (DeepLab's output stride) at
+  the first stride-1 one, against their pure-PyTorch references in float64 computed from the
+  same (rounded) inputs;
 - ``remap_copy`` (one call for a whole network) against the pure-PyTorch remap in float64, and
   bit for bit against it in the same dtype (a copy rounds nothing of its own);
 - ``nms`` and ``batched_nms`` against torchvision.ops and against fna_ext's own reference:
@@ -64,6 +65,7 @@ TINY_NMS_SIZES = (65, 300)
 IOU_THRESHOLD = 0.5
 REMAP_MODES = (("first", "center"), ("bn", "dilate"), ("net2net", "center"))
 MIXTURE_KERNELS, MIXTURE_EXPANSIONS = (3, 5, 7), (3, 6)  # the search spaces' six candidates
+DILATION = 2  # the dilated cases' (segmentation at output stride 16 dilates a stride-1 stage by 2)
 
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -169,15 +171,17 @@ def fused_eager_float64(op: Callable, reference: Callable, inputs: list, grad: t
     return compare_mbconv(fused, eager, float64, dtype)
 
 
-def _mbconv_kwargs(shape: Shape) -> dict:
-    return dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride)
+def _mbconv_kwargs(shape: Shape, dilation: int) -> dict:
+    return dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride,
+                dilation=dilation)
 
 
-def sampled_mbconv_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False) -> dict:
+def sampled_mbconv_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False,
+                        dilation: int = 1) -> dict:
     x, weights, grad = make_inputs(shape, device, dtype)
     if not ops.takes_fused_path(x, shape.kernel):
         return no_kernel(device, f"sampled_mbconv in {dtype}")
-    kwargs = _mbconv_kwargs(shape)
+    kwargs = _mbconv_kwargs(shape, dilation)
     return fused_eager_float64(lambda *t: ops.sampled_mbconv(*t, **kwargs),
                                lambda *t: ops.sampled_mbconv_reference(*t, **kwargs),
                                [x, *weights], grad, dtype, kernels_only)
@@ -190,13 +194,14 @@ def _activated_expansion(shape: Shape, device: str, dtype: torch.dtype) -> torch
     return hidden.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
 
 
-def depthwise_project_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False) -> dict:
+def depthwise_project_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False,
+                           dilation: int = 1) -> dict:
     x, (_, dw, pw), grad = make_inputs(shape, device, dtype)
     hidden = _activated_expansion(shape, device, dtype)
     if not ops.takes_fused_path(x, shape.kernel):
         return no_kernel(device, f"depthwise_project in {dtype}")
     e = shape.expansion * shape.c  # a channel slice of the shared expansion, as a mixture passes
-    kwargs = dict(kernel_size=shape.kernel, stride=shape.stride)
+    kwargs = dict(kernel_size=shape.kernel, stride=shape.stride, dilation=dilation)
     return fused_eager_float64(lambda x, h, dw, pw: ops.depthwise_project(x, h[:, :e], dw, pw, **kwargs),
                                lambda x, h, dw, pw: ops.depthwise_project_reference(x, h[:, :e], dw, pw, **kwargs),
                                [x, hidden, dw, pw], grad, dtype, kernels_only)
@@ -212,26 +217,28 @@ def _mixture_weights(device: str, dtype: torch.dtype) -> torch.Tensor:
     return probs.to(device=device, dtype=dtype).requires_grad_()
 
 
-def mbconv_mixture_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False) -> dict:
+def mbconv_mixture_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False,
+                        dilation: int = 1) -> dict:
     x, weights, grad = make_inputs(shape, device, dtype)
     expand, dw, pw = (w.detach() for w in weights)  # an architecture step: the weights are frozen
     mix, candidates = _mixture_weights(device, dtype), _candidates(shape)
     if not ops.takes_fused_mixture(x, candidates, expand, dw, pw):
         return no_kernel(device, f"mbconv_mixture in {dtype}")
-    kwargs = dict(candidates=candidates, stride=shape.stride)
+    kwargs = dict(candidates=candidates, stride=shape.stride, dilation=dilation)
     return fused_eager_float64(lambda *t: ops.mbconv_mixture(*t, **kwargs),
                                lambda *t: ops.mbconv_mixture_reference(*t, **kwargs),
                                [x, expand, mix, dw, pw], grad, dtype, kernels_only)
 
 
-def depthwise_project_mixture_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False) -> dict:
+def depthwise_project_mixture_case(shape: Shape, device: str, dtype: torch.dtype, kernels_only: bool = False,
+                                   dilation: int = 1) -> dict:
     x, (_, dw, pw), grad = make_inputs(shape, device, dtype)
     dw, pw = dw.detach(), pw.detach()
     hidden, mix, candidates = _activated_expansion(shape, device, dtype), _mixture_weights(device, dtype), \
         _candidates(shape)
     if not ops.takes_fused_mixture(x, candidates, dw, pw):
         return no_kernel(device, f"depthwise_project_mixture in {dtype}")
-    kwargs = dict(candidates=candidates, stride=shape.stride)
+    kwargs = dict(candidates=candidates, stride=shape.stride, dilation=dilation)
     return fused_eager_float64(lambda *t: ops.depthwise_project_mixture(*t, **kwargs),
                                lambda *t: ops.depthwise_project_mixture_reference(*t, **kwargs),
                                [x, hidden, mix, dw, pw], grad, dtype, kernels_only)
@@ -386,6 +393,12 @@ def cases(device: str, dtypes: list[torch.dtype], shapes: list[Shape], nms_sizes
             for op, case in MBCONV_OPS.items():
                 found.append((named(op, shape.name, dtype),
                               lambda case=case, shape=shape, dtype=dtype: case(shape, device, dtype, kernels_only)))
+    # dilation (stride 1 only) at one shape: the dilated kernels' indexing, at little extra time
+    dilated = next((s for s in shapes if s.stride == 1), None)
+    for dtype in dtypes if dilated is not None else ():
+        for op, case in MBCONV_OPS.items():
+            found.append((named(op, f"{dilated.name} dilation {DILATION}", dtype),
+                          lambda case=case, dtype=dtype: case(dilated, device, dtype, kernels_only, DILATION)))
     seed = random_seed_network()
     arch = remapped_arch(seed.arch)
     for width, kernel_mode in REMAP_MODES:
