@@ -81,7 +81,7 @@ def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     straight.fit()
     interrupted = _trainer(tmp_path / "b")
     interrupted.fit(stop_at=10)  # killed part-way through epoch 2 (6 iterations per epoch)
-    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["iteration"] == 8  # every 4 iterations
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["components"]["progress"]["iteration"] == 8  # every 4 iterations
     resumed = _trainer(tmp_path / "b")
     assert resumed.resume()
     assert resumed.iteration == 8

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..atomic import atomic_torch_save
-
-CHECKPOINT_FORMAT = "fna_ext.checkpoint"
+from .checkpoint import CHECKPOINT_FORMAT, CheckpointManager, Progress, load_checkpoint  # noqa: F401
+from .rng import rng_state, set_rng_state  # noqa: F401  (re-exported)
 
 # The optimiser and schedule sections every training config has.
 OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "eps", "nesterov", "betas")
@@ -151,43 +150,7 @@ class SeededItems(torch.utils.data.Dataset):
             set_rng_state(saved)
 
 
-# --------------------------------------------------------------------------- RNG state
-
-def rng_state() -> dict:
-    """Every RNG a training step may draw from, as tensors and lists (loadable with
-    ``weights_only=True``)."""
-    np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-             "python_pos": random.getstate()[2],
-             "numpy": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2])}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), state["python_pos"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # --------------------------------------------------------------------------- the loop
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """A checkpoint written by :class:`Trainer`, loaded without unpickling code."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a torn, foreign or pickled-code file
-        raise ValueError(f"checkpoint {path} cannot be read safely ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an fna_ext checkpoint (format {CHECKPOINT_FORMAT!r})")
-    return payload
-
 
 class Trainer:
     """Trains ``model`` with ``loss_fn(model, batch) -> dict of loss tensors`` over ``dataset``.
@@ -225,35 +188,33 @@ class Trainer:
         self.loader = torch.utils.data.DataLoader(
             SeededItems(dataset), batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate_fn,
             drop_last=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
-        self.iteration = 0
+        self.progress = Progress(iteration=0, iters_per_epoch=self.iters_per_epoch)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.checkpoint = CheckpointManager(
+            self.checkpoint_path, "train",
+            {"model": model, "optimizer": self.optimizer, "progress": self.progress},
+            config=config, extra=self.extra_state)
         self.history: list[dict] = []
 
-    # -- state
-    def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "iteration": self.iteration,
-                "iters_per_epoch": self.iters_per_epoch, "rng": rng_state(), "config": self.config,
-                **self.extra_state}
+    @property
+    def iteration(self) -> int:
+        return self.progress.values["iteration"]
 
+    @iteration.setter
+    def iteration(self, value: int) -> None:
+        self.progress.values["iteration"] = int(value)
+
+    # -- state
     def save_checkpoint(self) -> Path:
-        return atomic_torch_save(self.state_dict(), self.checkpoint_path)
+        return self.checkpoint.save()
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Continues from ``path`` (default: this run's checkpoint). False when there is none."""
         path = Path(path) if path else self.checkpoint_path
         if not path.exists():
             return False
-        payload = load_checkpoint(path)
-        if payload.get("iters_per_epoch") != self.iters_per_epoch:
-            raise ValueError(f"checkpoint {path} was written with {payload.get('iters_per_epoch')} "
-                             f"iterations per epoch, this run has {self.iters_per_epoch}: the data or "
-                             "batch_size changed; resume with the same ones")
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.iteration = int(payload["iteration"])
-        set_rng_state(payload["rng"])
+        self.checkpoint.load(path, must_match={"iters_per_epoch": self.iters_per_epoch})
         return True
 
     # -- logging

@@ -30,12 +30,11 @@ from tqdm import tqdm
 
 from .. import ops
 from ..engine import distributed
-from ..atomic import atomic_torch_save, atomic_write_text
+from ..atomic import atomic_write_text
 from ..config import dump
 from .cost_table import build_cost_table
-from ..engine.trainer import (CHECKPOINT_FORMAT, ResumableSampler, Schedule, SeededItems, build_optimizer,
-                     load_checkpoint, place_model, progress_enabled, rng_state, set_rng_state)
-from ..families.mbconv.network import Network
+from ..engine.checkpoint import CheckpointManager, Progress
+from ..engine.trainer import ResumableSampler, Schedule, SeededItems, build_optimizer, place_model, progress_enabled
 from .supernet import SuperNetwork
 from ..engine.finetune import INITS
 from ..engine.trainer import to_device as _to_device
@@ -200,10 +199,24 @@ class ArchitectureSearch:
         self.schedule = Schedule(self.weight_optimizer, train["schedule"], self.weight_data.per_epoch,
                                  self.total_steps)
         self.alpha_optimizer = build_optimizer(self.alphas.parameters(), s["alpha"]["optimizer"])
-        self.step, self.alpha_steps = 0, 0
-        self.history: list[tuple[int, list[list[float]]]] = []
+        # the loop's position: weight steps, alpha steps, and alpha's history for the plot
+        self.progress = Progress(step=0, alpha_steps=0, steps_per_epoch=self.weight_data.per_epoch, history=[])
         self.log_path = self.out_dir / "search_log.jsonl"
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.checkpoint = CheckpointManager(
+            self.checkpoint_path, "search",
+            {"model": self.model, "alphas": self.alphas, "weight_optimizer": self.weight_optimizer,
+             "alpha_optimizer": self.alpha_optimizer, "progress": self.progress}, config=config)
+
+    step = property(lambda self: self.progress.values["step"],
+                    lambda self, value: self.progress.values.__setitem__("step", int(value)))
+    alpha_steps = property(lambda self: self.progress.values["alpha_steps"],
+                           lambda self, value: self.progress.values.__setitem__("alpha_steps", int(value)))
+
+    @property
+    def history(self) -> list:
+        """[(step, softmax(alpha) per layer)], kept in the checkpoint."""
+        return self.progress.values["history"]
 
     # ------------------------------------------------------------------ one step of each kind
     def _path_generator(self) -> torch.Generator:
@@ -264,30 +277,12 @@ class ArchitectureSearch:
                 "expected_cost": expected.item()}
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "kind": "search", "model": self.model.state_dict(),
-                "alphas": self.alphas.state_dict(), "weight_optimizer": self.weight_optimizer.state_dict(),
-                "alpha_optimizer": self.alpha_optimizer.state_dict(), "step": self.step,
-                "alpha_steps": self.alpha_steps, "steps_per_epoch": self.weight_data.per_epoch,
-                "history": [[step, probs] for step, probs in self.history], "rng": rng_state(),
-                "config": self.config}
-
     def save_checkpoint(self) -> None:
         if _is_main():
-            atomic_torch_save(self.state_dict(), self.checkpoint_path)
+            self.checkpoint.save()
 
     def resume(self) -> None:
-        payload = load_checkpoint(self.checkpoint_path)
-        if payload.get("kind") != "search" or payload.get("steps_per_epoch") != self.weight_data.per_epoch:
-            raise ValueError(f"{self.checkpoint_path} is not a checkpoint of this search (different "
-                             "data, batch size or kind); start without --resume or use another --out")
-        self.model.load_state_dict(payload["model"])
-        self.alphas.load_state_dict(payload["alphas"])
-        self.weight_optimizer.load_state_dict(payload["weight_optimizer"])
-        self.alpha_optimizer.load_state_dict(payload["alpha_optimizer"])
-        self.step, self.alpha_steps = int(payload["step"]), int(payload["alpha_steps"])
-        self.history = [(int(step), probs) for step, probs in payload["history"]]
-        set_rng_state(payload["rng"])
+        self.checkpoint.load(must_match={"steps_per_epoch": self.weight_data.per_epoch})
 
     def _log(self, record: dict) -> None:
         if not _is_main():

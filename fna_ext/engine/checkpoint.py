@@ -1,0 +1,98 @@
+"""One checkpoint format for every run (fine-tuning, pretraining, the search), as torchtitan's
+checkpointing keeps it: a dictionary of components, each with ``state_dict``/``load_state_dict``
+(the model, its optimisers, the architecture parameters, the loop's position), saved atomically
+and read back with ``weights_only=True``.
+
+The file holds ``{"format", "version", "kind", "components": {name: state}, "rng", "config",
+"extra"}``. ``kind`` says which loop wrote it (``train`` or ``search``), so a search never resumes
+from a fine-tuning checkpoint or the reverse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from ..atomic import atomic_torch_save
+from .rng import rng_state, set_rng_state
+
+CHECKPOINT_FORMAT = "fna_ext.checkpoint"
+CHECKPOINT_VERSION = 2
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict): ...
+
+
+class Progress:
+    """The loop's position as a component: plain integers and lists, and the values that must
+    match on resume (``expect``: the steps per epoch, which change with the data or batch size)."""
+
+    def __init__(self, **values):
+        self.values = dict(values)
+
+    def state_dict(self) -> dict:
+        return dict(self.values)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values.update(state)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """A checkpoint's contents, loaded without unpickling code, format and version checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # a torn, foreign or pickled-code file
+        raise ValueError(f"checkpoint {path} cannot be read safely ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an fna_ext checkpoint (format {CHECKPOINT_FORMAT!r})")
+    if payload.get("version") != CHECKPOINT_VERSION or not isinstance(payload.get("components"), dict):
+        raise ValueError(f"{path} was written by another version of fna_ext (checkpoint version "
+                         f"{payload.get('version', 1)}, this one reads {CHECKPOINT_VERSION}); start without --resume")
+    return payload
+
+
+class CheckpointManager:
+    """Saves and restores ``components`` (name -> Stateful) as one file at ``path``."""
+
+    def __init__(self, path: str | Path, kind: str, components: dict[str, Stateful], *, config: dict | None = None,
+                 extra: dict | None = None):
+        self.path, self.kind, self.components = Path(path), kind, components
+        self.config, self.extra = config, extra or {}
+
+    def state_dict(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "kind": self.kind,
+                "components": {name: c.state_dict() for name, c in self.components.items()},
+                "rng": rng_state(), "config": self.config, "extra": self.extra}
+
+    def save(self) -> Path:
+        return atomic_torch_save(self.state_dict(), self.path)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self, path: str | Path | None = None, *, must_match: dict | None = None) -> dict:
+        """Restores every component and the RNG state from ``path`` (default: this manager's)
+        and returns the payload. ``must_match`` names progress values the file must have (the
+        steps per epoch): a different value means other data or batch size, and the resume stops
+        with one line saying so, before anything is restored."""
+        path = Path(path) if path else self.path
+        payload = load_checkpoint(path)
+        if payload["kind"] != self.kind or set(payload["components"]) != set(self.components):
+            raise ValueError(f"{path} is a {payload['kind']} checkpoint with the parts {sorted(payload['components'])}, "
+                             f"not one of this {self.kind} run; start without --resume or use another --out")
+        progress = payload["components"].get("progress", {})
+        for key, value in (must_match or {}).items():
+            if progress.get(key) != value:
+                raise ValueError(f"checkpoint {path} was written with {key} {progress.get(key)}, this run has "
+                                 f"{value}: the data or batch_size changed; resume with the same ones")
+        for name, component in self.components.items():
+            component.load_state_dict(payload["components"][name])
+        set_rng_state(payload["rng"])
+        return payload
