@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import _extension, cli
+from .ops.slices import centre_offset
 from .arch import Arch
 from .atomic import atomic_torch_save
 from .families import get_family
@@ -73,7 +74,9 @@ def kernel_index(seed_size: int, size: int, mode: str = "center") -> torch.Tenso
         raise ValueError(f"kernel sizes must be odd, got {seed_size} -> {size}")
     positions = torch.arange(size)
     if mode == "center" or seed_size == size or 1 in (seed_size, size):
-        index = positions - (size - seed_size) // 2
+        # the super network's slice rule (fna_ext.ops.slices): a smaller kernel is the centre of a
+        # larger one, so remapping the max-size weight and slicing it agree
+        index = positions + centre_offset(seed_size, size)
         index[(index < 0) | (index >= seed_size)] = FILL
         return index
     small, large = sorted((seed_size, size))

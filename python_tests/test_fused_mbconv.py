@@ -191,7 +191,7 @@ def test_no_fused_flag_reaches_the_search_config():
     # imported here: fna_ext.search needs pycocotools, which a bare GPU machine may lack, and the
     # cuda tests of this file must still collect there (benchmarks/gpu_check.py)
     from fna_ext.cli.search import build_config
-    args = argparse.Namespace(detector="ssdlite", data=None, set=[], config=None, weight_sharing=None, strategy=None,
+    args = argparse.Namespace(task="coco", model="ssdlite", data=None, set=[], config=None, weight_sharing=None, strategy=None,
                               cost=None, epochs=None, no_fused=True)
     assert build_config(args)["search"]["fused"] is False
     args.no_fused = False

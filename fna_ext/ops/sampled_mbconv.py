@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from .slices import kernel_window
 from ..engine import distributed
 from ..engine.distributed import batch_norm as global_batch_norm
 
@@ -91,11 +92,8 @@ def _same_padding(kernel_size: int, dilation: int) -> int:
 
 def centre_kernel(dw_weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """The centre ``kernel_size`` x ``kernel_size`` taps of a (C, 1, K, K) depthwise weight."""
-    k_max = dw_weight.shape[-1]
-    if kernel_size > k_max or kernel_size % 2 != k_max % 2:
-        raise ValueError(f"kernel_size {kernel_size} does not fit centred in a {k_max}x{k_max} weight")
-    start = (k_max - kernel_size) // 2
-    return dw_weight[:, :, start:start + kernel_size, start:start + kernel_size]
+    taps = kernel_window(dw_weight.shape[-1], kernel_size)
+    return dw_weight[:, :, taps, taps]
 
 
 def expand_hidden(x: torch.Tensor, expand_weight: torch.Tensor, expand_channels: int, bn1_weight=None,

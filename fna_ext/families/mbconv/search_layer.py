@@ -10,6 +10,7 @@ from torch import nn
 from ...ops import sampled_mbconv
 from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
 from ...ops.sampled_mbconv import depthwise_project, expand_hidden
+from ...ops.slices import mbconv_regions
 from .blocks import MBConv
 from .op import Op
 
@@ -85,22 +86,16 @@ class SearchLayer(nn.Module):
         if self.weight_sharing != "shared" or parsed.is_skip:
             return {}
         block = self._owner(op)
-        e = parsed.expansion * self.spec.in_channels
-        start = (MAX_OP.kernel - parsed.kernel) // 2
-        masks = {}
-        for param, region in ((block.expand.conv.weight, (slice(0, e),)),
-                              (block.depthwise.conv.weight, (slice(0, e), slice(None), slice(start, start + parsed.kernel),
-                                                              slice(start, start + parsed.kernel))),
-                              (block.project.conv.weight, (slice(None), slice(0, e)))):
-            mask = torch.zeros_like(param, dtype=torch.bool)
-            mask[region] = True
-            masks[param] = mask
+        regions = mbconv_regions(MAX_OP.kernel, parsed.kernel, self._expansion(op))
+        owned = [(block.expand.conv.weight, "expand"), (block.depthwise.conv.weight, "depthwise"),
+                 (block.project.conv.weight, "project")]
         if self.affine_bn:
-            for bn in (block.expand.bn, block.depthwise.bn):
-                for param in (bn.weight, bn.bias):
-                    mask = torch.zeros_like(param, dtype=torch.bool)
-                    mask[:e] = True
-                    masks[param] = mask
+            owned += [(p, "hidden_bn") for bn in (block.expand.bn, block.depthwise.bn) for p in (bn.weight, bn.bias)]
+        masks = {}
+        for param, part in owned:
+            mask = torch.zeros_like(param, dtype=torch.bool)
+            mask[regions[part]] = True
+            masks[param] = mask
         return masks
 
     def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
