@@ -265,9 +265,7 @@ def plan_network(seed: Network, target: Network, width: str = "first",
         raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
     kernel_index(3, 3, kernel)  # validates the mode
     plan = RemapPlan()
-    add_conv(plan, "stem.conv", "stem.conv", [None] * 4)
-    add_bn(plan, "stem.bn", "stem.bn", torch.arange(seed.arch.stem_channels))
-    plan.layers.append(LayerRecord("stem", "stem", "copied"))
+    _plan_stem(plan, seed, target)
     for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
         seed_layers = [(j, m) for j, m in enumerate(seed_stage) if family.is_block(m)]
         target_layers = [j for j, m in enumerate(target_stage) if family.is_block(m)]
@@ -282,6 +280,20 @@ def plan_network(seed: Network, target: Network, width: str = "first",
                                            f"{s.op.name} -> {t.op.name}"))
     _plan_head_and_classifier(plan, seed, target)
     return plan
+
+
+def _plan_stem(plan: RemapPlan, seed: nn.Module, target: nn.Module) -> None:
+    """Copies every stem tensor as is, whatever the family names its parts: the stem is fixed
+    (check_compatible has matched its channels), so the seed's and the target's are the same."""
+    seed_state = seed.stem.state_dict()
+    for name, tensor in target.stem.state_dict().items():
+        if name not in seed_state:
+            raise ValueError(f"stem: the seed has no {name!r}; seed and target stems differ")
+        if tensor.is_floating_point():
+            plan.entries.append(TensorRemap(f"stem.{name}", f"stem.{name}", [None] * tensor.dim()))
+        else:  # integer buffers (BN's num_batches_tracked)
+            plan.copies.append((f"stem.{name}", f"stem.{name}"))
+    plan.layers.append(LayerRecord("stem", "stem", "copied"))
 
 
 def _plan_head_and_classifier(plan: RemapPlan, seed: Network, target: Network) -> None:
@@ -385,7 +397,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     seed = load_seed_network(args.seed, args.seed_arch)
     seed_arch = seed.arch
-    target = build_network(Arch.from_arg(args.arch), num_classes=None)
+    target_arch = Arch.from_arg(args.arch)
+    target = get_family(target_arch.family).build_network(target_arch, num_classes=None)
     plan = plan_network(seed, target, args.width, args.kernel)
     plan.apply(seed, target)
     path = save_weights(args.out, target, remap={"seed": str(args.seed), "seed_arch": str(seed_arch),

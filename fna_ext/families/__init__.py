@@ -11,7 +11,8 @@ import importlib
 from .base import Family, FeatureInfo
 
 # name -> "module:attribute" of the family object
-_BUILT_IN = {"mbconv": "fna_ext.families.mbconv.family:MBCONV"}
+_BUILT_IN = {"mbconv": "fna_ext.families.mbconv.family:MBCONV",
+             "resnet": "fna_ext.families.resnet.family:RESNET"}
 _LOADED: dict[str, Family] = {}
 DEFAULT = "mbconv"
 

@@ -82,10 +82,11 @@ class Family:
         raise NotImplementedError
 
     # -- the search ---------------------------------------------------------------------------
-    def candidates(self, first_layer: bool, keep_inner_width: bool = False) -> tuple[str, ...]:
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
         """The candidate ops of a searched layer: a stage's first layer changes channels or
         resolution (no skip); ``keep_inner_width`` keeps only ops whose inner width a model's
-        feature tap can read unchanged."""
+        feature tap can read unchanged. ``stage`` (the seed's :class:`~fna_ext.arch.Stage`, where
+        the caller has it) lets a family with more than one block type offer the stage's own."""
         raise NotImplementedError
 
     def widest_op(self, candidates) -> str:

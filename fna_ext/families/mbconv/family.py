@@ -57,7 +57,8 @@ class MBConvFamily(Family):
 
         return load_seed_weights(model, path, **options)
 
-    def candidates(self, first_layer: bool, keep_inner_width: bool = False) -> tuple[str, ...]:
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
+        # one block type: the stage changes nothing
         from .candidates import MBCONV_CANDIDATES
 
         if not first_layer:

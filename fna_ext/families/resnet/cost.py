@@ -1,0 +1,25 @@
+"""The ResNet family's per-op cost, under :mod:`fna_ext.cost`'s convention (bias-free convs)."""
+
+from __future__ import annotations
+
+from .blocks import EXPANSION
+from .op import Op
+
+
+def _output_size(size: int, stride: int) -> int:
+    # an odd K x K conv padded by dilation * (K // 2), and the 1x1 shortcut, give the same size
+    return (size - 1) // stride + 1
+
+
+def block_madds(c_in: int, c_out: int, op: Op, stride: int, input_size: tuple[int, int]) -> int:
+    """A block's MAdds. Dilation changes no count: the taps and the output size stay the same."""
+    h, w = input_size
+    out = _output_size(h, stride) * _output_size(w, stride)
+    k2 = op.kernel * op.kernel
+    if op.block == "basic":
+        convs = k2 * c_in * c_out * out + k2 * c_out * c_out * out
+    else:
+        width = c_out // EXPANSION["bottleneck"]
+        convs = c_in * width * h * w + k2 * width * width * out + width * c_out * out
+    shortcut = c_in * c_out * out if stride != 1 or c_in != c_out else 0
+    return convs + shortcut

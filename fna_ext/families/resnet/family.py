@@ -1,0 +1,101 @@
+"""The ResNet family as a :class:`~fna_ext.families.base.Family`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..base import Family, FeatureInfo
+from .op import OP_HELP, Op
+
+SEARCH_KERNELS = (3, 5, 7)
+# The block type a searched layer offers when the caller does not pass the seed's stage
+# (fna_ext.nas.search_space asks without it today): ResNet-18/34's.
+DEFAULT_SEARCH_BLOCK = "basic"
+
+
+def _op(op) -> Op:
+    return op if isinstance(op, Op) else Op.parse(op)
+
+
+class ResNetFamily(Family):
+    name = "resnet"
+    op_help = OP_HELP
+
+    def parse_op(self, name: str) -> Op:
+        return Op.parse(name)
+
+    def named_archs(self):
+        from .archs import NAMED_ARCHS
+
+        return NAMED_ARCHS
+
+    def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
+                    bn_eps: float = 1e-5) -> nn.Module:
+        from .blocks import batch_norm, make_block
+
+        return make_block(in_channels, out_channels, stride, _op(op), dilation=dilation,
+                          norm_layer=norm_layer or batch_norm(bn_eps), act_layer=act_layer)
+
+    def build_network(self, arch, num_classes=None, **options) -> nn.Module:
+        from .network import Network
+
+        return Network(arch, num_classes, **options)
+
+    def build_stem(self, arch, **parts) -> nn.Module:
+        from .network import build_stem
+
+        return build_stem(arch, **parts)
+
+    def build_head(self, arch, head_channels, **parts):
+        return None  # the classifier reads the last stage's pooled output; there is no head conv
+
+    def is_block(self, module: nn.Module) -> bool:
+        from .blocks import BasicBlock, Bottleneck
+
+        return isinstance(module, (BasicBlock, Bottleneck))
+
+    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center"):
+        from .remap import plan_block
+
+        return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
+
+    def load_seed_weights(self, model, path, **options):
+        from .seed_weights import load_seed_weights
+
+        return load_seed_weights(model, path, **options)
+
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
+        """Kernels 3, 5, 7 of the stage's block type, on every layer: FNA++ lists no skip, and a
+        ResNet block has no inner feature a tap reads, so ``keep_inner_width`` removes nothing.
+        The block type is never searched: the seed's remap only within it."""
+        block = self.parse_op(stage.ops[0]).block if stage is not None else DEFAULT_SEARCH_BLOCK
+        return tuple(f"{block}_k{k}" for k in SEARCH_KERNELS)
+
+    def widest_op(self, candidates) -> str:
+        ops = [self.parse_op(name) for name in candidates]
+        return max(ops, key=lambda op: op.kernel).name
+
+    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps):
+        from .search_layer import SearchLayer
+
+        return SearchLayer(spec, weight_sharing, affine_bn, bn_eps)
+
+    def op_madds(self, in_channels, out_channels, op, stride, input_size, dilation=1) -> int:
+        from .cost import block_madds
+
+        return block_madds(in_channels, out_channels, _op(op), stride, input_size)
+
+    def feature_info(self, arch, head_channels=None, output_stride=None) -> list[FeatureInfo]:
+        """Each stage's output at its stride (counting the stem's 4); no ``expand`` and no ``head``
+        features. Under ``output_stride`` a dilated stage keeps the stride it starts at."""
+        from ...arch import stage_geometry
+        from .network import STEM_STRIDE
+
+        features, stride = [], STEM_STRIDE
+        for i, (stage, geometry) in enumerate(zip(arch.stages, stage_geometry(arch, output_stride, STEM_STRIDE))):
+            stride *= geometry.stride
+            features.append(FeatureInfo("stage", i, stride, stage.out_channels))
+        return features
+
+
+RESNET = ResNetFamily()

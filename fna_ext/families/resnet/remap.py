@@ -1,0 +1,66 @@
+"""The ResNet family's block remapping (FNA Eq. 2-3 within a block).
+
+Kernel (Eq. 3 or 6): every K x K conv through :func:`fna_ext.remap.kernel_index`. Width (Eq. 2,
+Algorithm 1): the block's inner channels (conv1's outputs; in a BasicBlock they are also its
+outputs, so its width follows the stage) through :func:`fna_ext.remap.width_index`, the same
+selection flowing through conv1, bn1, conv2 (both channel dimensions of a bottleneck's) and the
+conv that reads them. Outer channels take the first ones. The shortcut's 1x1 conv and BN remap
+like any conv; a target shortcut whose seed layer has none starts as the identity."""
+
+from __future__ import annotations
+
+import torch
+
+from ...remap import RemapPlan, add_bn, add_conv, first_channels, kernel_index, width_index
+
+
+def _width_reference(block, mode: str) -> torch.Tensor | None:
+    """Algorithm 1's reference vector over the seed block's inner channels (conv1's outputs)."""
+    if mode == "bn":
+        return block.bn1.weight.detach().abs()
+    if mode in ("std", "l1"):
+        filters = block.conv1.weight.detach().flatten(1)
+        return filters.std(1, unbiased=False) if mode == "std" else filters.abs().sum(1)
+    return None
+
+
+def _plan_shortcut(plan: RemapPlan, seed, target, s: str, t: str, in_map, out_map) -> None:
+    if target.downsample is None:
+        return  # nothing to fill; a seed shortcut the target lacks is dropped
+    if seed.downsample is not None:
+        add_conv(plan, f"{t}.downsample.0", f"{s}.downsample.0", [out_map, in_map, None, None])
+        add_bn(plan, f"{t}.downsample.1", f"{s}.downsample.1", out_map)
+        return
+    # the seed layer adds x unchanged: a 1x1 identity conv and a BN at its initial values do too
+    identity = torch.eye(seed.out_channels, seed.in_channels)[:, :, None, None]
+    add_conv(plan, f"{t}.downsample.0", None, [out_map, in_map, None, None], synthetic=identity)
+    add_bn(plan, f"{t}.downsample.1", None, out_map)
+
+
+def plan_block(plan: RemapPlan, seed, target, seed_prefix: str, target_prefix: str, width: str = "first",
+               kernel_mode: str = "center") -> RemapPlan:
+    """Adds the maps that remap block ``seed`` into block ``target`` of the same type (any kernel)."""
+    if seed.block != target.block:
+        raise ValueError(f"{target_prefix}: cannot remap a {seed.block} block ({seed_prefix}) into a "
+                         f"{target.block} block; FNA++ remaps within one block type")
+    in_map = first_channels(target.in_channels, seed.in_channels)
+    out_map = first_channels(target.out_channels, seed.out_channels)
+    inner, counts = width_index(seed.width, target.width, _width_reference(seed, width), width)
+    spatial = kernel_index(seed.kernel_size, target.kernel_size, kernel_mode)
+    # net2net: a replicated inner channel's outgoing weights are divided among its copies
+    scale = (1, 1.0 / counts[inner].double()) if counts is not None else None
+    s, t = seed_prefix, target_prefix
+    if target.block == "basic":
+        add_conv(plan, f"{t}.conv1", f"{s}.conv1", [inner, in_map, spatial, spatial])
+        add_bn(plan, f"{t}.bn1", f"{s}.bn1", inner)
+        add_conv(plan, f"{t}.conv2", f"{s}.conv2", [out_map, inner, spatial, spatial], scale=scale)
+        add_bn(plan, f"{t}.bn2", f"{s}.bn2", out_map)
+    else:
+        add_conv(plan, f"{t}.conv1", f"{s}.conv1", [inner, in_map, None, None])
+        add_bn(plan, f"{t}.bn1", f"{s}.bn1", inner)
+        add_conv(plan, f"{t}.conv2", f"{s}.conv2", [inner, inner, spatial, spatial], scale=scale)
+        add_bn(plan, f"{t}.bn2", f"{s}.bn2", inner)
+        add_conv(plan, f"{t}.conv3", f"{s}.conv3", [out_map, inner, None, None], scale=scale)
+        add_bn(plan, f"{t}.bn3", f"{s}.bn3", out_map)
+    _plan_shortcut(plan, seed, target, s, t, in_map, out_map)
+    return plan

@@ -1,0 +1,207 @@
+"""The ResNet family: its grammar and named archs, torchvision parity (parameters, weight loading,
+outputs), features at every output stride, per-op cost, remapping, and a super network built,
+run and costed on a ResNet-18 seed. Inputs are 64x64 to stay fast on a CPU."""
+
+import pytest
+import torch
+from torch import nn
+
+from fna_ext.arch import Arch, Stage
+from fna_ext.cost import count, count_params
+from fna_ext.families import FeatureInfo, get_family
+from fna_ext.families.resnet import BasicBlock, Bottleneck, Network
+from fna_ext.families.resnet.archs import resnet_arch
+from fna_ext.nas.cost_table import madds_table
+from fna_ext.nas.search_space import SearchSpace, layer_specs
+from fna_ext.nas.supernet import SuperNetwork
+from fna_ext.remap import load_seed_network, plan_network, remap_network, save_weights
+
+RESNET = get_family("resnet")
+R18, R50 = RESNET.named_archs()["resnet18"](), RESNET.named_archs()["resnet50"]()
+SHORT50 = resnet_arch("bottleneck", (1, 2, 2, 2))  # ResNet-50's stages, fewer layers: faster, the same cases
+SPACE = SearchSpace("resnet", (2, 2, 2))  # the three stages after ResNet's first, two layers each
+X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def with_random_statistics(net: nn.Module) -> nn.Module:
+    """BN running statistics and affine parameters away from (0, 1), so identities are not trivial."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                for t in (m.running_mean, m.bias):
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+                for t in (m.running_var, m.weight):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+    return net.eval()
+
+
+def test_grammar_and_named_archs_round_trip():
+    assert RESNET.parse_op("bottleneck_k5") == RESNET.parse_op("bottleneck_k5")
+    assert (RESNET.parse_op("basic_k7").block, RESNET.parse_op("basic_k7").kernel) == ("basic", 7)
+    for bad in ("basic_k4", "skip", "k3_e6", "bottleneck_3"):
+        with pytest.raises(ValueError, match=r"ResNet ops are \{basic\|bottleneck\}_k"):
+            RESNET.parse_op(bad)
+    with pytest.raises(ValueError, match="layer 1: unknown op 'skip'"):
+        Arch._from_net_config("[[64, 64], ['basic_k3', 'skip'], 1]", family="resnet")
+    for name, build in RESNET.named_archs().items():
+        arch = build()
+        assert arch.family == "resnet" and arch.stem_channels == 64
+        assert Arch.parse(arch.to_json()) == arch and Arch.parse(arch.to_json()).family == "resnet"
+        assert Arch._from_net_config(str(arch), family="resnet") == arch
+    assert [s.out_channels for s in R50.stages] == [256, 512, 1024, 2048]
+
+
+def test_blocks_take_norm_and_activation_and_shortcut_only_where_shape_changes():
+    built = []
+
+    def norm(channels):
+        built.append(channels)
+        return nn.GroupNorm(1, channels)
+
+    block = Bottleneck(64, 256, 5, stride=2, norm_layer=norm, act_layer=nn.SiLU)
+    assert built == [64, 64, 256, 256] and isinstance(block.act, nn.SiLU)
+    assert block.conv2.stride == (2, 2) and block.conv1.stride == (1, 1)  # v1.5: stride on the K x K conv
+    assert block(torch.randn(1, 64, 8, 8)).shape == (1, 256, 4, 4)
+    assert BasicBlock(64, 64).downsample is None and BasicBlock(64, 64, stride=2).downsample is not None
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Bottleneck(64, 130)
+
+
+try:
+    import torchvision
+except ImportError:  # parity with torchvision is checked where it is installed
+    torchvision = None
+needs_torchvision = pytest.mark.skipif(torchvision is None, reason="torchvision parity needs torchvision")
+
+
+@needs_torchvision
+@pytest.mark.parametrize("name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+def test_torchvision_parity_of_params_weights_and_outputs(tmp_path, name, params):
+    torch.manual_seed(0)
+    reference = with_random_statistics(getattr(torchvision.models, name)())
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    ours = RESNET.build_network(RESNET.named_archs()[name](), 1000).eval()
+    assert count_params(ours) == count_params(reference) == params
+    report = RESNET.load_seed_weights(ours, path)
+    assert report.layout == "torchvision" and not report.ignored
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), reference(X), atol=1e-5, rtol=0)
+    # fna_ext's own file (keys of the network, arch embedded) loads back, and as a seed without classifier
+    save_weights(tmp_path / "own.pth", ours)
+    seed = load_seed_network(tmp_path / "own.pth").eval()
+    assert seed.arch == ours.arch and seed.classifier is None
+    with torch.no_grad():
+        torch.testing.assert_close(seed(X), torch.flatten(nn.functional.adaptive_avg_pool2d(
+            ours.forward_stages(X)[-1], 1), 1))
+
+
+@needs_torchvision
+def test_loading_names_every_key_that_does_not_fit(tmp_path):
+    state = torchvision.models.resnet18().state_dict()
+    del state["layer2.0.downsample.0.weight"]
+    state["layer4.1.conv2.weight"] = torch.zeros(512, 512, 5, 5)
+    state["layer5.0.conv1.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as err:
+        RESNET.load_seed_weights(Network(R18), tmp_path / "bad.pth")
+    message = str(err.value)
+    assert "\n" not in message
+    for part in ("missing keys (1): layer2.0.downsample.0.weight", "layer4.1.conv2.weight: file (512, 512, 5, 5)",
+                 "unexpected keys (1): layer5.0.conv1.weight"):
+        assert part in message
+
+
+@pytest.mark.parametrize("arch", [R18, SHORT50], ids=["resnet18", "bottleneck"])
+def test_feature_info_matches_the_network_at_every_output_stride(arch):
+    for output_stride in (None, 16, 8):
+        net = Network(arch, None, output_stride=output_stride).eval()
+        infos = RESNET.feature_info(arch, None, output_stride=output_stride)
+        with torch.no_grad():
+            stages = net.forward_stages(X[:1])
+        assert infos == [FeatureInfo("stage", i, 64 // out.shape[-1], out.shape[1]) for i, out in enumerate(stages)]
+        assert infos[-1].stride == min(32, output_stride or 32)
+    # as torchvision's replace_stride_with_dilation: a dilated stage's first layer keeps the dilation before it
+    net = Network(arch, None, output_stride=8)
+    assert net.stages[2][0].conv2.stride == (1, 1) and net.stages[2][0].conv2.dilation == (1, 1)
+    assert net.stages[3][0].conv2.dilation == (2, 2) and net.stages[3][1].conv2.dilation == (4, 4)
+
+
+@pytest.mark.parametrize("op", ["basic_k3", "basic_k7", "bottleneck_k3", "bottleneck_k5"])
+@pytest.mark.parametrize("c_in, c_out, stride, dilation", [(64, 64, 1, 1), (64, 128, 2, 1), (128, 128, 1, 2)])
+def test_op_madds_equal_counting_the_block(op, c_in, c_out, stride, dilation):
+    block = RESNET.build_layer(c_in, c_out, stride, op, dilation=dilation)
+    size = (15, 12)
+    measured = count(block, size, forward=lambda m, _: m(torch.zeros(1, c_in, *size))).madds
+    assert RESNET.op_madds(c_in, c_out, op, stride, size, dilation) == measured
+
+
+def stage_with_kernel(arch: Arch, stage: int, op: str) -> Arch:
+    stages = list(arch.stages)
+    s = stages[stage]
+    stages[stage] = Stage(s.in_channels, s.out_channels, (op,) * len(s.ops), s.stride)
+    return Arch(stages, family="resnet")
+
+
+@pytest.mark.parametrize("arch, op", [(R18, "basic_k5"), (SHORT50, "bottleneck_k5")], ids=["resnet18", "bottleneck"])
+def test_remap_keeps_the_function_same_arch_and_zero_ring_kernels(arch, op):
+    torch.manual_seed(0)
+    seed = with_random_statistics(Network(arch, 10))
+    with torch.no_grad():
+        expected = seed(X)
+        same = remap_network(seed, Network(arch, 10).eval())
+        torch.testing.assert_close(same(X), expected, atol=1e-5, rtol=0)
+        target = Network(stage_with_kernel(arch, 2, op), 10).eval()
+        plan = plan_network(seed, target, kernel="center")
+        plan.apply(seed, target)
+        assert target.stages[2][0].conv2.weight.shape[-1] == 5
+        torch.testing.assert_close(target(X), expected, atol=1e-5, rtol=0)
+        # the reference path and the compiled copy agree
+        reference = plan.apply_reference(seed, Network(target.arch, 10).eval())
+        torch.testing.assert_close(reference(X), target(X), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cannot remap a basic block"):
+        other = Arch([Stage(64, 256, ("bottleneck_k3",), 1)], family="resnet")
+        plan_network(Network(Arch([Stage(64, 256, ("basic_k3",), 1)], family="resnet")), Network(other))
+
+
+def derived_arch(supernet: SuperNetwork, ops: list[str]) -> Arch:
+    """What SuperNetwork.derive builds, in the seed's family (derive itself builds an MBConv Arch)."""
+    stages = [supernet.seed_arch.stages[0]]
+    layers = supernet.search_layers()
+    for i, stage in enumerate(supernet.seed_arch.stages[1:], start=1):
+        stage_ops = tuple(op for layer, op in zip(layers, ops) if layer.spec.stage == i)
+        stages.append(Stage(stage.in_channels, stage.out_channels, stage_ops, stage.stride))
+    return Arch(stages, family="resnet")
+
+
+def test_super_network_builds_from_a_seed_runs_paths_and_mixtures_and_costs_its_paths():
+    torch.manual_seed(0)
+    seed = with_random_statistics(Network(R18, None))
+    shared = SuperNetwork(R18, SPACE, seed=seed)
+    independent = SuperNetwork(R18, SPACE, seed=seed, weight_sharing="independent")
+    layers = shared.search_layers()
+    assert [len(layer.blocks) for layer in layers] == [1] * 6 and shared.arch.stages[1].ops == ("basic_k7",) * 2
+    assert layers[0].spec.candidates == ("basic_k3", "basic_k5", "basic_k7")
+    path = ["basic_k3", "basic_k5", "basic_k7", "basic_k3", "basic_k5", "basic_k7"]
+    for net in (shared, independent):
+        net.set_path(path)
+    with torch.no_grad():  # the centre slices of the shared 7x7 are the independent candidates' kernels
+        torch.testing.assert_close(shared(X), independent(X), atol=1e-4, rtol=1e-4)
+    masks = layers[0].sampled_masks("basic_k3")
+    assert len(masks) == 2 and all(m.sum() == m.shape[0] * m.shape[1] * 9 for m in masks.values())
+    assert independent.search_layers()[0].sampled_masks("basic_k3") == {}
+
+    out = shared(X)
+    assert torch.isfinite(out).all() and out.shape == (2, 512, 2, 2)
+    alphas = [torch.zeros(3, requires_grad=True) for _ in layers]
+    shared.set_mixture([a.softmax(0) for a in alphas])
+    mixed = shared(X)
+    assert torch.isfinite(mixed).all()
+    mixed.square().mean().backward()
+    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in alphas)
+    assert layers[0].forward_tapping_expand(shared.stages[0](shared.stem(X)))[1] is None
+
+    table = madds_table(R18, layer_specs(R18, SPACE), (64, 64))
+    derived = Network(derived_arch(shared, path), None)
+    assert table.of_ops(path) == count(derived, (64, 64)).madds
