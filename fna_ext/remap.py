@@ -34,7 +34,7 @@ from .ops.slices import centre_offset
 from .arch import Arch
 from .atomic import atomic_torch_save
 from .families import get_family
-from .families.mbconv import Network, build_network, load_seed_weights
+from .families.mbconv import Network, load_seed_weights
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
