@@ -99,7 +99,7 @@ class Arch:
         return self.stages[-1].out_channels
 
     def num_layers(self, include_skips: bool = True) -> int:
-        return sum(1 for s in self.stages for op in s.layer_ops() if include_skips or not op.is_skip)
+        return sum(1 for s in self.stages for op in s.layer_ops(self.family) if include_skips or not op.is_skip)
 
     def with_meta(self, **meta) -> "Arch":
         return Arch(self.stages, {**self.meta, **meta}, self.family)
@@ -251,10 +251,11 @@ def stage_geometry(arch: Arch, output_stride: int | None = None, stem_stride: in
 
 
 def named_archs() -> dict:
-    """{name: function returning the Arch} of every named architecture (MobileNetV2, ...)."""
-    from .families.mbconv.archs import NAMED_ARCHS
+    """{name: function returning the Arch} of every family's named architectures (mobilenet_v2,
+    resnet18, ...)."""
+    from .families import family_names, get_family
 
-    return NAMED_ARCHS
+    return {name: build for family in family_names() for name, build in get_family(family).named_archs().items()}
 
 
 def __getattr__(name: str):

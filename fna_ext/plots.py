@@ -84,8 +84,10 @@ def _draw_layer(ax, x: float, y: float, op: Op, stride: int) -> None:
         _draw_box(ax, x, y, SKIP_WIDTH, 0.5, "skip", color=SKIP_FILL, dashed=True,
                   fontsize=7, rotation=90)
     else:
-        _draw_box(ax, x, y, BOX_WIDTH, _box_height(op.expansion),
-                  f"K{op.kernel}\nE{op.expansion}", color=_kernel_color(op.kernel))
+        # families without an expansion (ResNet's blocks) draw at full height, labelled by op
+        expansion = getattr(op, "expansion", None)
+        label = f"K{op.kernel}\nE{expansion}" if expansion is not None else f"{op.name[:5]}\nK{op.kernel}"
+        _draw_box(ax, x, y, BOX_WIDTH, _box_height(expansion or 6), label, color=_kernel_color(op.kernel))
     if stride == 2:
         ax.text(x, y - 0.08, "↓2", ha="center", va="top", fontsize=7, color="#C0392B",
                 fontweight="bold")
@@ -99,7 +101,7 @@ def _draw_arch_row(ax, arch: Arch, y: float, slots: Sequence[int], label: str | 
     ax.text(0, y + 1.08, str(arch.stem_channels), ha="center", va="bottom", fontsize=7)
     start = 1
     for stage, slot in zip(arch.stages, slots):
-        for i, (_, _, stride, op) in enumerate(stage.layers()):
+        for i, (_, _, stride, op) in enumerate(stage.layers(arch.family)):
             _draw_layer(ax, start + i, y, op, stride)
         # The output channels name the stage, centred over this row's layers of it.
         ax.text(start + (len(stage.ops) - 1) / 2, y + 1.08, str(stage.out_channels), ha="center",
@@ -112,7 +114,7 @@ def _draw_arch_row(ax, arch: Arch, y: float, slots: Sequence[int], label: str | 
 
 
 def _arch_legend_handles(archs: Sequence[Arch]) -> list:
-    kernels = sorted({op.kernel for a in archs for s in a.stages for op in s.layer_ops()
+    kernels = sorted({op.kernel for a in archs for s in a.stages for op in s.layer_ops(a.family)
                       if not op.is_skip})
     handles = [Patch(facecolor=_kernel_color(k), edgecolor="black", label=f"{k}x{k} kernel")
                for k in kernels]

@@ -18,10 +18,12 @@ class SearchSpace:
     # expansion output (576 channels in MobileNetV2), so only candidates of that width are offered
     keep_width_first_layers: tuple[int, ...] = ()
 
-    def candidates(self, stage: int, layer: int, family: str | None = None) -> tuple[str, ...]:
+    def candidates(self, stage: int, layer: int, family: str | None = None, seed_stage=None) -> tuple[str, ...]:
         """Ops layer ``layer`` of searched stage ``stage`` (0-based) may take, in ``family``'s
-        grammar (default: mbconv). A stage's first layer changes channels or stride: no skip."""
-        return get_family(family).candidates(layer == 0, layer == 0 and stage in self.keep_width_first_layers)
+        grammar (default: mbconv); ``seed_stage`` (the seed's Stage) lets a family with several
+        block types offer the stage's own. A stage's first layer changes channels or stride."""
+        return get_family(family).candidates(layer == 0, layer == 0 and stage in self.keep_width_first_layers,
+                                             stage=seed_stage)
 
 
 DETECTION = SearchSpace("detection", (4, 4, 4, 4, 4, 1))
@@ -53,5 +55,5 @@ def layer_specs(seed_arch: Arch, space: SearchSpace) -> list[LayerSpec]:
         for layer in range(depth):
             specs.append(LayerSpec(i, layer, stage.in_channels if layer == 0 else stage.out_channels,
                                    stage.out_channels, stage.stride if layer == 0 else 1,
-                                   space.candidates(i - 1, layer, seed_arch.family)))
+                                   space.candidates(i - 1, layer, seed_arch.family, stage)))
     return specs

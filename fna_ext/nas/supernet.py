@@ -112,4 +112,4 @@ class SuperNetwork(nn.Module):
         for i, stage in enumerate(self.seed_arch.stages[1:], start=1):
             stage_ops = tuple(op for layer, op in zip(layers, ops) if layer.spec.stage == i)
             stages.append(Stage(stage.in_channels, stage.out_channels, stage_ops, stage.stride))
-        return Arch(stages)
+        return Arch(stages, family=self.seed_arch.family)

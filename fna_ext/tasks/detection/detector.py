@@ -28,12 +28,8 @@ from .postprocess import (RETINANET_TEST, SSD_TEST, PostprocessConfig, retinanet
 
 
 def stage_strides(arch: Arch) -> list[int]:
-    """Output stride of each stage (the stem halves the input)."""
-    strides, stride = [], 2
-    for stage in arch.stages:
-        stride *= stage.stride
-        strides.append(stride)
-    return strides
+    """Output stride of each stage, as the backbone's family declares its features."""
+    return [info.stride for info in get_family(arch.family).feature_info(arch) if info.kind == "stage"]
 
 
 def last_stage_at_stride(arch: Arch, stride: int) -> int:
