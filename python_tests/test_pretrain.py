@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from fna_ext import cli, load_seed_weights, mobilenet_v2, pretrain
+from fna_ext import cli, load_seed_weights, mobilenet_v2
+from fna_ext.pretrain import core as pretrain
 from fna_ext.data.synthetic import generate_classification
 from fna_ext.remap import save_weights
 

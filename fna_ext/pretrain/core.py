@@ -43,13 +43,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import cli
-from .config import resolve
-from .data.classification import EvalTransform, ImageFolderDataset, TrainTransform
-from .data.synthetic import cache_dir, default_dataset
-from .engine.trainer import Trainer
-from .families.mbconv import MBConv, mobilenet_v2
-from .remap import save_weights
+from .. import cli
+from ..config import resolve
+from ..data.classification import EvalTransform, ImageFolderDataset, TrainTransform
+from ..data.synthetic import cache_dir, default_dataset
+from ..engine.trainer import Trainer
+from ..families.mbconv import MBConv, mobilenet_v2
+from ..remap import save_weights
 
 DEFAULT_SEED_NAME = "mobilenet_v2-synthetic-v1.pt"
 # The wall-clock time of the default pretraining on a 2-core CPU, for the one-line notice.

@@ -29,12 +29,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import _extension, cli
-from .ops.slices import centre_offset
-from .arch import Arch
-from .atomic import atomic_torch_save
-from .families import get_family
-from .families.mbconv import Network, load_seed_weights
+from .. import _extension, cli
+from ..ops.slices import centre_offset
+from ..arch import Arch
+from ..atomic import atomic_torch_save
+from ..families import get_family
+from ..families.mbconv import Network, load_seed_weights
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
