@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fna_ext import cli, load_seed_weights, mobilenet_v2
+from fna_ext.cli import pretrain as pretrain_cli
 from fna_ext.pretrain import core as pretrain
 from fna_ext.data.synthetic import generate_classification
 from fna_ext.remap import save_weights
@@ -131,7 +132,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, a
         root = generate_classification(tmp_path / "data", images=25, size=32)
         args = ["--data", str(root), "--batch-size", "10", *args]
     with pytest.raises(SystemExit) as exit_info:
-        cli.run(pretrain.main, [*args, "--out", str(tmp_path / "seed.pt")])
+        cli.run(pretrain_cli.main, [*args, "--out", str(tmp_path / "seed.pt")])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error:") and message in lines[-1]

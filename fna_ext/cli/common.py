@@ -4,7 +4,6 @@ come from the registry, so a registered task is on every command line at once.""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..config import resolve
 from ..pretrain import seed_weights_path  # noqa: F401  (the commands' --seed-weights rule)

@@ -142,7 +142,7 @@ class _Loader:
 class ArchitectureSearch:
     """Everything one search needs; :meth:`run` does it and :func:`search` wraps it."""
 
-    def __init__(self, config: dict, seed_network: Network, out_dir: str | Path, *, device: str = "cpu"):
+    def __init__(self, config: dict, seed_network: nn.Module, out_dir: str | Path, *, device: str = "cpu"):
         self.config, self.device = config, torch.device(device)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ def _model_cost(search: ArchitectureSearch, arch, size) -> dict:
             "backbone_params": parts["backbone"][0], "backbone_madds": parts["backbone"][1]}
 
 
-def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
+def derive(search: ArchitectureSearch, seed_network: nn.Module) -> SearchResult:
     """Argmax per layer (or the random search's pick); writes arch.json, arch.png, alphas.png."""
     from .. import plots
 
@@ -435,7 +435,7 @@ def derive(search: ArchitectureSearch, seed_network: Network) -> SearchResult:
     return SearchResult(search.out_dir, arch, ops, record, dict(search.phase_seconds))
 
 
-def search(config: dict, seed_network: Network, out_dir: str | Path, *, resume: bool = False,
+def search(config: dict, seed_network: nn.Module, out_dir: str | Path, *, resume: bool = False,
            device: str = "cpu", stop_at: int | None = None) -> SearchResult | None:
     """Runs the architecture adaptation and derivation; returns None when stopped early
     (``stop_at``), leaving a resumable checkpoint."""

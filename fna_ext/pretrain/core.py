@@ -28,7 +28,6 @@ embedded default calls.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import os
@@ -43,7 +42,6 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .. import cli
 from ..config import resolve
 from ..data.classification import EvalTransform, ImageFolderDataset, TrainTransform
 from ..data.synthetic import cache_dir, default_dataset
@@ -344,57 +342,3 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- command line
-
-def _format_seconds(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.pretrain", description=(
-        "Pretrain the project's own seed: MobileNetV2 on the synthetic shapes classification set "
-        "(or on --data), written in the fna_ext weights layout with the arch embedded. "
-        "Not an ImageNet model."))
-    parser.add_argument("--data", help="classification root, <root>/{train,val}/<class>/<image>; "
-                                       "default: the synthetic shapes, generated on first use")
-    parser.add_argument("--out", help=f"output weights file (default: the cached default seed, "
-                                      f"{default_seed_path()}, which the embedded default then reuses)")
-    parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
-    parser.add_argument("--batch-size", type=int, help="shortcut for --set train.batch_size=N")
-    parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV2 width multiplier")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
-                        help=f"training and eval resolution (default {DEFAULT_IMAGE_SIZE})")
-    parser.add_argument("--config", help="YAML file of settings to override")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting, e.g. --set train.optimizer.lr=0.05 (repeatable)")
-    parser.add_argument("--resume", action="store_true", help="continue from the run folder beside --out")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    return parser
-
-
-def _customised(args: argparse.Namespace) -> bool:
-    """Whether the command line departs from the embedded default's settings."""
-    return bool(args.data or args.epochs or args.batch_size or args.config or args.set
-                or args.width_mult != 1.0 or args.image_size != DEFAULT_IMAGE_SIZE)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    out = Path(args.out) if args.out else default_seed_path()
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file path such as {out / 'seed.pt'}")
-    if args.out is None and _customised(args):
-        print(f"note: without --out this replaces the embedded default's cached seed ({out}) "
-              "with a non-default one", file=sys.stderr)
-    result = pretrain_seed(out, data_root=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                           width_mult=args.width_mult, image_size=args.image_size, device=args.device,
-                           config_overrides=args.set, config_file=args.config, resume=args.resume,
-                           announce=lambda line: print(line, file=sys.stderr, flush=True))
-    print(f"val top-1 {result.accuracy:.4f}")
-    print(f"weights: {result.path}")
-    print(f"time: {_format_seconds(result.seconds)}")
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -22,19 +22,15 @@ Published behaviour (FNA's code) and what the paper only describes:
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .. import _extension, cli
+from .. import _extension
 from ..ops.slices import centre_offset
-from ..arch import Arch
-from ..atomic import atomic_torch_save
 from ..families import get_family
-from ..families.mbconv import Network, load_seed_weights
+
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
@@ -255,7 +251,7 @@ def check_compatible(seed: nn.Module, target: nn.Module) -> None:
                              f"the seed {s.in_channels}->{s.out_channels}")
 
 
-def plan_network(seed: Network, target: Network, width: str = "first",
+def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
                  kernel: str = "center") -> RemapPlan:
     """The maps of every tensor of ``target`` (stem, every block, head, classifier); the family
     of the seed's arch remaps each block (:meth:`~fna_ext.families.Family.plan_block`)."""
@@ -296,7 +292,7 @@ def _plan_stem(plan: RemapPlan, seed: nn.Module, target: nn.Module) -> None:
     plan.layers.append(LayerRecord("stem", "stem", "copied"))
 
 
-def _plan_head_and_classifier(plan: RemapPlan, seed: Network, target: Network) -> None:
+def _plan_head_and_classifier(plan: RemapPlan, seed: nn.Module, target: nn.Module) -> None:
     if seed.head is not None and target.head is not None:
         out_map = first_channels(target.head.conv.out_channels, seed.head.conv.out_channels)
         add_conv(plan, "head.conv", "head.conv",
@@ -312,8 +308,8 @@ def _plan_head_and_classifier(plan: RemapPlan, seed: Network, target: Network) -
         plan.layers.append(LayerRecord("classifier", "-", "kept its initialisation (no matching seed classifier)"))
 
 
-def remap_network(seed: Network, target: Network, width: str = "first", kernel: str = "center",
-                  *, use_extension: bool = True) -> Network:
+def remap_network(seed: nn.Module, target: nn.Module, width: str = "first", kernel: str = "center",
+                  *, use_extension: bool = True) -> nn.Module:
     """Fills every parameter and BN buffer of ``target`` from ``seed`` and returns ``target``.
 
     ``width``: ``first`` (Eq. 2), ``bn``, ``std``, ``l1`` (Algorithm 1) or ``net2net``.
@@ -324,7 +320,7 @@ def remap_network(seed: Network, target: Network, width: str = "first", kernel: 
     return plan.apply(seed, target) if use_extension else plan.apply_reference(seed, target)
 
 
-def plan_candidates(seed: Network, blocks: nn.ModuleDict, width: str = "first",
+def plan_candidates(seed: nn.Module, blocks: nn.ModuleDict, width: str = "first",
                     kernel: str = "center") -> RemapPlan:
     """Maps for a super network's candidate blocks (:func:`fna_ext.nas.search_space.candidate_blocks`):
     each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
@@ -348,65 +344,3 @@ _extension.on_load(_register_fake_kernels)
 
 
 # ---- command line ------------------------------------------------------------------------------
-
-def save_weights(path, network: Network, **record) -> Path:
-    """Writes ``network``'s weights with its arch embedded (loads with weights_only=True)."""
-    payload = {"format": "fna_ext.weights", "arch": network.arch.to_dict(),
-               "state_dict": network.state_dict(), **record}
-    return atomic_torch_save(payload, path)
-
-
-def _embedded_arch(path) -> Arch | None:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # load_seed_weights reports unreadable files with the reason
-    return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
-
-
-def load_seed_network(path, seed_arch: Arch | str | None = None) -> Network:
-    """The seed network of a weight file, without classifier: its arch is ``seed_arch``, else the
-    one embedded in the file (fna_ext files), else MobileNetV2."""
-    if isinstance(seed_arch, str):
-        seed_arch = Arch.from_arg(seed_arch)
-    seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
-    family = get_family(seed_arch.family)
-    seed = family.build_network(seed_arch, num_classes=None)
-    family.load_seed_weights(seed, path, skip_classifier=True)
-    return seed
-
-
-def format_layers(plan: RemapPlan) -> str:
-    rows = [("target", "from seed", "change")] + [(r.target, r.source, r.change) for r in plan.layers]
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.remap", description=(
-        "Remap a seed network's weights into another architecture (FNA's parameter remapping) "
-        "and write them, with the arch embedded. The classifier is not remapped: dense tasks "
-        "replace it."))
-    parser.add_argument("--seed", required=True, help="seed weights: torchvision, timm, FNA or fna_ext file")
-    parser.add_argument("--seed-arch", default=None,
-                        help="the seed's arch (default: the one embedded in --seed, else mobilenet_v2)")
-    parser.add_argument("--arch", required=True, help="target arch: a name, a file, or net_config text")
-    parser.add_argument("--out", required=True, help="output weights file (.pth)")
-    parser.add_argument("--width", default="first", choices=WIDTH_MODES)
-    parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
-    args = parser.parse_args(argv)
-    seed = load_seed_network(args.seed, args.seed_arch)
-    seed_arch = seed.arch
-    target_arch = Arch.from_arg(args.arch)
-    target = get_family(target_arch.family).build_network(target_arch, num_classes=None)
-    plan = plan_network(seed, target, args.width, args.kernel)
-    plan.apply(seed, target)
-    path = save_weights(args.out, target, remap={"seed": str(args.seed), "seed_arch": str(seed_arch),
-                                                  "width": args.width, "kernel": args.kernel})
-    print(format_layers(plan))
-    print(f"wrote {path} ({args.width} width, {args.kernel} kernel)")
-    return 0
-
-
-if __name__ == "__main__":
-    cli.run(main)

@@ -1,0 +1,40 @@
+"""Reading and writing networks for remapping: weights with their arch embedded, and the seed
+network of a weight file (the family of its arch loads the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..arch import Arch
+from ..atomic import atomic_torch_save
+from ..families import get_family
+
+
+def save_weights(path, network: nn.Module, **record) -> Path:
+    """Writes ``network``'s weights with its arch embedded (loads with weights_only=True)."""
+    payload = {"format": "fna_ext.weights", "arch": network.arch.to_dict(),
+               "state_dict": network.state_dict(), **record}
+    return atomic_torch_save(payload, path)
+
+
+def _embedded_arch(path) -> Arch | None:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # load_seed_weights reports unreadable files with the reason
+    return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
+
+
+def load_seed_network(path, seed_arch: Arch | str | None = None) -> nn.Module:
+    """The seed network of a weight file, without classifier: its arch is ``seed_arch``, else the
+    one embedded in the file (fna_ext files), else MobileNetV2."""
+    if isinstance(seed_arch, str):
+        seed_arch = Arch.from_arg(seed_arch)
+    seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
+    family = get_family(seed_arch.family)
+    seed = family.build_network(seed_arch, num_classes=None)
+    family.load_seed_weights(seed, path, skip_classifier=True)
+    return seed
