@@ -97,7 +97,7 @@ def test_torchscript_export_runs_without_fna_ext_and_matches(adapted, tmp_path):
     out = tmp_path / "model.torchscript.pt"
     result = run("fna_ext.export", "--checkpoint", str(weights), "--format", "torchscript", "--out", str(out))
     assert result.returncode == 0, result.stderr
-    assert "max box difference" in result.stdout
+    assert "largest difference boxes" in result.stdout
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 255
     torch.save(images, tmp_path / "images.pt")
     got = _exported_outputs_without_fna_ext(out, tmp_path / "images.pt")
@@ -151,7 +151,7 @@ def test_onnx_without_its_packages_says_what_to_install(monkeypatch, tmp_path):
 @pytest.mark.parametrize("module, args, message", [
     ("fna_ext.evaluate", ["--checkpoint", "NOPE.pt"], "NOPE.pt does not exist"),
     ("fna_ext.export", ["--checkpoint", "NOPE.pt", "--format", "torchscript"], "NOPE.pt does not exist"),
-    ("fna_ext.evaluate", ["--checkpoint", "SEED"], "is not a trained detector"),
+    ("fna_ext.evaluate", ["--checkpoint", "SEED"], "is not a trained model"),
     ("fna_ext.export", ["--checkpoint", "WEIGHTS", "--format", "torchscript", "--input-size", "16", "16"],
      "--input-size"),
     ("fna_ext.adapt", ["--data", "DATA"], "--seed-weights is required"),
