@@ -36,6 +36,7 @@ def _path_for(arch: Arch, supernet: SuperNetwork) -> list[str]:
     return ops
 
 
+@pytest.mark.parametrize("output_stride", [None, 8])
 @pytest.mark.parametrize("mode", ["shared", "independent"])
 @pytest.mark.parametrize("target", [
     # skips only at the ends of stages: a skip in the middle shifts which seed layer the target's
@@ -44,12 +45,14 @@ def _path_for(arch: Arch, supernet: SuperNetwork) -> list[str]:
     "[[16, 24], ['k5_e6', 'k5_e6', 'k3_e3', 'skip'], 2]|[[24, 32], ['k7_e6'], 1]|[[32, 56], ['k3_e6', 'k7_e6'], 2]|"
     "[[56, 112], ['k5_e3'], 1]",
 ])
-def test_a_sampled_path_equals_the_remapped_target_network(seed, mode, target):
+def test_a_sampled_path_equals_the_remapped_target_network(seed, mode, target, output_stride):
     """Path mode with non-affine batch-stat BNs equals the target network built from the same
-    ops, remapped from the seed with its BNs made non-affine too (train mode, batch statistics)."""
-    supernet = SuperNetwork(SEED_ARCH, DETECTION, seed=seed, weight_sharing=mode, affine_bn=True)
+    ops, remapped from the seed with its BNs made non-affine too (train mode, batch statistics);
+    under a dense task's output stride, both run their later stages dilated."""
+    supernet = SuperNetwork(SEED_ARCH, DETECTION, seed=seed, weight_sharing=mode, affine_bn=True,
+                            output_stride=output_stride)
     target_arch = Arch.parse(target)
-    reference = remap_network(seed, build_network(target_arch, None)).train()
+    reference = remap_network(seed, build_network(target_arch, None, output_stride=output_stride)).train()
     supernet.set_path(_path_for(target_arch, supernet))
     supernet.train()
     x = torch.randn(2, 3, 64, 64)

@@ -142,3 +142,81 @@ def test_an_unknown_task_is_one_clear_error():
         tasks.get_task("segmentationz")
     with pytest.raises(ValueError, match="has no model 'deeplab'"):
         tasks.get_task("coco").model_name("deeplab")
+
+
+class MaskSegmenter(nn.Module):
+    """Per-pixel logits from the backbone's stride-8 features, upsampled to the image."""
+
+    def __init__(self, backbone: nn.Module, channels: int, num_classes: int):
+        super().__init__()
+        self.backbone, self.classifier = backbone, nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, images):
+        features = self.backbone.head(self.backbone.forward_stages(images)[-1]) if hasattr(
+            self.backbone, "forward_stages") else self.backbone(images)
+        return nn.functional.interpolate(self.classifier(features), size=images.shape[-2:], mode="bilinear")
+
+    def loss(self, logits, masks):
+        return {"pixel_ce": nn.functional.cross_entropy(logits, masks)}
+
+
+class MasksTask(ShapesTask):
+    """Per-pixel outputs at output stride 8: the later stages dilate, in the super network's fused
+    ops as in the derived network."""
+
+    name, models, default_model = "toy_masks", ("dilated_fcn",), "dilated_fcn"
+    metric_names, primary_metric = ("pixel_accuracy",), "pixel_accuracy"
+
+    def output_stride(self, model):
+        return 8
+
+    def build_model(self, model, arch, num_classes, *, backbone=None, backbone_bn_eps=1e-5):
+        from fna_ext.families.mbconv import Network
+        backbone = backbone or Network(arch, num_classes=None, bn_eps=backbone_bn_eps, output_stride=8)
+        return MaskSegmenter(backbone, 1280, num_classes)
+
+    def data(self, config):
+        images, masks = torch.load(config["data"]["root"], weights_only=True).values()
+        train = torch.utils.data.TensorDataset(images[:40], masks[:40])
+        val = torch.utils.data.TensorDataset(images[40:], masks[40:])
+        return tasks.TaskData(train, val, torch.utils.data.default_collate, 2, ["background", "square"])
+
+    def val_data(self, config, root=None):
+        return self.data(config).val
+
+    def evaluate(self, model, dataset, *, batch_size, device="cpu"):
+        model.eval()
+        with torch.no_grad():
+            right = sum((model(x).argmax(1) == y).float().mean().item() * len(x)
+                        for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size))
+        return {"pixel_accuracy": right / len(dataset)}
+
+
+def _squares(path, count=56, size=SIZE):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(count, 3, size, size, generator=generator) * 0.3
+    masks = torch.zeros(count, size, size, dtype=torch.long)
+    for i in range(count):
+        top, left = torch.randint(0, size // 2, (2,), generator=generator).tolist()
+        masks[i, top:top + size // 3, left:left + size // 3] = 1
+        images[i, :, masks[i].bool()] += 1.5
+    torch.save({"images": images, "masks": masks}, path)
+    return path
+
+
+def test_a_per_pixel_task_at_output_stride_8_searches_and_trains(tmp_path):
+    task = tasks.register(MasksTask())
+    try:
+        torch.manual_seed(0)
+        seed = save_weights(tmp_path / "seed.pt", mobilenet_v2(num_classes=None, width_mult=0.5))
+        common = ["--task", task.name, "--data", str(_squares(tmp_path / "squares.pt")), "--seed-weights", str(seed)]
+        assert search_cli.main([*common, "--out", str(tmp_path / "search")]) == 0
+        found = Arch.load(tmp_path / "search" / "arch.json")
+        assert train_cli.main([*common, "--arch", str(tmp_path / "search" / "arch.json"),
+                               "--out", str(tmp_path / "train")]) == 0
+        metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+        assert 0 <= metrics["pixel_accuracy"] <= 1
+        model = task.build_model(None, found, 2)
+        assert model.backbone.forward_stages(torch.zeros(1, 3, SIZE, SIZE))[-1].shape[-1] == SIZE // 8
+    finally:
+        tasks.unregister(task.name)

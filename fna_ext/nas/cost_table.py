@@ -235,6 +235,11 @@ def latency_cache_key(seed_arch: Arch, specs: list[LayerSpec], input_size, devic
                 "input_size": list(_as_hw(input_size)), "device": f"{device.type}:{device_name(device)}",
                 "threads": threads or torch.get_num_threads(), "torch": torch.__version__,
                 "head_channels": head_channels, "repeats": repeats, "warmup": warmup}
+    # named only when they differ from the defaults, so the tables cached before them stay valid
+    if seed_arch.family != "mbconv":
+        identity["family"] = seed_arch.family
+    if any(s.dilation != 1 for s in specs):
+        identity["geometry"] = [[s.stride, s.dilation] for s in specs]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -294,20 +299,20 @@ def _fixed_jobs(seed_arch: Arch, sizes: _BackboneSizes, input_size: HW, head_cha
 
 
 def _candidate_configs(specs: list[LayerSpec], sizes: _BackboneSizes, families: list[str]) -> list[list[tuple | None]]:
-    """Per layer and candidate, the (family, c_in, c_out, op, stride, size) that fixes its latency
+    """Per layer and candidate, the (family, c_in, c_out, op, stride, size, dilation) that fixes its latency
     (None for a skip)."""
     configs = []
     for spec, size, family in zip(specs, sizes.layer_inputs, families):
         parse = get_family(family).parse_op
         configs.append([None if parse(op).is_skip else (family, spec.in_channels, spec.out_channels, op, spec.stride,
-                                                        size)
+                                                        size, spec.dilation)
                         for op in spec.candidates])
     return configs
 
 
 def _layer_job(config: tuple) -> _Job:
-    family, c_in, c_out, op, stride, size = config
-    return _Job(lambda: get_family(family).build_layer(c_in, c_out, stride, op), c_in, size)
+    family, c_in, c_out, op, stride, size, dilation = config
+    return _Job(lambda: get_family(family).build_layer(c_in, c_out, stride, op, dilation=dilation), c_in, size)
 
 
 def _measure_backbone(seed_arch: Arch, specs: list[LayerSpec], input_size: HW, head_channels: int | None,

@@ -175,7 +175,7 @@ class ArchitectureSearch:
         self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
-                                     kernel=s["remap_kernel"])
+                                     kernel=s["remap_kernel"], output_stride=self.task.output_stride(self.model_name))
         self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
                                                        backbone=self.supernet),
                                  self.device, bool(train.get("channels_last", True)))

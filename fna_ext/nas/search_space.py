@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..arch import Arch
+from ..arch import Arch, stage_geometry
 from ..families import get_family
 from ..families.mbconv.candidates import candidate_blocks  # noqa: F401  (re-exported)
 
@@ -40,20 +40,24 @@ class LayerSpec:
     out_channels: int
     stride: int
     candidates: tuple[str, ...]
+    dilation: int = 1    # > 1 where a dense task's output stride turned the stage's stride into dilation
 
     @property
     def key(self) -> str:
         return f"s{self.stage}_l{self.layer}"
 
 
-def layer_specs(seed_arch: Arch, space: SearchSpace) -> list[LayerSpec]:
+def layer_specs(seed_arch: Arch, space: SearchSpace, output_stride: int | None = None) -> list[LayerSpec]:
+    """Every searched layer of ``seed_arch`` in ``space``; under ``output_stride`` the stages past
+    it run at stride 1 with dilation (:func:`fna_ext.arch.stage_geometry`)."""
     if len(seed_arch.stages) - 1 != len(space.max_depths):
         raise ValueError(f"the {space.name} space searches {len(space.max_depths)} stages; the seed "
                          f"has {len(seed_arch.stages) - 1} after its first")
-    specs = []
+    specs, geometry = [], stage_geometry(seed_arch, output_stride)
     for i, (stage, depth) in enumerate(zip(seed_arch.stages[1:], space.max_depths), start=1):
         for layer in range(depth):
             specs.append(LayerSpec(i, layer, stage.in_channels if layer == 0 else stage.out_channels,
-                                   stage.out_channels, stage.stride if layer == 0 else 1,
-                                   space.candidates(i - 1, layer, seed_arch.family, stage)))
+                                   stage.out_channels, geometry[i].stride if layer == 0 else 1,
+                                   space.candidates(i - 1, layer, seed_arch.family, stage),
+                                   geometry[i].first_dilation if layer == 0 else geometry[i].dilation))
     return specs

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..arch import Arch, Stage
+from ..arch import Arch, Stage, stage_geometry
 from ..families import get_family
 from ..remap import plan_candidates
 from .search_space import LayerSpec, SearchSpace, layer_specs  # noqa: F401  (LayerSpec re-exported)
@@ -37,17 +37,21 @@ class SuperNetwork(nn.Module):
 
     def __init__(self, seed_arch: Arch, space: SearchSpace, *, seed: nn.Module | None = None,
                  weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | None = 1280,
-                 bn_eps: float = 1e-5, width: str = "first", kernel: str = "center"):
+                 bn_eps: float = 1e-5, width: str = "first", kernel: str = "center", output_stride: int | None = None):
         super().__init__()
         if weight_sharing not in WEIGHT_MODES:
             raise ValueError(f"weight_sharing must be one of {WEIGHT_MODES}, got {weight_sharing!r}")
         self.seed_arch, self.space, self.weight_sharing = seed_arch, space, weight_sharing
         self.family = family = get_family(seed_arch.family)
-        self.specs = layer_specs(seed_arch, space)
+        self.output_stride = output_stride  # a dense task's: later strides become dilations
+        self.specs = layer_specs(seed_arch, space, output_stride)
+        first_geometry = stage_geometry(seed_arch, output_stride)[0]
         self.stem = family.build_stem(seed_arch, bn_eps=bn_eps)
         first = seed_arch.stages[0]
-        stages = [nn.Sequential(*(family.build_layer(c_in, c_out, s, op, bn_eps=bn_eps)
-                                  for c_in, c_out, s, op in first.layers(seed_arch.family)))]
+        stages = [nn.Sequential(*(family.build_layer(c_in, c_out, first_geometry.stride if j == 0 else 1, op,
+                                                     dilation=first_geometry.first_dilation if j == 0
+                                                     else first_geometry.dilation, bn_eps=bn_eps)
+                                  for j, (c_in, c_out, _, op) in enumerate(first.layers(seed_arch.family))))]
         for i in range(1, len(seed_arch.stages)):
             stages.append(nn.Sequential(*(family.search_layer(spec, weight_sharing=weight_sharing, affine_bn=affine_bn,
                                                               bn_eps=bn_eps)

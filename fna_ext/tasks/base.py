@@ -79,6 +79,11 @@ class Task:
         in: how deep each stage may grow, and which layers' inner width the model reads."""
         raise NotImplementedError
 
+    def output_stride(self, model: str) -> int | None:
+        """The output stride ``model`` keeps its backbone at (DeepLab's 16 or 8: later strides
+        become dilations), or None for the backbone's own strides."""
+        return None
+
     def count_size(self, model: str) -> tuple[int, int]:
         """(H, W) at which the published Params/MAdds tables count ``model``."""
         raise NotImplementedError

@@ -78,11 +78,12 @@ class Network(nn.Module):
 
 def build_network(arch: Arch | str, num_classes: int | None = 1000, *,
                   head_channels: int | None = 1280, dropout: float = 0.2,
-                  bn_eps: float = 1e-5) -> Network:
-    """The classification network of ``arch`` (an Arch, or text :meth:`Arch.parse` accepts)."""
+                  bn_eps: float = 1e-5, **options) -> Network:
+    """The classification network of ``arch`` (an Arch, or text :meth:`Arch.parse` accepts);
+    ``options`` go to :class:`Network` (``output_stride``, ``norm_layer``, ``act_layer``)."""
     if isinstance(arch, str):
         arch = Arch.parse(arch)
-    return Network(arch, num_classes, head_channels, dropout, bn_eps)
+    return Network(arch, num_classes, head_channels, dropout, bn_eps, **options)
 
 
 def mobilenet_v2(num_classes: int | None = 1000, width_mult: float = 1.0, **kwargs) -> Network:

@@ -39,7 +39,8 @@ class SearchLayer(nn.Module):
         owners = [MAX_OP.name] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
         self.blocks = nn.ModuleDict({name: MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
-                                                  Op.parse(name).expansion, spec.stride, norm_layer=norm)
+                                                  Op.parse(name).expansion, spec.stride, spec.dilation,
+                                                  norm_layer=norm)
                                      for name in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
 
@@ -62,7 +63,8 @@ class SearchLayer(nn.Module):
         block = self._owner(op)
         return sampled_mbconv(x, block.expand.conv.weight, block.depthwise.conv.weight, block.project.conv.weight,
                               kernel_size=parsed.kernel, expand_channels=self._expansion(op),
-                              stride=self.spec.stride, eps=self.bn_eps, **self._bn_args(block))
+                              stride=self.spec.stride, eps=self.bn_eps, dilation=self.spec.dilation,
+                              **self._bn_args(block))
 
     def expansion_output(self, x: torch.Tensor, op: str) -> torch.Tensor:
         """The op's expand conv -> BN -> ReLU6 output (for a detector feature tap)."""
@@ -77,7 +79,8 @@ class SearchLayer(nn.Module):
         return depthwise_project(x, hidden, block.depthwise.conv.weight, block.project.conv.weight,
                                  kernel_size=parsed.kernel, stride=self.spec.stride,
                                  bn2_weight=bn.get("bn2_weight"), bn2_bias=bn.get("bn2_bias"),
-                                 bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps)
+                                 bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps,
+                                 dilation=self.spec.dilation)
 
     def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
         """In shared mode, which entries of the max-size weights op (k, e) uses: the optimiser
@@ -110,7 +113,8 @@ class SearchLayer(nn.Module):
         block = self._owner(widest)
         bn = self._bn_args(block)
         common = dict(candidates=[(Op.parse(op).kernel, self._expansion(op)) for op in ops], stride=self.spec.stride,
-                      eps=self.bn_eps, **{k: v for k, v in bn.items() if not k.startswith("bn1")})
+                      eps=self.bn_eps, dilation=self.spec.dilation,
+                      **{k: v for k, v in bn.items() if not k.startswith("bn1")})
         weights = self.choice[positions]
         shared = self.expansion_output(x, widest) if tap else None
         if tap:

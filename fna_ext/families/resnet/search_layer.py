@@ -27,7 +27,8 @@ class SearchLayer(nn.Module):
         owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
         self.blocks = nn.ModuleDict({op.name: make_block(spec.in_channels, spec.out_channels, spec.stride, op,
-                                                         norm_layer=norm) for op in owners})
+                                                         dilation=spec.dilation, norm_layer=norm)
+                                     for op in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
 
     def _owner(self, op: str) -> nn.Module:
