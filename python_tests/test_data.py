@@ -288,3 +288,29 @@ def test_loader_is_reproducible_with_workers(tiny):
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="sampler"):
         detection_loader(ds, 2, shuffle=True, sampler=torch.utils.data.SequentialSampler(ds))
+
+
+def test_flip_mirrors_keypoints_masks_and_swaps_left_and_right():
+    from fna_ext.data.transforms import COCO_PERSON_FLIP_PAIRS
+
+    image = np.zeros((4, 10, 3), np.uint8)
+    image[:, 2] = 255
+    keypoints = np.zeros((1, 17, 3), np.float32)
+    keypoints[0, 1] = (2.0, 1.0, 2)   # left eye
+    keypoints[0, 2] = (7.0, 1.0, 1)   # right eye
+    keypoints[0, 5] = (3.0, 2.0, 0)   # left shoulder, unlabelled
+    semantic = np.zeros((4, 10), np.int64)
+    semantic[:, 2] = 3
+    target = {"boxes": np.array([[1, 0, 4, 2]], np.float32), "keypoints": keypoints, "semantic": semantic}
+    flip = RandomHorizontalFlip(p=1.0, flip_pairs=COCO_PERSON_FLIP_PAIRS)
+    out_image, out = flip(image, target)
+    assert out_image[0, 7, 0] == 255 and out["semantic"][0, 7] == 3
+    np.testing.assert_array_equal(out["boxes"], [[6, 0, 9, 2]])
+    np.testing.assert_array_equal(out["keypoints"][0, 1], [3.0, 1.0, 1])  # the right eye, mirrored
+    np.testing.assert_array_equal(out["keypoints"][0, 2], [8.0, 1.0, 2])
+    np.testing.assert_array_equal(out["keypoints"][0, 6], [0, 0, 0])     # unlabelled stays zero
+    again_image, again = flip(out_image, out)
+    np.testing.assert_array_equal(again_image, image)
+    np.testing.assert_array_equal(again["keypoints"][0, :3], keypoints[0, :3])
+    with pytest.raises(ValueError, match="keypoints need flip_pairs"):
+        RandomHorizontalFlip(p=1.0)(image, target)

@@ -322,20 +322,51 @@ def _rounded(x: float) -> int:
     return max(1, int(x + 0.5))
 
 
+# COCO's 17 person keypoints, left and right of each part: a mirrored left wrist is a right wrist
+COCO_PERSON_FLIP_PAIRS = ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16))
+
+
+def flip_keypoints(keypoints: np.ndarray, width: int, flip_pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """(N, K, 3) keypoints (x, y, visibility) mirrored in an image ``width`` wide: x -> width - x,
+    each (left, right) pair swapped, and unlabelled points (visibility 0) left at zero."""
+    flipped = keypoints.copy()
+    flipped[..., 0] = width - flipped[..., 0]
+    for left, right in flip_pairs:
+        flipped[:, [left, right]] = flipped[:, [right, left]]
+    flipped[flipped[..., 2] == 0] = 0
+    return flipped
+
+
 class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5):
-        self.p = p
+    """Mirrors the image and what the target holds: ``boxes``, per-pixel ``masks`` (N, H, W) or a
+    ``semantic`` label map (H, W), and ``keypoints`` (N, K, 3), whose left and right points trade
+    places by ``flip_pairs`` (for COCO persons, :data:`COCO_PERSON_FLIP_PAIRS`)."""
+
+    def __init__(self, p: float = 0.5, flip_pairs: Sequence[tuple[int, int]] = ()):
+        self.p, self.flip_pairs = p, tuple(tuple(pair) for pair in flip_pairs)
 
     def __call__(self, image: np.ndarray, target: Target) -> Sample:
         if not _coin(self.p):
             return image, target
         width = image.shape[1]
-        boxes = target["boxes"]
-        flipped = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        return np.ascontiguousarray(image[:, ::-1]), {**target, "boxes": flipped.astype(np.float32)}
+        flipped = dict(target)
+        if "boxes" in target:
+            boxes = target["boxes"]
+            flipped["boxes"] = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]],
+                                        axis=1).astype(np.float32)
+        if "masks" in target:
+            flipped["masks"] = np.ascontiguousarray(target["masks"][..., ::-1])
+        if "semantic" in target:
+            flipped["semantic"] = np.ascontiguousarray(target["semantic"][:, ::-1])
+        if "keypoints" in target:
+            if not self.flip_pairs:
+                raise ValueError("RandomHorizontalFlip: keypoints need flip_pairs (which left and right points "
+                                 "trade places), e.g. COCO_PERSON_FLIP_PAIRS")
+            flipped["keypoints"] = flip_keypoints(target["keypoints"], width, self.flip_pairs)
+        return np.ascontiguousarray(image[:, ::-1]), flipped
 
     def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
+        return f"RandomHorizontalFlip(p={self.p}, flip_pairs={self.flip_pairs})"
 
 
 class ToNormalizedTensor:
