@@ -51,6 +51,18 @@ def keep_in_memory(loader, batches: int = 4) -> None:
     loader.batch = lambda step: held[step % len(held)]
 
 
+def weight_steps_in_memory(search: ArchitectureSearch, batches: int = 4):
+    """A weight step over the weight split's first few batches, round and round."""
+    loader = iter(search.trainer.loader)
+    held = [next(loader) for _ in range(min(batches, search.steps_per_epoch))]
+    calls = [0]
+
+    def step():
+        calls[0] += 1
+        return search.weight_step(held[calls[0] % len(held)])
+    return step
+
+
 def with_fused(enabled: bool, step):
     def run():
         with ops.fused(enabled):
@@ -63,10 +75,11 @@ def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides
     """Median images/s of weight steps, alpha steps and the search cycle, fused and reference."""
     with tempfile.TemporaryDirectory() as out_dir:
         search = build_search(detector, device, out_dir, overrides)
+        weight_step = search.weight_step
         if in_memory:
-            keep_in_memory(search.weight_data)
+            weight_step = weight_steps_in_memory(search)
             keep_in_memory(search.arch_data)
-        weight_batch, alpha_batch = search.weight_data.batch_size, search.arch_data.batch_size
+        weight_batch, alpha_batch = search.trainer.batch_size, search.arch_data.batch_size
         ratio = int(search.config["search"]["weight_steps_per_alpha_step"])
         seconds = {}
         # the versions alternate, and each pair of calls trains the same random path: the medians
@@ -77,7 +90,7 @@ def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides
             calls[0] += 1
             return torch.Generator().manual_seed((calls[0] - 1) // 2)
         search._path_generator = paired_path_generator
-        for kind, step in (("weight step", search.weight_step), ("alpha step", search.alpha_step)):
+        for kind, step in (("weight step", weight_step), ("alpha step", search.alpha_step)):
             fns = {"fused": with_fused(True, step), "reference": with_fused(False, step)}
             seconds[kind] = interleaved_medians(fns, repeats, device, warmup)
     rows = {}

@@ -152,6 +152,50 @@ class SeededItems(torch.utils.data.Dataset):
 
 # --------------------------------------------------------------------------- the loop
 
+class StepHooks:
+    """Where a loop built on :class:`Trainer` departs from plain training. The defaults train
+    one process; the search overrides them (:class:`fna_ext.nas.search.SearchHooks`): it samples
+    a path and runs the alpha step before each weight step, sums gradients over processes, and
+    undoes the optimiser step outside the sampled path."""
+
+    def before_step(self, iteration: int) -> dict:
+        """Runs before the weight step of ``iteration``; returns values for the log record."""
+        return {}
+
+    def after_backward(self, model: nn.Module) -> None:
+        """Runs between backward and gradient clipping (e.g. summing gradients over processes)."""
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def reduce(self, value: torch.Tensor) -> torch.Tensor:
+        """A loss value as the log reports it (e.g. summed over processes)."""
+        return value
+
+    @property
+    def writes_files(self) -> bool:
+        """Whether this process writes logs and checkpoints (one process of several does)."""
+        return True
+
+
+class RankSlices(torch.utils.data.Sampler):
+    """This process's share of every global batch of ``sampler``: items rank, rank + world, ...
+    (one process: the whole batch)."""
+
+    def __init__(self, sampler, batch_size: int):
+        from . import distributed
+
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
+        context = distributed.current()
+        self.rank, self.world = (context.rank, context.world_size) if context else (0, 1)
+
+    def __iter__(self):
+        return (batch[self.rank::self.world] for batch in self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class Trainer:
     """Trains ``model`` with ``loss_fn(model, batch) -> dict of loss tensors`` over ``dataset``.
 
@@ -160,15 +204,23 @@ class Trainer:
     0 = only at the end), ``checkpoint_every`` (iterations; 0 = each epoch end), ``log_every``,
     ``num_workers``, ``seed``, ``channels_last`` (:func:`place_model`; default true). Writes
     ``metrics.jsonl`` and ``checkpoint.pt`` into ``out_dir``.
-    ``extra_state`` goes into every checkpoint (the arch, class names, ...)."""
+    ``extra_state`` goes into every checkpoint (the arch, class names, ...).
+
+    The search runs on the same loop: ``hooks`` (:class:`StepHooks`) add its steps, ``components``
+    its parts of the checkpoint (alphas, their optimiser), ``kind`` and ``log_name`` its files, and
+    ``optimizer`` the weight optimiser it built. ``batch_size`` is the global batch; under
+    ``torchrun`` each process loads its slice of it (:class:`RankSlices`)."""
 
     def __init__(self, model: nn.Module, loss_fn: Callable, dataset, collate_fn: Callable, config: dict,
                  out_dir: str | Path, *, device: str | torch.device = "cpu",
                  evaluate: Callable[[nn.Module], dict] | None = None, extra_state: dict | None = None,
-                 description: str = "train"):
+                 description: str = "train", hooks: StepHooks | None = None, components: dict | None = None,
+                 kind: str = "train", log_name: str = "metrics.jsonl",
+                 optimizer: torch.optim.Optimizer | None = None):
         self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
         self.device = torch.device(device)
         self.evaluate, self.extra_state, self.description = evaluate, extra_state or {}, description
+        self.hooks = hooks or StepHooks()
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.batch_size = int(config["batch_size"])
@@ -181,19 +233,19 @@ class Trainer:
         self.epochs = int(config["epochs"])
         self.total_iters = self.epochs * self.iters_per_epoch
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(params, config["optimizer"])
+        self.optimizer = optimizer or build_optimizer(params, config["optimizer"])
         self.schedule = Schedule(self.optimizer, config["schedule"], self.iters_per_epoch, self.total_iters)
         self.sampler = ResumableSampler(len(dataset), int(config.get("seed", 0)))
         workers = int(config.get("num_workers", 0))
         self.loader = torch.utils.data.DataLoader(
-            SeededItems(dataset), batch_size=self.batch_size, sampler=self.sampler, collate_fn=collate_fn,
-            drop_last=True, num_workers=workers, generator=torch.Generator().manual_seed(0))
+            SeededItems(dataset), batch_sampler=RankSlices(self.sampler, self.batch_size), collate_fn=collate_fn,
+            num_workers=workers, generator=torch.Generator().manual_seed(0))
         self.progress = Progress(iteration=0, iters_per_epoch=self.iters_per_epoch)
-        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.metrics_path = self.out_dir / log_name
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.checkpoint = CheckpointManager(
-            self.checkpoint_path, "train",
-            {"model": model, "optimizer": self.optimizer, "progress": self.progress},
+            self.checkpoint_path, kind,
+            {"model": model, "optimizer": self.optimizer, "progress": self.progress, **(components or {})},
             config=config, extra=self.extra_state)
         self.history: list[dict] = []
 
@@ -206,8 +258,8 @@ class Trainer:
         self.progress.values["iteration"] = int(value)
 
     # -- state
-    def save_checkpoint(self) -> Path:
-        return self.checkpoint.save()
+    def save_checkpoint(self) -> Path | None:
+        return self.checkpoint.save() if self.hooks.writes_files else None
 
     def resume(self, path: str | Path | None = None) -> bool:
         """Continues from ``path`` (default: this run's checkpoint). False when there is none."""
@@ -220,11 +272,14 @@ class Trainer:
     # -- logging
     def log(self, record: dict) -> None:
         self.history.append(record)
+        if not self.hooks.writes_files:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- the loop
     def train_step(self, batch) -> dict[str, float]:
+        extra = self.hooks.before_step(self.iteration)
         lr = self.schedule.set(self.iteration)
         losses = self.loss_fn(self.model, batch)
         loss = sum(losses.values())
@@ -234,12 +289,14 @@ class Trainer:
                 f"({ {k: v.item() for k, v in losses.items()} }); lower optimizer.lr or raise the warm-up")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.hooks.after_backward(self.model)
         clip = self.config.get("grad_clip")
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-        self.optimizer.step()
+        self.hooks.optimizer_step(self.optimizer)
         self.iteration += 1
-        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}, "lr": lr}
+        reduce = self.hooks.reduce
+        return {**extra, "loss": reduce(loss).item(), **{k: reduce(v).item() for k, v in losses.items()}, "lr": lr}
 
     def _should_checkpoint(self) -> bool:
         every = int(self.config.get("checkpoint_every", 0))
@@ -261,7 +318,8 @@ class Trainer:
             epoch, start = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_position(epoch, start * self.batch_size)
             self.model.train()
-            bar = tqdm(self.loader, total=self.iters_per_epoch - start, disable=not progress_enabled(),
+            bar = tqdm(self.loader, total=self.iters_per_epoch - start,
+                       disable=not (progress_enabled() and self.hooks.writes_files),
                        desc=f"{self.description} epoch {epoch + 1}/{self.epochs}", leave=False)
             started, steps = time.perf_counter(), 0
             for batch in bar:

@@ -18,7 +18,6 @@ The published loop, with its defects fixed (REFERENCE.md):
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,19 +25,18 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .. import ops
-from ..engine import distributed
 from ..atomic import atomic_write_text
 from ..config import dump
-from .cost_table import build_cost_table
-from ..engine.checkpoint import CheckpointManager, Progress
-from ..engine.trainer import ResumableSampler, Schedule, SeededItems, build_optimizer, place_model, progress_enabled
-from .supernet import SuperNetwork
+from ..engine import distributed
+from ..engine.checkpoint import Progress
 from ..engine.finetune import INITS
-from ..engine.trainer import to_device as _to_device
+from ..engine.trainer import (RankSlices, ResumableSampler, SeededItems, StepHooks, Trainer, build_optimizer,
+                              place_model, to_device)
 from ..tasks import get_task
+from .cost_table import build_cost_table
+from .supernet import SuperNetwork
 
 STRATEGIES = ("diff", "random")
 
@@ -91,21 +89,6 @@ class SearchResult:
     phase_seconds: dict = field(default_factory=dict)
 
 
-class _RankSlices(torch.utils.data.Sampler):
-    """This process's share of every global batch: items rank, rank + world, ..."""
-
-    def __init__(self, sampler, batch_size: int):
-        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
-        context = distributed.current()
-        self.rank, self.world = (context.rank, context.world_size) if context else (0, 1)
-
-    def __iter__(self):
-        return (batch[self.rank::self.world] for batch in self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
 class _Loader:
     """Global batches of a split, in a per-epoch order that a step count alone determines; each
     process loads its slice of them."""
@@ -121,7 +104,7 @@ class _Loader:
         self.sampler = ResumableSampler(len(dataset), seed)
         self.per_epoch = len(dataset) // batch_size
         self.batch_size = batch_size
-        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=_RankSlices(self.sampler, batch_size),
+        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=RankSlices(self.sampler, batch_size),
                                                   collate_fn=collate, num_workers=workers,
                                                   generator=torch.Generator().manual_seed(0))
         self._iterator, self._position = None, None
@@ -158,7 +141,8 @@ class ArchitectureSearch:
         self.seed = int(train.get("seed", 0))
         weight_split, arch_split = split_dataset(train_set, float(s["split_fraction"]), self.seed)
         workers = int(train.get("num_workers", 0))
-        self.weight_data = _Loader(weight_split, int(train["batch_size"]), self.seed, workers, data.collate)
+        self.weight_split, self.collate = weight_split, data.collate
+        _check_global_batch(weight_split, int(train["batch_size"]))
         # alpha steps run every candidate; a smaller batch keeps them affordable on small machines
         alpha_batch = int(s.get("alpha_batch_size") or train["batch_size"])
         self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers, data.collate)
@@ -192,67 +176,71 @@ class ArchitectureSearch:
                                            device=str(self.device))
         self.phase_seconds["cost table"] = time.perf_counter() - started
 
-        self.epochs = int(train["epochs"])
-        self.total_steps = self.epochs * self.weight_data.per_epoch
         weights = [p for p in self.model.parameters() if p.requires_grad]
         self.weight_optimizer = build_optimizer(weights, train["optimizer"])
-        self.schedule = Schedule(self.weight_optimizer, train["schedule"], self.weight_data.per_epoch,
-                                 self.total_steps)
         self.alpha_optimizer = build_optimizer(self.alphas.parameters(), s["alpha"]["optimizer"])
-        # the loop's position: weight steps, alpha steps, and alpha's history for the plot
-        self.progress = Progress(step=0, alpha_steps=0, steps_per_epoch=self.weight_data.per_epoch, history=[])
-        self.log_path = self.out_dir / "search_log.jsonl"
-        self.checkpoint_path = self.out_dir / "checkpoint.pt"
-        self.checkpoint = CheckpointManager(
-            self.checkpoint_path, "search",
-            {"model": self.model, "alphas": self.alphas, "weight_optimizer": self.weight_optimizer,
-             "alpha_optimizer": self.alpha_optimizer, "progress": self.progress}, config=config)
+        # alpha's own position (the weight steps are the trainer's iterations) and its history
+        self.search_progress = Progress(alpha_steps=0, history=[])
+        # the weight steps are the engine's training loop; the hooks add the path sampling, the
+        # alpha steps, the gradient sum over processes and the masked optimiser step
+        self.trainer = Trainer(self.model, self.task.loss, weight_split, data.collate, train, self.out_dir,
+                               device=self.device, description="search", hooks=SearchHooks(self),
+                               components={"alphas": self.alphas, "alpha_optimizer": self.alpha_optimizer,
+                                           "search": self.search_progress},
+                               kind="search", log_name="search_log.jsonl", optimizer=self.weight_optimizer)
+        self.schedule = self.trainer.schedule
+        self.steps_per_epoch = self.trainer.iters_per_epoch
+        self.total_steps = self.trainer.total_iters
+        self.log_path, self.checkpoint_path = self.trainer.metrics_path, self.trainer.checkpoint_path
+        self._ops: list[str] = []
+        self._weight_batches = iter(())
 
-    step = property(lambda self: self.progress.values["step"],
-                    lambda self, value: self.progress.values.__setitem__("step", int(value)))
-    alpha_steps = property(lambda self: self.progress.values["alpha_steps"],
-                           lambda self, value: self.progress.values.__setitem__("alpha_steps", int(value)))
+    @property
+    def step(self) -> int:
+        return self.trainer.iteration
+
+    alpha_steps = property(lambda self: self.search_progress.values["alpha_steps"],
+                           lambda self, value: self.search_progress.values.__setitem__("alpha_steps", int(value)))
 
     @property
     def history(self) -> list:
         """[(step, softmax(alpha) per layer)], kept in the checkpoint."""
-        return self.progress.values["history"]
+        return self.search_progress.values["history"]
 
     # ------------------------------------------------------------------ one step of each kind
     def _path_generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 7_368_787 + self.step)
+        return torch.Generator().manual_seed(self.seed * 7_368_787 + self._path_step)
 
-    def alpha_active(self) -> bool:
+    def alpha_active(self, step: int | None = None) -> bool:
         s = self.config["search"]
-        return s["strategy"] == "diff" and self.step // self.weight_data.per_epoch >= int(s["alpha_start_epoch"])
+        step = self.step if step is None else step
+        return s["strategy"] == "diff" and step // self.steps_per_epoch >= int(s["alpha_start_epoch"])
 
-    def weight_step(self) -> dict:
-        lr = self.schedule.set(self.step)
-        # rank 0's draw, broadcast: every process trains the same path
+    def sample_path(self, step: int) -> list[str]:
+        """The path weight step ``step`` trains: uniform before alpha starts, then drawn from
+        softmax(alpha); rank 0's draw, broadcast, so every process trains the same path."""
+        self._path_step = step
         indices = distributed.broadcast_ints(self.alphas.sample(self._path_generator(),
-                                                                uniform=not self.alpha_active()))
-        ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
-        self.supernet.set_path(ops)
-        losses = self.task.loss(self.model, _to_device(self.weight_data.batch(self.step), self.device))
-        loss = sum(losses.values())
-        _check_finite(loss, losses, self.step)
-        self.weight_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.sum_gradients(self.model.parameters())
-        clip = self.config["train"].get("grad_clip")
-        if clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-        masks = {p: m for layer, op in zip(self.layers, ops) for p, m in layer.sampled_masks(op).items()}
-        _step_inside(self.weight_optimizer, masks)
-        self.step += 1
-        return {"loss": distributed.global_sum(loss).item(),
-                **{k: distributed.global_sum(v).item() for k, v in losses.items()}, "lr": lr}
+                                                                uniform=not self.alpha_active(step)))
+        self._ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
+        self.supernet.set_path(self._ops)
+        return self._ops
+
+    def weight_step(self, batch=None) -> dict:
+        """One weight step on ``batch`` (default: the next of the weight split) with the loop's
+        hooks: what :meth:`run` does per step, callable alone (benchmarks/bench_search_step.py)."""
+        if batch is None:
+            batch = next(self._weight_batches, None)
+            if batch is None:  # the split's epoch ran out: start another pass
+                self._weight_batches = iter(self.trainer.loader)
+                batch = next(self._weight_batches)
+        return self.trainer.train_step(to_device(batch, self.device))
 
     def alpha_step(self) -> dict:
         s = self.config["search"]
         probs = self.alphas.probabilities()
         self.supernet.set_mixture(probs)
-        batch = _to_device(self.arch_data.batch(self.alpha_steps), self.device)
+        batch = to_device(self.arch_data.batch(self.alpha_steps), self.device)
         weights = [p for p in self.model.parameters() if p.requires_grad]
         for p in weights:  # only alpha learns here; skipping weight gradients halves the work
             p.requires_grad_(False)
@@ -273,22 +261,18 @@ class ArchitectureSearch:
         nn.utils.clip_grad_norm_(self.alphas.parameters(), float(s["alpha"]["grad_clip"]))
         self.alpha_optimizer.step()
         self.alpha_steps += 1
+        if self.alpha_steps % max(int(s["alpha_log_every"]), 1) == 0:
+            self._snapshot_alphas()
         return {"arch_loss": distributed.global_sum(loss).item(), "arch_task_loss": distributed.global_sum(task).item(),
                 "expected_cost": expected.item()}
 
     # ------------------------------------------------------------------ state
     def save_checkpoint(self) -> None:
-        if _is_main():
-            self.checkpoint.save()
+        self.trainer.save_checkpoint()
 
     def resume(self) -> None:
-        self.checkpoint.load(must_match={"steps_per_epoch": self.weight_data.per_epoch})
-
-    def _log(self, record: dict) -> None:
-        if not _is_main():
-            return
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if not self.trainer.resume():
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out_dir}; start without --resume")
 
     def _snapshot_alphas(self) -> None:
         probs = [[round(float(v), 6) for v in p.detach().cpu()] for p in self.alphas.probabilities()]
@@ -296,34 +280,52 @@ class ArchitectureSearch:
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop_at: int | None = None) -> None:
-        s, train = self.config["search"], self.config["train"]
-        ratio = max(int(s["weight_steps_per_alpha_step"]), 1)
-        checkpoint_every = int(train.get("checkpoint_every", 0)) or self.weight_data.per_epoch
-        log_every, alpha_log_every = max(int(train.get("log_every", 20)), 1), max(int(s["alpha_log_every"]), 1)
-        stop_at = self.total_steps if stop_at is None else min(stop_at, self.total_steps)
-        self.model.train()
         if not self.history:
             self._snapshot_alphas()
         started = time.perf_counter()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (progress_enabled() and _is_main()),
-                   desc="search")
-        while self.step < stop_at:
-            record = {}
-            if self.alpha_active() and self.step % ratio == 0:
-                record.update(self.alpha_step())
-                if self.alpha_steps % alpha_log_every == 0:
-                    self._snapshot_alphas()
-            record.update(self.weight_step())
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            if self.step % log_every == 0 or self.step == self.total_steps:
-                self._log({"step": self.step, "epoch": self.step / self.weight_data.per_epoch, **record})
-            if self.step % checkpoint_every == 0 or self.step == self.total_steps:
-                self.save_checkpoint()
-        bar.close()
+        self.trainer.fit(stop_at)
         self.phase_seconds["search"] = self.phase_seconds.get("search", 0.0) + time.perf_counter() - started
         if self.step == self.total_steps and (not self.history or self.history[-1][0] != self.step):
             self._snapshot_alphas()
+
+
+class SearchHooks(StepHooks):
+    """The search's weight steps on the engine's loop: before each, an alpha step when due (one
+    per ``weight_steps_per_alpha_step`` weight steps once alpha has started) and the sampled path;
+    gradients summed over processes; the optimiser step undone outside the sampled path."""
+
+    def __init__(self, search: ArchitectureSearch):
+        self.search = search
+
+    def before_step(self, iteration: int) -> dict:
+        search, s = self.search, self.search.config["search"]
+        record = {}
+        if search.alpha_active(iteration) and iteration % max(int(s["weight_steps_per_alpha_step"]), 1) == 0:
+            record.update(search.alpha_step())
+        search.sample_path(iteration)
+        return record
+
+    def after_backward(self, model: nn.Module) -> None:
+        distributed.sum_gradients(model.parameters())
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        masks = {p: m for layer, op in zip(self.search.layers, self.search._ops)
+                 for p, m in layer.sampled_masks(op).items()}
+        _step_inside(optimizer, masks)
+
+    def reduce(self, value: torch.Tensor) -> torch.Tensor:
+        return distributed.global_sum(value)
+
+    @property
+    def writes_files(self) -> bool:
+        return _is_main()
+
+
+def _check_global_batch(dataset, batch_size: int) -> None:
+    context = distributed.current()
+    if context and batch_size % context.world_size:
+        raise ValueError(f"train.batch_size {batch_size} (the global batch) must be divisible by "
+                         f"the {context.world_size} processes")
 
 
 def _is_main() -> bool:
@@ -371,7 +373,7 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
             indices = distributed.broadcast_ints(search.alphas.sample(generator, uniform=True))
             ops = [layer.spec.candidates[i] for layer, i in zip(search.layers, indices)]
             search.supernet.set_path(ops)
-            batch = _to_device(search.arch_data.batch(k), search.device)
+            batch = to_device(search.arch_data.batch(k), search.device)
             task = distributed.global_sum(sum(search.task.loss(search.model, batch).values()))
             cost = torch.tensor(search.cost_table.of_ops(ops))
             score = (task + cost_term(cost, float(s["lambda"]), float(s["tau"]))).item()
