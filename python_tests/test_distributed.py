@@ -45,8 +45,9 @@ def _gradients(rank: int, world: int, mode: str) -> dict:
     supernet = SuperNetwork(seed.arch, ONE_LAYER_SPACE, seed=seed, head_channels=64)
     config = SSDLiteConfig(head_channels=64, extra_channels=(32, 32, 16, 16))
     model = ssdlite(supernet.arch, 3, config, backbone=supernet).double()
-    if world > 1:
-        distributed.use_global_batch_norm(model)
+    # built under torchrun, every BN is global from the start: nothing is patched afterwards
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(isinstance(m, distributed.GlobalBatchNorm2d) == (world > 1) for m in bns)
     if mode == "path":
         supernet.set_path([spec.candidates[-1 if i % 2 else 0] for i, spec in enumerate(supernet.specs)])
     else:

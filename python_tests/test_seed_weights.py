@@ -265,3 +265,16 @@ def test_wrong_files_fail_clearly(tmp_path, content, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="no such weights file"):
         read_state_dict(tmp_path / "nope.pth")
+
+
+def test_the_seed_network_is_built_with_its_weights_eps(tmp_path):
+    from fna_ext.families import get_family
+    from fna_ext.remap import load_seed_network
+
+    path = tmp_path / "fna.pth"
+    torch.save(randomise(REPLICAS["fna"]()).state_dict(), path)
+    assert get_family().seed_bn_eps(path) == 1e-3
+    seed = load_seed_network(path)
+    assert {m.eps for m in seed.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}
+    # built with the right eps, the load has nothing to change and says nothing
+    assert not load_seed_weights(seed, path, skip_classifier=True).notes

@@ -161,9 +161,6 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         return out
 
 
-def use_global_batch_norm(model: nn.Module) -> nn.Module:
-    """Makes every BatchNorm2d of ``model`` a :class:`GlobalBatchNorm2d` (in place)."""
-    for module in model.modules():
-        if type(module) is nn.BatchNorm2d:
-            module.__class__ = GlobalBatchNorm2d
-    return model
+def batch_norm_class() -> type[nn.BatchNorm2d]:
+    """The BN class a block built now should use: global statistics under ``torchrun``."""
+    return GlobalBatchNorm2d if _CONTEXT is not None else nn.BatchNorm2d

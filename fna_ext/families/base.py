@@ -77,6 +77,11 @@ class Family:
         """Adds to ``plan`` the maps that remap block ``seed`` into block ``target``."""
         raise NotImplementedError
 
+    def seed_bn_eps(self, path) -> float:
+        """The BatchNorm eps the weights in ``path`` were trained with, chosen when the seed
+        network is built (default: PyTorch's 1e-5)."""
+        return 1e-5
+
     def load_seed_weights(self, model: nn.Module, path, **options):
         """Copies a pretrained weight file (the layouts the family knows) into ``model``."""
         raise NotImplementedError

@@ -163,8 +163,8 @@ class ArchitectureSearch:
         self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
                                                        backbone=self.supernet),
                                  self.device, bool(train.get("channels_last", True)))
-        if distributed.current():
-            distributed.use_global_batch_norm(self.model)
+        # under torchrun every BN was built global (fna_ext.families.norm): its statistics cover
+        # all processes' batches
         self.layers = self.supernet.search_layers()
         self.alphas = ArchParameters([len(l.spec.candidates) for l in self.layers],
                                      float(s["alpha"]["init_std"]), self.seed).to(self.device)

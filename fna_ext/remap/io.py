@@ -35,6 +35,6 @@ def load_seed_network(path, seed_arch: Arch | str | None = None) -> nn.Module:
         seed_arch = Arch.from_arg(seed_arch)
     seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
     family = get_family(seed_arch.family)
-    seed = family.build_network(seed_arch, num_classes=None)
+    seed = family.build_network(seed_arch, num_classes=None, bn_eps=family.seed_bn_eps(path))
     family.load_seed_weights(seed, path, skip_classifier=True)
     return seed

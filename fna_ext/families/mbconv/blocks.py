@@ -4,18 +4,13 @@ and weight loading can match them by structure."""
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 import torch
 from torch import nn
 
+from ..norm import batch_norm
 from .op import Op
-
-
-def batch_norm(eps: float = 1e-5) -> Callable[[int], nn.Module]:
-    """The default norm layer factory: BatchNorm2d with ``eps``."""
-    return partial(nn.BatchNorm2d, eps=eps)
 
 
 def relu6() -> nn.Module:

@@ -52,6 +52,11 @@ class MBConvFamily(Family):
 
         return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
 
+    def seed_bn_eps(self, path) -> float:
+        from .seed_weights import seed_bn_eps
+
+        return seed_bn_eps(path)
+
     def load_seed_weights(self, model, path, **options):
         from .seed_weights import load_seed_weights
 

@@ -11,22 +11,11 @@ from ...ops import sampled_mbconv
 from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
 from ...ops.sampled_mbconv import depthwise_project, expand_hidden
 from ...ops.slices import mbconv_regions
+from ..norm import candidate_batch_norm  # noqa: F401  (ResNet's searched layer uses it too)
 from .blocks import MBConv
 from .op import Op
 
 MAX_OP = Op(7, 6)
-
-
-def candidate_batch_norm(eps: float, affine: bool):
-    """The norm layer of candidate blocks: batch statistics only, never running ones (as
-    published); without affine parameters there is nothing to learn either, so the parameters are
-    frozen at (1, 0) and never used."""
-    def build(channels: int) -> nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(channels, eps=eps, track_running_stats=False)
-        bn.weight.requires_grad_(affine)
-        bn.bias.requires_grad_(affine)
-        return bn
-    return build
 
 
 class SearchLayer(nn.Module):

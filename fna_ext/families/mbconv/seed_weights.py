@@ -183,13 +183,21 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
         for target_key, key in copies:
             targets[target_key].copy_(state[key])
     report = LoadReport(str(path), layout_name, len(copies), ignored)
-    if layout_name in _LAYOUT_BN_EPS:
-        eps = _LAYOUT_BN_EPS[layout_name]
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.eps = eps
+    # a network built for these weights has their eps already (seed_bn_eps); one built otherwise
+    # is told, and given it, rather than left to normalise differently from its training
+    eps = _LAYOUT_BN_EPS.get(layout_name)
+    mismatched = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and eps is not None and m.eps != eps]
+    for m in mismatched:
+        m.eps = eps
+    if mismatched:
         report.notes.append(f"BatchNorm eps set to {eps}, as the {layout_name} seed was trained")
     return report
+
+
+def seed_bn_eps(path: str | Path) -> float:
+    """The BatchNorm eps the weights of ``path`` were trained with (FNA's seed: 1e-3; torchvision,
+    timm and fna_ext: 1e-5), so that the network is built with it."""
+    return _LAYOUT_BN_EPS.get(detect_layout(read_state_dict(path)), 1e-5)
 
 
 def _optional_prefixes(model: Network, layout: _Layout, skip_classifier: bool) -> tuple[str, ...]:

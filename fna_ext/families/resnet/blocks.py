@@ -5,20 +5,16 @@ as torchvision's v1.5 Bottleneck has it. Unlike torchvision, the K x K kernel si
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..norm import batch_norm
 from .op import Op
 
 EXPANSION = {"basic": 1, "bottleneck": 4}  # block output channels / inner width
-
-
-def batch_norm(eps: float = 1e-5) -> Callable[[int], nn.Module]:
-    return partial(nn.BatchNorm2d, eps=eps)
 
 
 def relu() -> nn.Module:

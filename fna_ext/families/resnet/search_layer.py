@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..mbconv.search_layer import candidate_batch_norm
+from ..norm import candidate_batch_norm
 from .blocks import make_block
 from .op import Op
 
