@@ -41,15 +41,22 @@ class Progress:
         self.values.update(state)
 
 
+def load_safely(path: str | Path, what: str = "checkpoint", map_location="cpu"):
+    """The contents of a file fna_ext wrote (a checkpoint, a model file), read with
+    ``weights_only=True``: a torn, foreign or pickled-code file is one ValueError, never run."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # the unpickler raises many types on a file that is not ours
+        raise ValueError(f"{what} {path} cannot be read safely ({type(err).__name__}: {err})") from None
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """A checkpoint's contents, loaded without unpickling code, format and version checked."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # a torn, foreign or pickled-code file
-        raise ValueError(f"checkpoint {path} cannot be read safely ({type(err).__name__}: {err})") from None
+    payload = load_safely(path, "checkpoint", map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an fna_ext checkpoint (format {CHECKPOINT_FORMAT!r})")
     if payload.get("version") != CHECKPOINT_VERSION or not isinstance(payload.get("components"), dict):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch
+from ..engine.checkpoint import load_safely
 from .base import Task, TaskData
 from .detection.task import DETECTION
 
@@ -74,12 +75,7 @@ def read_model_file(path: str | Path) -> tuple[Task, dict]:
     """(task, payload) of a trained model file, read without unpickling code; the task then
     rebuilds the model (:meth:`Task.load_model`)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torn, foreign or pickled-code files
-        raise ValueError(f"{path} cannot be read safely as a weight file ({type(err).__name__}: {err})") from None
+    payload = load_safely(path, "--checkpoint")
     if not isinstance(payload, dict) or not isinstance(payload.get("task"), str):
         raise ValueError(f"{path} is not a trained model (no 'task' field); pass the model_final.pt "
                          "that python -m fna_ext.train writes")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
 
 from ...arch import Arch, stage_geometry
 from .archs import make_divisible, mobilenet_v2_arch
+from ..network import StagedNetwork
 from .blocks import ConvBNAct, make_layer
 
 
@@ -24,7 +24,7 @@ def build_head(arch: Arch, head_channels: int | None, **parts) -> nn.Module | No
     return ConvBNAct(arch.out_channels, head_channels, 1, **parts) if head_channels else None
 
 
-class Network(nn.Module):
+class Network(StagedNetwork):
     """``stem`` -> ``stages[i][j]`` (MBConv or Skip) -> ``head`` (1x1 conv) -> pool ->
     ``classifier``. With ``num_classes=None`` there is no classifier and ``forward`` returns the
     pooled features; ``forward_stages`` gives every stage's output for dense tasks."""
@@ -59,21 +59,6 @@ class Network(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every stage (before the head conv)."""
-        outputs = []
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            outputs.append(x)
-        return outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_stages(x)[-1]
-        if self.head is not None:
-            x = self.head(x)
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self.classifier(self.dropout(x)) if self.classifier is not None else x
 
 
 def build_network(arch: Arch | str, num_classes: int | None = 1000, *,

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..network import StagedNetwork
 from ...arch import Arch, stage_geometry
 from .archs import NAMED_ARCHS
 from .blocks import batch_norm, make_block, relu
@@ -46,7 +47,7 @@ def build_stage(stage, geometry, **parts) -> nn.Sequential:
                            for j, (c_in, c_out, _, op) in enumerate(stage.layers("resnet"))))
 
 
-class Network(nn.Module):
+class Network(StagedNetwork):
     """``stem`` -> ``stages[i][j]`` (BasicBlock or Bottleneck) -> pool -> ``classifier``.
     ``head`` is None (the core asks every network for one). With ``num_classes=None`` there is no
     classifier and ``forward`` returns the pooled features."""
@@ -77,17 +78,6 @@ class Network(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outputs, x = [], self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-            outputs.append(x)
-        return outputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_stages(x)[-1]
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self.classifier(x) if self.classifier is not None else x
 
 
 def _named_network(name: str):

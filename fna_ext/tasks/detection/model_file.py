@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ...arch import Arch
+from ...engine.checkpoint import load_safely
 from .detector import BUILDERS
 
 WEIGHTS_FORMAT = "fna_ext.detector"
@@ -29,12 +29,7 @@ def detector_payload(model: nn.Module, config: dict, class_names: list[str], cat
 def read_detector_file(path: str | Path) -> dict:
     """The checked contents of a detector weight file, read without unpickling code."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torn, foreign or pickled-code files
-        raise ValueError(f"{path} cannot be read safely as a weight file ({type(err).__name__}: {err})") from None
+    payload = load_safely(path, "--checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a trained detector (format {WEIGHTS_FORMAT!r}); pass the "
                          "model_final.pt that python -m fna_ext.train writes")
