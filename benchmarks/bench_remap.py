@@ -17,7 +17,8 @@ import torch
 
 from fna_ext import _extension, mobilenet_v2
 from fna_ext.remap import plan_candidates
-from fna_ext.nas.search_space import DETECTION, candidate_blocks
+from fna_ext.families.mbconv.candidates import candidate_blocks
+from fna_ext.tasks.detection.task import RETINANET_SPACE as DETECTION
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -20,14 +20,14 @@ from .engine.finetune import INITS, finetune
 from .nas.search import search
 from .pretrain import seed_weights_path
 from .remap import load_seed_network
-from .tasks import get_task
+from .tasks import DEFAULT_TASK, get_task
 
 SUMMARY_FORMAT = "fna_ext.adapt_summary"
 
 
 @dataclass
 class AdaptOptions:
-    task: str = "coco"
+    task: str = DEFAULT_TASK
     model: str | None = None       # the task's model; None: its default
     data: str | None = None
     seed_weights: str | None = None

@@ -10,7 +10,7 @@ from fna_ext.arch import Arch, Stage, mobilenet_v2_arch
 from fna_ext.nas.cost_table import (CostTable, build_cost_table, latency_cache_key, latency_table, layer_input_sizes,
                                 madds_table)
 from fna_ext.families.mbconv import MBConv
-from fna_ext.nas.search_space import DETECTION
+from fna_ext.tasks.detection.task import RETINANET_SPACE as DETECTION
 from fna_ext.nas.supernet import layer_specs
 
 SEED = Arch.parse("mobilenet_v2")

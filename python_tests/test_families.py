@@ -8,7 +8,8 @@ from fna_ext import families
 from fna_ext.arch import Arch, stage_geometry
 from fna_ext.families import FeatureInfo, get_family
 from fna_ext.families.mbconv import MBConv, Network
-from fna_ext.nas.search_space import SSDLITE, layer_specs
+from fna_ext.nas.search_space import layer_specs
+from fna_ext.tasks.detection.task import SSDLITE_SPACE as SSDLITE
 from fna_ext.nas.supernet import SuperNetwork
 
 MBV2 = Arch.parse("mobilenet_v2")

@@ -8,7 +8,7 @@ from fna_ext.tasks.detection.features import extract_features
 from fna_ext import _extension, mobilenet_v2, ops
 from fna_ext.tasks.detection.detector import first_stage_at_stride
 from fna_ext.tasks.detection.features import Tap
-from fna_ext.nas.search_space import SSDLITE
+from fna_ext.tasks.detection.task import SSDLITE_SPACE as SSDLITE
 from fna_ext.nas.supernet import SuperNetwork
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("mixture_mbconv_forward", "cpu"),

@@ -14,7 +14,8 @@ from fna_ext.arch import Arch, Stage
 from fna_ext.families.mbconv import MBConv
 from fna_ext.remap import (depth_map, kernel, plan_candidates, plan_network, remap_network,
                            select_channels, width_index)
-from fna_ext.nas.search_space import DETECTION, candidate_blocks
+from fna_ext.families.mbconv.candidates import candidate_blocks
+from fna_ext.tasks.detection.task import RETINANET_SPACE as DETECTION
 
 
 def randomised(net):

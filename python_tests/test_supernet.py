@@ -10,7 +10,7 @@ from fna_ext.nas.search import _step_inside
 from fna_ext.families.mbconv import build_network
 from fna_ext.ops import sampled_mbconv
 from fna_ext.remap import remap_network
-from fna_ext.nas.search_space import DETECTION, SSDLITE
+from fna_ext.tasks.detection.task import RETINANET_SPACE as DETECTION, SSDLITE_SPACE as SSDLITE
 from fna_ext.nas.supernet import SuperNetwork
 
 SEED_ARCH = mobilenet_v2_arch(0.35)

@@ -7,14 +7,14 @@ import argparse
 
 from ..config import resolve
 from ..pretrain import seed_weights_path  # noqa: F401  (the commands' --seed-weights rule)
-from ..tasks import Task, get_task, model_names, task_names
+from ..tasks import DEFAULT_TASK, Task, get_task, model_names, task_names
 
 DEVICES = ("cpu", "cuda")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", default="coco", choices=task_names(),
-                        help="the dense task (default: coco, the detection task)")
+    parser.add_argument("--task", default=DEFAULT_TASK, choices=task_names(),
+                        help=f"the dense task (default: {DEFAULT_TASK})")
     parser.add_argument("--model", choices=model_names(),
                         help="the task's model (detection: ssdlite or retinanet; default: the task's first)")
 

@@ -10,7 +10,7 @@ import json
 from . import human, run
 from ..arch import Arch
 from ..cost import CostReport, count
-from ..families.mbconv import build_network
+from ..families import get_family
 from ..tasks import build_model, model_names, resolve, task_names
 
 
@@ -39,7 +39,7 @@ def count_task(task: str, arch: Arch, input_size: tuple[int, int] | None = None,
         raise ValueError(f"--num-classes must be positive, got {num_classes}")
     input_size = input_size or default_input_size(task)
     if task == "classification":
-        return count(build_network(arch, num_classes or 1000), input_size)
+        return count(get_family(arch.family).build_network(arch, num_classes or 1000), input_size)
     return count(build_model(task, arch, num_classes), input_size)
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from ..arch import Arch, stage_geometry
 from ..families import get_family
-from ..families.mbconv.candidates import candidate_blocks  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,6 @@ class SearchSpace:
                                              stage=seed_stage)
 
 
-DETECTION = SearchSpace("detection", (4, 4, 4, 4, 4, 1))
-SSDLITE = SearchSpace("ssdlite", (4, 4, 4, 4, 4, 1), keep_width_first_layers=(4,))
-SEGMENTATION = SearchSpace("segmentation", (4, 4, 6, 6, 4, 1))
-SPACES = {"retinanet": DETECTION, "ssdlite": SSDLITE, "detection": DETECTION, "segmentation": SEGMENTATION}
 
 
 @dataclass(frozen=True)

@@ -322,7 +322,7 @@ def remap_network(seed: nn.Module, target: nn.Module, width: str = "first", kern
 
 def plan_candidates(seed: nn.Module, blocks: nn.ModuleDict, width: str = "first",
                     kernel: str = "center") -> RemapPlan:
-    """Maps for a super network's candidate blocks (:func:`fna_ext.nas.search_space.candidate_blocks`):
+    """Maps for a super network's candidate blocks (:func:`fna_ext.families.mbconv.candidates.candidate_blocks`):
     each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
     :func:`plan_block` that remaps target networks."""
     family = get_family(seed.arch.family)

@@ -17,6 +17,8 @@ from .base import Task, TaskData
 from .detection.task import DETECTION
 
 TASKS: dict[str, Task] = {task.name: task for task in (DETECTION,)}
+# what the commands run without --task (the README's Quickstart names it too)
+DEFAULT_TASK = "coco"
 
 
 def register(task: Task) -> Task:

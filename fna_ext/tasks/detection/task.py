@@ -9,6 +9,7 @@ from torch import nn
 
 from ...arch import Arch
 from ...data.batching import collate_detection
+from ...nas.search_space import SearchSpace
 from ..base import Task, TaskData
 from . import presets
 from .coco_eval import STAT_NAMES
@@ -19,6 +20,11 @@ from .training import build_datasets, build_val_dataset, check_same_categories, 
 # (H, W) of the paper's Params/MAdds tables
 COUNT_SIZES = {"ssdlite": (320, 320), "retinanet": (800, 1088)}
 COCO_CLASSES = 80
+# FNA's detection search space (REFERENCE.md): every stage after the first grows to 4 layers, the
+# last to 1. SSDLite taps the expansion of the first stride-32 stage's first layer (576 channels in
+# MobileNetV2), so that layer's inner width must stay.
+RETINANET_SPACE = SearchSpace("detection", (4, 4, 4, 4, 4, 1))
+SSDLITE_SPACE = SearchSpace("ssdlite", (4, 4, 4, 4, 4, 1), keep_width_first_layers=(4,))
 
 
 class DetectionTask(Task):
@@ -41,10 +47,8 @@ class DetectionTask(Task):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         return BUILDERS[self.model_name(model)](arch, num_classes, backbone=backbone, **options)
 
-    def search_space(self, model: str):
-        from ...nas.search_space import DETECTION as RETINANET_SPACE, SSDLITE
-
-        return SSDLITE if self.model_name(model) == "ssdlite" else RETINANET_SPACE
+    def search_space(self, model: str) -> SearchSpace:
+        return SSDLITE_SPACE if self.model_name(model) == "ssdlite" else RETINANET_SPACE
 
     def count_size(self, model: str) -> tuple[int, int]:
         return COUNT_SIZES[self.model_name(model)]
