@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .arch import Arch, Op
 from .atomic import atomic_write
+from .families import get_family
 
 PathLike = str | os.PathLike
 
@@ -95,8 +96,9 @@ def _draw_layer(ax, x: float, y: float, op: Op, stride: int) -> None:
 
 def _draw_arch_row(ax, arch: Arch, y: float, slots: Sequence[int], label: str | None) -> None:
     """One row: the stem at x=0, then each stage in its slot, dotted lines between stages."""
-    _draw_box(ax, 0, y, BOX_WIDTH, 0.5, "stem\n3x3", color=STEM_COLOR)
-    ax.text(0, y - 0.08, "↓2", ha="center", va="top", fontsize=7, color="#C0392B",
+    family = get_family(arch.family)
+    _draw_box(ax, 0, y, BOX_WIDTH, 0.5, f"stem\n{family.stem_label}", color=STEM_COLOR)
+    ax.text(0, y - 0.08, f"↓{family.stem_stride}", ha="center", va="top", fontsize=7, color="#C0392B",
             fontweight="bold")
     ax.text(0, y + 1.08, str(arch.stem_channels), ha="center", va="bottom", fontsize=7)
     start = 1

@@ -37,6 +37,7 @@ class Family:
 
     name: str = ""
     op_help: str = ""  # the op grammar, for error messages
+    stem_label, stem_stride = "3x3", 2  # how the stem is drawn, and the stride it takes
 
     # -- the op grammar -------------------------------------------------------------------
     def parse_op(self, name: str):

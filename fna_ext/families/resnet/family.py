@@ -21,6 +21,8 @@ class ResNetFamily(Family):
     name = "resnet"
     op_help = OP_HELP
 
+    stem_label, stem_stride = "7x7+pool", 4
+
     def parse_op(self, name: str) -> Op:
         return Op.parse(name)
 
