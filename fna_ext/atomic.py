@@ -24,6 +24,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Deletes what earlier writes of ``path`` left when killed mid-write (``.NAME.*.tmp`` beside
+    it; at COCO scale a checkpoint's is hundreds of MB) and returns what it removed. Call it when
+    a run that owns ``path`` starts, before it writes."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

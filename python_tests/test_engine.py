@@ -90,6 +90,20 @@ def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(a, b)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 18
+    # the resumed log holds each iteration once: the records after the checkpoint were cut
+    resumed_log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in resumed_log] == list(range(1, 19))
+    assert [r["loss"] for r in resumed_log] == losses
+
+
+def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    stale = tmp_path / ".checkpoint.pt.abc123.tmp"
+    tmp_path.mkdir(exist_ok=True)
+    stale.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.pt.abc123.tmp"
+    unrelated.write_bytes(b"not ours")
+    _trainer(tmp_path)
+    assert not stale.exists() and unrelated.exists()
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):

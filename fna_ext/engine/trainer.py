@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text, remove_stale_temporaries
 from .checkpoint import CHECKPOINT_FORMAT, CheckpointManager, Progress, load_checkpoint  # noqa: F401
 from .rng import rng_state, set_rng_state  # noqa: F401  (re-exported)
 
@@ -243,6 +244,8 @@ class Trainer:
         self.progress = Progress(iteration=0, iters_per_epoch=self.iters_per_epoch)
         self.metrics_path = self.out_dir / log_name
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        # a kill during an earlier checkpoint write leaves its temporary file: nothing else would remove it
+        remove_stale_temporaries(self.checkpoint_path)
         self.checkpoint = CheckpointManager(
             self.checkpoint_path, kind,
             {"model": model, "optimizer": self.optimizer, "progress": self.progress, **(components or {})},
@@ -267,7 +270,18 @@ class Trainer:
         if not path.exists():
             return False
         self.checkpoint.load(path, must_match={"iters_per_epoch": self.iters_per_epoch})
+        self._cut_log_to_checkpoint()
         return True
+
+    def _cut_log_to_checkpoint(self) -> None:
+        """Drops the log records written after the checkpoint: the resumed run writes those
+        iterations again, and the log (and its plot) must hold each once."""
+        if not self.metrics_path.exists():
+            return
+        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("iter", 0) <= self.iteration]
+        if self.hooks.writes_files:
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     # -- logging
     def log(self, record: dict) -> None:
