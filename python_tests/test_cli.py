@@ -47,3 +47,18 @@ def test_count_bad_input_exits_2_without_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_diverged_run_is_one_error_line_and_exit_2(capsys):
+    import pytest
+
+    from fna_ext import cli
+
+    def diverges(argv):
+        raise FloatingPointError("the loss became nan at iteration 9; lower optimizer.lr or raise the warm-up; "
+                                 "the last good checkpoint, out/checkpoint.pt (iteration 8), is kept")
+    with pytest.raises(SystemExit) as stop:
+        cli.run(diverges, [])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the loss became nan") and "checkpoint.pt" in err[0]

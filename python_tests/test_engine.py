@@ -109,8 +109,24 @@ def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     trainer = _trainer(tmp_path)
     trainer.loss_fn = lambda model, batch: {"loss": model(batch[0]).sum() * float("nan")}
-    with pytest.raises(FloatingPointError, match="lower optimizer.lr"):
+    with pytest.raises(FloatingPointError, match="lower optimizer.lr.*no checkpoint was written yet"):
         trainer.fit()
+
+
+def test_a_loss_that_fails_later_names_the_checkpoint_to_resume_from(tmp_path, capsys):
+    trainer = _trainer(tmp_path)
+    calls = [0]
+
+    def exploding(model, batch):
+        calls[0] += 1
+        scale = 10.0 ** (2 * calls[0]) if calls[0] > 5 else 1.0  # grows a hundredfold a step, then overflows
+        return {"loss": _loss(model, batch)["loss"] * (float("inf") if calls[0] > 9 else scale)}
+    trainer.loss_fn = exploding
+    with pytest.raises(FloatingPointError, match=r"last good checkpoint, .*checkpoint.pt \(iteration 8\), is kept"):
+        trainer.fit()
+    assert (tmp_path / "checkpoint.pt").is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: the loss grew")]
+    assert len(warnings) == 1  # once, not per step
 
 
 def test_checkpoint_that_is_not_ours_is_refused(tmp_path):

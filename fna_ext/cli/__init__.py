@@ -13,7 +13,9 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     """Runs ``main(argv)`` and exits: 0 (or its return value) on success, 2 on bad input."""
     try:
         code = main(argv)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    # FloatingPointError: a loss that became NaN or inf; its message says what to change and
+    # which checkpoint to resume from
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:

@@ -251,6 +251,8 @@ class Trainer:
             {"model": model, "optimizer": self.optimizer, "progress": self.progress, **(components or {})},
             config=config, extra=self.extra_state)
         self.history: list[dict] = []
+        self._saved_at: int | None = None  # the iteration of the last checkpoint written or resumed
+        self._lowest_loss, self._warned_growth = float("inf"), False
 
     @property
     def iteration(self) -> int:
@@ -262,6 +264,7 @@ class Trainer:
 
     # -- state
     def save_checkpoint(self) -> Path | None:
+        self._saved_at = self.iteration
         return self.checkpoint.save() if self.hooks.writes_files else None
 
     def resume(self, path: str | Path | None = None) -> bool:
@@ -270,6 +273,7 @@ class Trainer:
         if not path.exists():
             return False
         self.checkpoint.load(path, must_match={"iters_per_epoch": self.iters_per_epoch})
+        self._saved_at = self.iteration
         self._cut_log_to_checkpoint()
         return True
 
@@ -300,7 +304,9 @@ class Trainer:
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the loss became {loss.item()} at iteration {self.iteration} "
-                f"({ {k: v.item() for k, v in losses.items()} }); lower optimizer.lr or raise the warm-up")
+                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower optimizer.lr or raise the warm-up"
+                + self._last_good_checkpoint())
+        self._watch_growth(loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.hooks.after_backward(self.model)
@@ -311,6 +317,22 @@ class Trainer:
         self.iteration += 1
         reduce = self.hooks.reduce
         return {**extra, "loss": reduce(loss).item(), **{k: reduce(v).item() for k, v in losses.items()}, "lr": lr}
+
+    def _last_good_checkpoint(self) -> str:
+        """Where a failed run can resume from: the last checkpoint written, which is kept."""
+        if self._saved_at is None:
+            return "; no checkpoint was written yet"
+        return (f"; the last good checkpoint, {self.checkpoint_path} (iteration {self._saved_at}), is kept: "
+                "--resume continues from it")
+
+    def _watch_growth(self, loss: float) -> None:
+        """Warns once when the loss has grown a thousandfold over the lowest seen: divergence that
+        has not yet reached inf or NaN (6e18 after 8 iterations at lr 1e6 gave no word before)."""
+        self._lowest_loss = min(self._lowest_loss, abs(loss))
+        if not self._warned_growth and abs(loss) > 1e3 * max(self._lowest_loss, 1e-12):
+            self._warned_growth = True
+            print(f"warning: the loss grew from {self._lowest_loss:.3g} to {loss:.3g} by iteration {self.iteration}; "
+                  "training is diverging: lower optimizer.lr", file=sys.stderr, flush=True)
 
     def _should_checkpoint(self) -> bool:
         every = int(self.config.get("checkpoint_every", 0))
