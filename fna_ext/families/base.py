@@ -9,6 +9,7 @@ cost of one op, and which features its networks offer.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,16 +39,21 @@ class Family:
     name: str = ""
     op_help: str = ""  # the op grammar, for error messages
     stem_label, stem_stride = "3x3", 2  # how the stem is drawn, and the stride it takes
+    op_type: type | None = None   # the family's op class, with ``parse(name)``
+    archs_module: str = ""        # the module (relative to the family's package) with NAMED_ARCHS
 
     # -- the op grammar -------------------------------------------------------------------
     def parse_op(self, name: str):
         """The op ``name`` stands for (an object with ``name`` and ``is_skip``); ValueError
         (with :attr:`op_help`) when the grammar does not admit it."""
-        raise NotImplementedError
+        return self.op_type.parse(name)
 
     def named_archs(self) -> dict[str, Callable]:
         """{name: function returning the Arch} of the family's named architectures."""
-        return {}
+        if not self.archs_module:
+            return {}
+        package = type(self).__module__.rpartition(".")[0]
+        return importlib.import_module(self.archs_module, package).NAMED_ARCHS
 
     # -- building ---------------------------------------------------------------------------
     def build_layer(self, in_channels: int, out_channels: int, stride: int, op, *, dilation: int = 1,

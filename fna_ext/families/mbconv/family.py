@@ -10,15 +10,8 @@ from .op import Op
 
 class MBConvFamily(Family):
     name = "mbconv"
+    op_type, archs_module = Op, ".archs"
     op_help = "ops are k{odd kernel}_e{expansion} (for example k3_e6, k5_e3, k7_e6) or skip"
-
-    def parse_op(self, name: str) -> Op:
-        return Op.parse(name)
-
-    def named_archs(self):
-        from .archs import NAMED_ARCHS
-
-        return NAMED_ARCHS
 
     def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
                     bn_eps: float = 1e-5) -> nn.Module:

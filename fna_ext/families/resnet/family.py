@@ -19,17 +19,10 @@ def _op(op) -> Op:
 
 class ResNetFamily(Family):
     name = "resnet"
+    op_type, archs_module = Op, ".archs"
     op_help = OP_HELP
 
     stem_label, stem_stride = "7x7+pool", 4
-
-    def parse_op(self, name: str) -> Op:
-        return Op.parse(name)
-
-    def named_archs(self):
-        from .archs import NAMED_ARCHS
-
-        return NAMED_ARCHS
 
     def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
                     bn_eps: float = 1e-5) -> nn.Module:
