@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from fna_ext.config import merge, parse_assignment, resolve
-from fna_ext.engine.trainer import Trainer, epoch_order, load_checkpoint, lr_factor
+from fna_ext.engine.checkpoint import load_checkpoint
+from fna_ext.engine.trainer import Trainer, epoch_order, lr_factor
 
 
 def test_step_schedule_with_linear_warmup_by_hand():

@@ -85,11 +85,10 @@ class ShapesTask(tasks.Task):
         return {"task": self.name, "arch": model.backbone.arch.to_json(), "config": config,
                 "num_classes": data.num_classes, "state_dict": model.state_dict(), **extra}
 
-    def load_model(self, path):
-        payload = torch.load(path, weights_only=True)
+    def model_from_payload(self, payload, source):
         model = self.build_model(None, Arch.parse(payload["arch"]), payload["num_classes"])
         model.load_state_dict(payload["state_dict"])
-        return model.eval(), payload
+        return model.eval()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from ..config import resolve
-from ..pretrain import seed_weights_path  # noqa: F401  (the commands' --seed-weights rule)
 from ..tasks import DEFAULT_TASK, Task, get_task, model_names, task_names
 
 DEVICES = ("cpu", "cuda")

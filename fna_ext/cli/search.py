@@ -18,9 +18,10 @@ import torch
 import torch.distributed
 
 from . import run
-from .common import add_common_arguments, check_device, config_from_preset, seed_weights_path, task_and_model
+from .common import add_common_arguments, check_device, config_from_preset, task_and_model
 from ..engine import distributed
 from ..nas.search import STRATEGIES, search
+from ..pretrain import seed_weights_path
 from ..remap import load_seed_network
 
 PHASES = ("data", "seed", "remap", "cost table", "search", "derive")

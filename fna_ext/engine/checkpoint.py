@@ -28,8 +28,8 @@ class Stateful(Protocol):
 
 
 class Progress:
-    """The loop's position as a component: plain integers and lists, and the values that must
-    match on resume (``expect``: the steps per epoch, which change with the data or batch size)."""
+    """The loop's position as a component: plain integers and lists (the iteration, the steps per
+    epoch that :meth:`CheckpointManager.load` checks with ``must_match``, alpha's history)."""
 
     def __init__(self, **values):
         self.values = dict(values)
@@ -80,9 +80,6 @@ class CheckpointManager:
 
     def save(self) -> Path:
         return atomic_torch_save(self.state_dict(), self.path)
-
-    def exists(self) -> bool:
-        return self.path.exists()
 
     def load(self, path: str | Path | None = None, *, must_match: dict | None = None) -> dict:
         """Restores every component and the RNG state from ``path`` (default: this manager's)

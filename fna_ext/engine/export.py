@@ -87,8 +87,8 @@ def _run_onnx(path: Path, example: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def _compare(wrapper: nn.Module, expected, got) -> dict:
-    """The largest difference of each output (``max_<name>_error``), and whether every one is
-    within the wrapper's tolerance."""
+    """The largest difference of each output (``max_errors``, by output name), and whether every
+    one is within the wrapper's tolerance."""
     errors = {name: (e - g).abs().max().item() for name, e, g in zip(wrapper.output_names, expected, got)}
     matches = all(errors[name] <= tol for name, tol in zip(wrapper.output_names, wrapper.tolerances))
     return {"max_errors": errors, "matches": matches}

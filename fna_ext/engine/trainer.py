@@ -24,8 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..atomic import atomic_write_text, remove_stale_temporaries
-from .checkpoint import CHECKPOINT_FORMAT, CheckpointManager, Progress, load_checkpoint  # noqa: F401
-from .rng import rng_state, set_rng_state  # noqa: F401  (re-exported)
+from . import distributed
+from .checkpoint import CheckpointManager, Progress
+from .rng import rng_state, set_rng_state
 
 # The optimiser and schedule sections every training config has.
 OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "eps", "nesterov", "betas")
@@ -184,11 +185,12 @@ class RankSlices(torch.utils.data.Sampler):
     (one process: the whole batch)."""
 
     def __init__(self, sampler, batch_size: int):
-        from . import distributed
-
-        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
         context = distributed.current()
         self.rank, self.world = (context.rank, context.world_size) if context else (0, 1)
+        if batch_size % self.world:
+            raise ValueError(f"train.batch_size {batch_size} (the global batch) must be divisible by "
+                             f"the {self.world} processes")
+        self.batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
 
     def __iter__(self):
         return (batch[self.rank::self.world] for batch in self.batches)
@@ -301,11 +303,7 @@ class Trainer:
         lr = self.schedule.set(self.iteration)
         losses = self.loss_fn(self.model, batch)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at iteration {self.iteration} "
-                f"({ {k: round(v.item(), 4) for k, v in losses.items()} }); lower optimizer.lr or raise the warm-up"
-                + self._last_good_checkpoint())
+        self.check_finite(loss, losses)
         self._watch_growth(loss.item())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -317,6 +315,15 @@ class Trainer:
         self.iteration += 1
         reduce = self.hooks.reduce
         return {**extra, "loss": reduce(loss).item(), **{k: reduce(v).item() for k, v in losses.items()}, "lr": lr}
+
+    def check_finite(self, loss: torch.Tensor, parts: dict[str, torch.Tensor], what: str = "loss") -> None:
+        """Stops the run when ``loss`` is NaN or inf, saying what to change and which checkpoint
+        to resume from (the search's alpha step asks too)."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the {what} became {loss.item()} at iteration {self.iteration} "
+                f"({ {k: round(v.item(), 4) for k, v in parts.items()} }); lower optimizer.lr or raise the warm-up"
+                + self._last_good_checkpoint())
 
     def _last_good_checkpoint(self) -> str:
         """Where a failed run can resume from: the last checkpoint written, which is kept."""

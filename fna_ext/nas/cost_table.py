@@ -66,8 +66,6 @@ def _downsample(size: HW, kernel: int, stride: int) -> HW:
 
 @dataclass(frozen=True)
 class _BackboneSizes:
-    stem_output: HW
-    stage0_inputs: list[HW]
     layer_inputs: list[HW]   # one per searched layer
     output: HW               # what the head conv sees
 
@@ -87,18 +85,17 @@ def _output_size(module: nn.Module, channels: int, size: HW) -> HW:
         return tuple(module.eval()(torch.zeros(1, channels, *size)).shape[-2:])
 
 
-def _backbone_sizes(seed_arch: Arch, specs: list[LayerSpec], input_size) -> _BackboneSizes:
-    stem, _ = _fixed_parts(seed_arch, None)
-    stem_output = _output_size(stem[0], 3, _as_hw(input_size))
-    stage0_inputs, size = [], stem_output
-    for (c_in, *_), layer in zip(seed_arch.stages[0].layers(seed_arch.family), stem[1:]):
-        stage0_inputs.append(size)
-        size = _output_size(layer, c_in, size)
+def _backbone_sizes(seed_arch: Arch, specs: list[LayerSpec], input_size,
+                    first: nn.Module | None = None) -> _BackboneSizes:
+    """Sizes after the fixed first part (run once on zeros: the family's stem decides them),
+    then per searched layer from its stride."""
+    first = first if first is not None else _fixed_parts(seed_arch, None)[0]
+    size = _output_size(first, 3, _as_hw(input_size))
     layer_inputs = []
     for spec in specs:
         layer_inputs.append(size)
         size = _downsample(size, 3, spec.stride)  # any odd kernel gives the same size
-    return _BackboneSizes(stem_output, stage0_inputs, layer_inputs, size)
+    return _BackboneSizes(layer_inputs, size)
 
 
 def layer_input_sizes(seed_arch: Arch, specs: list[LayerSpec], input_size) -> list[HW]:
@@ -182,24 +179,25 @@ class CostTable:
 
 
 # --------------------------------------------------------------------------- MAdds
-def _fixed_madds(seed_arch: Arch, sizes: _BackboneSizes, input_size: HW, head_channels: int | None) -> int:
+def _fixed_madds(first: nn.Module, head: nn.Module | None, head_in_channels: int, sizes: _BackboneSizes,
+                 input_size: HW) -> int:
     """The MAdds of the parts every path shares, counted on the modules themselves."""
-    first, head = _fixed_parts(seed_arch, head_channels)
     total = count(first, input_size).madds
     if head is not None:
-        features = torch.zeros(1, seed_arch.out_channels, *sizes.output)
+        features = torch.zeros(1, head_in_channels, *sizes.output)
         total += count(head, sizes.output, forward=lambda m, _: m(features)).madds
     return total
 
 
 def madds_table(seed_arch: Arch, specs: list[LayerSpec], input_size, head_channels: int | None = 1280) -> CostTable:
     """Every candidate's MAdds at its layer's input size, and the fixed parts'."""
-    sizes = _backbone_sizes(seed_arch, specs, input_size)
+    first, head = _fixed_parts(seed_arch, head_channels)
+    sizes = _backbone_sizes(seed_arch, specs, input_size, first)
     family = get_family(seed_arch.family)
     per_layer = [[float(family.op_madds(spec.in_channels, spec.out_channels, op, spec.stride, size))
                   for op in spec.candidates]
                  for spec, size in zip(specs, sizes.layer_inputs)]
-    fixed = _fixed_madds(seed_arch, sizes, _as_hw(input_size), head_channels)
+    fixed = _fixed_madds(first, head, seed_arch.out_channels, sizes, _as_hw(input_size))
     return CostTable("madds", "MAdds", float(fixed), per_layer,
                      [s.key for s in specs], [list(s.candidates) for s in specs], _as_hw(input_size),
                      extra={"head_channels": head_channels, "net_config": str(seed_arch)})

@@ -97,10 +97,6 @@ class _Loader:
         if len(dataset) < batch_size:
             raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
                              f"{batch_size}; lower train.batch_size or use more data")
-        context = distributed.current()
-        if context and batch_size % context.world_size:
-            raise ValueError(f"train.batch_size {batch_size} (the global batch) must be divisible by "
-                             f"the {context.world_size} processes")
         self.sampler = ResumableSampler(len(dataset), seed)
         self.per_epoch = len(dataset) // batch_size
         self.batch_size = batch_size
@@ -141,8 +137,6 @@ class ArchitectureSearch:
         self.seed = int(train.get("seed", 0))
         weight_split, arch_split = split_dataset(train_set, float(s["split_fraction"]), self.seed)
         workers = int(train.get("num_workers", 0))
-        self.weight_split, self.collate = weight_split, data.collate
-        _check_global_batch(weight_split, int(train["batch_size"]))
         # alpha steps run every candidate; a smaller batch keeps them affordable on small machines
         alpha_batch = int(s.get("alpha_batch_size") or train["batch_size"])
         self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers, data.collate)
@@ -188,7 +182,6 @@ class ArchitectureSearch:
                                components={"alphas": self.alphas, "alpha_optimizer": self.alpha_optimizer,
                                            "search": self.search_progress},
                                kind="search", log_name="search_log.jsonl", optimizer=self.weight_optimizer)
-        self.schedule = self.trainer.schedule
         self.steps_per_epoch = self.trainer.iters_per_epoch
         self.total_steps = self.trainer.total_iters
         self.log_path, self.checkpoint_path = self.trainer.metrics_path, self.trainer.checkpoint_path
@@ -254,7 +247,7 @@ class ArchitectureSearch:
         # the processes' alpha gradients is the one-process gradient
         world = distributed.current().world_size if distributed.current() else 1
         loss = task + cost_term(expected, float(s["lambda"]), float(s["tau"])) / world
-        _check_finite(loss, {"task": task}, self.step)
+        self.trainer.check_finite(loss, {"task": task}, what="alpha step's loss")
         self.alpha_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.sum_gradients(self.alphas.parameters())
@@ -321,21 +314,8 @@ class SearchHooks(StepHooks):
         return _is_main()
 
 
-def _check_global_batch(dataset, batch_size: int) -> None:
-    context = distributed.current()
-    if context and batch_size % context.world_size:
-        raise ValueError(f"train.batch_size {batch_size} (the global batch) must be divisible by "
-                         f"the {context.world_size} processes")
-
-
 def _is_main() -> bool:
     return distributed.current() is None or distributed.current().is_main
-
-
-def _check_finite(loss: torch.Tensor, parts: dict, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"the search loss became {loss.item()} at step {step} "
-                                 f"({ {k: v.item() for k, v in parts.items()} }); lower train.optimizer.lr")
 
 
 def _step_inside(optimizer: torch.optim.Optimizer, masks: dict) -> None:

@@ -75,7 +75,7 @@ def build_model(name: str, arch: Arch | str, num_classes: int | None = None, **o
 
 def read_model_file(path: str | Path) -> tuple[Task, dict]:
     """(task, payload) of a trained model file, read without unpickling code; the task then
-    rebuilds the model (:meth:`Task.load_model`)."""
+    rebuilds the model (:meth:`Task.model_from_payload`)."""
     path = Path(path)
     payload = load_safely(path, "--checkpoint")
     if not isinstance(payload, dict) or not isinstance(payload.get("task"), str):
@@ -89,9 +89,8 @@ def read_model_file(path: str | Path) -> tuple[Task, dict]:
 
 def load_model_file(path: str | Path) -> tuple[Task, nn.Module, dict]:
     """(task, model in eval mode, payload) from a trained model file of any task."""
-    task, _ = read_model_file(path)
-    model, payload = task.load_model(path)
-    return task, model, payload
+    task, payload = read_model_file(path)
+    return task, task.model_from_payload(payload, str(path)), payload
 
 
 __all__ = ["Task", "TaskData", "TASKS", "register", "unregister", "get_task", "task_names", "model_names",

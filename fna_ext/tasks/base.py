@@ -121,8 +121,9 @@ class Task:
         numbers, loadable with ``weights_only=True``."""
         raise NotImplementedError
 
-    def load_model(self, path: str | Path) -> tuple[nn.Module, dict]:
-        """(model in eval mode, the file's payload) from a file :meth:`model_payload` wrote."""
+    def model_from_payload(self, payload: dict, source: str) -> nn.Module:
+        """The model in eval mode from what :meth:`model_payload` wrote (read once, safely, by
+        :func:`fna_ext.tasks.load_model_file`); ``source`` names the file in errors."""
         raise NotImplementedError
 
     def check_same_classes(self, payload: dict, dataset, where: str) -> None:

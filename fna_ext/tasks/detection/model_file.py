@@ -28,8 +28,11 @@ def detector_payload(model: nn.Module, config: dict, class_names: list[str], cat
 
 def read_detector_file(path: str | Path) -> dict:
     """The checked contents of a detector weight file, read without unpickling code."""
-    path = Path(path)
-    payload = load_safely(path, "--checkpoint")
+    return check_detector_payload(load_safely(Path(path), "--checkpoint"), Path(path))
+
+
+def check_detector_payload(payload, path) -> dict:
+    """``payload`` when it is a trained detector's, else one ValueError naming ``path``."""
     if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a trained detector (format {WEIGHTS_FORMAT!r}); pass the "
                          "model_final.pt that python -m fna_ext.train writes")

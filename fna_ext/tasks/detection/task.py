@@ -14,7 +14,7 @@ from ..base import Task, TaskData
 from . import presets
 from .coco_eval import STAT_NAMES
 from .detector import BUILDERS
-from .model_file import detector_payload, load_detector
+from .model_file import check_detector_payload, detector_from_payload, detector_payload
 from .training import build_datasets, build_val_dataset, check_same_categories, dataset_root, evaluate_detector
 
 # (H, W) of the paper's Params/MAdds tables
@@ -78,8 +78,8 @@ class DetectionTask(Task):
     def model_payload(self, model: nn.Module, config: dict, data: TaskData, **extra) -> dict:
         return detector_payload(model, config, data.class_names, data.train.cat_ids, **extra)
 
-    def load_model(self, path: str | Path) -> tuple[nn.Module, dict]:
-        return load_detector(path)
+    def model_from_payload(self, payload: dict, source: str) -> nn.Module:
+        return detector_from_payload(check_detector_payload(payload, source), source)
 
     def check_same_classes(self, payload: dict, dataset, where: str) -> None:
         check_same_categories(payload["cat_ids"], dataset.cat_ids, where)
