@@ -205,3 +205,13 @@ def test_super_network_builds_from_a_seed_runs_paths_and_mixtures_and_costs_its_
     table = madds_table(R18, layer_specs(R18, SPACE), (64, 64))
     derived = Network(derived_arch(shared, path), None)
     assert table.of_ops(path) == count(derived, (64, 64)).madds
+
+
+def test_search_candidates_keep_the_seed_stages_block_type():
+    from fna_ext.arch import Arch
+    from fna_ext.families import get_family
+
+    family, arch = get_family("resnet"), Arch.parse("resnet50")
+    assert family.candidates(True, stage=arch.stages[1]) == ("bottleneck_k3", "bottleneck_k5", "bottleneck_k7")
+    with pytest.raises(ValueError, match="pass stage="):
+        family.candidates(True)

@@ -11,7 +11,7 @@ from ...ops import sampled_mbconv
 from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
 from ...ops.sampled_mbconv import depthwise_project, expand_hidden
 from ...ops.slices import mbconv_regions
-from ..norm import candidate_batch_norm  # noqa: F401  (ResNet's searched layer uses it too)
+from ..norm import candidate_batch_norm
 from .blocks import MBConv
 from .op import Op
 

@@ -8,9 +8,6 @@ from ..base import Family, FeatureInfo
 from .op import OP_HELP, Op
 
 SEARCH_KERNELS = (3, 5, 7)
-# The block type a searched layer offers when the caller does not pass the seed's stage
-# (fna_ext.nas.search_space asks without it today): ResNet-18/34's.
-DEFAULT_SEARCH_BLOCK = "basic"
 
 
 def _op(op) -> Op:
@@ -63,7 +60,9 @@ class ResNetFamily(Family):
         """Kernels 3, 5, 7 of the stage's block type, on every layer: FNA++ lists no skip, and a
         ResNet block has no inner feature a tap reads, so ``keep_inner_width`` removes nothing.
         The block type is never searched: the seed's remap only within it."""
-        block = self.parse_op(stage.ops[0]).block if stage is not None else DEFAULT_SEARCH_BLOCK
+        if stage is None:  # guessing a block type would remap bottlenecks into basic blocks
+            raise ValueError("the ResNet family offers the seed stage's own block type: pass stage=")
+        block = self.parse_op(stage.ops[0]).block
         return tuple(f"{block}_k{k}" for k in SEARCH_KERNELS)
 
     def widest_op(self, candidates) -> str:
