@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from .. import cli
+from ... import cli
 
 CLASS_NAMES = ("circle", "square", "triangle", "ring", "cross")
 KINDS = ("detection", "classification")
@@ -504,6 +504,3 @@ def main(argv=None) -> int:
     print(f"wrote {images} {args.kind} images ({train} train, {val} val), {size}x{size}, to {path}")
     return 0
 
-
-if __name__ == "__main__":
-    cli.run(main)
