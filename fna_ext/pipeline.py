@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 import torch
 
 from .atomic import atomic_write_text
-from .config import resolve
 from .engine.finetune import INITS, finetune
 from .nas.search import search
 from .pretrain import seed_weights_path
@@ -47,10 +46,10 @@ def pipeline_configs(options: AdaptOptions) -> tuple[dict, dict]:
     model = task.model_name(options.model)
     common = [f"data.root={options.data}"] if options.data else []
     common.append(f"train.seed={options.seed}")
-    search_config = resolve(task.search_preset(model, synthetic), None,
-                            [*common, f"search.init={options.search_init}", *options.search_overrides])
-    train_config = resolve(task.finetune_preset(model, synthetic), None,
-                           [*common, *options.train_overrides])
+    search_config = task.resolve_config(task.search_preset(model, synthetic), None,
+                                        [*common, f"search.init={options.search_init}", *options.search_overrides])
+    train_config = task.resolve_config(task.finetune_preset(model, synthetic), None,
+                                       [*common, *options.train_overrides])
     return search_config, train_config
 
 

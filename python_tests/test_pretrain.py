@@ -123,7 +123,7 @@ def _leftovers(published):
     (["--image-size", "8"], "--image-size must be at least 32"),
     (["--epochs", "0"], "must be positive"),
     (["--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
-    (["--set", "train.optimizer.name=lbfgs"], "optimizer.name 'lbfgs'"),
+    (["--set", "train.optimizer.name=lbfgs"], "train.optimizer.name must be one of sgd, rmsprop, adam, adamw"),
     (["--data", "/no/such/folder"], "no 'train' folder"),
 ])
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, args, message):

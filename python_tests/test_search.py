@@ -86,7 +86,7 @@ def test_search_cli_prints_the_summary_and_next_command(tiny, tmp_path):
     data, _, seed_path = tiny
     sets = [arg for item in TINY for arg in ("--set", item)]
     result = run_search("--data", str(data), "--seed-weights", str(seed_path), "--out", str(tmp_path / "s"),
-                        "--epochs", "1", *sets)
+                        "--epochs", "1", *sets, "--set", "search.alpha_start_epoch=0")
     assert result.returncode == 0, result.stderr
     for text in ("derived architecture", "seed", "adapted", "time per phase", "python -m fna_ext.train"):
         assert text in result.stdout

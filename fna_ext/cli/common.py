@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import resolve
 from ..tasks import DEFAULT_TASK, Task, get_task, model_names, task_names
 
 DEVICES = ("cpu", "cuda")
@@ -37,7 +36,7 @@ def task_and_model(args) -> tuple[Task, str]:
     return task, task.model_name(args.model)
 
 
-def config_from_preset(preset: dict, args, extra: list[str] = ()) -> dict:
+def config_from_preset(task: Task, preset: dict, args, extra: list[str] = ()) -> dict:
     """``preset``, then ``--config``, then ``--data``, ``--set``, the command's own flags
     (``extra``) and ``--epochs``."""
     overrides = [f"data.root={args.data}"] if args.data is not None else []
@@ -46,7 +45,7 @@ def config_from_preset(preset: dict, args, extra: list[str] = ()) -> dict:
         if args.epochs < 1:
             raise ValueError(f"--epochs must be positive, got {args.epochs}")
         overrides.append(f"train.epochs={args.epochs}")
-    return resolve(preset, args.config, overrides)
+    return task.resolve_config(preset, args.config, overrides)
 
 
 def check_device(device: str) -> None:

@@ -19,9 +19,9 @@ from ..config import dump
 from ..plots import plot_training_curves
 from ..remap import load_seed_network, remap_network
 from .bn_recalibration import recalibrate_batch_norm
+from .settings import INITS
 from .trainer import Trainer
 
-INITS = ("remap", "random")
 
 
 @dataclass
@@ -54,6 +54,7 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     embedded), ``metrics.json`` (the task's metrics) and ``training.png``."""
     started = time.perf_counter()
     check_init(init, seed_weights)
+    config = task.check_config(config)
     clock = PhaseClock()
     out_dir = Path(out_dir)
     data = task.data(config)
@@ -72,7 +73,6 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     if not resume and bn_recalibrate:
         recalibrate_batch_norm(model, _training_inputs(data, train_cfg), bn_recalibrate, device)
         clock.lap("bn recalibration")
-    atomic_write_text(out_dir / "config.yaml", dump(config))
 
     def evaluate(m):
         with clock.pause("evaluate"):
@@ -85,6 +85,8 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
         raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}; start without --resume")
     if not resume:
         trainer.metrics_path.unlink(missing_ok=True)
+    # written once the run is known to start: a refused --resume leaves the folder as it was
+    atomic_write_text(out_dir / "config.yaml", dump(config))
     history = trainer.fit()
     evals = [r["eval"] for r in history if "eval" in r]
     metrics = evals[-1] if evals else evaluate(model)

@@ -31,14 +31,13 @@ from ..atomic import atomic_write_text
 from ..config import dump
 from ..engine import distributed
 from ..engine.checkpoint import Progress
-from ..engine.finetune import INITS
+
 from ..engine.trainer import (RankSlices, ResumableSampler, SeededItems, StepHooks, Trainer, build_optimizer,
                               place_model, to_device)
 from ..tasks import get_task
 from .cost_table import build_cost_table
 from .supernet import SuperNetwork
 
-STRATEGIES = ("diff", "random")
 
 
 class ArchParameters(nn.Module):
@@ -122,15 +121,15 @@ class ArchitectureSearch:
     """Everything one search needs; :meth:`run` does it and :func:`search` wraps it."""
 
     def __init__(self, config: dict, seed_network: nn.Module, out_dir: str | Path, *, device: str = "cpu"):
+        task = get_task(config["task"])
+        config = task.check_config(config)
         self.config, self.device = config, torch.device(device)
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         s, train = config["search"], config["train"]
-        if s["strategy"] not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {STRATEGIES}, got {s['strategy']!r}")
         self.phase_seconds: dict[str, float] = {}
         started = time.perf_counter()
-        self.task, self.model_name = get_task(config["task"]), config["model"]["name"]
+        self.task, self.model_name = task, config["model"]["name"]
         data = self.task.data(config)
         train_set = data.train
         self.class_names = data.class_names
@@ -146,8 +145,6 @@ class ArchitectureSearch:
         started = time.perf_counter()
         torch.manual_seed(self.seed)  # the neck and head start the same for the same config
         space = self.task.search_space(self.model_name)
-        if s["init"] not in INITS:
-            raise ValueError(f"search.init must be one of {INITS}, got {s['init']!r}")
         # "random": the super network starts untrained (the paper's RandInit -> ArchAdapt rows)
         initial = seed_network if s["init"] == "remap" else None
         self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,
@@ -428,8 +425,8 @@ def search(config: dict, seed_network: nn.Module, out_dir: str | Path, *, resume
         runner.resume()
     elif _is_main():
         runner.log_path.unlink(missing_ok=True)
-    if _is_main():
-        atomic_write_text(runner.out_dir / "config.yaml", dump(config))
+    if _is_main():  # written once the run is known to start: a refused --resume changes nothing
+        atomic_write_text(runner.out_dir / "config.yaml", dump(runner.config))
     with ops.fused(bool(config["search"].get("fused", True))):
         runner.run(stop_at)
         if runner.step < runner.total_steps:

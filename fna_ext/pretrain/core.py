@@ -29,7 +29,6 @@ embedded default calls.
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import secrets
 import shutil
@@ -42,7 +41,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ..config import resolve
+from ..config import Bool, Int, List, Number, resolve
+from ..engine.settings import TRAINING_CHECKS, TRAINING_RULES
 from ..data.classification import EvalTransform, ImageFolderDataset, TrainTransform
 from ..data.synthetic import cache_dir, default_dataset
 from ..engine.trainer import Trainer
@@ -115,37 +115,34 @@ def run_dir_for(out_path: str | os.PathLike) -> Path:
 
 # --------------------------------------------------------------------------- configuration
 
+# Rules of the settings only pretraining has; train.* follows the engine's rules.
+PRETRAIN_RULES = {
+    **TRAINING_RULES,
+    "data.images": Int(1),
+    "data.crop_scale": List(Number(0, 1, open_low=True), 2),
+    "model.dropout": Number(0, 1, open_high=True),
+    "model.zero_init_residual": Bool(),
+}
+
+
+def _check_crop_scale(config: dict) -> None:
+    low, high = config["data"]["crop_scale"]
+    if low > high:
+        raise ValueError(f"data.crop_scale must be [low, high] with low <= high, got {[low, high]}")
+
+
 def pretrain_config(config_file: str | os.PathLike | None = None, overrides: Iterable[str] = (), *,
                     epochs: int | None = None, batch_size: int | None = None,
                     seed: int | None = None) -> dict:
     """The preset, then ``config_file``, then ``--set`` overrides, then the explicit arguments
-    (they are the command line's shortcuts, so they win)."""
-    # A copy: resolve returns the preset itself when nothing overrides it.
-    config = copy.deepcopy(resolve(PRETRAIN_PRESET, config_file, overrides))
-    train = config["train"]
-    for key, value in (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)):
-        if value is not None:
-            train[key] = value
-    _check_config(config)
-    return config
-
-
-def _check_config(config: dict) -> None:
-    train = config["train"]
-    for key in ("epochs", "batch_size", "num_workers", "seed"):
-        if not isinstance(train[key], int) or isinstance(train[key], bool):
-            raise ValueError(f"train.{key} must be an integer, got {train[key]!r}")
-    if train["epochs"] < 1 or train["batch_size"] < 1:
-        raise ValueError(f"epochs and batch size must be positive, got {train['epochs']} and "
-                         f"{train['batch_size']}")
-    if train["num_workers"] < 0 or train["seed"] < 0:
-        raise ValueError("train.num_workers and train.seed must not be negative")
-    if not 0 <= float(train["label_smoothing"]) < 1:
-        raise ValueError(f"train.label_smoothing must be in [0, 1), got {train['label_smoothing']}")
-    low, high = (float(v) for v in config["data"]["crop_scale"])
-    if not 0 < low <= high <= 1:
-        raise ValueError(f"data.crop_scale must be [low, high] with 0 < low <= high <= 1, "
-                         f"got {config['data']['crop_scale']}")
+    (they are the command line's shortcuts, so they win); every value checked before any work."""
+    for flag, value, low in (("--epochs", epochs, 1), ("--batch-size", batch_size, 1), ("--seed", seed, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be {'positive' if low else 'non-negative'}, got {value}")
+    shortcuts = [f"train.{key}={value}" for key, value in
+                 (("epochs", epochs), ("batch_size", batch_size), ("seed", seed)) if value is not None]
+    return resolve(PRETRAIN_PRESET, config_file, [*overrides, *shortcuts], PRETRAIN_RULES,
+                   (*TRAINING_CHECKS, _check_crop_scale))
 
 
 def _check_arguments(width_mult: float, image_size: int, device: str) -> None:

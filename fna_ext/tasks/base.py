@@ -20,6 +20,9 @@ import torch
 from torch import nn
 
 from ..arch import Arch
+from ..config import Check, Rule, resolve, validate
+from ..engine.settings import TRAINING_CHECKS, TRAINING_RULES
+from ..nas.settings import SEARCH_CHECKS, SEARCH_RULES
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,37 @@ class Task:
 
     def finetune_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
         return copy.deepcopy(self.presets(self.model_name(model), synthetic)[1])
+
+    def config_rules(self, model: str) -> dict[str, Rule]:
+        """Rules of the task's own settings (its ``data`` and ``model`` sections). Settings
+        without one are held to the type of their preset value."""
+        return {}
+
+    def config_checks(self, model: str) -> tuple[Check, ...]:
+        """Checks across the task's settings (e.g. a maximum size above a minimum one)."""
+        return ()
+
+    def resolve_config(self, preset: dict, config_file: str | Path | None = None,
+                       assignments=()) -> dict:
+        """``preset`` with ``config_file`` and ``key=value`` ``assignments`` applied, every value
+        checked against the engine's, the search's and this task's rules before any work."""
+        return resolve(preset, config_file, assignments, *self._rules_and_checks(preset))
+
+    def check_config(self, config: dict) -> dict:
+        """``config`` (built by hand, or read back from a run) checked as :meth:`resolve_config`
+        checks a resolved one."""
+        return validate(config, config, *self._rules_and_checks(config))
+
+    def _rules_and_checks(self, preset: dict) -> tuple[dict, tuple]:
+        model = preset["model"]["name"]
+
+        def same_task_and_model(config: dict) -> None:
+            if config.get("task") != preset.get("task") or config["model"]["name"] != model:
+                raise ValueError(f"task and model.name are {preset.get('task')!r} and {model!r} in this "
+                                 "config; choose them with --task and --model, not with settings")
+
+        rules = {**TRAINING_RULES, **SEARCH_RULES, **self.config_rules(model)}
+        return rules, (same_task_and_model, *TRAINING_CHECKS, *SEARCH_CHECKS, *self.config_checks(model))
 
     def model_name(self, model: str | None) -> str:
         name = model or self.default_model

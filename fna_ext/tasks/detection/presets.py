@@ -6,6 +6,33 @@ from __future__ import annotations
 
 import copy
 
+from ...config import Int, List, Number, Rule, Str
+
+# The smallest image side the detectors take: SSDLite's last feature map is 1x1 at 64 pixels.
+MIN_IMAGE_SIZE = 64
+
+RULES: dict[str, Rule] = {
+    "data.root": Str(nullable=True),
+    "data.train_split": Str(),
+    "data.val_split": Str(),
+    "data.ann_file": Str(nullable=True),
+    "data.img_dir": Str(nullable=True),
+    "data.val_ann_file": Str(nullable=True),
+    "data.val_img_dir": Str(nullable=True),
+    "data.input_size": List(Int(MIN_IMAGE_SIZE), 2),
+    "data.expand_max_ratio": Number(1),
+    "data.short_side": Int(MIN_IMAGE_SIZE),
+    "data.max_size": Int(MIN_IMAGE_SIZE),
+    "model.num_classes": Int(1, nullable=True),
+    "model.backbone_bn_eps": Number(0, open_low=True),
+}
+
+
+def check_sizes(config: dict) -> None:
+    data = config["data"]
+    if "short_side" in data and data["max_size"] < data["short_side"]:
+        raise ValueError(f"data.max_size ({data['max_size']}) must be at least data.short_side "
+                         f"({data['short_side']})")
 
 
 def _data(**size) -> dict:

@@ -41,6 +41,12 @@ class DetectionTask(Task):
     def presets(self, model: str, synthetic: bool) -> tuple[dict, dict]:
         return presets.search_preset(model, synthetic), presets.finetune_preset(model, synthetic)
 
+    def config_rules(self, model: str) -> dict:
+        return presets.RULES
+
+    def config_checks(self, model: str) -> tuple:
+        return (presets.check_sizes,)
+
     def build_model(self, model: str, arch: Arch, num_classes: int, *, backbone: nn.Module | None = None,
                     **options) -> nn.Module:
         if num_classes < 1:

@@ -1,0 +1,43 @@
+"""The rules of the settings the engine reads: ``train`` (the loop, its optimiser and schedule)
+and ``eval``. They are checked when a config is resolved (:func:`fna_ext.config.validate`), so a
+bad value is refused before any work, with its key and what is allowed."""
+
+from __future__ import annotations
+
+from ..config import Bool, Choice, Int, List, Number, Rule, optimizer_rules
+
+SCHEDULES = ("step", "cosine", "poly", "constant")
+# how a backbone starts: the seed remapped into it (FNA), or random initialisation
+INITS = ("remap", "random")
+
+TRAINING_RULES: dict[str, Rule] = {
+    "train.epochs": Int(1),
+    "train.batch_size": Int(1),
+    "train.grad_clip": Number(0, open_low=True, nullable=True),
+    "train.eval_every": Int(0),
+    "train.checkpoint_every": Int(0),
+    "train.log_every": Int(1),
+    "train.num_workers": Int(0),
+    "train.seed": Int(0),
+    "train.channels_last": Bool(),
+    "train.label_smoothing": Number(0, 1, open_high=True),
+    **optimizer_rules("train.optimizer"),
+    "train.schedule.name": Choice(*SCHEDULES),
+    "train.schedule.milestones": List(Int(0)),
+    "train.schedule.gamma": Number(0, open_low=True),
+    "train.schedule.warmup_iters": Int(0),
+    "train.schedule.warmup_ratio": Number(0, 1),
+    "train.schedule.min_lr_ratio": Number(0, 1),
+    "train.schedule.power": Number(0, open_low=True),
+    "eval.batch_size": Int(1),
+}
+
+
+def check_milestones(config: dict) -> None:
+    """Step milestones are epochs in increasing order."""
+    milestones = config.get("train", {}).get("schedule", {}).get("milestones")
+    if milestones and list(milestones) != sorted(set(milestones)):
+        raise ValueError(f"train.schedule.milestones must be increasing epochs, got {milestones}")
+
+
+TRAINING_CHECKS = (check_milestones,)

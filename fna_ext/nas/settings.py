@@ -1,0 +1,48 @@
+"""The rules of the ``search`` settings (FNA's architecture adaptation), checked when a config
+is resolved, together with the training ones (:mod:`fna_ext.engine.settings`)."""
+
+from __future__ import annotations
+
+from ..config import Bool, Choice, Int, Number, Rule, optimizer_rules
+from ..engine.settings import INITS
+from ..remap.core import KERNEL_MODES, WIDTH_MODES
+
+STRATEGIES = ("diff", "random")
+COSTS = ("madds", "latency")
+
+SEARCH_RULES: dict[str, Rule] = {
+    "search.init": Choice(*INITS),
+    "search.weight_sharing": Choice("shared", "independent"),
+    "search.affine_bn": Bool(),
+    "search.fused": Bool(),
+    "search.strategy": Choice(*STRATEGIES),
+    "search.cost": Choice(*COSTS),
+    "search.split_fraction": Number(0, 1, open_low=True, open_high=True),
+    "search.random_candidates": Int(1),
+    "search.remap_width": Choice(*WIDTH_MODES),
+    "search.remap_kernel": Choice(*KERNEL_MODES),
+    "search.alpha_log_every": Int(1),
+    "search.alpha_batch_size": Int(1, nullable=True),
+    "search.lambda": Number(0),
+    "search.tau": Number(0, open_low=True),
+    "search.alpha_start_epoch": Int(0),
+    "search.weight_steps_per_alpha_step": Int(1),
+    **optimizer_rules("search.alpha.optimizer"),
+    "search.alpha.grad_clip": Number(0, open_low=True, nullable=True),
+    "search.alpha.init_std": Number(0),
+}
+
+
+def check_alpha_trains(config: dict) -> None:
+    """A differentiable search whose alpha never steps would derive the architecture from the
+    random initial alpha."""
+    search, train = config.get("search"), config.get("train")
+    if not search or not train or search.get("strategy") != "diff":
+        return
+    if search["alpha_start_epoch"] >= train["epochs"]:
+        raise ValueError(f"search.alpha_start_epoch ({search['alpha_start_epoch']}) must be below "
+                         f"train.epochs ({train['epochs']}), or alpha is never trained; lower it or "
+                         "train longer")
+
+
+SEARCH_CHECKS = (check_alpha_trains,)
