@@ -12,6 +12,7 @@ from fna_ext.data import (Compose, Expand, MinIoURandomCrop, PhotometricDistorti
                           Resize, ResizeShortSide, collate_detection, detection_loader,
                           retinanet_eval_transform, retinanet_train_transform, ssd_eval_transform,
                           ssd_train_transform)
+from fna_ext.data.images import UnreadableImage
 from fna_ext.tasks.detection.coco_data import CocoDetection, resolve_coco_paths
 from fna_ext.data.transforms import hsv_to_rgb, rgb_to_hsv
 
@@ -156,10 +157,31 @@ def test_invalid_json_names_the_file(tmp_path, content, message):
         CocoDetection(tmp_path / "bad.json", tmp_path)
 
 
-def test_unreadable_image_names_the_file(tiny):
+def test_a_file_that_is_not_an_image_is_skipped_when_the_dataset_is_built(tiny):
     (tiny[1] / "b.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match=r"1 of 3 images .* skipped \(e\.g\. .*b\.png: not an image") as record:
+        ds = CocoDetection(*tiny)
+    assert len(record) == 1 and ds.image_ids == [1, 3]
+
+
+def test_an_image_of_another_size_than_its_annotation_is_skipped(tiny):
+    Image.new("RGB", (41, 30)).save(tiny[1] / "b.png")
+    with pytest.warns(UserWarning, match=r"b\.png: 41x30 pixels, not the 40x30 its annotation says"):
+        assert CocoDetection(*tiny).image_ids == [1, 3]
+
+
+def test_no_readable_image_is_an_error_naming_one(tiny):
+    for name in ("a.png", "b.png", "c.png"):
+        (tiny[1] / name).write_text("text")
+    with pytest.raises(ValueError, match=r"none of the 3 images .*a\.png"):
+        CocoDetection(*tiny)
+
+
+def test_an_image_damaged_after_its_header_names_the_file_when_read(tiny):
+    data = (tiny[1] / "b.png").read_bytes()
+    (tiny[1] / "b.png").write_bytes(data[:len(data) // 2])  # the header reads, the pixels do not
     ds = CocoDetection(*tiny)
-    with pytest.raises(OSError, match=r"b\.png"):
+    with pytest.raises(UnreadableImage, match=r"b\.png"):
         ds[1]
 
 

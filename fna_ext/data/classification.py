@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import UnreadableImage, keep_readable
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm")
@@ -95,6 +96,8 @@ class ImageFolderDataset(Dataset):
         if not self.samples:
             raise ValueError(f"{self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)}) "
                              "in its class folders")
+        # a file that is not an image is skipped now, not found by a data worker mid-epoch
+        self.samples = keep_readable(self.samples, [path for path, _ in self.samples], source=str(self.root))
         self.transform = transform
 
     def __len__(self) -> int:
@@ -102,8 +105,12 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            image = image.convert("RGB")
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            # its header was read when the dataset was built: the rest of the file is damaged
+            raise UnreadableImage(f"cannot read image {path}: {err}") from err
         if self.transform is not None:
             image = self.transform(image)
         return to_normalized_tensor(image), label

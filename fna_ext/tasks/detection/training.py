@@ -53,7 +53,13 @@ def build_val_dataset(config: dict, root: Path | None = None):
     data = config["data"]
     val_json, val_dir = coco_data.resolve_coco_paths(root, data["val_split"], data.get("val_ann_file"),
                                                      data.get("val_img_dir"))
-    return coco_data.CocoDetection(val_json, val_dir, detection_transforms(config)[1])
+    val = coco_data.CocoDetection(val_json, val_dir, detection_transforms(config)[1])
+    if not any(record.num_usable for record in val.records):
+        # pycocotools would report -1 for every stat: a run would train blind
+        raise ValueError(f"the validation annotations {val_json} hold no usable box, so every COCO metric "
+                         "would be -1; give a validation split with annotations (data.val_split, "
+                         "data.val_ann_file)")
+    return val
 
 
 def check_same_categories(expected: list[int], got: list[int], where: str) -> None:
