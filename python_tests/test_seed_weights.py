@@ -244,8 +244,8 @@ class NotWeights:
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"this is not a checkpoint", "not a weights file that loads safely"),
-    ("pickle", "not a weights file that loads safely"),
+    (b"this is not a checkpoint", "cannot be loaded: it is damaged or not a file torch.save wrote"),
+    ("pickle", "cannot be loaded: it holds pickled Python objects"),
     ({"epoch": 3, "optimizer": "sgd"}, "not a state dict"),
     ({"foo.weight": torch.zeros(1)}, "unrecognised weight layout"),
 ])

@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import torch
 
 from ..atomic import atomic_torch_save
+from ..safe_load import load_plain
 from .rng import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "fna_ext.checkpoint"
@@ -44,13 +44,7 @@ class Progress:
 def load_safely(path: str | Path, what: str = "checkpoint", map_location="cpu"):
     """The contents of a file fna_ext wrote (a checkpoint, a model file), read with
     ``weights_only=True``: a torn, foreign or pickled-code file is one ValueError, never run."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # the unpickler raises many types on a file that is not ours
-        raise ValueError(f"{what} {path} cannot be read safely ({type(err).__name__}: {err})") from None
+    return load_plain(path, what, map_location)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

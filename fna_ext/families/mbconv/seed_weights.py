@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ...safe_load import load_plain
 from .blocks import MBConv
 from .network import Network
 
@@ -95,13 +96,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except Exception as err:
             raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler raises many types on a file that is not a checkpoint
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: not a weights file that loads safely with weights_only=True "
-                         f"({reason})") from None
-    return _unwrap(obj, path)
+    return _unwrap(load_plain(path, "weights file"), path)
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -156,10 +151,11 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
     layout = LAYOUTS[layout_name]
     modules = dict(model.named_modules())
     targets = model.state_dict()
-    copies, missing, mismatched = [], [], []
+    copies, missing, mismatched, placed = [], [], [], set()  # placed: file keys the network has a place for
     for module_path, source in _module_map(model, layout, skip_classifier).items():
         for name in modules[module_path].state_dict():
             key, target_key = f"{source}.{name}", f"{module_path}.{name}"
+            placed.add(key)
             if key not in state:
                 if name != "num_batches_tracked":  # absent from some exporters, never needed
                     missing.append(key)
@@ -168,10 +164,10 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
                                   f"{tuple(targets[target_key].shape)} ({target_key})")
             else:
                 copies.append((target_key, key))
-    used = {key for _, key in copies}
     optional = _optional_prefixes(model, layout, skip_classifier)
-    ignored = [k for k in state if k not in used and k.startswith(optional)]
-    unexpected = [k for k in state if k not in used and not k.startswith(optional)
+    ignored = [k for k in state if k not in placed and k.startswith(optional)]
+    # a key of the wrong shape is a mismatch, not also unexpected
+    unexpected = [k for k in state if k not in placed and not k.startswith(optional)
                   and not k.endswith("num_batches_tracked")]
     problems = [f"{what} ({len(keys)}): {', '.join(keys[:12])}{' ...' if len(keys) > 12 else ''}"
                 for what, keys in (("missing keys", missing), ("shape mismatches", mismatched),
