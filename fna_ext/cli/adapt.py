@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import run
+from . import ArgumentParser, check_output_folder, removed_if_failed, run
 from .common import DEVICES, add_task_arguments, check_device
 from ..engine.finetune import INITS
 from ..pipeline import AdaptOptions, adapt
@@ -25,7 +25,7 @@ from ..tasks import get_task
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.adapt", description=__doc__,
+    parser = ArgumentParser(prog="python -m fna_ext.adapt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(parser)
     parser.add_argument("--data", help="the dataset root (COCO layout for detection); default: the embedded "
@@ -62,7 +62,9 @@ def main(argv=None) -> int:
         search_overrides=[*args.search_set] + ([f"train.epochs={args.search_epochs}"] if args.search_epochs else [])
         + (["search.fused=false"] if args.no_fused else []),
         train_overrides=[*args.train_set] + ([f"train.epochs={args.train_epochs}"] if args.train_epochs else []))
-    summary = adapt(options, args.out, announce=lambda message: print(f"== {message}", flush=True))
+    check_output_folder(args.out)
+    with removed_if_failed(args.out):
+        summary = adapt(options, args.out, announce=lambda message: print(f"== {message}", flush=True))
     adapted, seed = summary["adapted"], summary["seed"]
     print(f"adapted architecture: {summary['arch']}")
     print(f"params {seed['params']:,} -> {adapted['params']:,}, MAdds {seed['madds']:,} -> {adapted['madds']:,}")

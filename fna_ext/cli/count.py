@@ -4,10 +4,9 @@ down into backbone, neck and head, the split of the paper's Table 3."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
-from . import human, run
+from . import ArgumentParser, human, run
 from ..arch import Arch
 from ..cost import CostReport, count
 from ..families import get_family
@@ -71,7 +70,7 @@ def format_report(report: CostReport, title: str, task: str = "classification") 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.count", description=__doc__)
+    parser = ArgumentParser(prog="python -m fna_ext.count", description=__doc__)
     parser.add_argument("--task", default="classification", choices=count_tasks())
     parser.add_argument("--arch", default="mobilenet_v2",
                         help="a name (mobilenet_v2), an arch file (JSON or net_config), or inline "

@@ -4,19 +4,18 @@ of ``--data``."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from . import run
+from . import ArgumentParser, check_output_file, run
 from .common import DEVICES, check_device
 from ..atomic import atomic_write_text
 from ..engine.finetune import evaluate_checkpoint
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.evaluate", description=__doc__)
+    parser = ArgumentParser(prog="python -m fna_ext.evaluate", description=__doc__)
     parser.add_argument("--checkpoint", required=True, help="model_final.pt written by python -m fna_ext.train")
     parser.add_argument("--data", help="dataset root to evaluate on (default: the data it was trained on)")
     parser.add_argument("--out", help="JSON file for the stats (default: evaluation.json beside the checkpoint)")
@@ -26,11 +25,11 @@ def main(argv=None) -> int:
     check_device(args.device)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    out = check_output_file(args.out or Path(args.checkpoint).with_name("evaluation.json"))
     started = time.perf_counter()
     task, metrics, dataset = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                                  device=args.device)
     source = getattr(dataset, "ann_file", None) or getattr(dataset, "root", None) or args.data
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("evaluation.json")
     record = {"checkpoint": str(args.checkpoint), "task": task.name, "annotations": str(source),
               "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")

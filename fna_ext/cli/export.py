@@ -15,12 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import run
+from . import ArgumentParser, check_output_file, run
 from ..engine.export import FORMATS, SUFFIX, export_model
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.export", description=__doc__,
+    parser = ArgumentParser(prog="python -m fna_ext.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="model_final.pt written by python -m fna_ext.train")
     parser.add_argument("--format", required=True, choices=FORMATS)
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output file (default: next to the checkpoint, "
                                       "model.torchscript.pt or model.onnx)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else Path(args.checkpoint).with_name("model" + SUFFIX[args.format])
+    out = check_output_file(args.out or Path(args.checkpoint).with_name("model" + SUFFIX[args.format]))
     report = export_model(args.checkpoint, out, args.format, args.input_size)
     h, w = report["input_size"]
     outputs = ", ".join(f"{name} (N, {', '.join(map(str, shape[1:]))})" for name, shape in report["outputs"].items())

@@ -3,7 +3,6 @@ devices) or every op runs its pure-PyTorch reference path."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -105,7 +104,7 @@ def install_problems(info: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.info", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m fna_ext.info", description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--no-compile", action="store_true",
                         help="report only; do not compile a missing extension")

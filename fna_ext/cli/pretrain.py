@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import run
-from ..pretrain import DEFAULT_IMAGE_SIZE, default_seed_path, pretrain_seed
+from . import ArgumentParser, check_output_file, removed_if_failed, run
+from ..pretrain import DEFAULT_IMAGE_SIZE, default_seed_path, pretrain_seed, run_dir_for
 
 
 def format_seconds(seconds: float) -> str:
@@ -18,7 +18,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.pretrain", description=(
+    parser = ArgumentParser(prog="python -m fna_ext.pretrain", description=(
         "Pretrain the project's own seed: MobileNetV2 on the synthetic shapes classification set "
         "(or on --data), written in the fna_ext weights layout with the arch embedded. "
         "Not an ImageNet model."))
@@ -48,15 +48,15 @@ def _customised(args: argparse.Namespace) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = Path(args.out) if args.out else default_seed_path()
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file path such as {out / 'seed.pt'}")
+    check_output_file(out, example="seed.pt")
     if args.out is None and _customised(args):
         print(f"note: without --out this replaces the embedded default's cached seed ({out}) "
               "with a non-default one", file=sys.stderr)
-    result = pretrain_seed(out, data_root=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                           width_mult=args.width_mult, image_size=args.image_size, device=args.device,
-                           config_overrides=args.set, config_file=args.config, resume=args.resume,
-                           announce=lambda line: print(line, file=sys.stderr, flush=True))
+    with removed_if_failed(run_dir_for(out)):
+        result = pretrain_seed(out, data_root=args.data, epochs=args.epochs, batch_size=args.batch_size,
+                               width_mult=args.width_mult, image_size=args.image_size, device=args.device,
+                               config_overrides=args.set, config_file=args.config, resume=args.resume,
+                               announce=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"val top-1 {result.accuracy:.4f}")
     print(f"weights: {result.path}")
     print(f"time: {format_seconds(result.seconds)}")

@@ -3,9 +3,8 @@ parameter remapping) and writes them, with the arch embedded."""
 
 from __future__ import annotations
 
-import argparse
 
-from . import run
+from . import ArgumentParser, check_output_file, run
 from ..arch import Arch
 from ..families import get_family
 from ..remap import KERNEL_MODES, WIDTH_MODES, RemapPlan, load_seed_network, plan_network, save_weights
@@ -18,7 +17,7 @@ def format_layers(plan: RemapPlan) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.remap", description=(
+    parser = ArgumentParser(prog="python -m fna_ext.remap", description=(
         "Remap a seed network's weights into another architecture (FNA's parameter remapping) "
         "and write them, with the arch embedded. The classifier is not remapped: dense tasks "
         "replace it."))
@@ -30,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--width", default="first", choices=WIDTH_MODES)
     parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
     args = parser.parse_args(argv)
+    check_output_file(args.out)
     seed = load_seed_network(args.seed, args.seed_arch)
     seed_arch = seed.arch
     target_arch = Arch.from_arg(args.arch)

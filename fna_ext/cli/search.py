@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-from . import run
+from . import ArgumentParser, check_output_folder, removed_if_failed, run
 from .common import add_common_arguments, check_device, config_from_preset, task_and_model
 from ..engine import distributed
-from ..nas.search import STRATEGIES, search
+from ..nas.search import search
+from ..nas.settings import STRATEGIES
 from ..pretrain import seed_weights_path
 from ..remap import load_seed_network
 
@@ -34,7 +35,7 @@ def build_config(args) -> dict:
                  if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    return config_from_preset(task.search_preset(model, synthetic=args.data is None), args, overrides)
+    return config_from_preset(task, task.search_preset(model, synthetic=args.data is None), args, overrides)
 
 
 def summary(result, seed_path: Path, seconds: dict, args) -> str:
@@ -61,7 +62,7 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.search", description=__doc__,
+    parser = ArgumentParser(prog="python -m fna_ext.search", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--seed-arch", help="the seed's arch, when its weight file does not embed one "
@@ -75,7 +76,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_device(args.device)
     config = build_config(args)
+    check_output_folder(args.out)
     context = distributed.init_from_env(args.device)  # under torchrun: one process per device
+    with removed_if_failed(args.out):
+        result, seed_path, seed_seconds = _run(args, config, context)
+    if context is None or context.is_main:
+        print(summary(result, seed_path, {"seed": seed_seconds, **result.phase_seconds}, args))
+    return 0
+
+
+def _run(args, config: dict, context):
     try:
         started = time.perf_counter()
         if context is None or context.is_main:  # builds the embedded seed once, on one process
@@ -88,9 +98,7 @@ def main(argv=None) -> int:
         result = search(config, seed, Path(args.out), resume=args.resume, device=args.device)
     finally:
         distributed.shutdown()
-    if context is None or context.is_main:
-        print(summary(result, seed_path, {"seed": seed_seconds, **result.phase_seconds}, args))
-    return 0
+    return result, seed_path, seed_seconds
 
 
 if __name__ == "__main__":

@@ -6,17 +6,16 @@ the published settings, which ``--config`` and ``--set`` override."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from . import run
+from . import ArgumentParser, check_output_folder, removed_if_failed, run
 from .common import add_common_arguments, check_device, config_from_preset, task_and_model
 from ..arch import Arch
 from ..engine.finetune import INITS, finetune
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.train", description=__doc__)
+    parser = ArgumentParser(prog="python -m fna_ext.train", description=__doc__)
     add_common_arguments(parser)
     parser.add_argument("--arch", default="mobilenet_v2",
                         help="backbone: a name, an arch file (JSON or net_config) or inline net_config")
@@ -29,14 +28,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     check_device(args.device)
     task, model = task_and_model(args)
-    config = config_from_preset(task.finetune_preset(model, synthetic=args.data is None), args)
+    config = config_from_preset(task, task.finetune_preset(model, synthetic=args.data is None), args)
     arch = Arch.from_arg(args.arch)
     out = Path(args.out or f"runs/train_{model}")
     if args.bn_recalibrate < 0:
         raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
+    check_output_folder(out)
     init = args.init or ("remap" if args.seed_weights else "random")
-    result = finetune(task, config, arch, out, seed_weights=args.seed_weights, init=init,
-                      bn_recalibrate=args.bn_recalibrate, resume=args.resume, device=args.device)
+    with removed_if_failed(out):
+        result = finetune(task, config, arch, out, seed_weights=args.seed_weights, init=init,
+                          bn_recalibrate=args.bn_recalibrate, resume=args.resume, device=args.device)
     print(f"trained {model} ({init} init) on {arch} in {result.seconds / 60:.1f} min")
     print(task.format_metrics(result.metrics))
     print(f"weights: {result.weights}\nmetrics: {out / 'metrics.json'} (log: {out / 'metrics.jsonl'}, "

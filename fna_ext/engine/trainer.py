@@ -311,7 +311,14 @@ class Trainer:
         clip = self.config.get("grad_clip")
         if clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-        self.hooks.optimizer_step(self.optimizer)
+        try:
+            self.hooks.optimizer_step(self.optimizer)
+        except RuntimeError as err:
+            if "overflow" not in str(err):
+                raise
+            # an update beyond float32's range (lr near 1e38): divergence, said as a NaN loss is
+            raise FloatingPointError(f"the optimizer's update overflowed at iteration {self.iteration} "
+                                     f"(lr {lr:.3g}); lower optimizer.lr" + self._last_good_checkpoint()) from None
         self.iteration += 1
         reduce = self.hooks.reduce
         return {**extra, "loss": reduce(loss).item(), **{k: reduce(v).item() for k, v in losses.items()}, "lr": lr}

@@ -17,7 +17,6 @@ the dataset's name is always complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -32,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ... import cli
+from ...cli import ArgumentParser
 
 CLASS_NAMES = ("circle", "square", "triangle", "ring", "cross")
 KINDS = ("detection", "classification")
@@ -480,7 +479,7 @@ def default_dataset(kind: str = "detection", *, images: int | None = None, size:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fna_ext.data.synthetic", description=(
+    parser = ArgumentParser(prog="python -m fna_ext.data.synthetic", description=(
         "Write a synthetic shapes dataset (circle, square, triangle, ring, cross): COCO layout "
         "for detection, ImageNet folder layout for classification. The same arguments give "
         "identical files."))
