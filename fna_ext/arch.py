@@ -53,7 +53,7 @@ def _validate_stage(index: int, stage: Stage, family: str) -> None:
     for name, value in (("C_in", stage.in_channels), ("C_out", stage.out_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{where}: {name} must be a positive integer, got {value!r}")
-    if stage.stride not in (1, 2) or isinstance(stage.stride, bool):
+    if not isinstance(stage.stride, int) or isinstance(stage.stride, bool) or stage.stride not in (1, 2):
         raise ValueError(f"{where}: stride must be 1 or 2, got {stage.stride!r}")
     if not stage.ops:
         raise ValueError(f"{where}: a stage needs at least one op")
@@ -153,9 +153,11 @@ class Arch:
     @classmethod
     def from_arg(cls, value: str) -> "Arch":
         """A CLI's ARCH argument: a registered name, a file, or inline net_config/JSON text."""
+        if not isinstance(value, str):
+            raise ValueError(f"--arch must be a name, a file or net_config text, got {type(value).__name__}")
         if value.strip() in named_archs() or value.lstrip().startswith(("[", "{")):
             return cls.parse(value)
-        if Path(value).is_file():
+        if _is_file(value):
             return cls.load(value)
         raise ValueError(f"--arch {value!r} is neither a file, nor net_config/JSON text, nor one of "
                          f"the names {sorted(named_archs())}")
@@ -166,7 +168,9 @@ class Arch:
         for i, chunk in enumerate(text.split("|")):
             try:
                 value = ast.literal_eval(chunk.strip())
-            except (ValueError, SyntaxError):
+            # TypeError: a list used as a set member or dict key; RecursionError and MemoryError:
+            # nesting deeper than the parser goes (no real arch comes near)
+            except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
                 raise ValueError(f"stage {i} ({chunk.strip()[:60]!r}): not a list of the form "
                                  "[[C_in, C_out], [op, ...], stride]") from None
             stages.append(_stage_from_list(i, value))
@@ -176,8 +180,8 @@ class Arch:
     def _from_json_text(cls, text: str) -> "Arch":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"invalid JSON architecture: {err}") from None
+        except (ValueError, RecursionError) as err:  # ValueError: bad JSON, or a number past int's limit
+            raise ValueError(f"invalid JSON architecture: {type(err).__name__}: {str(err)[:200]}") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -200,6 +204,13 @@ class Arch:
         if "net_config" in data:
             return cls._from_net_config(str(data["net_config"]), meta, family)
         raise ValueError("a JSON architecture needs a 'stages' or a 'net_config' field")
+
+
+def _is_file(value: str) -> bool:
+    try:
+        return Path(value).is_file()
+    except (OSError, ValueError):  # a name too long for the OS, or with a NUL byte: not a file
+        return False
 
 
 def _stage_from_list(index: int, value) -> Stage:

@@ -7,7 +7,11 @@ import re
 from dataclasses import dataclass
 
 SKIP = "skip"
-_OP_RE = re.compile(r"^k(\d+)_e(\d+)$")
+# ASCII digits without leading zeros: an op has one spelling, so text round-trips
+_OP_RE = re.compile(r"k([1-9][0-9]*)_e([1-9][0-9]*)")
+# FNA's search space and every published MBConv seed (MobileNetV2, MnasNet, FBNet, ProxylessNAS,
+# MobileNetV3, EfficientNet) use these; the fused CPU and CUDA kernels are built for exactly them
+KERNEL_SIZES = (3, 5, 7)
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,8 @@ class Op:
     def parse(cls, name: str) -> "Op":
         if name == SKIP:
             return cls()
-        match = _OP_RE.match(name) if isinstance(name, str) else None
-        if not match or int(match[1]) % 2 == 0 or int(match[2]) < 1:
-            raise ValueError(f"unknown op {name!r}; ops are k{{odd kernel}}_e{{expansion}} "
+        match = _OP_RE.fullmatch(name) if isinstance(name, str) else None
+        if not match or int(match[1]) not in KERNEL_SIZES or int(match[2]) < 1:
+            raise ValueError(f"unknown op {name!r}; ops are k{{3,5,7}}_e{{expansion >= 1}} "
                              "(for example k3_e6, k5_e3, k7_e6) or skip")
         return cls(int(match[1]), int(match[2]))

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 BLOCKS = ("basic", "bottleneck")
 OP_HELP = ("ResNet ops are {basic|bottleneck}_k{odd kernel} (for example basic_k3, bottleneck_k5); "
            "there is no skip")
-_OP_RE = re.compile(r"^(basic|bottleneck)_k(\d+)$")
+# ASCII digits without leading zeros: an op has one spelling, so text round-trips
+_OP_RE = re.compile(r"(basic|bottleneck)_k([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Op:
 
     @classmethod
     def parse(cls, name: str) -> "Op":
-        match = _OP_RE.match(name) if isinstance(name, str) else None
+        match = _OP_RE.fullmatch(name) if isinstance(name, str) else None
         if not match or int(match[2]) % 2 == 0:
             raise ValueError(f"unknown op {name!r}; {OP_HELP}")
         return cls(match[1], int(match[2]))

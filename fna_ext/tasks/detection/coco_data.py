@@ -2,7 +2,8 @@
 format.
 
 Everything about the data is checked once, when the dataset is built, and reported in one warning
-per kind of problem (missing image files, unusable boxes) or one ValueError naming the file when
+per kind of problem (missing image files, files that are not images or not the size the json
+says, unusable boxes) or one ValueError naming the file when
 nothing usable is left; a data worker then only reads an image and transforms it. Each image's
 boxes are precomputed into a compact record, so ``__getitem__`` does no json work.
 
@@ -28,6 +29,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
+from ...data.images import UnreadableImage, keep_readable
 from ...data.transforms import default_eval_transform
 
 # why an annotation was skipped, in the order the warning lists them
@@ -101,8 +103,10 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
     try:
         with open(path, "rb") as f:
             dataset = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {path} is not valid json: {err}") from err
+    # ValueError: bad json or a number past Python's digit limit; RecursionError: absurd nesting
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"annotation file {path} is not valid json: {type(err).__name__}: "
+                         f"{str(err)[:200]}") from None
     _check_structure(dataset, path)
     coco = COCO()
     coco.dataset = dataset
@@ -127,15 +131,32 @@ def _check_structure(dataset, path: Path) -> None:
             if missing:
                 raise ValueError(f"annotation file {path}: {section}[{index}] lacks "
                                  f"{', '.join(repr(k) for k in missing)}")
+    for section, keys in INTEGER_FIELDS.items():
+        for index, entry in enumerate(dataset.get(section, [])):
+            bad = next((key for key in keys if not _is_int(entry[key])), None)
+            if bad:
+                raise ValueError(f"annotation file {path}: {section}[{index}] has {bad} {entry[bad]!r}; "
+                                 "COCO ids are integers")
     for index, image in enumerate(dataset["images"]):
         sizes = (image["width"], image["height"])
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in sizes):
+        if not all(_is_int(v) and v >= 1 or isinstance(v, float) and v.is_integer() and v >= 1 for v in sizes):
             raise ValueError(f"annotation file {path}: images[{index}] has width/height {sizes}; "
-                             "both must be positive numbers")
+                             "both must be whole numbers of pixels, at least 1")
+        if not isinstance(image["file_name"], str) or not image["file_name"].strip():
+            raise ValueError(f"annotation file {path}: images[{index}] has file_name {image['file_name']!r}; "
+                             "it must be the image's path under the images folder")
     for section in ("images", "categories"):
         ids = [entry["id"] for entry in dataset[section]]
         if len(set(ids)) != len(ids):
             raise ValueError(f"annotation file {path}: duplicate ids in '{section}'")
+
+
+# the fields pycocotools indexes by: any other type fails deep inside it
+INTEGER_FIELDS = {"images": ("id",), "categories": ("id",), "annotations": ("id", "image_id", "category_id")}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ---- per-image records --------------------------------------------------------------------------
@@ -163,7 +184,7 @@ def _xyxy_in_image(bbox, width: int, height: int) -> tuple[list[float] | None, s
         return None, SKIP_MALFORMED
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None, SKIP_MALFORMED
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         return None, SKIP_MALFORMED
@@ -191,7 +212,7 @@ def _image_record(image: dict, annotations: list[dict], images_dir: Path,
             continue
         boxes.append(box)
         labels.append(label_of_cat[ann["category_id"]])
-        crowd.append(bool(ann.get("iscrowd", 0)))
+        crowd.append(ann.get("iscrowd", 0) == 1)  # COCO's 0/1; a string "0" is not crowd
     return ImageRecord(image_id=image["id"], path=str(images_dir / image["file_name"]),
                        width=width, height=height,
                        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -203,7 +224,10 @@ def _image_exists(file_name: str, images_dir: Path, listing: set[str]) -> bool:
     # one directory listing answers for plain names; 118k stat calls on a network disk are slow
     if "/" not in file_name and os.sep not in file_name:
         return file_name in listing
-    return (images_dir / file_name).is_file()
+    try:
+        return (images_dir / file_name).is_file()
+    except (OSError, ValueError):  # a name too long for the OS, or with a NUL byte
+        return False
 
 
 def _drop_missing_files(images: list[dict], images_dir: Path, ann_file: Path) -> list[dict]:
@@ -272,6 +296,9 @@ class CocoDetection(torch.utils.data.Dataset):
             raise ValueError(f"annotation file {self.ann_file} lists no images")
         if check_files:
             images = _drop_missing_files(images, self.images_dir, self.ann_file)
+            images = keep_readable(images, [self.images_dir / im["file_name"] for im in images],
+                                   [(int(im["width"]), int(im["height"])) for im in images],
+                                   source=f"{self.ann_file} in {self.images_dir}", stacklevel=4)
         skipped = Counter()
         known = self.coco.imgs.keys()
         skipped[SKIP_UNKNOWN_IMAGE] = sum(1 for ann in self.coco.dataset.get("annotations", [])
@@ -312,10 +339,11 @@ def _read_rgb(record: ImageRecord) -> np.ndarray:
         with Image.open(record.path) as image:
             pixels = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise OSError(f"cannot read image {record.path}: {err}") from err
+        # its header was read when the dataset was built: the rest of the file is damaged
+        raise UnreadableImage(f"cannot read image {record.path}: {err}") from err
     if pixels.shape[:2] != (record.height, record.width):
         # the boxes are in the json's coordinates; another size would misplace every one of them
-        raise ValueError(f"image {record.path} is {pixels.shape[1]}x{pixels.shape[0]} but its "
+        raise UnreadableImage(f"image {record.path} is {pixels.shape[1]}x{pixels.shape[0]} but its "
                          f"annotation says {record.width}x{record.height}")
     return pixels
 
