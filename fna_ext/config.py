@@ -234,6 +234,8 @@ def merge(base: dict, override: dict, where: str = "", sources: dict | None = No
             merged[key] = merge(merged[key], value, path, sources, source)
         elif isinstance(merged[key], dict):
             raise ValueError(f"{prefix}config key {path!r} is a section; give it a mapping, not {value!r}")
+        elif isinstance(value, dict):
+            raise ValueError(f"{prefix}config key {path!r} is a setting; give it a value, not a mapping")
         else:
             merged[key] = value
             if sources is not None and source:

@@ -598,3 +598,71 @@ def test_coco_missing_annotation_file(workdir, coco_images):
     for build in (load_coco, lambda p: CocoDetection(p, coco_images)):
         with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
             build(path)
+
+
+# --------------------------------------------------------------------------- the config resolver
+
+def _leaf_keys(section: dict, where: str = "") -> list[str]:
+    keys = []
+    for key, value in section.items():
+        path = f"{where}.{key}" if where else key
+        keys += _leaf_keys(value, path) if isinstance(value, dict) else [path]
+    return keys
+
+
+def _search_preset() -> dict:
+    from fna_ext.tasks import get_task
+
+    return get_task("detection").search_preset("ssdlite", synthetic=True)
+
+
+_KEYS = _leaf_keys(_search_preset()) + ["train", "search.alpha", "nope", "train.nope", "train.epochs.x", "", "."]
+_YAML_VALUES = st.one_of(
+    st.sampled_from(["abc", "1e-3", "1e400", "-1", "0", "2.5", "null", "true", "[1, 2]", "[64, 64]", "{a: 1}",
+                     "[", "2024-01-01", ".inf", ".nan", "0x10", "'1'", "[[1]]", "sgd", "step", "- 1"]),
+    st.text(max_size=12),
+    st.integers(-10**30, 10**30).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr))
+
+
+@fuzz(300)
+@given(st.lists(st.tuples(st.sampled_from(_KEYS), _YAML_VALUES).map(lambda kv: f"{kv[0]}={kv[1]}"), max_size=4))
+@example(["train.epochs={a: 1}"])
+@example(["train.optimizer.lr=1e-3", "data.input_size=[64, 64]"])
+def test_the_config_resolver_resolves_or_names_the_setting(assignments):
+    from fna_ext.config import dump
+    import yaml
+
+    task_preset = _search_preset()
+    from fna_ext.tasks import get_task
+
+    task = get_task("detection")
+    try:
+        config = task.resolve_config(task_preset, None, assignments)
+    except ValueError as err:
+        message = str(err)
+        assert message and "\n" not in message
+        assert "--set" in message or "search.alpha_start_epoch" in message or "task and model.name" in message
+        return
+    assert task.check_config(config) == config  # a resolved config is a valid one
+    assert yaml.safe_load(dump(config)) == config  # and config.yaml reads back the same
+
+
+@fuzz(150)
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
+                 st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                                  st.sampled_from(["train", "search", "data", "epochs", "lr", "x"]), inner,
+                                  max_size=3), max_leaves=10).map(json.dumps)))
+def test_a_config_file_resolves_or_names_the_file(text):
+    from fna_ext.tasks import get_task
+
+    task = get_task("detection")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "settings.yaml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            task.resolve_config(_search_preset(), path)
+        except ValueError as err:
+            assert "\n" not in str(err) and ("settings.yaml" in str(err) or "alpha_start_epoch" in str(err)
+                                             or "task and model.name" in str(err)), str(err)
