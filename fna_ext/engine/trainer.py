@@ -254,6 +254,7 @@ class Trainer:
             config=config, extra=self.extra_state)
         self.history: list[dict] = []
         self._saved_at: int | None = None  # the iteration of the last checkpoint written or resumed
+        self._evaluated_at_checkpoint = False  # whether the resumed checkpoint's evaluation is logged
         self._lowest_loss, self._warned_growth = float("inf"), False
 
     @property
@@ -286,6 +287,8 @@ class Trainer:
             return
         kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line).get("iter", 0) <= self.iteration]
+        self._evaluated_at_checkpoint = any("eval" in json.loads(line) and json.loads(line).get("iter") == self.iteration
+                                            for line in kept)
         if self.hooks.writes_files:
             atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
@@ -358,12 +361,23 @@ class Trainer:
         last = epoch + 1 == self.epochs
         return self.evaluate is not None and (last or (every > 0 and (epoch + 1) % every == 0))
 
+    def _evaluate_pending(self) -> None:
+        """The epoch-end checkpoint is written just before that epoch's evaluation: a run killed
+        while evaluating resumes there, and evaluates now, so the log has every evaluation once."""
+        if self._saved_at is None or self.iteration == 0 or self.iteration % self.iters_per_epoch:
+            return
+        epoch = self.iteration // self.iters_per_epoch - 1
+        if self._should_evaluate(epoch) and not self._evaluated_at_checkpoint:
+            self.log({"iter": self.iteration, "epoch": epoch + 1, "eval": self.evaluate(self.model)})
+        self._evaluated_at_checkpoint = True
+
     def fit(self, stop_at: int | None = None) -> list[dict]:
         """Trains to the configured number of epochs (from where a resume left off), or until
         iteration ``stop_at`` (a time budget; the last checkpoint stays resumable)."""
         log_every = max(int(self.config.get("log_every", 20)), 1)
         place_model(self.model, self.device, bool(self.config.get("channels_last", True)))
         stop_at = self.total_iters if stop_at is None else min(stop_at, self.total_iters)
+        self._evaluate_pending()
         while self.iteration < stop_at:
             epoch, start = divmod(self.iteration, self.iters_per_epoch)
             self.sampler.set_position(epoch, start * self.batch_size)
