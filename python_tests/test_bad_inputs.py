@@ -98,7 +98,7 @@ def _coco_with_text_images(out: Path, coco: Path) -> Path:
 @dataclass
 class Case:
     id: str
-    command: str                          # the fna_ext.cli module
+    command: str                          # the fna_ext.cli module (or synthetic, for fna_ext.data.synthetic)
     args: Callable[[dict], list[str]]     # argv, from the fixture's files and the case's out path
     names: str                            # what the one error line must contain
     out: bool = True                      # --out is a fresh path that must not exist afterwards
@@ -223,6 +223,9 @@ CASES = [
          "--out", out=False),
     Case("export-out-a-folder", "export", lambda f: ["--checkpoint", str(f["seed"]), "--format", "torchscript",
                                                      "--out", str(f["a_dir"])], "--out", out=False),
+    Case("synthetic-out-under-a-file", "synthetic", lambda f: ["--out", str(f["a_file"] / "sub")], "--out",
+         out=False),
+    Case("synthetic-out-unwritable", "synthetic", lambda f: ["--out", "/proc/fna_ext_data"], "--out", out=False),
     Case("pretrain-out-a-folder", "pretrain", lambda f: [*pretrain()(f), "--out", str(f["a_dir"])], "--out",
          out=False),
     # model files and checkpoints
@@ -259,7 +262,8 @@ CASES = [
 
 
 def _run(command: str, argv: list[str], capsys) -> tuple[int, str]:
-    main = importlib.import_module(f"fna_ext.cli.{command}").main
+    module = "fna_ext.data.synthetic" if command == "synthetic" else f"fna_ext.cli.{command}"
+    main = importlib.import_module(module).main
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         cli.run(main, argv)

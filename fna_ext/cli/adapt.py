@@ -26,7 +26,7 @@ from ..tasks import get_task
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m fna_ext.adapt", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_task_arguments(parser)
     parser.add_argument("--data", help="the dataset root (COCO layout for detection); default: the embedded "
                                        "synthetic dataset")

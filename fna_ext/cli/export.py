@@ -21,7 +21,7 @@ from ..engine.export import FORMATS, SUFFIX, export_model
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m fna_ext.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="model_final.pt written by python -m fna_ext.train")
     parser.add_argument("--format", required=True, choices=FORMATS)
     parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),

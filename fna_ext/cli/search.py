@@ -21,7 +21,7 @@ from . import ArgumentParser, check_output_folder, removed_if_failed, run
 from .common import add_common_arguments, check_device, config_from_preset, task_and_model
 from ..engine import distributed
 from ..nas.search import search
-from ..nas.settings import STRATEGIES
+from ..nas.settings import COSTS, STRATEGIES
 from ..pretrain import seed_weights_path
 from ..remap import load_seed_network
 
@@ -63,14 +63,14 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m fna_ext.search", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--seed-arch", help="the seed's arch, when its weight file does not embed one "
                                             "(default: mobilenet_v2)")
     parser.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
     parser.add_argument("--weight-sharing", choices=["shared", "independent"])
     parser.add_argument("--strategy", choices=STRATEGIES)
-    parser.add_argument("--cost", choices=["madds", "latency"])
+    parser.add_argument("--cost", choices=COSTS)
     parser.add_argument("--no-fused", action="store_true",
                         help="run the sampled MBConv with the pure-PyTorch reference instead of the fused kernels")
     args = parser.parse_args(argv)

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from ...cli import ArgumentParser
+from ...cli import ArgumentParser, check_output_folder
 
 CLASS_NAMES = ("circle", "square", "triangle", "ring", "cross")
 KINDS = ("detection", "classification")
@@ -495,6 +495,7 @@ def main(argv=None) -> int:
                         help="fraction of the images in the val split (default: 0.2)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
+    check_output_folder(args.out)
     images = DEFAULTS[args.kind]["images"] if args.images is None else args.images
     size = DEFAULTS[args.kind]["size"] if args.size is None else args.size
     generate = generate_detection if args.kind == "detection" else generate_classification
