@@ -26,8 +26,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import yaml
+
 from fna_ext.arch import Arch, Stage
+from fna_ext.config import dump
 from fna_ext.families import get_family
+from fna_ext.tasks import get_task
 from fna_ext.tasks.detection.coco_data import CocoDetection, load_coco
 
 # ast.literal_eval warns about escape sequences such as '\_' in the text it is given
@@ -611,8 +615,6 @@ def _leaf_keys(section: dict, where: str = "") -> list[str]:
 
 
 def _search_preset() -> dict:
-    from fna_ext.tasks import get_task
-
     return get_task("detection").search_preset("ssdlite", synthetic=True)
 
 
@@ -630,15 +632,9 @@ _YAML_VALUES = st.one_of(
 @example(["train.epochs={a: 1}"])
 @example(["train.optimizer.lr=1e-3", "data.input_size=[64, 64]"])
 def test_the_config_resolver_resolves_or_names_the_setting(assignments):
-    from fna_ext.config import dump
-    import yaml
-
-    task_preset = _search_preset()
-    from fna_ext.tasks import get_task
-
     task = get_task("detection")
     try:
-        config = task.resolve_config(task_preset, None, assignments)
+        config = task.resolve_config(_search_preset(), None, assignments)
     except ValueError as err:
         message = str(err)
         assert message and "\n" not in message
@@ -655,8 +651,6 @@ def test_the_config_resolver_resolves_or_names_the_setting(assignments):
                                   st.sampled_from(["train", "search", "data", "epochs", "lr", "x"]), inner,
                                   max_size=3), max_leaves=10).map(json.dumps)))
 def test_a_config_file_resolves_or_names_the_file(text):
-    from fna_ext.tasks import get_task
-
     task = get_task("detection")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "settings.yaml"
