@@ -13,12 +13,19 @@ it reads h1 again for its statistics and materialises BN2's output for the GEMM)
 is a lower bound of the bandwidth it uses.
 
     python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
+
+On the CPU it prints which copy of the kernels ran (AVX-512, AVX2 or baseline x86-64).
+``--cpu-isa avx2`` times an AVX2 machine on an AVX-512 one: it restarts the benchmark with
+fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch and ``torch.compile`` held to
+AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); setting only ``FNA_EXT_CPU_ISA``
+would compare fna_ext's AVX2 code with PyTorch's AVX-512 code.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -123,6 +130,10 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
         shapes = SHAPES + ([BANDWIDTH_SHAPE] if args.device == "cuda" else [])
     copy_bytes_per_s = (copy_bandwidth(args.device, copy_numel) if any(s.bandwidth_bound for s in shapes)
                         else None)
+    isa = torch.ops.fna_ext.cpu_isa() if args.device == "cpu" else None
+    if isa is not None:  # FNA_EXT_CPU_ISA=avx2 (or baseline) times a lower copy on the same machine
+        print(f"CPU kernels: {isa} (set FNA_EXT_CPU_ISA=avx512|avx2|baseline to choose)",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
     rows = []
     for shape in shapes:
         x, weights, grad = make_inputs(shape, args.device, dtype)
@@ -143,7 +154,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
         del x, weights, grad
         synchronize(args.device)
     return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
-            "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats,
+            "cpu_isa": isa, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats,
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
 
 
@@ -158,6 +170,21 @@ def format_row(row: dict) -> str:
     return "  ".join(cells)
 
 
+# What each of fna_ext's CPU copies means for ATen's kernels and oneDNN's (their own variables)
+ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+           "avx2": {"FNA_EXT_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+           "baseline": {"FNA_EXT_CPU_ISA": "baseline", "ATEN_CPU_CAPABILITY": "default",
+                        "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+
+
+def restart_with_isa(isa: str) -> None:
+    """Runs this benchmark again with every library held to ``isa`` (read when they load)."""
+    wanted = ISA_ENV[isa]
+    if all(os.environ.get(k) == v for k, v in wanted.items()):
+        return
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -165,7 +192,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile version")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    parser.add_argument("--cpu-isa", choices=sorted(ISA_ENV),
+                        help="hold fna_ext, ATen and oneDNN to this instruction set (see above)")
     args = parser.parse_args()
+    if args.cpu_isa:
+        restart_with_isa(args.cpu_isa)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     result = run(args)

@@ -4,7 +4,9 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -12,6 +14,7 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#include <unistd.h>
 #endif
 
 namespace fna_ext {
@@ -20,6 +23,30 @@ namespace {
 
 constexpr size_t kBlockAlign = size_t(2) << 20;  // a huge page
 constexpr size_t kMinBytes = size_t(1) << 20;    // smaller tensors: the default allocator is fine
+constexpr size_t kMaxDefaultBytes = size_t(4096) << 20;
+
+// The memory this process may use: the machine's, or its cgroup's limit when lower (a container).
+size_t usable_memory() {
+  size_t bytes = 0;
+#if defined(__linux__)
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page > 0) bytes = static_cast<size_t>(pages) * static_cast<size_t>(page);
+  for (const char* path : {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}) {
+    std::ifstream file(path);
+    unsigned long long limit = 0;
+    if (file >> limit && limit > 0 && (bytes == 0 || limit < bytes)) bytes = static_cast<size_t>(limit);
+  }
+#endif
+  return bytes;
+}
+
+// FNA_EXT_HOST_CACHE_MB, else an eighth of the usable memory up to 4 GiB (4 GiB where it is unknown).
+size_t default_limit() {
+  const char* env = std::getenv("FNA_EXT_HOST_CACHE_MB");
+  if (env != nullptr && *env != '\0') return static_cast<size_t>(std::strtoull(env, nullptr, 10)) << 20;
+  const size_t memory = usable_memory();
+  return memory == 0 ? kMaxDefaultBytes : std::min(kMaxDefaultBytes, memory / 8);
+}
 
 struct Cache {
   std::mutex mutex;
@@ -28,10 +55,7 @@ struct Cache {
   size_t cached = 0;
   size_t limit = 0;
 
-  Cache() {
-    const char* env = std::getenv("FNA_EXT_HOST_CACHE_MB");
-    limit = (env != nullptr ? std::strtoull(env, nullptr, 10) : 4096) << 20;
-  }
+  Cache() : limit(default_limit()) {}
 
   void* take(size_t bytes) {
     {
@@ -115,6 +139,8 @@ at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
 }
 
 void release_cached_blocks() { cache().release(); }
+
+int64_t limit_bytes() { return static_cast<int64_t>(cache().limit); }
 
 int64_t cached_bytes() {
   std::lock_guard<std::mutex> lock(cache().mutex);

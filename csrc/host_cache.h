@@ -4,8 +4,9 @@
 // every training step touches its multi-megabyte activations as fresh pages, one page fault per
 // 4 KiB; on the 2-core machine this project is measured on that cost as much as the kernels
 // that fill them (about 2 ms for a 10 MB tensor). The fused ops allocate their big outputs
-// here: a step's blocks are reused by the next step. Blocks are kept up to
-// FNA_EXT_HOST_CACHE_MB megabytes (default 4096; 0 disables the cache).
+// here: a step's blocks are reused by the next step. Free blocks are kept up to
+// FNA_EXT_HOST_CACHE_MB megabytes (0 disables the cache); by default an eighth of the memory the
+// process may use (the machine's, or its cgroup's limit), at most 4096.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -21,6 +22,9 @@ void release_cached_blocks();
 
 // Bytes held in the cache, free for reuse.
 int64_t cached_bytes();
+
+// The most free bytes the cache keeps (FNA_EXT_HOST_CACHE_MB, or its default).
+int64_t limit_bytes();
 
 }  // namespace host_cache
 }  // namespace fna_ext

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "cpu_isa.h"
 #include "host_cache.h"
 #include "mbconv/mixture_driver.h"
 
@@ -51,9 +52,13 @@ int64_t sampled_stats_size(int64_t expand_channels, int64_t out_channels, bool w
 
 TORCH_LIBRARY(fna_ext, m) {
   m.def("build_info() -> str", &build_info);
-  // The CPU block cache the fused ops allocate from (host_cache.h): bytes held, and freeing them.
+  // The CPU block cache the fused ops allocate from (host_cache.h): bytes held, freeing them, and
+  // the most it keeps.
   m.def("host_cache_bytes() -> int", &host_cache::cached_bytes);
   m.def("host_cache_release() -> ()", &host_cache::release_cached_blocks);
+  m.def("host_cache_limit() -> int", &host_cache::limit_bytes);
+  // The instruction set the CPU kernels run with: avx512, avx2, baseline or native (cpu_isa.h).
+  m.def("cpu_isa() -> str", &cpu_isa::selected_name);
   // Greedy non-maximum suppression with torchvision's semantics: boxes (N, 4) as x1, y1, x2, y2,
   // a box is dropped when its IoU with a kept, higher-scoring box is > iou_threshold; returns the
   // kept indices (int64) by descending score (ties keep the input order).

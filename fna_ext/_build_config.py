@@ -22,6 +22,7 @@ EXTENSION_NAME = "fna_ext._C"
 CPU_SOURCES = [
     "registration.cpp",
     "host_cache.cpp",
+    "cpu_isa.cpp",
     "nms/nms_cpu.cpp",
     "remap/remap_cpu.cpp",
     "mbconv/mbconv_cpu.cpp",

@@ -9,8 +9,9 @@
 // results do not depend on the thread count. A dilated conv runs as d x d undilated ones over
 // interleaved sub-images (see "dilation" below), so none of this changes for it.
 //
-// The hot functions are compiled for AVX-512, AVX2 and baseline x86-64 (GCC's target_clones
-// picks one at load time); elsewhere they are built once for the compiler's target.
+// The whole of mbconv_cpu_kernels.inc is compiled once per instruction set (AVX-512, AVX2 and
+// baseline x86-64 where GCC targets x86-64 Linux; once for the compiler's target elsewhere), and
+// the copy cpu_isa::selected() names is registered when the library loads (see cpu_isa.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -21,19 +22,15 @@
 #include <utility>
 #include <vector>
 
+#include "../cpu_isa.h"
 #include "../host_cache.h"
 #include "mbconv_driver.h"
 #include "mixture_driver.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define FNA_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FNA_CLONES
-#endif
 #if defined(__GNUC__)
 #define FNA_INLINE inline __attribute__((always_inline))
 // Lambdas too: one left out of line would hold its vectors in memory, compiled for the baseline
-// instruction set rather than the caller's target_clones target.
+// instruction set rather than the instruction set of its copy.
 #define FNA_LAMBDA_INLINE __attribute__((always_inline))
 // The vector helpers are always inlined, so no vector ever crosses a call boundary whose ABI
 // the note is about.
@@ -45,11 +42,59 @@
 
 namespace fna_ext {
 namespace mbconv {
+
+#if FNA_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define FNA_BLOCK 16
+#define FNA_ROW_PIXELS 8
+namespace isa_avx512 {
 #include "mbconv_cpu_kernels.inc"
+}  // namespace isa_avx512
+#undef FNA_BLOCK
+#undef FNA_ROW_PIXELS
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define FNA_BLOCK 8
+#define FNA_ROW_PIXELS 4
+namespace isa_avx2 {
+#include "mbconv_cpu_kernels.inc"
+}  // namespace isa_avx2
+#undef FNA_BLOCK
+#undef FNA_ROW_PIXELS
+#pragma GCC pop_options
+#endif
+
+// baseline x86-64 (SSE2: 16 registers of 4 floats), or the compiler's target without FNA_MULTI_ISA
+#if FNA_MULTI_ISA
+#define FNA_BLOCK 4
+#define FNA_ROW_PIXELS 4
+#else
+#define FNA_BLOCK 16
+#define FNA_ROW_PIXELS 8
+#endif
+namespace isa_default {
+#include "mbconv_cpu_kernels.inc"
+}  // namespace isa_default
+#undef FNA_BLOCK
+#undef FNA_ROW_PIXELS
+
+template <typename Backend>
+void register_cpu(torch::Library& m) {
+  register_kernels<Backend>(m);
+  register_mixture_kernels<Backend>(m);
+}
 
 TORCH_LIBRARY_IMPL(fna_ext, CPU, m) {
-  register_kernels<CpuBackend>(m);
-  register_mixture_kernels<CpuBackend>(m);
+  switch (cpu_isa::selected()) {
+#if FNA_MULTI_ISA
+    case cpu_isa::Level::avx512: register_cpu<isa_avx512::CpuBackend>(m); break;
+    case cpu_isa::Level::avx2: register_cpu<isa_avx2::CpuBackend>(m); break;
+#endif
+    default: register_cpu<isa_default::CpuBackend>(m); break;
+  }
 }
 
 }  // namespace mbconv

@@ -56,8 +56,27 @@ def collect(compile_if_missing: bool = True) -> dict:
         "extension_built_against_torch": status.build_info.get("torch_version"),
         "extension_built_with_cuda": status.build_info.get("cuda"),
         "extension_cxx_standard": status.build_info.get("cxx_standard"),
+        "extension_cpu_isa": _cpu_isa() if status.loaded else None,
+        "host_cache_limit_mib": _host_cache_mib("host_cache_limit") if status.loaded else None,
+        "host_cache_held_mib": _host_cache_mib("host_cache_bytes") if status.loaded else None,
         "extension_error": status.error,
     }
+
+
+def _host_cache_mib(op: str) -> float | None:
+    try:
+        return getattr(torch.ops.fna_ext, op)() / 2 ** 20
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _cpu_isa() -> str | None:
+    """The copy of the CPU kernels in use (avx512, avx2, baseline or native), where the build has
+    the op (an older one may not)."""
+    try:
+        return torch.ops.fna_ext.cpu_isa()
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def format_info(info: dict) -> str:
@@ -77,6 +96,12 @@ def format_info(info: dict) -> str:
             f"{'with' if info['extension_built_with_cuda'] else 'without'} CUDA, "
             f"C++ {str(info['extension_cxx_standard'])[2:4] if info['extension_cxx_standard'] else '?'}",
         ]
+        if info["extension_cpu_isa"]:
+            lines.append(f"            CPU kernels run as {info['extension_cpu_isa']} (FNA_EXT_CPU_ISA chooses a "
+                         "lower copy)")
+        if info["host_cache_limit_mib"] is not None:
+            lines.append(f"            host block cache: keeps at most {info['host_cache_limit_mib']:.0f} MiB "
+                         f"(FNA_EXT_HOST_CACHE_MB), holds {info['host_cache_held_mib']:.0f} MiB")
         for device, missing in info["extension_missing_kernels"].items():
             if missing:
                 lines.append(f"            {device} lacks kernels for: {', '.join(missing)}")
