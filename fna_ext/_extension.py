@@ -240,6 +240,9 @@ def status(compile_if_missing: bool = True) -> ExtensionStatus:
     return _status
 
 
+# torch.compile takes the answer as a constant instead of tracing the dispatcher query (a graph
+# break): the kernels a process has do not change while it runs
+@torch.compiler.assume_constant_result
 def has_kernel(op: str, device: torch.device | str) -> bool:
     """Whether fna_ext::<op> has a compiled kernel for this device type."""
     device_type = torch.device(device).type
