@@ -16,12 +16,20 @@ the fused op changes.
 
 ``--set`` overrides the search config as the search CLI's does (``train.batch_size=2``,
 ``data.input_size=[64,64]``): benchmarks/gpu_check.py's dry run times tiny steps with it.
+
+It then reports the peak memory of one weight step and one alpha step, fused and reference, each
+in a fresh process on batches held in memory, after one warm-up step: on the CPU the peak
+resident size during the step (Linux's VmHWM, reset as the step starts), with the host block
+cache at its default and off (``FNA_EXT_HOST_CACHE_MB=0``); on CUDA
+``torch.cuda.max_memory_allocated``. ``--no-memory`` skips it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 from datetime import date
@@ -108,6 +116,72 @@ def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
 
 
+MEMORY_RUNS = [(kind, version, cache) for kind in ("weight step", "alpha step") for version in ("fused", "reference")
+               for cache in ("default", "off")]
+
+
+def peak_memory_of_one_step(detector: str, device: str, kind: str, version: str, overrides: list[str]) -> dict:
+    """In this (fresh) process: MiB at the peak of one ``kind`` step, after one warm-up step."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        search = build_search(detector, device, out_dir, overrides)
+        keep_in_memory(search.arch_data)
+        step = weight_steps_in_memory(search) if kind == "weight step" else search.alpha_step
+        run = with_fused(version == "fused", step)
+        run()  # the warm-up fills the host cache (and CUDA's) as a running search has it
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            run()
+            torch.cuda.synchronize()
+            return {"peak MiB": torch.cuda.max_memory_allocated() / 2 ** 20}
+        with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current resident size
+            f.write("5")
+        before = _status_mib("VmRSS")
+        run()
+        peak = _status_mib("VmHWM")
+        return {"peak MiB": peak, "above the resident size before the step MiB": peak - before}
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
+def measure_memory(detector: str, device: str, overrides: list[str] = ()) -> list[dict]:
+    """Each of MEMORY_RUNS in a fresh process (a process's peak never goes down)."""
+    rows = []
+    for kind, version, cache in MEMORY_RUNS:
+        if device == "cuda" and cache == "off":
+            continue  # the host cache holds CPU memory only
+        env = dict(os.environ)
+        if cache == "off":
+            env["FNA_EXT_HOST_CACHE_MB"] = "0"
+        command = [sys.executable, __file__, "--device", device, "--detector", detector,
+                   "--peak-memory-of", kind, version, *[a for o in overrides for a in ("--set", o)]]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+        if result.returncode != 0:
+            raise RuntimeError(f"{kind} {version}: {result.stderr.strip()[-2000:]}")
+        rows.append({"step": kind, "version": version, "host cache": cache,
+                     **json.loads(result.stdout.strip().splitlines()[-1])})
+    return rows
+
+
+def format_memory(rows: list[dict]) -> str:
+    lines = ["peak memory of one step (fresh process each):"]
+    for row in rows:
+        above = row.get("above the resident size before the step MiB")
+        own = f" ({above:.0f} MiB above the resident size before it)" if above is not None else ""
+        lines.append(f"  {row['step']:<12} {row['version']:<10} host cache {row['host cache']:<8} "
+                     f"{row['peak MiB']:8.0f} MiB{own}")
+    for kind in ("weight step", "alpha step"):
+        for cache in ("default", "off"):
+            pair = {r["version"]: r["peak MiB"] for r in rows if r["step"] == kind and r["host cache"] == cache}
+            if len(pair) == 2:
+                lines.append(f"  {kind}, host cache {cache}: fused peak is {pair['fused'] / pair['reference']:.2f}x "
+                             "the reference's")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -118,14 +192,23 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the search config (repeatable)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
+        print(json.dumps(peak_memory_of_one_step(args.detector, args.device, *args.peak_memory_of, args.set)))
+        return
     result = measure(args.detector, args.device, args.repeats, args.in_memory, args.set)
+    if not args.no_memory:
+        result["memory"] = measure_memory(args.detector, args.device, args.set)
     if args.json:
         print(json.dumps(result, indent=1))
         return
     for version, row in result["rows"].items():
         print(f"{version:<10} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
     print("speedup    " + "  ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
+    if "memory" in result:
+        print(format_memory(result["memory"]))
 
 
 if __name__ == "__main__":
