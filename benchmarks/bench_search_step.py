@@ -21,7 +21,8 @@ It then reports the peak memory of one weight step and one alpha step, fused and
 in a fresh process on batches held in memory, after one warm-up step: on the CPU the peak
 resident size during the step (Linux's VmHWM, reset as the step starts), with the host block
 cache at its default and off (``FNA_EXT_HOST_CACHE_MB=0``); on CUDA
-``torch.cuda.max_memory_allocated``. ``--no-memory`` skips it.
+``torch.cuda.max_memory_allocated``. ``--no-memory`` skips it. ``--loader`` also times the
+data loader alone, in images/s with 0, 1 and 2 workers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -116,6 +118,32 @@ def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
 
 
+def measure_loader(detector: str, overrides: list[str] = (), workers=(0, 1, 2), batches: int = 12) -> list[dict]:
+    """Images/s of the search's weight-split loader alone (decode, augment, collate), with each
+    worker count: what the loader can feed a step, against the step's own images/s."""
+    rows = []
+    with tempfile.TemporaryDirectory() as out_dir:
+        search = build_search(detector, "cpu", out_dir, overrides)
+        dataset, collate = search.trainer.loader.dataset, search.trainer.loader.collate_fn
+        batch = search.trainer.batch_size
+        for count in workers:
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=search.trainer.loader.batch_sampler,
+                                                 collate_fn=collate, num_workers=count)
+            iterator = iter(loader)
+            next(iterator)  # workers started and warm
+            started = time.perf_counter()
+            done = 0
+            for _ in range(batches):
+                try:
+                    next(iterator)
+                except StopIteration:
+                    iterator = iter(loader)
+                    next(iterator)
+                done += batch
+            rows.append({"workers": count, "images/s": done / (time.perf_counter() - started)})
+    return rows
+
+
 MEMORY_RUNS = [(kind, version, cache) for kind in ("weight step", "alpha step") for version in ("fused", "reference")
                for cache in ("default", "off")]
 
@@ -193,12 +221,16 @@ def main() -> None:
                         help="override a key of the search config (repeatable)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
+    parser.add_argument("--loader", action="store_true",
+                        help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
         print(json.dumps(peak_memory_of_one_step(args.detector, args.device, *args.peak_memory_of, args.set)))
         return
     result = measure(args.detector, args.device, args.repeats, args.in_memory, args.set)
+    if args.loader:
+        result["loader"] = measure_loader(args.detector, args.set)
     if not args.no_memory:
         result["memory"] = measure_memory(args.detector, args.device, args.set)
     if args.json:
@@ -207,6 +239,8 @@ def main() -> None:
     for version, row in result["rows"].items():
         print(f"{version:<10} " + "  ".join(f"{k} {v:.1f}" for k, v in row.items()))
     print("speedup    " + "  ".join(f"{k} {v:.2f}x" for k, v in result["speedup"].items()))
+    for row in result.get("loader", []):
+        print(f"loader alone, {row['workers']} workers: {row['images/s']:.1f} images/s")
     if "memory" in result:
         print(format_memory(result["memory"]))
 

@@ -246,6 +246,42 @@ def test_min_iou_crop_keeps_boxes_inside_and_aligned():
         assert_valid(image, target)
 
 
+@pytest.mark.parametrize("min_iou", [0.0, 0.3, 0.7, 0.9])
+def test_min_iou_crop_takes_the_first_try_that_fits(min_iou):
+    """Against the patches checked one at a time from the same random draws, by the definition."""
+    crop = MinIoURandomCrop()
+    _, target = sample(boxes=((4, 6, 24, 16), (30, 20, 40, 30), (2, 2, 60, 40)), crowd=(False, True, False))
+    counted = target["boxes"][~target["iscrowd"]]
+    for seed in range(40):
+        torch.manual_seed(seed)
+        found = crop.fitting_patch(64, 48, target, min_iou)
+        torch.manual_seed(seed)
+        draws = torch.rand(crop.max_tries, 4, dtype=torch.float64).numpy()
+        expected = None
+        for rw, rh, rl, rt in draws:
+            w, h = 0.3 * 64 + 0.7 * 64 * rw, 0.3 * 48 + 0.7 * 48 * rh
+            x, y = (64 - w) * rl, (48 - h) * rt
+            patch = np.array([int(x), int(y), int(x + w), int(y + h)], dtype=np.float32)
+            if not 0.5 <= h / w <= 2 or patch[2] <= patch[0] or patch[3] <= patch[1]:
+                continue
+            ious = [_iou(patch, box) for box in counted]
+            centres = (target["boxes"][:, :2] + target["boxes"][:, 2:]) / 2
+            inside = ((centres > patch[:2]) & (centres < patch[2:])).all(axis=1)
+            if min(ious) >= min_iou and inside[~target["iscrowd"]].any():
+                expected = (patch, inside)
+                break
+        if expected is None:
+            assert found is None
+        else:
+            np.testing.assert_array_equal(found[0], expected[0])
+            np.testing.assert_array_equal(found[1], expected[1])
+
+
+def _iou(a, b):
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
 def test_photometric_distortion_keeps_shape_and_boxes():
     torch.manual_seed(0)
     original, before = sample()

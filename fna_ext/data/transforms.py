@@ -72,13 +72,13 @@ def _resize(sample: Sample, width: int, height: int) -> Sample:
     return _resize_image(image, width, height), _rescale(target, sx, sy)
 
 
-def _box_iou(patch: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy patch with each of ``boxes``."""
-    lt = np.maximum(patch[:2], boxes[:, :2])
-    rb = np.minimum(patch[2:], boxes[:, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=1)
+def _patches_iou(patches: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(P, B) IoU of each xyxy patch with each box."""
+    lt = np.maximum(patches[:, None, :2], boxes[None, :, :2])
+    rb = np.minimum(patches[:, None, 2:], boxes[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
     area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / np.maximum(area(patch) + area(boxes) - inter, 1e-6)
+    return inter / np.maximum(area(patches)[:, None] + area(boxes)[None] - inter, 1e-6)
 
 
 # ---- colour space (hue in degrees, saturation in [0, 1], value in [0, 255]) ---------------------
@@ -234,34 +234,41 @@ class MinIoURandomCrop:
             min_iou = _choice(self.modes)
             if min_iou is None:
                 return image, target
-            for _ in range(self.max_tries):
-                cropped = self._try_crop(image, target, min_iou)
-                if cropped is not None:
-                    return cropped
+            found = self.fitting_patch(image.shape[1], image.shape[0], target, min_iou)
+            if found is not None:
+                return self._crop(image, target, *found)
         return image, target
 
-    def _sample_patch(self, width: int, height: int) -> np.ndarray | None:
-        new_w = _uniform(self.min_crop_size * width, width)
-        new_h = _uniform(self.min_crop_size * height, height)
-        if not self.aspect_range[0] <= new_h / new_w <= self.aspect_range[1]:
-            return None
-        left = _uniform(0, width - new_w)
-        top = _uniform(0, height - new_h)
-        patch = np.array([int(left), int(top), int(left + new_w), int(top + new_h)], dtype=np.float32)
-        return patch if patch[2] > patch[0] and patch[3] > patch[1] else None
-
-    def _try_crop(self, image: np.ndarray, target: Target, min_iou: float) -> Sample | None:
-        patch = self._sample_patch(image.shape[1], image.shape[0])
-        if patch is None:
-            return None
+    def fitting_patch(self, width: int, height: int, target: Target,
+                      min_iou: float) -> tuple[np.ndarray, np.ndarray] | None:
+        """The first of ``max_tries`` random patches that every non-crowd box overlaps by at least
+        ``min_iou`` and that holds the centre of one, with the mask of boxes whose centre it holds;
+        None when none does. All tries are drawn and checked at once: one draw of random numbers
+        and a (tries x boxes) IoU instead of a Python loop (2.3 ms an image before, the costliest
+        step of SSD's augmentation)."""
+        draws = torch.rand(self.max_tries, 4, dtype=torch.float64).numpy()
+        low_w, low_h = self.min_crop_size * width, self.min_crop_size * height
+        new_w = low_w + (width - low_w) * draws[:, 0]
+        new_h = low_h + (height - low_h) * draws[:, 1]
+        left, top = (width - new_w) * draws[:, 2], (height - new_h) * draws[:, 3]
+        patches = np.stack([left.astype(int), top.astype(int), (left + new_w).astype(int),
+                            (top + new_h).astype(int)], axis=1).astype(np.float32)
+        ratio = new_h / new_w
+        fits = ((ratio >= self.aspect_range[0]) & (ratio <= self.aspect_range[1])
+                & (patches[:, 2] > patches[:, 0]) & (patches[:, 3] > patches[:, 1]))
         boxes, crowd = target["boxes"], target["iscrowd"].astype(bool)
-        counted = boxes[~crowd]  # crowd regions are ignored by the matchers, so they set no limit
-        if len(counted) and _box_iou(patch, counted).min() < min_iou:
-            return None
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-        inside = ((centres > patch[:2]) & (centres < patch[2:])).all(axis=1)
-        if len(counted) and not inside[~crowd].any():
-            return None
+        inside = ((centres[None] > patches[:, None, :2]) & (centres[None] < patches[:, None, 2:])).all(axis=2)
+        counted = boxes[~crowd]  # crowd regions are ignored by the matchers, so they set no limit
+        if len(counted):
+            fits &= (_patches_iou(patches, counted) >= min_iou).all(axis=1) & inside[:, ~crowd].any(axis=1)
+        first = np.flatnonzero(fits)
+        return (patches[first[0]], inside[first[0]]) if len(first) else None
+
+    @staticmethod
+    def _crop(image: np.ndarray, target: Target, patch: np.ndarray, inside: np.ndarray) -> Sample:
+        """Keeps the boxes whose centre is in ``patch``, clipped to it (those left under 1 px are
+        dropped), and the patch of the image."""
         kept = _keep(target, inside)
         shifted = np.clip(kept["boxes"], np.tile(patch[:2], 2), np.tile(patch[2:], 2)) - np.tile(patch[:2], 2)
         sizes = shifted[:, 2:] - shifted[:, :2]
