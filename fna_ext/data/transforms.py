@@ -98,7 +98,8 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
     # the maximum channel decides the 120-degree third of the hue circle
     hue = np.where(value == r, (g - b) / safe,
                    np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = (hue * 60) % 360
+    hue *= 60
+    hue += np.where(hue < 0, np.float32(360), np.float32(0))  # as % 360 on [-60, 300), without numpy's slow float mod
     saturation = chroma / np.maximum(value, 1e-6)
     return np.stack([hue, saturation, value], axis=-1)
 
@@ -106,10 +107,12 @@ def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
 def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
     hue, saturation, value = _planes(hsv)
     chroma = value * saturation
+    sector = hue / 60  # in [0, 6)
 
     # the closed form of the piecewise-linear hue ramps: n = 5, 3, 1 gives red, green, blue
     def channel(n: int) -> np.ndarray:
-        k = (n + hue / 60) % 6
+        k = n + sector  # in [1, 11): one subtraction is % 6, without numpy's slow float mod
+        k -= np.where(k >= 6, np.float32(6), np.float32(0))
         return value - chroma * np.clip(np.minimum(k, 4 - k), 0, 1)
 
     return np.stack([channel(5), channel(3), channel(1)], axis=-1)

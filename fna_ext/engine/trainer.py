@@ -26,7 +26,6 @@ from tqdm import tqdm
 from ..atomic import atomic_write_text, remove_stale_temporaries
 from . import distributed
 from .checkpoint import CheckpointManager, Progress
-from .rng import rng_state, set_rng_state
 
 # The optimiser and schedule sections every training config has.
 OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "eps", "nesterov", "betas")
@@ -142,14 +141,20 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        saved = rng_state()
+        cpu = torch.default_generator
+        saved = cpu.get_state(), np.random.get_state(), random.getstate()
         try:
-            torch.manual_seed(seed)
+            # the CPU generator only: samples draw from nothing else, and torch.manual_seed also
+            # queues a seed for every CUDA generator, which in a CUDA build of torch records a
+            # stack trace per call (0.5 ms a sample, a fifth of the whole augmentation)
+            cpu.manual_seed(seed)
             np.random.seed(seed % 2 ** 32)
             random.seed(seed)
             return self.dataset[index]
         finally:
-            set_rng_state(saved)
+            cpu.set_state(saved[0])
+            np.random.set_state(saved[1])
+            random.setstate(saved[2])
 
 
 # --------------------------------------------------------------------------- the loop
