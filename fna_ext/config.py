@@ -290,9 +290,12 @@ def resolve(preset: dict, config_file: str | Path | None = None, assignments: It
     (:func:`validate`) before it is returned."""
     config, sources = preset, {}
     if config_file:
-        config = merge(config, load_yaml(config_file), sources=sources, source=f"--config {config_file}")
+        shown = str(config_file) if str(config_file).isprintable() else repr(str(config_file))
+        config = merge(config, load_yaml(config_file), sources=sources, source=f"--config {shown}")
     for text in assignments:
-        config = merge(config, parse_assignment(text), sources=sources, source=f"--set {text}")
+        # quoted when it holds a newline or another unprintable character: the error stays one line
+        shown = text if text.isprintable() else repr(text)
+        config = merge(config, parse_assignment(text), sources=sources, source=f"--set {shown}")
     return validate(config, preset, rules, checks, sources)
 
 
