@@ -132,7 +132,7 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
                         else None)
     isa = torch.ops.fna_ext.cpu_isa() if args.device == "cpu" else None
     if isa is not None:  # FNA_EXT_CPU_ISA=avx2 (or baseline) times a lower copy on the same machine
-        print(f"CPU kernels: {isa} (set FNA_EXT_CPU_ISA=avx512|avx2|baseline to choose)",
+        print(f"CPU kernels: {isa} (--cpu-isa avx512|avx2|baseline chooses, for PyTorch too)",
               file=sys.stderr if args.json else sys.stdout, flush=True)
     rows = []
     for shape in shapes:
@@ -155,7 +155,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
         synchronize(args.device)
     return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
             "cpu_isa": isa, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "dtype": args.dtype, "torch": torch.__version__, "repeats": args.repeats,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "dtype": args.dtype,
+            "torch": torch.__version__, "repeats": args.repeats,
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
 
 

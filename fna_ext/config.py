@@ -206,17 +206,6 @@ def _validate_section(section: dict, preset: dict, rules, sources, where: str) -
     return out
 
 
-def optimizer_rules(prefix: str) -> dict[str, Rule]:
-    """The rules of an optimiser section (``prefix`` is its dotted key)."""
-    return {f"{prefix}.name": Choice("sgd", "rmsprop", "adam", "adamw"),
-            f"{prefix}.lr": Number(0, open_low=True),
-            f"{prefix}.momentum": Number(0, 1, open_high=True),
-            f"{prefix}.weight_decay": Number(0),
-            f"{prefix}.eps": Number(0, open_low=True),
-            f"{prefix}.nesterov": Bool(),
-            f"{prefix}.betas": List(Number(0, 1, open_high=True), 2)}
-
-
 # --------------------------------------------------------------------------- merging
 
 def merge(base: dict, override: dict, where: str = "", sources: dict | None = None,

@@ -3,7 +3,6 @@ parameter remapping) and writes them, with the arch embedded."""
 
 from __future__ import annotations
 
-
 from . import ArgumentParser, check_output_file, run
 from ..arch import Arch
 from ..families import get_family

@@ -23,7 +23,6 @@ from .settings import INITS
 from .trainer import Trainer
 
 
-
 @dataclass
 class TrainResult:
     out_dir: Path

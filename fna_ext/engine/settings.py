@@ -4,11 +4,23 @@ bad value is refused before any work, with its key and what is allowed."""
 
 from __future__ import annotations
 
-from ..config import Bool, Choice, Int, List, Number, Rule, optimizer_rules
+from ..config import Bool, Choice, Int, List, Number, Rule
 
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 # how a backbone starts: the seed remapped into it (FNA), or random initialisation
 INITS = ("remap", "random")
+
+def optimizer_rules(prefix: str) -> dict[str, Rule]:
+    """The rules of an optimiser section (``prefix`` is its dotted key), as build_optimizer reads it."""
+    return {f"{prefix}.name": Choice(*OPTIMIZERS),
+            f"{prefix}.lr": Number(0, open_low=True),
+            f"{prefix}.momentum": Number(0, 1, open_high=True),
+            f"{prefix}.weight_decay": Number(0),
+            f"{prefix}.eps": Number(0, open_low=True),
+            f"{prefix}.nesterov": Bool(),
+            f"{prefix}.betas": List(Number(0, 1, open_high=True), 2)}
+
 
 TRAINING_RULES: dict[str, Rule] = {
     "train.epochs": Int(1),

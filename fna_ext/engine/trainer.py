@@ -26,10 +26,7 @@ from tqdm import tqdm
 from ..atomic import atomic_write_text, remove_stale_temporaries
 from . import distributed
 from .checkpoint import CheckpointManager, Progress
-
-# The optimiser and schedule sections every training config has.
-OPTIMIZER_KEYS = ("name", "lr", "momentum", "weight_decay", "eps", "nesterov", "betas")
-SCHEDULE_KEYS = ("name", "milestones", "gamma", "warmup_iters", "warmup_ratio", "min_lr_ratio", "power")
+from .settings import OPTIMIZERS, SCHEDULES
 
 
 def progress_enabled() -> bool:
@@ -53,7 +50,7 @@ def build_optimizer(params, config: dict) -> torch.optim.Optimizer:
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(params, lr=lr, betas=tuple(config.get("betas", (0.9, 0.999))),
                    weight_decay=wd, eps=float(config.get("eps", 1e-8)))
-    raise ValueError(f"optimizer.name {name!r} is not supported; use sgd, rmsprop, adam or adamw")
+    raise ValueError(f"optimizer.name {name!r} is not supported; use {', '.join(OPTIMIZERS)}")
 
 
 def lr_factor(iteration: int, config: dict, iters_per_epoch: int, total_iters: int) -> float:
@@ -73,7 +70,7 @@ def lr_factor(iteration: int, config: dict, iters_per_epoch: int, total_iters: i
     elif name == "constant":
         factor = 1.0
     else:
-        raise ValueError(f"schedule.name {name!r} is not supported; use step, cosine, poly or constant")
+        raise ValueError(f"schedule.name {name!r} is not supported; use {', '.join(SCHEDULES)}")
     warmup = int(config.get("warmup_iters", 0))
     if iteration < warmup:
         start = float(config.get("warmup_ratio", 0.0))
@@ -290,12 +287,13 @@ class Trainer:
         iterations again, and the log (and its plot) must hold each once."""
         if not self.metrics_path.exists():
             return
-        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("iter", 0) <= self.iteration]
-        self._evaluated_at_checkpoint = any("eval" in json.loads(line) and json.loads(line).get("iter") == self.iteration
-                                            for line in kept)
+        lines = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        kept = [(line, record) for line, record in zip(lines, map(json.loads, lines))
+                if record.get("iter", 0) <= self.iteration]
+        self._evaluated_at_checkpoint = any("eval" in record and record.get("iter") == self.iteration
+                                            for _, record in kept)
         if self.hooks.writes_files:
-            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line, _ in kept))
 
     # -- logging
     def log(self, record: dict) -> None:

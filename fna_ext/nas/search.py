@@ -31,13 +31,11 @@ from ..atomic import atomic_write_text
 from ..config import dump
 from ..engine import distributed
 from ..engine.checkpoint import Progress
-
 from ..engine.trainer import (RankSlices, ResumableSampler, SeededItems, StepHooks, Trainer, build_optimizer,
                               place_model, to_device)
 from ..tasks import get_task
 from .cost_table import build_cost_table
 from .supernet import SuperNetwork
-
 
 
 class ArchParameters(nn.Module):

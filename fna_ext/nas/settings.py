@@ -3,8 +3,8 @@ is resolved, together with the training ones (:mod:`fna_ext.engine.settings`).""
 
 from __future__ import annotations
 
-from ..config import Bool, Choice, Int, Number, Rule, optimizer_rules
-from ..engine.settings import INITS
+from ..config import Bool, Choice, Int, Number, Rule
+from ..engine.settings import INITS, optimizer_rules
 from ..remap.core import KERNEL_MODES, WIDTH_MODES
 
 STRATEGIES = ("diff", "random")
