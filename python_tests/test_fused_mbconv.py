@@ -63,6 +63,21 @@ def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affin
                   rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("k", [3, 5, 7])
+@pytest.mark.parametrize("size", [(8, 10), (9, 11), (1, 1), (2, 3), (5, 4), (20, 20)])
+def test_stride_two_gradients_at_every_input_parity(k, size):
+    """The stride-2 input gradient runs as four phases by input parity (polyphase): each phase has
+    its own taps and offsets, and sizes of either parity (and tiny ones) leave them different rows."""
+    torch.manual_seed(k * 1000 + size[0] * 31 + size[1])
+    weights, bns = _block(8, 12, 48, affine=True)
+    x = torch.randn(2, 8, *size, dtype=torch.float64, requires_grad=True)
+    kwargs = dict(kernel_size=k, expand_channels=40, stride=2)  # 40: a partial block of channels
+    y = _run(False, x, weights, bns, None, **kwargs)[0]
+    grad = torch.randn_like(y)
+    _assert_close(_run(True, x, weights, bns, grad, **kwargs), _run(False, x, weights, bns, grad, **kwargs),
+                  rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_matches_the_reference_in_float32(channels_last):
     # 40 hidden channels: two full blocks of 16 and a partial one

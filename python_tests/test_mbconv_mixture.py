@@ -64,6 +64,23 @@ def test_mbconv_mixture_matches_one_reference_op_per_candidate(candidates, strid
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("candidates", [GRID, [(3, 24), (5, 48)], [(5, 40)], [(7, 40)]])
+@pytest.mark.parametrize("size", [(8, 10), (1, 1), (2, 3), (6, 5)])
+def test_stride_two_mixture_at_every_input_parity(candidates, size):
+    """A stride-2 mixture's input gradient runs per input phase (polyphase), each phase with its own
+    taps of every ring group; even, odd and tiny sizes give the phases different extents."""
+    torch.manual_seed(size[0] * 7 + size[1] + len(candidates))
+    weights, bns = _frozen(8, 12, 48, affine=True)
+    x, mix = _inputs(8, candidates, 2, *size)
+    y_ref = ops.mbconv_mixture_reference(x, weights["expand_weight"], mix, weights["dw_weight"],
+                                         weights["project_weight"], candidates=candidates, stride=2, **bns)
+    grad = torch.randn_like(y_ref)
+    fused = _mixture(True, x, mix, weights, bns, candidates, 2, grad)
+    reference = _mixture(False, x, mix, weights, bns, candidates, 2, grad)
+    for a, b in zip((fused[0], *fused[1]), (reference[0], *reference[1])):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("stride, c_out", [(1, 8), (2, 12)])
 def test_depthwise_project_mixture_matches_the_reference(stride, c_out):
     torch.manual_seed(stride)
