@@ -102,10 +102,12 @@ TORCH_LIBRARY(fna_ext, m) {
   // depthwise conv and nest their projections. mixture_mbconv runs the shared expansion as well
   // and returns (out, h1, h2, h3, stats); h2 is per kernel size, h3 per candidate. Backward gives
   // the gradients of x and the mixture weights: the weights are frozen (an architecture step).
+  // With recompute, h2 (the depthwise outputs, most of what an architecture step keeps) comes back
+  // empty and the backward runs the depthwise convs again: less memory for one more forward pass.
   m.def("mixture_mbconv_forward(Tensor x, Tensor expand_weight, Tensor weights, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
         "Tensor? bn3_weight, Tensor? bn3_bias, int[] kernel_sizes, int[] expansions, int stride, float eps, "
-        "int dilation=1) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "int dilation=1, bool recompute=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("mixture_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor weights, "
         "Tensor dw_weight, Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, "
         "Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, "
@@ -114,7 +116,7 @@ TORCH_LIBRARY(fna_ext, m) {
   // (out, h2, h3, stats); backward gives x's (empty without a residual), hidden's and the weights'.
   m.def("mixture_depthwise_project_forward(Tensor x, Tensor hidden, Tensor weights, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
-        "int[] kernel_sizes, int[] expansions, int stride, float eps, int dilation=1) "
+        "int[] kernel_sizes, int[] expansions, int stride, float eps, int dilation=1, bool recompute=False) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("mixture_depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor weights, "
         "Tensor dw_weight, Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "

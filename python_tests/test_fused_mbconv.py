@@ -215,12 +215,26 @@ def test_no_fused_flag_reaches_the_search_config():
 
 def test_large_outputs_come_from_the_block_cache():
     torch.ops.fna_ext.host_cache_release()
-    x = torch.randn(8, 32, 24, 24).to(memory_format=torch.channels_last)
+    # hidden tensors of 16 x 64 x 64 x 192 floats, 48 MiB: above the 32 MiB the cache starts at
+    x = torch.randn(16, 32, 64, 64).to(memory_format=torch.channels_last)
     weights, _ = _block(32, 32, 192, affine=False, dtype=torch.float32)
     with torch.no_grad():
         ops.sampled_mbconv(x, *weights.values(), kernel_size=3, expand_channels=192)
-    assert torch.ops.fna_ext.host_cache_bytes() > 0  # the freed hidden tensors wait for reuse
+    held = torch.ops.fna_ext.host_cache_bytes()
+    assert held >= 48 * 2 ** 20  # the freed hidden tensors wait for reuse
+    with torch.no_grad():  # a narrower slice (160 channels, 40 MiB) fits the same blocks: none added
+        ops.sampled_mbconv(x, *weights.values(), kernel_size=3, expand_channels=160)
+    assert torch.ops.fna_ext.host_cache_bytes() == held
     torch.ops.fna_ext.host_cache_release()
+    assert torch.ops.fna_ext.host_cache_bytes() == 0
+
+
+def test_small_outputs_stay_with_malloc():
+    torch.ops.fna_ext.host_cache_release()
+    x = torch.randn(8, 32, 24, 24).to(memory_format=torch.channels_last)  # hidden tensors of 3.4 MiB
+    weights, _ = _block(32, 32, 192, affine=False, dtype=torch.float32)
+    with torch.no_grad():
+        ops.sampled_mbconv(x, *weights.values(), kernel_size=3, expand_channels=192)
     assert torch.ops.fna_ext.host_cache_bytes() == 0
 
 

@@ -147,9 +147,36 @@ def test_opcheck():
                           (x, weights["expand_weight"], mix, weights["dw_weight"], weights["project_weight"],
                            *bns.values(), ks, es, 1, 1e-5))
     hidden = torch.rand(2, 48, 9, 11).requires_grad_()
-    torch.library.opcheck(torch.ops.fna_ext.mixture_depthwise_project_forward.default,
-                          (x, hidden, mix, weights["dw_weight"], weights["project_weight"], *list(bns.values())[2:],
-                           ks, es, 2, 1e-5))
+    for recompute in (False, True):
+        torch.library.opcheck(torch.ops.fna_ext.mixture_mbconv_forward.default,
+                              (x, weights["expand_weight"], mix, weights["dw_weight"], weights["project_weight"],
+                               *bns.values(), ks, es, 2, 1e-5, 1, recompute))
+        torch.library.opcheck(torch.ops.fna_ext.mixture_depthwise_project_forward.default,
+                              (x, hidden, mix, weights["dw_weight"], weights["project_weight"],
+                               *list(bns.values())[2:], ks, es, 2, 1e-5, 1, recompute))
+
+
+@pytest.mark.parametrize("stride, size", [(1, (9, 11)), (2, (8, 10))])
+def test_recompute_gives_the_same_bits_and_keeps_no_depthwise_outputs(stride, size):
+    """recompute=True saves an empty h2 and runs the depthwise convs again in the backward: the
+    output and every gradient equal the saving version's bit for bit."""
+    torch.manual_seed(8 + stride)
+    weights, bns = _frozen(8, 12, 48, affine=True)
+    x, mix = _inputs(8, GRID, stride, *size)
+    hidden = torch.rand(2, 48, *size, dtype=torch.float64).mul(6).requires_grad_()
+    common = dict(candidates=GRID, stride=stride, **{k: v for k, v in bns.items() if not k.startswith("bn1")})
+    runs = []
+    for recompute in (False, True):
+        y = ops.mbconv_mixture(x, weights["expand_weight"], mix, weights["dw_weight"], weights["project_weight"],
+                               bn1_weight=bns["bn1_weight"], bn1_bias=bns["bn1_bias"], recompute=recompute, **common)
+        t = ops.depthwise_project_mixture(x, hidden, mix, weights["dw_weight"], weights["project_weight"],
+                                          recompute=recompute, **common)
+        runs.append((y, t, *torch.autograd.grad(y.sum() + t.square().sum(), [x, hidden, mix])))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    args = (x, weights["expand_weight"], mix, weights["dw_weight"], weights["project_weight"], *bns.values(),
+            [k for k, _ in GRID], [e for _, e in GRID], stride, 1e-5, 1, True)
+    assert torch.ops.fna_ext.mixture_mbconv_forward(*args)[2].numel() == 0
 
 
 def test_weights_that_need_gradients_take_one_op_per_candidate():
@@ -177,7 +204,8 @@ def test_bad_candidates_are_named(candidates, mix, message):
 
 def test_super_network_alpha_step_is_the_same_fused_or_not():
     """The SSDLite super network's mixture (every layer, the tapped one included), its output and
-    the gradients of x and the mixture weights, with the fused ops and with the reference."""
+    the gradients of x and the mixture weights, with the fused ops (saving the depthwise outputs or
+    recomputing them) and with the reference."""
     torch.manual_seed(7)
     supernet = SuperNetwork(mobilenet_v2(num_classes=None).arch, SSDLITE).double()
     supernet.requires_grad_(False)
@@ -186,15 +214,18 @@ def test_super_network_alpha_step_is_the_same_fused_or_not():
     supernet.set_mixture(probs)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64, requires_grad=True)
     results = []
-    for fused in (True, False):
+    for fused, recompute in ((True, False), (True, True), (False, False)):
+        for layer in supernet.search_layers():
+            layer.recompute = recompute
         with ops.fused(fused):
             taps = [Tap("expand", first_stage_at_stride(supernet.arch, 32)), Tap("stage", 3), Tap("head")]
             features = extract_features(supernet, taps, x)
         loss = sum((f * torch.linspace(-1, 1, f.numel(), dtype=f.dtype).view_as(f)).sum() for f in features)
         results.append((features, torch.autograd.grad(loss, [x, *probs])))
-    (f1, g1), (f2, g2) = results
-    for a, b in zip(f1 + list(g1), f2 + list(g2)):
-        torch.testing.assert_close(a, b)
+    (f1, g1), (f2, g2), (f3, g3) = results
+    for a, b, c in zip(f1 + list(g1), f2 + list(g2), f3 + list(g3)):
+        assert torch.equal(a, b)  # recomputing changes no bit
+        torch.testing.assert_close(a, c)
 
 
 @pytest.mark.cuda

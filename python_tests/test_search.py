@@ -61,6 +61,17 @@ def test_resumed_search_ends_with_the_same_architecture_and_alphas(tiny, tmp_pat
     assert [layer["alpha"] for layer in a] == [layer["alpha"] for layer in b]
 
 
+def test_recomputing_the_depthwise_outputs_changes_no_alpha(tiny, tmp_path):
+    """search.recompute (the default) only moves memory: the same alphas to the bit without it."""
+    data, seed, _ = tiny
+    alphas = []
+    for recompute in ("true", "false"):
+        search(_config(data, f"search.recompute={recompute}"), seed, tmp_path / recompute)
+        layers = json.loads((tmp_path / recompute / "arch.json").read_text())["search"]["layers"]
+        alphas.append([layer["alpha"] for layer in layers])
+    assert alphas[0] == alphas[1]
+
+
 def test_random_strategy_scores_candidates(tiny, tmp_path):
     data, seed, _ = tiny
     result = search(_config(data, "search.strategy=random", "search.random_candidates=3"), seed, tmp_path)

@@ -141,12 +141,35 @@ inline MixtureArgs mixture_args(const char* op, const at::Tensor& x, const at::T
   return a;
 }
 
+// Every kernel size's depthwise conv of `in` into h2 (kernels, rows_out, width), in one pass where
+// the backend can; returns each kernel's (2, width) sums and sums of squares for BN2.
+template <class Backend>
+std::vector<at::Tensor> mixture_depthwise(const MixtureArgs& a, const at::Tensor& x, const at::Tensor& dw_weight,
+                                          const at::Tensor& project_weight, const at::Tensor& in,
+                                          const at::Tensor& scale1, const at::Tensor& shift1, at::Tensor& h2) {
+  const int64_t nk = static_cast<int64_t>(a.plan.kernels.size());
+  std::vector<at::Tensor> sums;
+  for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(at::zeros({2, a.plan.width}, x.options().dtype(at::kDouble)));
+  if constexpr (has_nested_depthwise<Backend>::value) {
+    std::vector<at::Tensor> outs;
+    for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
+    Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
+                                      a.plan.kernels, outs, sums);
+  } else {
+    for (int64_t ki = 0; ki < nk; ++ki) {
+      Backend::depthwise_forward(a.geometry(x, dw_weight, project_weight, ki), in, scale1, shift1, a.dw, h2[ki],
+                                 sums[ki][0], sums[ki][1]);
+    }
+  }
+  return sums;
+}
+
 // -> (out, h1 (rows_in, width; empty without the expansion), h2 (kernels, rows_out, width),
 //     h3 (candidates, rows_out, C_out), stats)
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_forward(
     const MixtureArgs& a, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights,
-    const at::Tensor& dw_weight, const at::Tensor& project_weight, double eps) {
+    const at::Tensor& dw_weight, const at::Tensor& project_weight, double eps, bool recompute) {
   const MixturePlan& plan = a.plan;
   const Geometry& g0 = a.g0;
   const int64_t nk = static_cast<int64_t>(plan.kernels.size());
@@ -169,20 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   at::Tensor h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
   at::Tensor h3 = Backend::empty({plan.candidates, g0.rows_out(), g0.c_out}, x.options());
   at::Tensor a2 = Backend::empty({g0.rows_out(), plan.width}, x.options());
-  // the depthwise convs and BN2's statistics, every kernel size in one pass where the backend can
-  std::vector<at::Tensor> sums;
-  for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(at::zeros({2, plan.width}, s.all.options()));
-  if constexpr (has_nested_depthwise<Backend>::value) {
-    std::vector<at::Tensor> outs;
-    for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
-    Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
-                                      plan.kernels, outs, sums);
-  } else {
-    for (int64_t ki = 0; ki < nk; ++ki) {
-      Backend::depthwise_forward(a.geometry(x, dw_weight, project_weight, ki), in, scale1, shift1, a.dw, h2[ki],
-                                 sums[ki][0], sums[ki][1]);
-    }
-  }
+  std::vector<at::Tensor> sums = mixture_depthwise<Backend>(a, x, dw_weight, project_weight, in, scale1, shift1, h2);
   for (int64_t ki = 0; ki < nk; ++ki) {
     at::Tensor h2k = h2[ki];
     finish_stats(sums[ki][0], sums[ki][1], g0.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
@@ -222,7 +232,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   if (has_residual(g0)) out.addcmul_(x_rows, w.sum().to(a.opmath));
   if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
   return {from_rows(out, g0.n, g0.ho, g0.wo),
-          h1.defined() ? from_rows(h1, g0.n, g0.h, g0.w) : at::empty({0}, x.options()), h2, h3, s.all};
+          h1.defined() ? from_rows(h1, g0.n, g0.h, g0.w) : at::empty({0}, x.options()),
+          recompute ? at::empty({0}, x.options()) : h2, h3, s.all};
 }
 
 // -> (grad x (full: always; tail: empty without a residual), grad hidden (tail only), grad weights)
@@ -230,12 +241,26 @@ template <class Backend>
 std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor& grad_out, const at::Tensor& x,
                                          const at::Tensor& hidden, const at::Tensor& weights,
                                          const at::Tensor& dw_weight, const at::Tensor& project_weight,
-                                         const at::Tensor& h1, const at::Tensor& h2, const at::Tensor& h3,
+                                         const at::Tensor& h1, const at::Tensor& saved_h2, const at::Tensor& h3,
                                          const at::Tensor& stats) {
   const MixturePlan& plan = a.plan;
   const Geometry& g0 = a.g0;
   const int64_t nk = static_cast<int64_t>(plan.kernels.size());
   const MixtureStats s(stats, plan, g0.c_out);
+  // a forward with recompute kept no depthwise outputs: they come back bit for bit (same kernels,
+  // same inputs, one writer per output), and the saved statistics stand
+  at::Tensor h2 = saved_h2;
+  if (h2.numel() == 0) {
+    h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
+    at::Tensor scale1, shift1, in;
+    if (plan.expand) {
+      std::tie(scale1, shift1) = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+      in = as_rows(h1).view({g0.n, g0.h, g0.w, plan.width});
+    } else {
+      in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
+    }
+    mixture_depthwise<Backend>(a, x, dw_weight, project_weight, in, scale1, shift1, h2);
+  }
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor w = weights.to(at::kDouble);
   const bool residual = has_residual(g0);
@@ -337,11 +362,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_m
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
-    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation) {
+    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation, bool recompute) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_mbconv_forward", x, expand_weight, at::Tensor(), weights,
                                      dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
                                      expansions, stride, dilation);
-  return mixture_forward<Backend>(a, x, at::Tensor(), weights, dw_weight, project_weight, eps);
+  return mixture_forward<Backend>(a, x, at::Tensor(), weights, dw_weight, project_weight, eps, recompute);
 }
 
 // mixture_mbconv_backward -> [grad x, grad weights]
@@ -366,11 +391,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_depthwise_pro
     const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& weights, const at::Tensor& dw_weight,
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, at::IntArrayRef kernel_sizes,
-    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation) {
+    at::IntArrayRef expansions, int64_t stride, double eps, int64_t dilation, bool recompute) {
   const MixtureArgs a = mixture_args("fna_ext::mixture_depthwise_project_forward", x, at::Tensor(), hidden, weights,
                                      dw_weight, project_weight, {}, {}, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
                                      expansions, stride, dilation);
-  auto [out, h1, h2, h3, stats] = mixture_forward<Backend>(a, x, hidden, weights, dw_weight, project_weight, eps);
+  auto [out, h1, h2, h3, stats] =
+      mixture_forward<Backend>(a, x, hidden, weights, dw_weight, project_weight, eps, recompute);
   return {out, h2, h3, stats};
 }
 

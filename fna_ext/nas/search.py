@@ -155,6 +155,9 @@ class ArchitectureSearch:
         # under torchrun every BN was built global (fna_ext.families.norm): its statistics cover
         # all processes' batches
         self.layers = self.supernet.search_layers()
+        for layer in self.layers:  # a family whose mixtures can recompute says so with the attribute
+            if hasattr(layer, "recompute"):
+                layer.recompute = bool(s.get("recompute", True))
         self.alphas = ArchParameters([len(l.spec.candidates) for l in self.layers],
                                      float(s["alpha"]["init_std"]), self.seed).to(self.device)
         self.phase_seconds["remap"] = time.perf_counter() - started

@@ -15,6 +15,7 @@ SEARCH_RULES: dict[str, Rule] = {
     "search.weight_sharing": Choice("shared", "independent"),
     "search.affine_bn": Bool(),
     "search.fused": Bool(),
+    "search.recompute": Bool(),
     "search.strategy": Choice(*STRATEGIES),
     "search.cost": Choice(*COSTS),
     "search.split_fraction": Number(0, 1, open_low=True, open_high=True),

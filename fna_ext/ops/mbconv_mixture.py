@@ -85,10 +85,12 @@ def _op_lists(candidates) -> tuple[list[int], list[int]]:
 def mbconv_mixture(x: torch.Tensor, expand_weight: torch.Tensor, weights: torch.Tensor, dw_weight: torch.Tensor,
                    project_weight: torch.Tensor, *, candidates: list[tuple[int, int]], stride: int = 1,
                    bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                   eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
+                   eps: float = 1e-5, dilation: int = 1, recompute: bool = False) -> torch.Tensor:
     """The weighted sum over ``candidates = [(k_i, e_i), ...]`` of
     :func:`~fna_ext.ops.sampled_mbconv` ``(x, ..., kernel_size=k_i, expand_channels=e_i)``, with
-    ``weights[i]`` as candidate i's weight; every candidate slices the same max-size weights."""
+    ``weights[i]`` as candidate i's weight; every candidate slices the same max-size weights.
+    ``recompute`` keeps no depthwise outputs for the backward, which runs the depthwise convs
+    again: about half the memory an architecture step keeps, for one more pass (fused only)."""
     _check(dw_weight.shape[0], weights, candidates)
     check_dilation(stride, dilation)
     bns = dict(bn1_weight=bn1_weight, bn1_bias=bn1_bias, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
@@ -98,16 +100,17 @@ def mbconv_mixture(x: torch.Tensor, expand_weight: torch.Tensor, weights: torch.
                                         stride=stride, eps=eps, dilation=dilation, **bns)
     tensors = _like_x(x, expand_weight, weights, dw_weight, project_weight, *bns.values())
     return torch.ops.fna_ext.mixture_mbconv_forward(x, *tensors, *_op_lists(candidates), int(stride), float(eps),
-                                                    int(dilation))[0]
+                                                    int(dilation), bool(recompute))[0]
 
 
 def depthwise_project_mixture(x: torch.Tensor, hidden: torch.Tensor, weights: torch.Tensor, dw_weight: torch.Tensor,
                               project_weight: torch.Tensor, *, candidates: list[tuple[int, int]], stride: int = 1,
                               bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                              eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
+                              eps: float = 1e-5, dilation: int = 1, recompute: bool = False) -> torch.Tensor:
     """The weighted sum over ``candidates = [(k_i, e_i), ...]`` of depthwise k_i x k_i -> BN2 ->
     ReLU6 -> project 1x1 -> BN3 (+ x) on the first e_i channels of ``hidden`` (the shared,
-    activated expansion), with ``weights[i]`` as candidate i's weight."""
+    activated expansion), with ``weights[i]`` as candidate i's weight; ``recompute`` as in
+    :func:`mbconv_mixture`."""
     _check(hidden.shape[1], weights, candidates)
     check_dilation(stride, dilation)
     bns = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias)
@@ -117,16 +120,16 @@ def depthwise_project_mixture(x: torch.Tensor, hidden: torch.Tensor, weights: to
                                                    **bns)
     tensors = _like_x(x, hidden, weights, dw_weight, project_weight, *bns.values())
     return torch.ops.fna_ext.mixture_depthwise_project_forward(x, *tensors, *_op_lists(candidates), int(stride),
-                                                               float(eps), int(dilation))[0]
+                                                               float(eps), int(dilation), bool(recompute))[0]
 
 
 # ---- registration: fake kernels and autograd -----------------------------------------------------
 
-def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand):
+def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand, recompute):
     n, _, h, w = x.shape
     ho, wo = _out_size(h, kernel_sizes[0], stride, dilation), _out_size(w, kernel_sizes[0], stride, dilation)
     width, c_out, kernels = max(expansions), project_weight.shape[0], len(set(kernel_sizes))
-    h2 = x.new_empty((kernels, n * ho * wo, width))
+    h2 = x.new_empty((0,) if recompute else (kernels, n * ho * wo, width))
     h3 = x.new_empty((len(expansions), n * ho * wo, c_out))
     # the layout is the kernels' to decide: ask them rather than re-encode it here
     size = torch.ops.fna_ext.mixture_stats_size(list(kernel_sizes), list(expansions), int(c_out), expand)
@@ -135,8 +138,8 @@ def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, e
 
 
 def _fake_mbconv_forward(x, expand_weight, weights, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w,
-                         bn3_b, kernel_sizes, expansions, stride, eps, dilation=1):
-    out, h2, h3, stats = _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand=True)
+                         bn3_b, kernel_sizes, expansions, stride, eps, dilation=1, recompute=False):
+    out, h2, h3, stats = _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, True, recompute)
     h1 = _channels_last(x, x.shape[0], max(expansions), x.shape[2], x.shape[3])
     return out, h1, h2, h3, stats
 
@@ -147,8 +150,8 @@ def _fake_mbconv_backward(grad_out, x, expand_weight, weights, dw_weight, projec
 
 
 def _fake_tail_forward(x, hidden, weights, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_sizes,
-                       expansions, stride, eps, dilation=1):
-    return _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, expand=False)
+                       expansions, stride, eps, dilation=1, recompute=False):
+    return _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, False, recompute)
 
 
 def _fake_tail_backward(grad_out, x, hidden, weights, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3,
@@ -159,7 +162,7 @@ def _fake_tail_backward(grad_out, x, hidden, weights, dw_weight, project_weight,
 
 
 def _setup(ctx, inputs, output):
-    *tensors, kernel_sizes, expansions, stride, _, dilation = inputs
+    *tensors, kernel_sizes, expansions, stride, _, dilation, _ = inputs
     ctx.save_for_backward(*tensors, *output[1:])
     ctx.kernel_sizes, ctx.expansions, ctx.stride, ctx.dilation = kernel_sizes, expansions, stride, dilation
     ctx.set_materialize_grads(False)  # only `out` is differentiable
@@ -173,21 +176,21 @@ def _check_frozen(ctx, weight_positions: slice) -> None:
 
 def _backward_mbconv(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 16
+        return (None,) * 17
     _check_frozen(ctx, slice(1, 2))
     _check_frozen(ctx, slice(3, 11))
     grad_x, grad_weights = torch.ops.fna_ext.mixture_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_sizes,
                                                                      ctx.expansions, ctx.stride, ctx.dilation)
-    return (grad_x, None, grad_weights) + (None,) * 13
+    return (grad_x, None, grad_weights) + (None,) * 14
 
 
 def _backward_tail(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 14
+        return (None,) * 15
     _check_frozen(ctx, slice(3, 9))
     grad_x, grad_hidden, grad_weights = torch.ops.fna_ext.mixture_depthwise_project_backward(
         grad_out, *ctx.saved_tensors, ctx.kernel_sizes, ctx.expansions, ctx.stride, ctx.dilation)
-    return (grad_x if grad_x.numel() else None, grad_hidden, grad_weights) + (None,) * 11
+    return (grad_x if grad_x.numel() else None, grad_hidden, grad_weights) + (None,) * 12
 
 
 def _register() -> None:

@@ -32,6 +32,9 @@ class SearchLayer(nn.Module):
                                                   norm_layer=norm)
                                      for name in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
+        # mixture mode: keep no depthwise outputs for the backward, which recomputes them
+        # (fna_ext.ops.mbconv_mixture's recompute; the super network sets it)
+        self.recompute = False
 
     def _owner(self, op: str) -> MBConv:
         return self.blocks[MAX_OP.name] if self.weight_sharing == "shared" else self.blocks[op]
@@ -102,7 +105,7 @@ class SearchLayer(nn.Module):
         block = self._owner(widest)
         bn = self._bn_args(block)
         common = dict(candidates=[(Op.parse(op).kernel, self._expansion(op)) for op in ops], stride=self.spec.stride,
-                      eps=self.bn_eps, dilation=self.spec.dilation,
+                      eps=self.bn_eps, dilation=self.spec.dilation, recompute=self.recompute,
                       **{k: v for k, v in bn.items() if not k.startswith("bn1")})
         weights = self.choice[positions]
         shared = self.expansion_output(x, widest) if tap else None
