@@ -23,12 +23,7 @@ namespace host_cache {
 namespace {
 
 constexpr size_t kBlockAlign = size_t(2) << 20;  // a huge page
-// Smaller tensors stay with malloc. glibc serves a request from its heap once it is below the
-// dynamic mmap threshold, which follows the largest block freed up to 32 MiB (64-bit), and its
-// heap splits and coalesces free memory across sizes, which an exact-size cache cannot: caching
-// small blocks too kept about 250 MiB more resident at an architecture step's peak. Above 32 MiB
-// every request is a fresh mmap, whose pages fault in again at every step: those are cached.
-constexpr size_t kMinBytes = size_t(32) << 20;
+constexpr size_t kMinBytes = size_t(1) << 20;    // smaller tensors: the default allocator is fine
 constexpr size_t kMaxDefaultBytes = size_t(4096) << 20;
 // A request takes the smallest free block that holds it, up to half as large again: the same
 // shapes recur every step, and a little slack lets shapes of similar size share blocks.
@@ -69,13 +64,25 @@ struct Cache {
   void* take(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex);
-      // the smallest free block that holds the request, up to kSlack times its size
+      // the smallest free block that holds the request, up to half as large again
       for (auto it = free_blocks.lower_bound(bytes); it != free_blocks.end() && it->first <= slack_limit(bytes); ++it) {
         if (it->second.empty()) continue;
         void* block = it->second.back();
         it->second.pop_back();
         cached -= it->first;
         return block;
+      }
+      // a miss: free idle blocks that do not fit, the largest first, as many bytes as this one
+      // takes, so that memory moves between sizes rather than adding up. An exact-size cache
+      // otherwise keeps a block of every size a step ever held, most of them idle at its peak:
+      // 250 MiB more than no cache at an architecture step's peak (benchmarks/RESULTS.md).
+      size_t freed = 0;
+      for (auto it = free_blocks.rbegin(); freed < bytes && it != free_blocks.rend(); ++it) {
+        while (!it->second.empty() && freed < bytes) {
+          release_block(it->second.back(), it->first);
+          it->second.pop_back();
+          freed += it->first;
+        }
       }
     }
     void* block = std::aligned_alloc(kBlockAlign, bytes);

@@ -232,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   if (has_residual(g0)) out.addcmul_(x_rows, w.sum().to(a.opmath));
   if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
   return {from_rows(out, g0.n, g0.ho, g0.wo),
-          h1.defined() ? from_rows(h1, g0.n, g0.h, g0.w) : at::empty({0}, x.options()),
+          h1.defined() && !recompute ? from_rows(h1, g0.n, g0.h, g0.w) : at::empty({0}, x.options()),
           recompute ? at::empty({0}, x.options()) : h2, h3, s.all};
 }
 
@@ -241,14 +241,20 @@ template <class Backend>
 std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor& grad_out, const at::Tensor& x,
                                          const at::Tensor& hidden, const at::Tensor& weights,
                                          const at::Tensor& dw_weight, const at::Tensor& project_weight,
-                                         const at::Tensor& h1, const at::Tensor& saved_h2, const at::Tensor& h3,
+                                         const at::Tensor& saved_h1, const at::Tensor& saved_h2, const at::Tensor& h3,
                                          const at::Tensor& stats) {
   const MixturePlan& plan = a.plan;
   const Geometry& g0 = a.g0;
   const int64_t nk = static_cast<int64_t>(plan.kernels.size());
   const MixtureStats s(stats, plan, g0.c_out);
-  // a forward with recompute kept no depthwise outputs: they come back bit for bit (same kernels,
-  // same inputs, one writer per output), and the saved statistics stand
+  // a forward with recompute kept neither the expansion nor the depthwise outputs: they come back
+  // bit for bit (the same GEMM and kernels on the same inputs), and the saved statistics stand
+  at::Tensor h1 = saved_h1;
+  if (plan.expand && h1.numel() == 0) {
+    at::Tensor h1_rows = Backend::empty({g0.rows_in(), plan.width}, x.options());
+    at::mm_out(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), a.we.narrow(0, 0, plan.width).t());
+    h1 = from_rows(h1_rows, g0.n, g0.h, g0.w);
+  }
   at::Tensor h2 = saved_h2;
   if (h2.numel() == 0) {
     h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());

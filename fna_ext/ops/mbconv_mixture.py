@@ -89,8 +89,9 @@ def mbconv_mixture(x: torch.Tensor, expand_weight: torch.Tensor, weights: torch.
     """The weighted sum over ``candidates = [(k_i, e_i), ...]`` of
     :func:`~fna_ext.ops.sampled_mbconv` ``(x, ..., kernel_size=k_i, expand_channels=e_i)``, with
     ``weights[i]`` as candidate i's weight; every candidate slices the same max-size weights.
-    ``recompute`` keeps no depthwise outputs for the backward, which runs the depthwise convs
-    again: about half the memory an architecture step keeps, for one more pass (fused only)."""
+    ``recompute`` keeps neither the expansion nor the depthwise outputs for the backward, which
+    computes them again: about half the memory an architecture step keeps, for one more pass of
+    the expansion GEMM and the depthwise convs (fused only; bit-identical results)."""
     _check(dw_weight.shape[0], weights, candidates)
     check_dilation(stride, dilation)
     bns = dict(bn1_weight=bn1_weight, bn1_bias=bn1_bias, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
@@ -140,7 +141,7 @@ def _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, e
 def _fake_mbconv_forward(x, expand_weight, weights, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w,
                          bn3_b, kernel_sizes, expansions, stride, eps, dilation=1, recompute=False):
     out, h2, h3, stats = _fake_saved(x, project_weight, kernel_sizes, expansions, stride, dilation, True, recompute)
-    h1 = _channels_last(x, x.shape[0], max(expansions), x.shape[2], x.shape[3])
+    h1 = x.new_empty(0) if recompute else _channels_last(x, x.shape[0], max(expansions), x.shape[2], x.shape[3])
     return out, h1, h2, h3, stats
 
 

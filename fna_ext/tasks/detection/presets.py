@@ -107,9 +107,10 @@ _ALPHA = {"optimizer": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999], "weig
 # init: how the super network starts, "remap" (the seed remapped into it, FNA) or "random".
 # fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them
 # (false: the pure-PyTorch reference, e.g. to compare; the CLIs' --no-fused).
-# recompute: an architecture step keeps no depthwise outputs of the fused mixtures and runs them
-# again in the backward: 30% less memory above the model for about 8% more time per alpha step
-# (benchmarks/RESULTS.md); false trades the memory back for the time.
+# recompute: an architecture step keeps neither the expansions nor the depthwise outputs of the
+# fused mixtures and computes them again in the backward, bit for bit: its peak drops by about
+# 40% above the process's baseline for about 13% more time per alpha step (benchmarks/RESULTS.md);
+# false trades the memory back for the time.
 _SEARCH_COMMON = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
                   "strategy": "diff", "cost": "madds",
                   "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
