@@ -135,3 +135,24 @@ def test_checkpoint_that_is_not_ours_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not an fna_ext checkpoint"):
         load_checkpoint(path)
+
+
+class _NiceOfTheWorker(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, item):
+        import os
+        return torch.tensor(os.nice(0))  # os.nice(0) reads this process's niceness
+
+
+def test_loader_workers_run_in_the_background():
+    """Workers yield the cores to the step's threads (nice 19); the main process keeps its priority."""
+    import os
+    from fna_ext.engine.trainer import ResumableSampler, resumable_loader
+    loader = resumable_loader(ResumableSampler(4, shuffle=False), 2, _NiceOfTheWorker(), torch.stack, 1,
+                              torch.device("cpu"))
+    niceness = torch.cat(list(loader))
+    assert niceness.tolist() == [19] * 4  # raising one's niceness is always allowed
+    assert os.nice(0) < 19
+    assert not loader.pin_memory

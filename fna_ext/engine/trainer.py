@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -154,6 +155,29 @@ class SeededItems(torch.utils.data.Dataset):
             random.setstate(saved[2])
 
 
+def background_worker(worker_id: int) -> None:
+    """A DataLoader worker at the lowest CPU priority (nice 19). The step runs one OpenMP thread
+    per core; a worker that preempts one of them stalls the other at the next barrier too, so a
+    worker at normal priority costs the step about twice its own CPU time. At nice 19 it runs
+    where the step leaves a core idle (its Python, the optimiser, waiting for data)."""
+    try:
+        os.nice(19)
+    except OSError:  # not allowed here: keep the priority
+        pass
+
+
+def resumable_loader(sampler: ResumableSampler, batch_size: int, dataset, collate_fn: Callable, workers: int,
+                     device: torch.device) -> torch.utils.data.DataLoader:
+    """This process's slices of ``sampler``'s global batches of ``dataset``, each sample seeded by
+    its position (:class:`SeededItems`); batches pinned for a CUDA step. Workers run in the
+    background (:func:`background_worker`) and persist across epochs: a new worker per epoch costs
+    a process start and a warm-up each time, for every loader of a search."""
+    return torch.utils.data.DataLoader(
+        SeededItems(dataset), batch_sampler=RankSlices(sampler, batch_size), collate_fn=collate_fn,
+        num_workers=workers, worker_init_fn=background_worker if workers else None, persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+
+
 # --------------------------------------------------------------------------- the loop
 
 class StepHooks:
@@ -242,9 +266,7 @@ class Trainer:
         self.schedule = Schedule(self.optimizer, config["schedule"], self.iters_per_epoch, self.total_iters)
         self.sampler = ResumableSampler(len(dataset), int(config.get("seed", 0)))
         workers = int(config.get("num_workers", 0))
-        self.loader = torch.utils.data.DataLoader(
-            SeededItems(dataset), batch_sampler=RankSlices(self.sampler, self.batch_size), collate_fn=collate_fn,
-            num_workers=workers, generator=torch.Generator().manual_seed(0))
+        self.loader = resumable_loader(self.sampler, self.batch_size, dataset, collate_fn, workers, self.device)
         self.progress = Progress(iteration=0, iters_per_epoch=self.iters_per_epoch)
         self.metrics_path = self.out_dir / log_name
         self.checkpoint_path = self.out_dir / "checkpoint.pt"

@@ -31,8 +31,8 @@ from ..atomic import atomic_write_text
 from ..config import dump
 from ..engine import distributed
 from ..engine.checkpoint import Progress
-from ..engine.trainer import (RankSlices, ResumableSampler, SeededItems, StepHooks, Trainer, build_optimizer,
-                              place_model, to_device)
+from ..engine.trainer import (ResumableSampler, StepHooks, Trainer, build_optimizer, place_model,
+                              resumable_loader, to_device)
 from ..tasks import get_task
 from .cost_table import build_cost_table
 from .supernet import SuperNetwork
@@ -90,16 +90,14 @@ class _Loader:
     """Global batches of a split, in a per-epoch order that a step count alone determines; each
     process loads its slice of them."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, workers: int, collate):
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int, collate, device: torch.device):
         if len(dataset) < batch_size:
             raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
                              f"{batch_size}; lower train.batch_size or use more data")
         self.sampler = ResumableSampler(len(dataset), seed)
         self.per_epoch = len(dataset) // batch_size
         self.batch_size = batch_size
-        self.loader = torch.utils.data.DataLoader(SeededItems(dataset), batch_sampler=RankSlices(self.sampler, batch_size),
-                                                  collate_fn=collate, num_workers=workers,
-                                                  generator=torch.Generator().manual_seed(0))
+        self.loader = resumable_loader(self.sampler, batch_size, dataset, collate, workers, device)
         self._iterator, self._position = None, None
 
     def batch(self, step: int):
@@ -136,7 +134,7 @@ class ArchitectureSearch:
         workers = int(train.get("num_workers", 0))
         # alpha steps run every candidate; a smaller batch keeps them affordable on small machines
         alpha_batch = int(s.get("alpha_batch_size") or train["batch_size"])
-        self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers, data.collate)
+        self.arch_data = _Loader(arch_split, alpha_batch, self.seed + 1, workers, data.collate, self.device)
         self.num_classes = config["model"]["num_classes"] or data.num_classes
         self.phase_seconds["data"] = time.perf_counter() - started
 
