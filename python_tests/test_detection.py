@@ -12,7 +12,7 @@ from fna_ext.arch import mobilenet_v2_arch
 from fna_ext.cli.count import count_task
 from fna_ext.tasks.detection import (BACKGROUND, IGNORE, BoxCoder, GridAnchorGenerator, Matcher,
                                SSDAnchorGenerator, box_iou)
-from fna_ext.tasks.detection.features import Tap, extract_features
+from fna_ext.families.features import Tap, extract_features
 from fna_ext.tasks.detection.losses import retinanet_loss, sigmoid_focal_loss, ssd_loss
 from fna_ext.tasks.detection.postprocess import PostprocessConfig, ssd_postprocess
 from fna_ext.families.mbconv import build_network

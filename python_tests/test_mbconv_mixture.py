@@ -4,10 +4,10 @@ against one reference op per candidate, plus opcheck, gradcheck and the fallback
 import pytest
 import torch
 
-from fna_ext.tasks.detection.features import extract_features
+from fna_ext.families.features import extract_features
 from fna_ext import _extension, mobilenet_v2, ops
 from fna_ext.tasks.detection.detector import first_stage_at_stride
-from fna_ext.tasks.detection.features import Tap
+from fna_ext.families.features import Tap
 from fna_ext.tasks.detection.task import SSDLITE_SPACE as SSDLITE
 from fna_ext.nas.supernet import SuperNetwork
 

@@ -18,7 +18,7 @@ from ...arch import Arch
 from ...families import get_family
 from .anchors import GridAnchorGenerator, SSDAnchorGenerator
 from .box_coder import BoxCoder
-from .features import Tap, extract_features, tap_channels
+from ...families.features import Tap, extract_features, tap_channels
 from .heads import RetinaHead, SSDLiteHead
 from .losses import anchor_targets, retinanet_loss, ssd_loss
 from .matcher import Matcher

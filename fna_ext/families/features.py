@@ -1,6 +1,7 @@
-"""Which backbone features a detector takes. A tap names a place in any Arch-built
-:class:`~fna_ext.families.mbconv.Network` (or any family's network of the same layout), so the same detector builds on a seed, a searched target or
-a super network's sampled path:
+"""Which backbone features a dense task's model takes (a detector's pyramid, DeepLab's low- and
+high-level features). A tap names a place in any Arch-built :class:`~fna_ext.families.mbconv.Network`
+(or any family's network of the same layout), so the same model builds on a seed, a searched
+target or a super network's sampled path:
 
 - ``"stage:I"``: the output of stage I (0-based; stage 0 is the fixed k3_e1 block);
 - ``"expand:I"``: the expansion output (after BN and ReLU6) of stage I's first layer, before
@@ -16,8 +17,8 @@ import torch
 
 from torch import nn
 
-from ...arch import Arch
-from ...families import get_family
+from ..arch import Arch
+from . import get_family
 
 
 @dataclass(frozen=True)
