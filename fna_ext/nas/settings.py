@@ -10,6 +10,19 @@ from ..remap.core import KERNEL_MODES, WIDTH_MODES
 STRATEGIES = ("diff", "random")
 COSTS = ("madds", "latency")
 
+# Search settings every task's presets start from (each adds lambda, tau, its schedule, alpha).
+# init: how the super network starts, "remap" (the seed remapped into it, FNA) or "random".
+# fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them
+# (false: the pure-PyTorch reference, e.g. to compare; the CLIs' --no-fused).
+# recompute: an architecture step keeps neither the expansions nor the depthwise outputs of the
+# fused mixtures and computes them again in the backward, bit for bit: its peak drops by about
+# 40% above the process's baseline for about 13% more time per alpha step (benchmarks/RESULTS.md);
+# false trades the memory back for the time.
+SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
+                   "strategy": "diff", "cost": "madds",
+                   "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
+                   "remap_kernel": "center", "alpha_log_every": 5, "alpha_batch_size": None}
+
 SEARCH_RULES: dict[str, Rule] = {
     "search.init": Choice(*INITS),
     "search.weight_sharing": Choice("shared", "independent"),

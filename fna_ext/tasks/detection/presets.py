@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 
 from ...config import Int, List, Number, Rule, Str
+from ...engine.settings import TRAIN_DEFAULTS
+from ...nas.settings import SEARCH_DEFAULTS
 
 # The smallest image side the detectors take: SSDLite's last feature map is 1x1 at 64 pixels.
 MIN_IMAGE_SIZE = 64
@@ -42,10 +44,6 @@ def _data(**size) -> dict:
             "val_ann_file": None, "val_img_dir": None, **size}
 
 
-# channels_last: store conv weights NHWC (fna_ext.engine.place_model), faster on CPU and GPU.
-_COMMON_TRAIN = {"grad_clip": None, "eval_every": 0, "checkpoint_every": 0, "log_every": 20,
-                 "num_workers": 4, "seed": 0, "channels_last": True}
-
 # Parameter adaptation (fine-tuning) on COCO, as published.
 COCO_FINETUNE = {
     # SSDLite: 60 epochs, lr 0.2 at batch 512, x0.1 at 36, 50 and 56 (A.2); the rest follows
@@ -53,7 +51,7 @@ COCO_FINETUNE = {
     # Weight decay 4e-5 is the mobile backbones' value rather than SSD-VGG's 5e-4.
     "ssdlite": {
         "data": _data(input_size=[320, 320], expand_max_ratio=4.0),
-        "train": {**_COMMON_TRAIN, "epochs": 60, "batch_size": 512,
+        "train": {**TRAIN_DEFAULTS, "epochs": 60, "batch_size": 512,
                   "optimizer": {"name": "sgd", "lr": 0.2, "momentum": 0.9, "weight_decay": 4e-5},
                   "schedule": {"name": "step", "milestones": [36, 50, 56], "gamma": 0.1,
                                "warmup_iters": 500, "warmup_ratio": 1 / 3}},
@@ -62,7 +60,7 @@ COCO_FINETUNE = {
     # from 0, x0.1 at 8 and 11 (A.2); gradient clipping 35 as in MMDetection.
     "retinanet": {
         "data": _data(short_side=800, max_size=1333),
-        "train": {**_COMMON_TRAIN, "epochs": 12, "batch_size": 32, "grad_clip": 35.0,
+        "train": {**TRAIN_DEFAULTS, "epochs": 12, "batch_size": 32, "grad_clip": 35.0,
                   "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-5},
                   "schedule": {"name": "step", "milestones": [8, 11], "gamma": 0.1,
                                "warmup_iters": 500, "warmup_ratio": 0.0}},
@@ -71,7 +69,7 @@ COCO_FINETUNE = {
 
 # The embedded default: the synthetic shapes at 160x160 (SSDLite) on a small CPU. One data
 # worker: on two cores, more workers take time from the model's own threads.
-_SYNTHETIC_TRAIN = {**_COMMON_TRAIN, "num_workers": 1}
+_SYNTHETIC_TRAIN = {**TRAIN_DEFAULTS, "num_workers": 1}
 SYNTHETIC_FINETUNE = {
     "ssdlite": {
         # objects of the 160-px images are already small: SSD's zoom-out by up to 4x would
@@ -104,27 +102,15 @@ def finetune_preset(detector: str, synthetic: bool) -> dict:
 # betas (0.5, 0.999), weight decay 1e-3, gradient clipping 35, constant lr, init 1e-3 * randn.
 _ALPHA = {"optimizer": {"name": "adam", "lr": 3e-4, "betas": [0.5, 0.999], "weight_decay": 1e-3},
           "grad_clip": 35.0, "init_std": 1e-3}
-# init: how the super network starts, "remap" (the seed remapped into it, FNA) or "random".
-# fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them
-# (false: the pure-PyTorch reference, e.g. to compare; the CLIs' --no-fused).
-# recompute: an architecture step keeps neither the expansions nor the depthwise outputs of the
-# fused mixtures and computes them again in the backward, bit for bit: its peak drops by about
-# 40% above the process's baseline for about 13% more time per alpha step (benchmarks/RESULTS.md);
-# false trades the memory back for the time.
-_SEARCH_COMMON = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
-                  "strategy": "diff", "cost": "madds",
-                  "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
-                  "remap_kernel": "center", "alpha_log_every": 5, "alpha_batch_size": None}
-
 COCO_SEARCH = {
     # SSDLite: 30 epochs, alpha from epoch 15, 1 alpha step per 5 weight steps, lambda 0.15,
     # tau 10; weights RMSprop lr 0.05, eps 1.0, momentum 0.9, wd 4e-5, 500 warm-up iterations,
     # x0.1 at 16 and 22 (A.2).
     "ssdlite": {
         "data": _data(input_size=[320, 320], expand_max_ratio=4.0),
-        "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 15,
+        "search": {**SEARCH_DEFAULTS, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 15,
                    "weight_steps_per_alpha_step": 5, "alpha": copy.deepcopy(_ALPHA)},
-        "train": {**_COMMON_TRAIN, "epochs": 30, "batch_size": 64,
+        "train": {**TRAIN_DEFAULTS, "epochs": 30, "batch_size": 64,
                   "optimizer": {"name": "rmsprop", "lr": 0.05, "momentum": 0.9, "eps": 1.0, "weight_decay": 4e-5},
                   "schedule": {"name": "step", "milestones": [16, 22], "gamma": 0.1, "warmup_iters": 500,
                                "warmup_ratio": 0.0}},
@@ -133,9 +119,9 @@ COCO_SEARCH = {
     # momentum 0.9, wd 1e-4, 500 warm-up iterations, x0.1 at 8 and 11; no flipping (A.2).
     "retinanet": {
         "data": _data(short_side=800, max_size=1333),
-        "search": {**_SEARCH_COMMON, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 8,
+        "search": {**SEARCH_DEFAULTS, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 8,
                    "weight_steps_per_alpha_step": 1, "alpha": copy.deepcopy(_ALPHA)},
-        "train": {**_COMMON_TRAIN, "epochs": 14, "batch_size": 8, "grad_clip": 35.0,
+        "train": {**TRAIN_DEFAULTS, "epochs": 14, "batch_size": 8, "grad_clip": 35.0,
                   "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4},
                   "schedule": {"name": "step", "milestones": [8, 11], "gamma": 0.1, "warmup_iters": 500,
                                "warmup_ratio": 0.0}},
@@ -148,7 +134,7 @@ COCO_SEARCH = {
 SYNTHETIC_SEARCH = {
     "ssdlite": {
         "data": _data(input_size=[160, 160], expand_max_ratio=2.0),
-        "search": {**_SEARCH_COMMON, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 2,
+        "search": {**SEARCH_DEFAULTS, "lambda": 0.15, "tau": 10.0, "alpha_start_epoch": 2,
                    "weight_steps_per_alpha_step": 2,
                    "alpha": {**copy.deepcopy(_ALPHA), "optimizer": {**_ALPHA["optimizer"], "lr": 3e-2}}},
         "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 16, "grad_clip": 10.0,
@@ -157,7 +143,7 @@ SYNTHETIC_SEARCH = {
     },
     "retinanet": {
         "data": _data(short_side=160, max_size=256),
-        "search": {**_SEARCH_COMMON, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 2,
+        "search": {**SEARCH_DEFAULTS, "lambda": 0.02, "tau": 10.0, "alpha_start_epoch": 2,
                    "weight_steps_per_alpha_step": 1,
                    "alpha": {**copy.deepcopy(_ALPHA), "optimizer": {**_ALPHA["optimizer"], "lr": 3e-2}}},
         "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 8, "grad_clip": 35.0,
