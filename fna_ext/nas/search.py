@@ -247,7 +247,8 @@ class ArchitectureSearch:
         self.alpha_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.sum_gradients(self.alphas.parameters())
-        nn.utils.clip_grad_norm_(self.alphas.parameters(), float(s["alpha"]["grad_clip"]))
+        if s["alpha"].get("grad_clip") is not None:  # null (allowed by its rule): no clipping
+            nn.utils.clip_grad_norm_(self.alphas.parameters(), float(s["alpha"]["grad_clip"]))
         self.alpha_optimizer.step()
         self.alpha_steps += 1
         if self.alpha_steps % max(int(s["alpha_log_every"]), 1) == 0:

@@ -7,7 +7,12 @@ another, on textured backgrounds, and writes them in one of two layouts:
 * ``--kind detection`` (default): COCO 2017 layout, ``annotations/instances_{train,val}2017.json``
   and JPEG images in ``train2017/`` and ``val2017/``;
 * ``--kind classification``: ImageNet folder layout, ``{train,val}/<class name>/*.png`` and
-  ``classes.txt``.
+  ``classes.txt``;
+* ``--kind segmentation``: Cityscapes layout, ``leftImg8bit/{train,val}/synthetic/*_leftImg8bit.png``
+  and ``gtFine/{train,val}/synthetic/*_gtFine_labelIds.png``. The pixels of each shape carry a
+  Cityscapes label id (SEGMENTATION_LABEL_IDS: train ids 1-5), the background road's (train id 0),
+  and a strip along the bottom the ego vehicle's (ignored), so the real loader and its label
+  mapping run on it.
 
 Each image is drawn from its own generator, ``np.random.default_rng([seed, index])``, so the same
 arguments give byte-identical files (with the same Pillow build), whatever the order of drawing.
@@ -34,8 +39,14 @@ from tqdm import tqdm
 from ...cli import ArgumentParser, check_output_folder
 
 CLASS_NAMES = ("circle", "square", "triangle", "ring", "cross")
-KINDS = ("detection", "classification")
-DEFAULTS = {"detection": {"images": 1000, "size": 160}, "classification": {"images": 2000, "size": 96}}
+KINDS = ("detection", "classification", "segmentation")
+DEFAULTS = {"detection": {"images": 1000, "size": 160}, "classification": {"images": 2000, "size": 96},
+            "segmentation": {"images": 500, "size": 160}}
+# Cityscapes label ids the segmentation variant writes: road for the background, then one per
+# shape class (sidewalk, building, wall, fence, pole: train ids 1 to 5), and the ego vehicle
+# (ignored) for the bottom EGO_ROWS rows.
+SEGMENTATION_BACKGROUND_ID, SEGMENTATION_LABEL_IDS, EGO_VEHICLE_ID = 7, (8, 11, 12, 13, 17), 1
+EGO_FRACTION = 0.05
 DEFAULT_VAL_FRACTION = 0.2
 # Part of the cache folder name: bump it whenever the drawing changes, so a cached dataset made
 # by an older version is never mistaken for the current one.
@@ -293,6 +304,21 @@ def draw_classification_image(rng: np.random.Generator, size: int, label: int) -
     return _finish(canvas, rng)
 
 
+def draw_segmentation_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A detection image (:func:`draw_detection_image`'s drawing) and its (size, size) uint8 map
+    of Cityscapes label ids: each visible pixel of a shape its class's, the rest the background's,
+    and the bottom rows the ego vehicle's."""
+    canvas = _background(rng, size)
+    avoid = canvas.mean(axis=(0, 1))
+    canvas = canvas.copy()
+    label = np.full((size, size), SEGMENTATION_BACKGROUND_ID, dtype=np.uint8)
+    for shape, mask in _place(rng, size, int(rng.integers(1, MAX_OBJECTS + 1))):
+        canvas[mask] = _fill(rng, size, avoid)[mask]
+        label[mask] = SEGMENTATION_LABEL_IDS[shape.label]
+    label[size - max(1, round(size * EGO_FRACTION)):] = EGO_VEHICLE_ID
+    return _finish(canvas, rng), label
+
+
 # ---------------------------------------------------------------------------------------------
 # Writing datasets
 
@@ -381,6 +407,22 @@ def _write_classification(root: Path, images: int, size: int, seed: int, val_fra
                 bar.update()
 
 
+def _write_segmentation(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
+    train, _ = split_sizes(images, val_fraction)
+    splits = {"train": range(0, train), "val": range(train, images)}
+    with _progress(images, "synthetic segmentation") as bar:
+        for split, indices in splits.items():
+            image_dir, label_dir = root / "leftImg8bit" / split / "synthetic", root / "gtFine" / split / "synthetic"
+            image_dir.mkdir(parents=True)
+            label_dir.mkdir(parents=True)
+            for index in indices:
+                image, label = draw_segmentation_image(np.random.default_rng([seed, index]), size)
+                stem = f"synthetic_{index:06d}_000019"
+                Image.fromarray(image).save(image_dir / f"{stem}_leftImg8bit.png", "PNG")
+                Image.fromarray(label).save(label_dir / f"{stem}_gtFine_labelIds.png", "PNG")
+                bar.update()
+
+
 def _is_nonempty_dir(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
@@ -452,6 +494,15 @@ def generate_classification(out: str | os.PathLike, images: int = 2000, size: in
                      out, "replace" if force else "error")
 
 
+def generate_segmentation(out: str | os.PathLike, images: int = 500, size: int = 160, seed: int = 0,
+                          val_fraction: float = DEFAULT_VAL_FRACTION, *, force: bool = False) -> Path:
+    """Writes a Cityscapes-layout shapes segmentation dataset to ``out`` and returns its path.
+    Refuses (ValueError) a non-empty ``out`` unless ``force``."""
+    _check_arguments(images, size, seed, val_fraction)
+    return _generate(lambda root: _write_segmentation(root, images, size, seed, val_fraction),
+                     out, "replace" if force else "error")
+
+
 def cache_dir() -> Path:
     """``$FNA_EXT_CACHE``, else ``~/.cache/fna_ext``."""
     return Path(os.environ.get("FNA_EXT_CACHE") or Path.home() / ".cache" / "fna_ext").expanduser()
@@ -474,22 +525,24 @@ def default_dataset(kind: str = "detection", *, images: int | None = None, size:
     out = cache_dir() / "synthetic" / name
     if out.is_dir():  # published by an atomic rename, so present means complete
         return out
-    write = _write_detection if kind == "detection" else _write_classification
+    write = {"detection": _write_detection, "classification": _write_classification,
+             "segmentation": _write_segmentation}[kind]
     return _generate(lambda root: write(root, images, size, seed, val_fraction), out, "keep")
 
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m fna_ext.data.synthetic", description=(
         "Write a synthetic shapes dataset (circle, square, triangle, ring, cross): COCO layout "
-        "for detection, ImageNet folder layout for classification. The same arguments give "
-        "identical files."))
+        "for detection, ImageNet folder layout for classification, Cityscapes layout for segmentation. "
+        "The same arguments give identical files."))
     parser.add_argument("--out", required=True, help="output folder (must be absent or empty, or --force)")
     parser.add_argument("--kind", default="detection", choices=KINDS)
     parser.add_argument("--images", type=int, default=None,
                         help="number of images, train and val together (default: 1000 for "
-                             "detection, 2000 for classification)")
+                             "detection, 2000 for classification, 500 for segmentation)")
     parser.add_argument("--size", type=int, default=None,
-                        help="image side in pixels (default: 160 for detection, 96 for classification)")
+                        help="image side in pixels (default: 160 for detection and segmentation, 96 for "
+                             "classification)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
                         help="fraction of the images in the val split (default: 0.2)")
@@ -498,7 +551,8 @@ def main(argv=None) -> int:
     check_output_folder(args.out)
     images = DEFAULTS[args.kind]["images"] if args.images is None else args.images
     size = DEFAULTS[args.kind]["size"] if args.size is None else args.size
-    generate = generate_detection if args.kind == "detection" else generate_classification
+    generate = {"detection": generate_detection, "classification": generate_classification,
+                "segmentation": generate_segmentation}[args.kind]
     path = generate(args.out, images, size, args.seed, args.val_fraction, force=args.force)
     train, val = split_sizes(images, args.val_fraction)
     print(f"wrote {images} {args.kind} images ({train} train, {val} val), {size}x{size}, to {path}")

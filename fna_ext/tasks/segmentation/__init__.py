@@ -1,0 +1,1 @@
+"""Semantic segmentation (Cityscapes; DeepLabv3 and DeepLabv3+), the second task: see heads and model."""
