@@ -2,7 +2,7 @@
 the pure-PyTorch reference, on the embedded default's search (synthetic COCO, SSDLite on the
 MobileNetV2 super network, 160x160, batch 16):
 
-- a weight step: one sampled path, forward and backward through the detector, optimizer step;
+- a weight step: one sampled path, forward and backward through the task's model, optimizer step;
 - an alpha step: every candidate of every layer (the softmax(alpha) mixture), backward to alpha;
 - the search's cycle: ``weight_steps_per_alpha_step`` weight steps and one alpha step.
 
@@ -11,7 +11,7 @@ step loads its batch as the search does (DataLoader workers decoding and augment
 same cores); ``--in-memory`` times the steps on batches loaded beforehand (HELD_BATCHES of them,
 served round and round), which is the part the fused op changes.
 
-    python benchmarks/bench_search_step.py [--device cpu|cuda] [--detector ssdlite] [--repeats 7]
+    python benchmarks/bench_search_step.py [--device cpu|cuda] [--task coco|cityscapes] [--model M] [--repeats 7]
         [--in-memory] [--set KEY=VALUE ...] [--json]
 
 ``--set`` overrides the search config as the search CLI's does (``train.batch_size=2``,
@@ -45,11 +45,13 @@ from timing import hardware, interleaved_medians  # noqa: E402
 from fna_ext import mobilenet_v2, ops  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
 from fna_ext.config import resolve  # noqa: E402
-from fna_ext.tasks.detection.presets import search_preset  # noqa: E402
+from fna_ext.tasks import get_task, resolve as resolve_model  # noqa: E402
 
 
-def build_search(detector: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
-    config = resolve(search_preset(detector, synthetic=True), None, list(overrides))
+def build_search(model: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
+    """The embedded default's search of ``model`` (a model or task name: ssdlite, deeplabv3, ...)."""
+    task, model = resolve_model(model)
+    config = resolve(task.search_preset(model, synthetic=True), None, list(overrides))
     torch.manual_seed(0)
     seed = mobilenet_v2(num_classes=None)  # the timing does not depend on pretrained weights
     return ArchitectureSearch(config, seed, out_dir, device=device)
@@ -86,11 +88,11 @@ def with_fused(enabled: bool, step):
     return run
 
 
-def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides: list[str] = (),
+def measure(model: str, device: str, repeats: int, in_memory: bool, overrides: list[str] = (),
             warmup: int = 2) -> dict:
     """Median images/s of weight steps, alpha steps and the search cycle, fused and reference."""
     with tempfile.TemporaryDirectory() as out_dir:
-        search = build_search(detector, device, out_dir, overrides)
+        search = build_search(model, device, out_dir, overrides)
         weight_step = search.weight_step
         if in_memory:
             weight_step = weight_steps_in_memory(search)
@@ -119,17 +121,18 @@ def measure(detector: str, device: str, repeats: int, in_memory: bool, overrides
                          "alpha step ms": 1e3 * seconds["alpha step"][version]}
     speedup = {k: rows["fused"][k] / rows["reference"][k] for k in rows["fused"] if k.endswith("images/s")}
     return {"date": date.today().isoformat(), "device": device, "hardware": hardware(device),
-            "detector": detector, "data": "in memory" if in_memory else "DataLoader",
+            "task": resolve_model(model)[0].name, "model": resolve_model(model)[1],
+            "data": "in memory" if in_memory else "DataLoader",
             "torch": torch.__version__, "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
 
 
-def measure_loader(detector: str, overrides: list[str] = (), workers=(0, 1, 2), batches: int = 12) -> list[dict]:
+def measure_loader(model: str, overrides: list[str] = (), workers=(0, 1, 2), batches: int = 12) -> list[dict]:
     """Images/s of the search's weight-split loader alone (decode, augment, collate), with each
     worker count: what the loader can feed a step, against the step's own images/s."""
     rows = []
     with tempfile.TemporaryDirectory() as out_dir:
-        search = build_search(detector, "cpu", out_dir, overrides)
+        search = build_search(model, "cpu", out_dir, overrides)
         dataset, collate = search.trainer.loader.dataset, search.trainer.loader.collate_fn
         batch = search.trainer.batch_size
         for count in workers:
@@ -154,10 +157,10 @@ MEMORY_RUNS = [(kind, version, cache) for kind in ("weight step", "alpha step") 
                for cache in ("default", "off")]
 
 
-def peak_memory_of_one_step(detector: str, device: str, kind: str, version: str, overrides: list[str]) -> dict:
+def peak_memory_of_one_step(model: str, device: str, kind: str, version: str, overrides: list[str]) -> dict:
     """In this (fresh) process: MiB at the peak of one ``kind`` step, after one warm-up step."""
     with tempfile.TemporaryDirectory() as out_dir:
-        search = build_search(detector, device, out_dir, overrides)
+        search = build_search(model, device, out_dir, overrides)
         keep_in_memory(search.arch_data)
         step = weight_steps_in_memory(search) if kind == "weight step" else search.alpha_step
         run = with_fused(version == "fused", step)
@@ -181,7 +184,7 @@ def _status_mib(field: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
-def measure_memory(detector: str, device: str, overrides: list[str] = ()) -> list[dict]:
+def measure_memory(model: str, device: str, overrides: list[str] = ()) -> list[dict]:
     """Each of MEMORY_RUNS in a fresh process (a process's peak never goes down)."""
     rows = []
     for kind, version, cache in MEMORY_RUNS:
@@ -190,7 +193,7 @@ def measure_memory(detector: str, device: str, overrides: list[str] = ()) -> lis
         env = dict(os.environ)
         if cache == "off":
             env["FNA_EXT_HOST_CACHE_MB"] = "0"
-        command = [sys.executable, __file__, "--device", device, "--detector", detector,
+        command = [sys.executable, __file__, "--device", device, "--model", model,
                    "--peak-memory-of", kind, version, *[a for o in overrides for a in ("--set", o)]]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
         if result.returncode != 0:
@@ -219,7 +222,8 @@ def format_memory(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--detector", choices=["ssdlite", "retinanet"], default="ssdlite")
+    parser.add_argument("--task", default="coco", help="a registered task (coco, cityscapes, ...)")
+    parser.add_argument("--model", "--detector", help="one of the task's models (default: its default model)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--in-memory", action="store_true",
                         help="time the steps on batches loaded beforehand (no DataLoader in the loop)")
@@ -231,14 +235,18 @@ def main() -> None:
                         help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    task = get_task(args.task)
+    if args.model and args.model not in task.models:
+        parser.error(f"--model {args.model} is not a model of the {task.name} task ({', '.join(task.models)})")
+    args.model = args.model or task.default_model
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
-        print(json.dumps(peak_memory_of_one_step(args.detector, args.device, *args.peak_memory_of, args.set)))
+        print(json.dumps(peak_memory_of_one_step(args.model, args.device, *args.peak_memory_of, args.set)))
         return
-    result = measure(args.detector, args.device, args.repeats, args.in_memory, args.set)
+    result = measure(args.model, args.device, args.repeats, args.in_memory, args.set)
     if args.loader:
-        result["loader"] = measure_loader(args.detector, args.set)
+        result["loader"] = measure_loader(args.model, args.set)
     if not args.no_memory:
-        result["memory"] = measure_memory(args.detector, args.device, args.set)
+        result["memory"] = measure_memory(args.model, args.device, args.set)
     if args.json:
         print(json.dumps(result, indent=1))
         return

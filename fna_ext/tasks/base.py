@@ -25,6 +25,17 @@ from ..engine.settings import TRAINING_CHECKS, TRAINING_RULES
 from ..nas.settings import SEARCH_CHECKS, SEARCH_RULES
 
 
+def load_trained_weights(model: nn.Module, state_dict: dict, source: str, what: str) -> nn.Module:
+    """``model`` with a model file's weights, in eval mode; weights of another shape or layout are
+    one ValueError naming ``source`` and ``what`` the file says it holds."""
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ValueError(f"{source}: the weights do not fit the {what} it describes "
+                         f"({str(err).splitlines()[0]})") from None
+    return model.eval()
+
+
 @dataclass(frozen=True)
 class TaskData:
     """A task's datasets for one config. ``num_classes`` and ``class_names`` describe the

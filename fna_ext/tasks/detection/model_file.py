@@ -11,6 +11,7 @@ from torch import nn
 
 from ...arch import Arch
 from ...engine.checkpoint import load_safely
+from ..base import load_trained_weights
 from .detector import BUILDERS
 
 WEIGHTS_FORMAT = "fna_ext.detector"
@@ -49,12 +50,7 @@ def detector_from_payload(payload: dict, source: str = "weights") -> nn.Module:
     arch = Arch.parse(payload["arch"])
     model = BUILDERS[payload["detector"]](arch, int(payload["num_classes"]),
                                           backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"{source}: the weights do not fit the {payload['detector']} it describes "
-                         f"({str(err).splitlines()[0]})") from None
-    return model.eval()
+    return load_trained_weights(model, payload["state_dict"], source, payload["detector"])
 
 
 def load_detector(path: str | Path) -> tuple[nn.Module, dict]:

@@ -128,10 +128,13 @@ def usable_pairs(pairs: list[LabelledImage], unpaired: list[str], num_classes: i
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """``(image tensor, label tensor)`` pairs through ``transform`` (see transforms.py)."""
+    """``(image tensor, label tensor)`` pairs through ``transform`` (see transforms.py); ``root``
+    is the dataset's folder and ``source`` names the split in messages."""
 
-    def __init__(self, pairs: list[LabelledImage], class_names: list[str], transform: Callable, source: str):
+    def __init__(self, pairs: list[LabelledImage], class_names: list[str], transform: Callable, source: str,
+                 root: str | os.PathLike):
         self.pairs, self.class_names, self.transform, self.source = pairs, list(class_names), transform, source
+        self.root = Path(root)
 
     @property
     def num_classes(self) -> int:
@@ -163,7 +166,7 @@ def cityscapes(root: str | os.PathLike, split: str, transform: Callable, check: 
     pairs, unpaired = cityscapes_pairs(root, split)
     source = f"Cityscapes {split} ({root})"
     return SegmentationDataset(usable_pairs(pairs, unpaired, len(CITYSCAPES_CLASSES), source, check),
-                               list(CITYSCAPES_CLASSES), transform, source)
+                               list(CITYSCAPES_CLASSES), transform, source, root)
 
 
 def segmentation_folder(root: str | os.PathLike, split: str, transform: Callable,
@@ -172,4 +175,4 @@ def segmentation_folder(root: str | os.PathLike, split: str, transform: Callable
     pairs, unpaired = folder_pairs(root, split)
     source = f"the {split} split of {root}"
     return SegmentationDataset(usable_pairs(pairs, unpaired, len(classes), source, check), classes, transform,
-                               source)
+                               source, root)

@@ -51,15 +51,22 @@ def _identity(model: str) -> dict:
 # A.1: 80 epochs, alpha from epoch 30, 20% of the training images for alpha, lambda 9e-3, tau 45;
 # weights SGD momentum 0.9, wd 5e-4, 5 warm-up epochs from 1e-4 to 0.02, cosine to 1e-3; alpha
 # Adam lr 1e-3, wd 4e-5; batch 16; images resized to 512x1024, 321x321 crops; output stride 16.
+def _search(alpha_start_epoch: int, alpha_lr: float) -> dict:
+    return {**SEARCH_DEFAULTS, "split_fraction": 0.2, "lambda": 9e-3, "tau": 45.0,
+            "alpha_start_epoch": alpha_start_epoch, "weight_steps_per_alpha_step": 1,
+            "alpha": {"optimizer": {"name": "adam", "lr": alpha_lr, "betas": [0.5, 0.999], "weight_decay": 4e-5},
+                      "grad_clip": None, "init_std": 1e-3}}
+
+
+def _sgd(lr: float) -> dict:
+    return {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5e-4}
+
+
 _WARMUP_EPOCHS = 5 * (CITYSCAPES_TRAIN_IMAGES * 8 // 10 // 16)
 CITYSCAPES_SEARCH = {
     "data": _data(resize=[512, 1024], crop_size=[321, 321]),
-    "search": {**SEARCH_DEFAULTS, "split_fraction": 0.2, "lambda": 9e-3, "tau": 45.0, "alpha_start_epoch": 30,
-               "weight_steps_per_alpha_step": 1,
-               "alpha": {"optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.999], "weight_decay": 4e-5},
-                         "grad_clip": None, "init_std": 1e-3}},
-    "train": {**TRAIN_DEFAULTS, "epochs": 80, "batch_size": 16,
-              "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4},
+    "search": _search(alpha_start_epoch=30, alpha_lr=1e-3),
+    "train": {**TRAIN_DEFAULTS, "epochs": 80, "batch_size": 16, "optimizer": _sgd(0.02),
               "schedule": {"name": "cosine", "min_lr_ratio": 0.05, "warmup_iters": _WARMUP_EPOCHS,
                            "warmup_ratio": 0.005}},
 }
@@ -68,27 +75,21 @@ CITYSCAPES_SEARCH = {
 # wd 5e-4, 5000 warm-up iterations from 1e-4, poly 0.9; random scale 0.75-2.0, 769x769 crops, flip.
 CITYSCAPES_FINETUNE = {
     "data": _data(scales=[0.75, 1.0, 1.25, 1.5, 1.75, 2.0], crop_size=[769, 769]),
-    "train": {**TRAIN_DEFAULTS, "epochs": 538, "batch_size": 16, "eval_every": 50,
-              "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "train": {**TRAIN_DEFAULTS, "epochs": 538, "batch_size": 16, "eval_every": 50, "optimizer": _sgd(0.01),
               "schedule": {"name": "poly", "power": 0.9, "warmup_iters": 5000, "warmup_ratio": 0.01}},
 }
 
 # The embedded default: the synthetic shapes at 160x160 in the Cityscapes layout, 128x128 crops.
 _SYNTHETIC_TRAIN = {**TRAIN_DEFAULTS, "num_workers": 1}
-SYNTHETIC_SEARCH = {
+SYNTHETIC_SEARCH = {  # alpha's lr raised so that so few steps move it (as for detection)
     "data": _data(crop_size=[128, 128], eval_crop=[160, 160]),
-    "search": {**SEARCH_DEFAULTS, "split_fraction": 0.2, "lambda": 9e-3, "tau": 45.0, "alpha_start_epoch": 2,
-               "weight_steps_per_alpha_step": 1,
-               "alpha": {"optimizer": {"name": "adam", "lr": 3e-2, "betas": [0.5, 0.999], "weight_decay": 4e-5},
-                         "grad_clip": None, "init_std": 1e-3}},
-    "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 16,
-              "optimizer": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4},
+    "search": _search(alpha_start_epoch=2, alpha_lr=3e-2),
+    "train": {**_SYNTHETIC_TRAIN, "epochs": 5, "batch_size": 16, "optimizer": _sgd(0.02),
               "schedule": {"name": "cosine", "min_lr_ratio": 0.05, "warmup_iters": 20, "warmup_ratio": 0.05}},
 }
 SYNTHETIC_FINETUNE = {
     "data": _data(scales=[0.75, 1.0, 1.25, 1.5], crop_size=[128, 128], eval_crop=[160, 160]),
-    "train": {**_SYNTHETIC_TRAIN, "epochs": 20, "batch_size": 16, "eval_every": 5,
-              "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "train": {**_SYNTHETIC_TRAIN, "epochs": 20, "batch_size": 16, "eval_every": 5, "optimizer": _sgd(0.01),
               "schedule": {"name": "poly", "power": 0.9, "warmup_iters": 50, "warmup_ratio": 0.01}},
 }
 

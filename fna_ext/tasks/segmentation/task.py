@@ -10,7 +10,7 @@ from torch import nn
 
 from ...arch import Arch
 from ...nas.search_space import SearchSpace
-from ..base import Task, TaskData
+from ..base import Task, TaskData, load_trained_weights
 from . import presets
 from . import transforms as T
 from .data import cityscapes, segmentation_folder
@@ -112,12 +112,7 @@ class SegmentationTask(Task):
                              f"{', lacks ' + str(missing) if missing else ''}); pass the model_final.pt of fna_ext.train")
         model = self.build_model(payload["model"], Arch.parse(payload["arch"]), int(payload["num_classes"]),
                                  backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
-        try:
-            model.load_state_dict(payload["state_dict"])
-        except RuntimeError as err:
-            raise ValueError(f"{source}: the weights do not fit the {payload['model']} it describes "
-                             f"({str(err).splitlines()[0]})") from None
-        return model.eval()
+        return load_trained_weights(model, payload["state_dict"], source, payload["model"])
 
     def check_same_classes(self, payload: dict, dataset, where: str) -> None:
         if list(payload["class_names"]) != list(dataset.class_names):
