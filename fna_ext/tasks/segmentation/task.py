@@ -101,9 +101,10 @@ class SegmentationTask(Task):
 
     def model_payload(self, model: nn.Module, config: dict, data: TaskData, **extra) -> dict:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        return {"format": MODEL_FORMAT, "task": self.name, "model": config["model"]["name"], "arch": model.arch.to_json(),
-                "num_classes": data.num_classes, "class_names": list(data.class_names), "config": config,
-                "state_dict": state, **extra}
+        # the classifier's width, which model.num_classes may set apart from the data's classes
+        return {"format": MODEL_FORMAT, "task": self.name, "model": config["model"]["name"],
+                "arch": model.arch.to_json(), "num_classes": model.head.classifier.out_channels,
+                "class_names": list(data.class_names), "config": config, "state_dict": state, **extra}
 
     def model_from_payload(self, payload: dict, source: str) -> nn.Module:
         missing = [key for key in _REQUIRED if key not in payload]
