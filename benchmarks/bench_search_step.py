@@ -121,7 +121,7 @@ def measure(model: str, device: str, repeats: int, in_memory: bool, overrides: l
                          "alpha step ms": 1e3 * seconds["alpha step"][version]}
     speedup = {k: rows["fused"][k] / rows["reference"][k] for k in rows["fused"] if k.endswith("images/s")}
     return {"date": date.today().isoformat(), "device": device, "hardware": hardware(device),
-            "task": resolve_model(model)[0].name, "model": resolve_model(model)[1],
+            "task": search.task.name, "model": search.model_name,
             "data": "in memory" if in_memory else "DataLoader",
             "torch": torch.__version__, "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}

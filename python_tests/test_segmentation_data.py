@@ -73,8 +73,8 @@ def test_bad_pairs_are_skipped_with_one_warning_naming_the_first(synthetic, tmp_
     with pytest.warns(UserWarning, match=r"4 of 8 images of Cityscapes train .* cannot be used") as caught:
         data = cityscapes(root, "train", T.eval_transform())
     assert len(data) == 4 and not {p.image for p in data.pairs} & set(broken)
-    message = str(caught[0].message)
-    assert "holds values [40]" in message or "no label file" in message
+    # the first bad pair in file order: the second image, whose label holds id 40
+    assert f"{broken[1]}: " in str(caught[0].message) and "holds values [40]" in str(caught[0].message)
 
 
 def test_a_split_with_nothing_usable_is_an_error(tmp_path):
@@ -138,3 +138,14 @@ def test_the_synthetic_set_is_the_same_for_the_same_arguments(synthetic, tmp_pat
     files = sorted(p.relative_to(synthetic) for p in synthetic.rglob("*.png"))
     assert files == sorted(p.relative_to(again) for p in again.rglob("*.png")) and len(files) == 20
     assert all((synthetic / f).read_bytes() == (again / f).read_bytes() for f in files)
+
+
+def test_a_16_bit_label_is_refused_not_indexed(synthetic, tmp_path):
+    """Label PNGs hold bytes; a 16-bit one (values past the 256-entry id table) is a bad pair."""
+    import shutil
+    root = tmp_path / "city"
+    shutil.copytree(synthetic, root)
+    label = sorted((root / "gtFine" / "val").glob("*/*_labelIds.png"))[0]
+    Image.fromarray(np.full((64, 64), 300, dtype=np.uint16)).save(label)
+    with pytest.warns(UserWarning, match="one 8-bit channel, got mode I;16"):
+        assert len(cityscapes(root, "val", T.eval_transform())) == 1

@@ -54,9 +54,8 @@ def test_search_then_adapt_then_read_the_model_back(tiny, tmp_path):
     config = resolve(task.finetune_preset("deeplabv3", synthetic=True), None, [f"data.root={data}", *TINY])
     trained = finetune(task, config, result.arch, tmp_path / "train", seed_weights=seed_path)
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
-    final = metrics.get("final", metrics)
-    assert 0 <= final["mIoU"] <= 1 and "IoU/road" in final
-    assert trained is not None
+    assert 0 <= metrics["mIoU"] <= 1 and "IoU/road" in metrics
+    assert trained.metrics["mIoU"] == metrics["mIoU"] and trained.weights == tmp_path / "train" / "model_final.pt"
 
     loaded_task, model, payload = load_model_file(tmp_path / "train" / "model_final.pt")
     assert loaded_task is task and Arch.parse(payload["arch"]) == result.arch

@@ -284,14 +284,20 @@ def _place(rng: np.random.Generator, size: int, count: int) -> list[tuple[Shape,
     return placed
 
 
-def draw_detection_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[DrawnObject]]:
-    """A (size, size, 3) uint8 image of 1-6 shapes, and their annotations in drawing order."""
+def _draw_shapes(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[tuple[Shape, np.ndarray]]]:
+    """A background with 1-6 filled shapes (not yet finished), and the shapes with their masks."""
     canvas = _background(rng, size)
     avoid = canvas.mean(axis=(0, 1))
     canvas = canvas.copy()
     placed = _place(rng, size, int(rng.integers(1, MAX_OBJECTS + 1)))
     for shape, mask in placed:
         canvas[mask] = _fill(rng, size, avoid)[mask]
+    return canvas, placed
+
+
+def draw_detection_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[DrawnObject]]:
+    """A (size, size, 3) uint8 image of 1-6 shapes, and their annotations in drawing order."""
+    canvas, placed = _draw_shapes(rng, size)
     return _finish(canvas, rng), [_describe(shape, mask) for shape, mask in placed]
 
 
@@ -308,12 +314,9 @@ def draw_segmentation_image(rng: np.random.Generator, size: int) -> tuple[np.nda
     """A detection image (:func:`draw_detection_image`'s drawing) and its (size, size) uint8 map
     of Cityscapes label ids: each visible pixel of a shape its class's, the rest the background's,
     and the bottom rows the ego vehicle's."""
-    canvas = _background(rng, size)
-    avoid = canvas.mean(axis=(0, 1))
-    canvas = canvas.copy()
+    canvas, placed = _draw_shapes(rng, size)
     label = np.full((size, size), SEGMENTATION_BACKGROUND_ID, dtype=np.uint8)
-    for shape, mask in _place(rng, size, int(rng.integers(1, MAX_OBJECTS + 1))):
-        canvas[mask] = _fill(rng, size, avoid)[mask]
+    for shape, mask in placed:  # in drawing order: a later shape covers an earlier one
         label[mask] = SEGMENTATION_LABEL_IDS[shape.label]
     label[size - max(1, round(size * EGO_FRACTION)):] = EGO_VEHICLE_ID
     return _finish(canvas, rng), label

@@ -32,7 +32,8 @@ class SearchLayer(nn.Module):
                                                   norm_layer=norm)
                                      for name in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
-        # mixture mode: keep no depthwise outputs for the backward, which recomputes them
+        # mixture mode: keep neither the expansion nor the depthwise outputs for the backward,
+        # which recomputes them
         # (fna_ext.ops.mbconv_mixture's recompute; the super network sets it)
         self.recompute = False
 

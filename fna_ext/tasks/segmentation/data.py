@@ -94,8 +94,8 @@ def pair_problem(pair: LabelledImage, num_classes: int) -> str | None:
         with Image.open(pair.image) as image:
             image_size = image.size
         with Image.open(pair.label) as label_file:
-            if label_file.mode not in ("L", "P", "I;16", "I"):
-                return f"{pair.label.name}: a label image has one channel, got mode {label_file.mode}"
+            if label_file.mode not in ("L", "P"):  # ids and class indices fit a byte
+                return f"{pair.label.name}: a label image has one 8-bit channel, got mode {label_file.mode}"
             label = np.asarray(label_file)
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return f"not an image Pillow can read ({type(err).__name__})"
@@ -108,13 +108,11 @@ def pair_problem(pair: LabelledImage, num_classes: int) -> str | None:
     return None
 
 
-def usable_pairs(pairs: list[LabelledImage], unpaired: list[str], num_classes: int, source: str,
-                 check: bool = True) -> list[LabelledImage]:
+def usable_pairs(pairs: list[LabelledImage], unpaired: list[str], num_classes: int,
+                 source: str) -> list[LabelledImage]:
     """``pairs`` without the bad ones, warned about once with ``unpaired`` (images without a label)."""
-    problems = [None] * len(pairs)
-    if check:
-        with ThreadPoolExecutor(_READERS) as pool:
-            problems = list(pool.map(lambda p: pair_problem(p, num_classes), pairs))
+    with ThreadPoolExecutor(_READERS) as pool:
+        problems = list(pool.map(lambda p: pair_problem(p, num_classes), pairs))
     kept = [pair for pair, problem in zip(pairs, problems) if problem is None]
     bad = [f"{pair.image}: {problem}" for pair, problem in zip(pairs, problems) if problem is not None]
     bad += [f"{image}: no label file" for image in unpaired]
@@ -162,17 +160,16 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return f"SegmentationDataset({self.source}: {len(self)} images, {self.num_classes} classes)"
 
 
-def cityscapes(root: str | os.PathLike, split: str, transform: Callable, check: bool = True) -> SegmentationDataset:
+def cityscapes(root: str | os.PathLike, split: str, transform: Callable) -> SegmentationDataset:
     pairs, unpaired = cityscapes_pairs(root, split)
     source = f"Cityscapes {split} ({root})"
-    return SegmentationDataset(usable_pairs(pairs, unpaired, len(CITYSCAPES_CLASSES), source, check),
+    return SegmentationDataset(usable_pairs(pairs, unpaired, len(CITYSCAPES_CLASSES), source),
                                list(CITYSCAPES_CLASSES), transform, source, root)
 
 
-def segmentation_folder(root: str | os.PathLike, split: str, transform: Callable,
-                        check: bool = True) -> SegmentationDataset:
+def segmentation_folder(root: str | os.PathLike, split: str, transform: Callable) -> SegmentationDataset:
     classes = read_classes(Path(root) / "classes.txt")
     pairs, unpaired = folder_pairs(root, split)
     source = f"the {split} split of {root}"
-    return SegmentationDataset(usable_pairs(pairs, unpaired, len(classes), source, check), classes, transform,
+    return SegmentationDataset(usable_pairs(pairs, unpaired, len(classes), source), classes, transform,
                                source, root)

@@ -65,8 +65,8 @@ def sliding_window_logits(model: nn.Module, image: torch.Tensor, num_classes: in
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, dataset, *, crop: tuple[int, int] = (769, 769), device="cpu",
-                          progress=None) -> dict[str, float]:
+def evaluate_segmentation(model: nn.Module, dataset, *, crop: tuple[int, int] = (769, 769),
+                          device="cpu") -> dict[str, float]:
     """The metrics of ``model`` (logits at the input size) over ``dataset``'s (image, label) pairs."""
     was_training = model.training
     model.eval()
@@ -77,8 +77,6 @@ def evaluate_segmentation(model: nn.Module, dataset, *, crop: tuple[int, int] = 
             image, label = dataset[index]
             logits = sliding_window_logits(model, image[None].to(device), num_classes, crop)
             confusion += confusion_matrix(logits.argmax(1)[0].cpu(), label, num_classes)
-            if progress is not None:
-                progress.update()
     finally:
         model.train(was_training)
     return segmentation_metrics(confusion, dataset.class_names)
