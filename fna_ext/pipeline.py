@@ -32,7 +32,7 @@ class AdaptOptions:
     seed_weights: str | None = None
     search_init: str = "remap"     # the paper's Table 5: Remap or RandInit before ArchAdapt
     train_init: str = "remap"      # ... and before ParamAdapt
-    bn_recalibrate: int = 0
+    bn_recalibrate: int | None = None  # None: the fine-tuning config's adaptation.bn_recalibrate
     seed: int = 0                  # the runs' random seed (data order, augmentation, new layers)
     search_overrides: Sequence[str] = ()
     train_overrides: Sequence[str] = ()

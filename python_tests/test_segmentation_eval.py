@@ -7,8 +7,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fna_ext.tasks.segmentation.evaluation import (confusion_matrix, evaluate_segmentation, segmentation_metrics,
-                                                   sliding_window_logits, window_starts)
+import torch.nn.functional as F
+
+from fna_ext.tasks.segmentation.evaluation import (EvalSettings, confusion_matrix, evaluate_segmentation,
+                                                   predict_scores, segmentation_metrics, sliding_window_logits,
+                                                   window_starts)
 
 
 def test_miou_against_a_direct_count():
@@ -66,10 +69,43 @@ def test_evaluate_a_perfect_and_a_constant_model():
         def forward(self, x):
             return torch.cat([1 - x[:, :1], x[:, :1]], 1)
 
-    assert evaluate_segmentation(Perfect(), Data(), crop=(16, 16))["mIoU"] == 1.0
+    assert evaluate_segmentation(Perfect(), Data(), settings=EvalSettings((16, 16)))["mIoU"] == 1.0
     constant = nn.Conv2d(3, 2, 1)
     with torch.no_grad():
         constant.weight.zero_()
         constant.bias.copy_(torch.tensor([1.0, 0.0]))
-    metrics = evaluate_segmentation(constant, Data(), crop=(16, 16))
+    metrics = evaluate_segmentation(constant, Data(), settings=EvalSettings((16, 16)))
     assert metrics["IoU/y"] == 0.0 and math.isclose(metrics["IoU/x"], 0.5) and math.isclose(metrics["mIoU"], 0.25)
+
+
+def _asymmetric_model() -> nn.Module:
+    """A 3x3 conv with random weights: not mirror-symmetric, so a flip changes its output."""
+    torch.manual_seed(1)
+    return nn.Conv2d(3, 4, 3, padding=1).eval()
+
+
+def test_flip_averages_the_probabilities_of_the_image_and_its_mirror():
+    model, image = _asymmetric_model(), torch.randn(1, 3, 24, 32)
+    with torch.no_grad():
+        expected = (model(image).softmax(1) + model(image.flip(-1)).flip(-1).softmax(1)) / 2
+    got = predict_scores(model, image, 4, EvalSettings((24, 32), flip=True))
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, model(image).softmax(1))  # the mirror did change something
+
+
+def test_scales_average_the_probabilities_resized_back_to_the_image():
+    model, image = _asymmetric_model(), torch.randn(1, 3, 24, 32)
+    expected = torch.zeros(1, 4, 24, 32)
+    with torch.no_grad():
+        for scale in (0.5, 1.0, 1.5):
+            scaled = F.interpolate(image, size=(round(24 * scale), round(32 * scale)), mode="bilinear",
+                                   align_corners=False)
+            expected += F.interpolate(model(scaled), size=(24, 32), mode="bilinear", align_corners=False).softmax(1)
+    got = predict_scores(model, image, 4, EvalSettings((64, 64), scales=(0.5, 1.0, 1.5)))
+    torch.testing.assert_close(got, expected / 3)
+
+
+def test_one_scale_without_flip_is_the_sliding_window_logits():
+    model, image = _asymmetric_model(), torch.randn(1, 3, 24, 32)
+    torch.testing.assert_close(predict_scores(model, image, 4, EvalSettings((16, 16))),
+                               sliding_window_logits(model, image, 4, (16, 16)))

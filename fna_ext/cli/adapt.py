@@ -36,7 +36,7 @@ def main(argv=None) -> int:
                         help="how the super network starts (default: remap the seed)")
     parser.add_argument("--init", choices=INITS, default="remap",
                         help="how the derived network starts fine-tuning (default: remap the seed)")
-    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+    parser.add_argument("--bn-recalibrate", type=int, default=None, metavar="N",
                         help="re-estimate BN statistics on N batches before fine-tuning")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the runs (default 0)")
     parser.add_argument("--search-epochs", type=int, help="shortcut for --search-set train.epochs=N")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     for flag, value in (("--search-epochs", args.search_epochs), ("--train-epochs", args.train_epochs)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
-    if args.bn_recalibrate < 0:
+    if args.bn_recalibrate is not None and args.bn_recalibrate < 0:
         raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
     options = AdaptOptions(
         task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights,

@@ -28,18 +28,26 @@ def default_input_size(task: str) -> tuple[int, int]:
 
 
 def count_task(task: str, arch: Arch, input_size: tuple[int, int] | None = None,
-               num_classes: int | None = None) -> CostReport:
+               num_classes: int | None = None, output_stride: int | None = None) -> CostReport:
     """The cost report of ``arch`` built for ``task`` at ``input_size`` (H, W; default: the size
     of the paper's tables). ``num_classes`` counts foreground classes (default 1000 for
-    classification, 80 for COCO); SSDLite adds background."""
+    classification, 80 for COCO); SSDLite adds background. ``output_stride`` (a model that
+    dilates its later stages, such as DeepLab) defaults to the model's own."""
     if task not in count_tasks():
         raise ValueError(f"--task {task!r} is not supported; choose one of {list(count_tasks())}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"--num-classes must be positive, got {num_classes}")
+    options = {}
+    if output_stride is not None:
+        strides = () if task == "classification" else resolve(task)[0].output_strides
+        if output_stride not in strides:
+            raise ValueError(f"--output-stride {output_stride}: the {task} model takes "
+                             + (f"one of {list(strides)}" if strides else "none (it keeps its backbone's strides)"))
+        options["output_stride"] = output_stride
     input_size = input_size or default_input_size(task)
     if task == "classification":
         return count(get_family(arch.family).build_network(arch, num_classes or 1000), input_size)
-    return count(build_model(task, arch, num_classes), input_size)
+    return count(build_model(task, arch, num_classes, **options), input_size)
 
 
 def _rows(report: CostReport, task: str) -> list[tuple[str, int, int]]:
@@ -80,11 +88,14 @@ def main(argv=None) -> int:
     parser.add_argument("--num-classes", type=int,
                         help="foreground classes (default 1000 for classification, 80 for COCO; "
                              "SSDLite adds background)")
+    parser.add_argument("--output-stride", type=int, metavar="S",
+                        help="for models that dilate their later stages (deeplabv3, deeplabv3plus): 16 or 8 "
+                             "(default 16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     arch = Arch.from_arg(args.arch)
     input_size = tuple(args.input_size) if args.input_size else None
-    report = count_task(args.task, arch, input_size, args.num_classes)
+    report = count_task(args.task, arch, input_size, args.num_classes, args.output_stride)
     if args.json:
         parts = {} if args.task == "classification" else {
             part: {"params": p, "madds": a} for part, (p, a) in report.grouped().items()}

@@ -1,6 +1,7 @@
 """``python -m fna_ext.evaluate``: evaluates a trained model (``model_final.pt``) with its task's
-metrics (pycocotools AP for detection), on the validation split it was trained with or on the one
-of ``--data``."""
+metrics (pycocotools AP for detection, mIoU for segmentation), on the validation split it was
+trained with or on the one of ``--data``. A task that draws its predictions (segmentation) also
+writes a PNG of a few images beside the JSON."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="dataset root to evaluate on (default: the data it was trained on)")
     parser.add_argument("--out", help="JSON file for the stats (default: evaluation.json beside the checkpoint)")
     parser.add_argument("--batch-size", type=int, help="evaluation batch size")
+    parser.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE", dest="assignments",
+                        help="change an evaluation setting, e.g. eval.flip=true or eval.scales=[0.75,1,1.25] "
+                             "(segmentation; repeatable)")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     args = parser.parse_args(argv)
     check_device(args.device)
@@ -27,15 +31,17 @@ def main(argv=None) -> int:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     out = check_output_file(args.out or Path(args.checkpoint).with_name("evaluation.json"))
     started = time.perf_counter()
-    task, metrics, dataset = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                                 device=args.device)
-    source = getattr(dataset, "ann_file", None) or getattr(dataset, "root", None) or args.data
-    record = {"checkpoint": str(args.checkpoint), "task": task.name, "annotations": str(source),
-              "metrics": metrics, "seconds": round(time.perf_counter() - started, 1)}
+    result = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                 eval_settings=args.assignments, device=args.device)
+    source = getattr(result.dataset, "ann_file", None) or getattr(result.dataset, "root", None) or args.data
+    record = {"checkpoint": str(args.checkpoint), "task": result.task.name, "annotations": str(source),
+              "settings": args.assignments, "metrics": result.metrics,
+              "seconds": round(time.perf_counter() - started, 1)}
+    picture = result.task.write_examples(result.model, result.dataset, out.with_suffix(".png"), device=args.device)
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(f"evaluated {args.checkpoint} on {source}")
-    print(task.format_metrics(metrics))
-    print(f"wrote {out}")
+    print(result.task.format_metrics(result.metrics))
+    print(f"wrote {out}" + (f" and {picture}" if picture else ""))
     return 0
 
 

@@ -23,15 +23,16 @@ def main(argv=None) -> int:
     parser.add_argument("--init", choices=INITS, default=None,
                         help="backbone initialisation: remap the seed into it (default when there is a "
                              "seed) or random")
-    parser.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
-                        help="re-estimate the BN statistics on N training batches before fine-tuning")
+    parser.add_argument("--bn-recalibrate", type=int, default=None, metavar="N",
+                        help="re-estimate the BN statistics on N training batches before fine-tuning "
+                             "(default: the config's adaptation.bn_recalibrate; 0: none)")
     args = parser.parse_args(argv)
     check_device(args.device)
     task, model = task_and_model(args)
     config = config_from_preset(task, task.finetune_preset(model, synthetic=args.data is None), args)
     arch = Arch.from_arg(args.arch)
     out = Path(args.out or f"runs/train_{model}")
-    if args.bn_recalibrate < 0:
+    if args.bn_recalibrate is not None and args.bn_recalibrate < 0:
         raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
     check_output_folder(out)
     init = args.init or ("remap" if args.seed_weights else "random")

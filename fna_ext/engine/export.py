@@ -61,14 +61,14 @@ def _require_onnx() -> None:
 
 def _write_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():  # torch.jit's deprecation notice: TorchScript is what was asked for
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
         traced = torch.jit.trace(wrapper, example, check_trace=False)
         torch.jit.save(traced, str(path))
 
 
 def _run_torchscript(path: Path, example: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
         return torch.jit.load(str(path))(example)
 
 

@@ -42,13 +42,14 @@ def check_init(init: str, seed_weights) -> None:
 
 
 def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weights: str | Path | None = None,
-             init: str = "remap", bn_recalibrate: int = 0, resume: bool = False,
+             init: str = "remap", bn_recalibrate: int | None = None, resume: bool = False,
              device: str = "cpu") -> TrainResult:
     """FNA's parameter adaptation of ``config['model']['name']`` (a model of ``task``) on
     ``arch``: builds the model, initialises its backbone (``init="remap"``: the seed's parameters
-    remapped into it; ``"random"``: left at random initialisation, the paper's Table 5
-    baseline), re-estimates the BN statistics on ``bn_recalibrate`` training batches if asked,
-    fine-tunes and evaluates. Writes into ``out_dir``: ``config.yaml``, ``metrics.jsonl``
+    remapped into it by the ``adaptation`` section's width and kernel rules; ``"random"``: left at
+    random initialisation, the paper's Table 5 baseline), re-estimates the BN statistics on
+    ``bn_recalibrate`` training batches (None: ``adaptation.bn_recalibrate``; 0: none), fine-tunes
+    and evaluates. Writes into ``out_dir``: ``config.yaml``, ``metrics.jsonl``
     (training log), ``checkpoint.pt`` (resumable), ``model_final.pt`` (weights with the arch
     embedded), ``metrics.json`` (the task's metrics) and ``training.png``."""
     started = time.perf_counter()
@@ -61,12 +62,15 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     torch.manual_seed(int(config["train"].get("seed", 0)))  # the same config starts the same model
     model_name = config["model"]["name"]
     model = task.build_model(model_name, arch, config["model"]["num_classes"] or data.num_classes,
-                             backbone_bn_eps=config["model"]["backbone_bn_eps"])
-    train_cfg = config["train"]
+                             **task.model_options(config))
+    train_cfg, adaptation = config["train"], config.get("adaptation", {})
+    if bn_recalibrate is None:
+        bn_recalibrate = int(adaptation.get("bn_recalibrate", 0))
     if not resume and init == "remap":
         # the seed's parameters remapped into this backbone (FNA's parameter remapping; a change
         # of layout only when the arch is the seed's own)
-        remap_network(load_seed_network(seed_weights), model.backbone)
+        remap_network(load_seed_network(seed_weights), model.backbone,
+                      adaptation.get("remap_width", "first"), adaptation.get("remap_kernel", "center"))
     model.to(device)  # before recalibration, which runs batches on the device
     clock.lap("remap" if init == "remap" else "build")
     if not resume and bn_recalibrate:
@@ -142,16 +146,33 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_checkpoint` measured, and on what."""
+
+    task: object
+    model: torch.nn.Module
+    metrics: dict[str, float]
+    dataset: torch.utils.data.Dataset
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path | None = None, *,
-                        batch_size: int | None = None, device: str = "cpu"):
-    """(the task's metrics, the validation dataset they were measured on) of a trained model
-    file, on the split it was trained with or on the one of another dataset at ``data_root``."""
+                        batch_size: int | None = None, eval_settings=(), device: str = "cpu") -> Evaluation:
+    """The task's metrics of a trained model file, on the split it was trained with or on the
+    one of another dataset at ``data_root``. ``eval_settings`` are ``eval.KEY=VALUE`` assignments
+    over the file's evaluation settings (segmentation: ``eval.flip``, ``eval.scales``)."""
     from ..tasks import load_model_file
 
     task, model, payload = load_model_file(checkpoint)
     config = payload["config"]
+    not_eval = [a for a in eval_settings if not str(a).startswith("eval.")]
+    if not_eval:
+        raise ValueError(f"--set {not_eval[0]}: evaluate changes only eval.* settings "
+                         f"(it has {sorted(config.get('eval', {}))})")
+    if eval_settings:
+        config = task.resolve_config(config, None, eval_settings)
     dataset = task.val_data(config, data_root)
     task.check_same_classes(payload, dataset, f"{checkpoint} and {getattr(dataset, 'ann_file', data_root)}")
     metrics = task.evaluate(model.to(device), dataset, device=device,
                             batch_size=batch_size or int(config["eval"]["batch_size"]))
-    return task, metrics, dataset
+    return Evaluation(task, model, metrics, dataset)

@@ -146,9 +146,10 @@ class ArchitectureSearch:
         self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
-                                     kernel=s["remap_kernel"], output_stride=self.task.output_stride(self.model_name))
+                                     kernel=s["remap_kernel"], output_stride=self.task.output_stride(config))
+        self.model_options = self.task.model_options(config)
         self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
-                                                       backbone=self.supernet),
+                                                       backbone=self.supernet, **self.model_options),
                                  self.device, bool(train.get("channels_last", True)))
         # under torchrun every BN was built global (fna_ext.families.norm): its statistics cover
         # all processes' batches
@@ -362,7 +363,7 @@ def random_search_choice(search: ArchitectureSearch) -> tuple[list[int], list[di
 def _model_cost(search: ArchitectureSearch, arch, size) -> dict:
     from ..cost import count
 
-    model = search.task.build_model(search.model_name, arch, search.num_classes)
+    model = search.task.build_model(search.model_name, arch, search.num_classes, **search.model_options)
     report = count(model, size)
     parts = report.grouped()
     return {"input_size": list(size), "params": report.params, "madds": report.madds,

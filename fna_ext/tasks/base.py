@@ -21,7 +21,7 @@ from torch import nn
 
 from ..arch import Arch
 from ..config import Check, Rule, resolve, validate
-from ..engine.settings import TRAINING_CHECKS, TRAINING_RULES
+from ..engine.settings import ADAPTATION_DEFAULTS, TRAINING_CHECKS, TRAINING_RULES
 from ..nas.settings import SEARCH_CHECKS, SEARCH_RULES
 
 
@@ -56,6 +56,9 @@ class Task:
     aliases: tuple[str, ...] = ()
     description: str = ""
     models: tuple[str, ...] = ()     # meta-architectures this task can build
+    # output strides build_model(output_stride=...) accepts (DeepLab: 16 and 8); () when the
+    # backbone keeps its own strides
+    output_strides: tuple[int, ...] = ()
     default_model: str = ""
     metric_names: tuple[str, ...] = ()
     primary_metric: str = ""
@@ -72,7 +75,10 @@ class Task:
         return copy.deepcopy(self.presets(self.model_name(model), synthetic)[0])
 
     def finetune_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
-        return copy.deepcopy(self.presets(self.model_name(model), synthetic)[1])
+        """The fine-tuning preset, its ``adaptation`` section completed from the engine's defaults."""
+        preset = copy.deepcopy(self.presets(self.model_name(model), synthetic)[1])
+        preset["adaptation"] = {**ADAPTATION_DEFAULTS, **preset.get("adaptation", {})}
+        return preset
 
     def config_rules(self, model: str) -> dict[str, Rule]:
         """Rules of the task's own settings (its ``data`` and ``model`` sections). Settings
@@ -124,10 +130,15 @@ class Task:
         in: how deep each stage may grow, and which layers' inner width the model reads."""
         raise NotImplementedError
 
-    def output_stride(self, model: str) -> int | None:
-        """The output stride ``model`` keeps its backbone at (DeepLab's 16 or 8: later strides
-        become dilations), or None for the backbone's own strides."""
+    def output_stride(self, config: dict) -> int | None:
+        """The output stride a run of ``config`` keeps its backbone at (DeepLab's 16 or 8: later
+        strides become dilations), or None for the backbone's own strides."""
         return None
+
+    def model_options(self, config: dict) -> dict:
+        """What :meth:`build_model` takes from ``config`` beyond the arch and the classes, so that
+        the search, fine-tuning, counting and a model file build the same model."""
+        return {"backbone_bn_eps": float(config["model"]["backbone_bn_eps"])}
 
     def count_size(self, model: str) -> tuple[int, int]:
         """(H, W) at which the published Params/MAdds tables count ``model``."""
@@ -156,6 +167,11 @@ class Task:
 
     def evaluate(self, model: nn.Module, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
         raise NotImplementedError
+
+    def write_examples(self, model: nn.Module, dataset, path: Path, *, device="cpu") -> Path | None:
+        """Writes ``path``, a PNG of a few of ``dataset``'s images with the model's predictions
+        beside the truth, and returns it; None for a task that draws none."""
+        return None
 
     def format_metrics(self, metrics: dict) -> str:
         return "  ".join(f"{name} {metrics[name]:.3f}" for name in self.metric_names if name in metrics)

@@ -1,10 +1,13 @@
 """Segmentation evaluation as FNA's published code ran it on Cityscapes: sliding-window inference
 (crops of 769x769 at a stride of 2/3 of the crop, single scale, no flip) and the mean IoU from a
-confusion matrix over the train ids, ignoring label 255."""
+confusion matrix over the train ids, ignoring label 255. Flipped and rescaled copies of each image
+(``eval.flip``, ``eval.scales``) are optional: their class probabilities are averaged, as
+DeepLab's multi-scale evaluation does."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +67,52 @@ def sliding_window_logits(model: nn.Module, image: torch.Tensor, num_classes: in
     return logits / counts
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """How each image is predicted: windows of ``crop``, and optionally the mean of the class
+    probabilities over the image ``flip``-ped and rescaled by each of ``scales``."""
+
+    crop: tuple[int, int] = (769, 769)
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "EvalSettings":
+        evaluation = config.get("eval", {})
+        return cls(tuple(config["data"]["eval_crop"]), bool(evaluation.get("flip", False)),
+                   tuple(float(s) for s in evaluation.get("scales", (1.0,))))
+
+    @property
+    def single(self) -> bool:
+        return not self.flip and tuple(self.scales) == (1.0,)
+
+
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, dataset, *, crop: tuple[int, int] = (769, 769),
+def predict_scores(model: nn.Module, image: torch.Tensor, num_classes: int,
+                   settings: EvalSettings = EvalSettings()) -> torch.Tensor:
+    """Class scores (1, classes, H, W) of one image (1, 3, H, W): the sliding-window logits, or
+    with flip or several scales the mean of each copy's softmax, resized back to the image."""
+    if settings.single:
+        return sliding_window_logits(model, image, num_classes, settings.crop)
+    height, width = image.shape[-2:]
+    total, copies = None, 0
+    for scale in settings.scales:
+        size = (max(1, round(height * scale)), max(1, round(width * scale)))
+        scaled = image if size == (height, width) else F.interpolate(image, size=size, mode="bilinear",
+                                                                     align_corners=False)
+        for flipped in (False, True) if settings.flip else (False,):
+            logits = sliding_window_logits(model, scaled.flip(-1) if flipped else scaled, num_classes, settings.crop)
+            logits = logits.flip(-1) if flipped else logits
+            if size != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probabilities = logits.softmax(1)
+            total = probabilities if total is None else total + probabilities
+            copies += 1
+    return total / copies
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: nn.Module, dataset, *, settings: EvalSettings = EvalSettings(),
                           device="cpu") -> dict[str, float]:
     """The metrics of ``model`` (logits at the input size) over ``dataset``'s (image, label) pairs."""
     was_training = model.training
@@ -75,8 +122,8 @@ def evaluate_segmentation(model: nn.Module, dataset, *, crop: tuple[int, int] = 
     try:
         for index in range(len(dataset)):
             image, label = dataset[index]
-            logits = sliding_window_logits(model, image[None].to(device), num_classes, crop)
-            confusion += confusion_matrix(logits.argmax(1)[0].cpu(), label, num_classes)
+            scores = predict_scores(model, image[None].to(device), num_classes, settings)
+            confusion += confusion_matrix(scores.argmax(1)[0].cpu(), label, num_classes)
     finally:
         model.train(was_training)
     return segmentation_metrics(confusion, dataset.class_names)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 
-from ...config import Choice, Int, List, Number, Rule, Str
+from ...config import Bool, Choice, Int, List, Number, Rule, Str
 from ...engine.settings import TRAIN_DEFAULTS
 from ...nas.settings import SEARCH_DEFAULTS
 from .model import VERSIONS
@@ -32,7 +32,14 @@ RULES: dict[str, Rule] = {
     "data.eval_crop": List(Int(MIN_CROP), 2),
     "model.num_classes": Int(1, nullable=True),
     "model.backbone_bn_eps": Number(0, open_low=True),
+    "model.output_stride": Choice(16, 8),
+    "eval.flip": Bool(),
+    "eval.scales": List(Number(0, open_low=True)),
 }
+
+# Evaluation as the published code ran it: one scale, no flip (eval.flip and eval.scales add
+# mirrored and rescaled copies, e.g. scales [0.75, 1.0, 1.25, 1.5, 1.75])
+EVAL_DEFAULTS = {"batch_size": 1, "flip": False, "scales": [1.0]}
 
 
 
@@ -45,7 +52,7 @@ def _identity(model: str) -> dict:
     if model not in VERSIONS:
         raise ValueError(f"unknown segmentation model {model!r}; choose one of {list(VERSIONS)}")
     return {"task": "segmentation",
-            "model": {"name": model, "num_classes": None, "backbone_bn_eps": 1e-5}}
+            "model": {"name": model, "num_classes": None, "backbone_bn_eps": 1e-5, "output_stride": 16}}
 
 
 # A.1: 80 epochs, alpha from epoch 30, 20% of the training images for alpha, lambda 9e-3, tau 45;
@@ -77,6 +84,8 @@ CITYSCAPES_FINETUNE = {
     "data": _data(scales=[0.75, 1.0, 1.25, 1.5, 1.75, 2.0], crop_size=[769, 769]),
     "train": {**TRAIN_DEFAULTS, "epochs": 538, "batch_size": 16, "eval_every": 50, "optimizer": _sgd(0.01),
               "schedule": {"name": "poly", "power": 0.9, "warmup_iters": 5000, "warmup_ratio": 0.01}},
+    # the BN statistics re-estimated on 2000 training batches before fine-tuning, as published
+    "adaptation": {"bn_recalibrate": 2000},
 }
 
 # The embedded default: the synthetic shapes at 160x160 in the Cityscapes layout, 128x128 crops.
@@ -101,5 +110,5 @@ def search_preset(model: str, synthetic: bool) -> dict:
 
 
 def finetune_preset(model: str, synthetic: bool) -> dict:
-    return {**_identity(model), "eval": {"batch_size": 1},
+    return {**_identity(model), "eval": dict(EVAL_DEFAULTS),
             **copy.deepcopy(SYNTHETIC_FINETUNE if synthetic else CITYSCAPES_FINETUNE)}

@@ -1,5 +1,5 @@
 """Semantic segmentation as a :class:`~fna_ext.tasks.base.Task`: Cityscapes (or a folder of
-images and label PNGs) with DeepLabv3 or DeepLabv3+ at output stride 16."""
+images and label PNGs) with DeepLabv3 or DeepLabv3+ at output stride 16 or 8."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from ..base import Task, TaskData, load_trained_weights
 from . import presets
 from . import transforms as T
 from .data import cityscapes, segmentation_folder
-from .evaluation import evaluate_segmentation
+from .evaluation import EvalSettings, evaluate_segmentation
 from .labels import CITYSCAPES_CLASSES
 from .model import VERSIONS, DeepLabConfig, build_deeplab, collate_segmentation
 
 # A.1: the MobileNetV2 stages of expansion 6 are searched, at most {4, 4, 6, 6, 4, 1} layers deep
 SEGMENTATION_SPACE = SearchSpace("segmentation", (4, 4, 6, 6, 4, 1))
-OUTPUT_STRIDE = 16  # A.1: the search's features are down-sampled 16 times; so is the fine-tuning's
+OUTPUT_STRIDES = (16, 8)  # A.1 searches and fine-tunes at 16; Table 1 also counts DeepLabv3+ at 8
 COUNT_SIZE = (1024, 2048)  # Table 1 counts at Cityscapes' full resolution
 MODEL_FORMAT = "fna_ext.segmentation.v1"
 _REQUIRED = ("task", "model", "arch", "num_classes", "class_names", "config", "state_dict")
@@ -46,15 +46,16 @@ def dataset_root(config: dict) -> Path:
 def load_split(config: dict, root: Path, split: str, transform) -> torch.utils.data.Dataset:
     build = cityscapes if config["data"]["layout"] == "cityscapes" else segmentation_folder
     dataset = build(root, split, transform)
-    dataset.eval_crop = tuple(config["data"]["eval_crop"])  # how evaluate() slides over its images
+    dataset.eval_settings = EvalSettings.from_config(config)  # how evaluate() predicts its images
     return dataset
 
 
 class SegmentationTask(Task):
     name = "segmentation"
     aliases = ("cityscapes",)
-    description = "Cityscapes semantic segmentation with DeepLabv3 or DeepLabv3+ (output stride 16)"
+    description = "Cityscapes semantic segmentation with DeepLabv3 or DeepLabv3+ (output stride 16 or 8)"
     models = VERSIONS
+    output_strides = OUTPUT_STRIDES
     default_model = "deeplabv3"
     metric_names = ("mIoU", "pixel_accuracy", "mean_accuracy")
     primary_metric = "mIoU"
@@ -67,15 +68,19 @@ class SegmentationTask(Task):
         return presets.RULES
 
     def build_model(self, model: str, arch: Arch, num_classes: int, *, backbone: nn.Module | None = None,
-                    backbone_bn_eps: float = 1e-5, **options) -> nn.Module:
-        config = DeepLabConfig(self.model_name(model), OUTPUT_STRIDE, backbone_bn_eps=backbone_bn_eps)
+                    backbone_bn_eps: float = 1e-5, output_stride: int = OUTPUT_STRIDES[0]) -> nn.Module:
+        config = DeepLabConfig(self.model_name(model), output_stride, backbone_bn_eps=backbone_bn_eps)
         return build_deeplab(arch, num_classes, config, backbone=backbone)
+
+    def model_options(self, config: dict) -> dict:
+        return {**super().model_options(config), "output_stride": self.output_stride(config)}
 
     def search_space(self, model: str) -> SearchSpace:
         return SEGMENTATION_SPACE
 
-    def output_stride(self, model: str) -> int | None:
-        return OUTPUT_STRIDE
+    def output_stride(self, config: dict) -> int:
+        # model files written before the setting existed were all at 16
+        return int(config["model"].get("output_stride", OUTPUT_STRIDES[0]))
 
     def count_size(self, model: str) -> tuple[int, int]:
         return COUNT_SIZE
@@ -97,7 +102,14 @@ class SegmentationTask(Task):
                           config["data"]["val_split"], T.eval_transform())
 
     def evaluate(self, model: nn.Module, dataset, *, batch_size: int, device="cpu") -> dict[str, float]:
-        return evaluate_segmentation(model, dataset, crop=getattr(dataset, "eval_crop", (769, 769)), device=device)
+        return evaluate_segmentation(model, dataset, settings=getattr(dataset, "eval_settings", EvalSettings()),
+                                     device=device)
+
+    def write_examples(self, model: nn.Module, dataset, path: Path, *, device="cpu") -> Path:
+        from .pictures import write_predictions
+
+        return write_predictions(model, dataset, path, settings=getattr(dataset, "eval_settings", EvalSettings()),
+                                 device=device)
 
     def model_payload(self, model: nn.Module, config: dict, data: TaskData, **extra) -> dict:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -112,8 +124,17 @@ class SegmentationTask(Task):
             raise ValueError(f"{source} is not a trained segmentation model (format {MODEL_FORMAT!r}"
                              f"{', lacks ' + str(missing) if missing else ''}); pass the model_final.pt of fna_ext.train")
         model = self.build_model(payload["model"], Arch.parse(payload["arch"]), int(payload["num_classes"]),
-                                 backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
+                                 **self.model_options(payload["config"]))
         return load_trained_weights(model, payload["state_dict"], source, payload["model"])
+
+    def export_module(self, model: nn.Module, payload: dict, input_size: tuple[int, int]) -> nn.Module:
+        from .export import SegmentationLogits
+
+        return SegmentationLogits(model, input_size)
+
+    def export_input_size(self, payload: dict) -> tuple[int, int]:
+        # the evaluation window: what the model sees at a time when it is evaluated
+        return tuple(payload["config"]["data"]["eval_crop"])
 
     def check_same_classes(self, payload: dict, dataset, where: str) -> None:
         if list(payload["class_names"]) != list(dataset.class_names):

@@ -1,0 +1,29 @@
+"""The segmentation task's export wrapper: a DeepLab model for a fixed input size, raw 0..255 RGB
+in, per-pixel class logits at the input size out (argmax over the classes gives the train ids;
+softmax the probabilities). Sliding windows, flips and scales are left to the runtime."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+class SegmentationLogits(nn.Module):
+    """``model`` behind the normalisation it was trained with: images (N, 3, H, W) float RGB in
+    0..255 -> logits (N, classes, H, W)."""
+
+    output_names = ("logits",)
+    # the largest difference an exported file may show against the original, in logits
+    tolerances = (1e-3,)
+
+    def __init__(self, model: nn.Module, input_size: tuple[int, int]):
+        super().__init__()
+        self.model = model.eval()
+        self.input_size = tuple(int(s) for s in input_size)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model((images - self.mean) / self.std),)
