@@ -1,18 +1,33 @@
-"""The paper's Table 5 on the synthetic task: does parameter remapping matter, and where?
+"""The paper's Tables 5 and 7 on a synthetic task: does parameter remapping matter, where, and
+which remapping?
 
-Four pipelines with equal budgets, each over several run seeds:
+Table 5 (``--table 5``), the pipelines with equal budgets, each over several run seeds:
 - Remap    -> ArchAdapt -> Remap    -> ParamAdapt  (FNA)
 - RandInit -> ArchAdapt -> Remap    -> ParamAdapt
 - Remap    -> ArchAdapt -> RandInit -> ParamAdapt
 - RandInit -> ArchAdapt -> RandInit -> ParamAdapt
-The search of a run seed is shared by the two rows that start it the same way (the same search
-config gives the same architecture), so a seed costs two searches and four fine-tunings.
+- with ``--retrain``: Remap -> ArchAdapt -> Retrain -> ParamAdapt, where the found architecture
+  is pretrained from scratch with the project's own seed recipe (``fna_ext.pretrain``, standing
+  in for the paper's ImageNet pretraining) and fine-tuned from those weights.
 
-    python benchmarks/remap_ablation.py [--seeds 0 1 2] [--search-epochs 3] [--train-epochs 6]
+Table 7 (``--table 7``), the remapping rules against FNA's (Eq. 2 width, Eq. 3 kernel), each
+used for both remappings (into the super network and into the found architecture):
+Width-BN, Width-Std, Width-L1 (Algorithm 1 with |gamma|, the filters' std or their L1 norm as
+the reference) and Kernel-Dilate (Eq. 6).
 
-writes ``benchmarks/results/remap_ablation.json`` (one object per row: name, mean and per-seed
-AP and AP50, MAdds) and ``remap_ablation.md``. Finished phases are kept in ``--work`` and reused
-when the command is run again, so an interrupted run continues where it stopped.
+A search is shared by every row that starts it the same way (same seed, init and remapping), and
+the phases of one ``--work`` folder are shared by both tables: Table 7's FNA row is Table 5's
+first.
+
+    python benchmarks/remap_ablation.py --task cityscapes --table 5 --retrain [--seeds 0 1]
+        [--search-epochs 3] [--train-epochs 8]
+    python benchmarks/remap_ablation.py --task cityscapes --table 7
+
+writes ``benchmarks/results/remap_ablation_{task}.json`` (Table 5) or ``remap_variants_{task}.json``
+(Table 7): one object per row with the mean, spread and per-seed values of the task's two
+headline metrics (detection AP and AP50, segmentation mIoU and pixel accuracy) and the MAdds,
+and the same as markdown (``.md``). Finished phases are kept in ``--work`` and reused when the
+command is run again, so an interrupted run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -23,31 +38,69 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fna_ext.pipeline import AdaptOptions, device_description, pipeline_configs  # noqa: E402
 from fna_ext.arch import Arch  # noqa: E402
-from fna_ext.nas.search import search  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
-from fna_ext.remap import load_seed_network  # noqa: E402
 from fna_ext.engine.finetune import finetune  # noqa: E402
-from fna_ext.pretrain import seed_weights_path  # noqa: E402
+from fna_ext.nas.search import search  # noqa: E402
+from fna_ext.pipeline import AdaptOptions, device_description, pipeline_configs  # noqa: E402
+from fna_ext.pretrain import pretrain_seed, seed_weights_path  # noqa: E402
+from fna_ext.remap import load_seed_network  # noqa: E402
 from fna_ext.tasks import get_task  # noqa: E402
 
-ROWS = [("remap", "remap"), ("random", "remap"), ("remap", "random"), ("random", "random")]
-NAMES = {"remap": "Remap", "random": "RandInit"}
+NAMES = {"remap": "Remap", "random": "RandInit", "retrain": "Retrain"}
 
 
-def row_name(search_init: str, train_init: str) -> str:
-    return f"{NAMES[search_init]} -> ArchAdapt -> {NAMES[train_init]} -> ParamAdapt"
+@dataclass(frozen=True)
+class Row:
+    """One pipeline: how the super network starts, how the found network starts (``retrain``:
+    pretrained from scratch first) and the remapping rules of both remappings."""
+
+    search_init: str = "remap"
+    train_init: str = "remap"
+    width: str = "first"
+    kernel: str = "center"
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or (f"{NAMES[self.search_init]} -> ArchAdapt -> {NAMES[self.train_init]} -> ParamAdapt")
+
+    @property
+    def search_key(self) -> str:
+        """The folder of this row's search (rows that search alike share it)."""
+        return f"search_{self.search_init}" + ("" if (self.width, self.kernel) == ("first", "center")
+                                                else f"_{self.width}_{self.kernel}")
 
 
-def searched_arch(options: AdaptOptions, seed_network, work: Path) -> tuple[Arch, dict]:
-    """The derived architecture of this (seed, search init), searched once and reused."""
-    out = work / f"seed{options.seed}" / f"search_{options.search_init}"
+TABLE5 = [Row(), Row("random", "remap"), Row("remap", "random"), Row("random", "random")]
+RETRAIN = Row("remap", "retrain")
+TABLE7 = [Row(width="bn", label="Width-BN"), Row(width="std", label="Width-Std"),
+          Row(width="l1", label="Width-L1"), Row(kernel="dilate", label="Kernel-Dilate"), Row(label="FNA")]
+
+
+def headline_metrics(task) -> list[str]:
+    """The task's primary metric and the next one it reports (AP and AP50, mIoU and pixel accuracy)."""
+    return [task.primary_metric, next(m for m in task.metric_names if m != task.primary_metric)]
+
+
+def options_for(row: Row, seed: int, args) -> AdaptOptions:
+    return AdaptOptions(
+        task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights, seed=seed,
+        device=args.device, search_init=row.search_init, train_init="random" if row.train_init == "random" else "remap",
+        search_overrides=[*args.search_set, f"train.epochs={args.search_epochs}",
+                          f"search.remap_width={row.width}", f"search.remap_kernel={row.kernel}"],
+        train_overrides=[*args.train_set, f"train.epochs={args.train_epochs}",
+                         f"adaptation.remap_width={row.width}", f"adaptation.remap_kernel={row.kernel}"])
+
+
+def searched_arch(options: AdaptOptions, seed_network, out: Path) -> tuple[Arch, dict]:
+    """The derived architecture of this search, searched once and reused."""
     if (out / "arch.json").exists():
         arch = Arch.load(out / "arch.json")
         return arch, arch.meta["search"]["adapted"]
@@ -56,87 +109,115 @@ def searched_arch(options: AdaptOptions, seed_network, work: Path) -> tuple[Arch
     return found.arch, found.record["adapted"]
 
 
-def fine_tuned_metrics(options: AdaptOptions, arch: Arch, seed_path: Path, work: Path) -> dict:
-    out = work / f"seed{options.seed}" / f"train_{options.search_init}_{options.train_init}"
+def retrained_weights(arch: Arch, seed: int, out: Path, args) -> Path:
+    """The found architecture pretrained from scratch with the project's seed recipe."""
+    path = out / "weights.pt"
+    if not path.exists():
+        result = pretrain_seed(path, arch=arch, seed=seed, epochs=args.pretrain_epochs, device=args.device)
+        print(f"  retrained {arch}: val top-1 {result.accuracy:.3f} ({result.seconds:.0f} s)", flush=True)
+    return path
+
+
+def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Path) -> dict:
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     _, train_config = pipeline_configs(options)
-    return finetune(get_task(options.task), train_config, arch, out, seed_weights=seed_path,
+    return finetune(get_task(options.task), train_config, arch, out, seed_weights=weights,
                     init=options.train_init, device=options.device).metrics
 
 
 def run(args) -> list[dict]:
-    work = Path(args.work)
-    rows = {row: {"name": row_name(*row), "search_init": row[0], "train_init": row[1], "per_seed": []}
-            for row in ROWS}
+    task = get_task(args.task)
+    metrics = headline_metrics(task)
+    work = Path(args.work or REPO / "runs" / f"remap_ablation_{task.name}")
+    table = (TABLE5 + ([RETRAIN] if args.retrain else [])) if args.table == 5 else TABLE7
+    rows = {row: {"name": row.name, "search_init": row.search_init, "train_init": row.train_init,
+                  "width": row.width, "kernel": row.kernel, "per_seed": []} for row in table}
+    seed_path = seed_weights_path(args.seed_weights, args.data)
+    seed_network = load_seed_network(seed_path)
     for seed in args.seeds:
-        base = dict(data=args.data, seed_weights=args.seed_weights, seed=seed, device=args.device,
-                    search_overrides=[*args.search_set, f"train.epochs={args.search_epochs}"],
-                    train_overrides=[*args.train_set, f"train.epochs={args.train_epochs}"])
-        seed_path = seed_weights_path(args.seed_weights, args.data)
-        seed_network = load_seed_network(seed_path)
-        for search_init, train_init in ROWS:
-            options = AdaptOptions(**base, search_init=search_init, train_init=train_init)
+        for row in table:
+            options = options_for(row, seed, args)
+            folder = work / f"seed{seed}"
             started = time.perf_counter()
-            arch, cost = searched_arch(options, seed_network, work)
-            metrics = fine_tuned_metrics(options, arch, seed_path, work)
-            rows[(search_init, train_init)]["per_seed"].append(
-                {"seed": seed, "AP": metrics["AP"], "AP50": metrics["AP50"], "madds": cost["madds"],
-                 "params": cost["params"], "arch": str(arch)})
-            print(f"seed {seed} | {row_name(search_init, train_init)}: AP {metrics['AP']:.3f} "
-                  f"AP50 {metrics['AP50']:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
-    return [_with_means(row) for row in rows.values()]
+            arch, cost = searched_arch(options, seed_network, folder / row.search_key)
+            weights = (retrained_weights(arch, seed, folder / f"retrain_{row.search_key}", args)
+                       if row.train_init == "retrain" else seed_path)
+            result = fine_tuned_metrics(options, arch, weights,
+                                        folder / f"train_{row.search_key}_{row.train_init}")
+            rows[row]["per_seed"].append({"seed": seed, **{m: result[m] for m in metrics},
+                                          "madds": cost["madds"], "params": cost["params"], "arch": str(arch)})
+            print(f"seed {seed} | {row.name}: " + " ".join(f"{m} {result[m]:.3f}" for m in metrics)
+                  + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    return [_with_means(row, [*metrics, "madds"]) for row in rows.values()]
 
 
-def _with_means(row: dict) -> dict:
+def _with_means(row: dict, keys: list[str]) -> dict:
     per_seed = row["per_seed"]
-    for key in ("AP", "AP50", "madds"):
+    for key in keys:
         values = [r[key] for r in per_seed]
         row[f"mean_{key}"] = statistics.fmean(values)
         row[f"std_{key}"] = statistics.pstdev(values) if len(values) > 1 else 0.0
     return row
 
 
-def markdown(rows: list[dict], args) -> str:
-    lines = ["| pipeline | AP (mean ± std) | AP50 (mean ± std) | MAdds (mean) | per-seed AP50 |",
+def markdown(rows: list[dict], metrics: list[str], args) -> str:
+    first, second = metrics
+    lines = [f"| pipeline | {first} (mean ± std) | {second} (mean ± std) | MAdds (mean) | per-seed {first} |",
              "| --- | ---: | ---: | ---: | --- |"]
     for row in rows:
-        per_seed = ", ".join(f"{r['AP50']:.3f}" for r in row["per_seed"])
-        lines.append(f"| {row['name']} | {row['mean_AP']:.3f} ± {row['std_AP']:.3f} | "
-                     f"{row['mean_AP50']:.3f} ± {row['std_AP50']:.3f} | {row['mean_madds'] / 1e6:.1f}M | {per_seed} |")
-    lines += ["", f"Seeds {args.seeds}; search {args.search_epochs} epochs, fine-tuning {args.train_epochs} "
-              f"epochs per row; data: {args.data or 'the embedded synthetic default'}; "
-              f"{device_description(args.device)}; command: `{shlex.join(['python', 'benchmarks/remap_ablation.py', *args.argv])}`."]
+        per_seed = ", ".join(f"{r[first]:.3f}" for r in row["per_seed"])
+        lines.append(f"| {row['name']} | {row[f'mean_{first}']:.3f} ± {row[f'std_{first}']:.3f} | "
+                     f"{row[f'mean_{second}']:.3f} ± {row[f'std_{second}']:.3f} | "
+                     f"{row['mean_madds'] / 1e6:.1f}M | {per_seed} |")
+    lines += ["", f"Task {args.task}; seeds {args.seeds}; search {args.search_epochs} epochs, fine-tuning "
+              f"{args.train_epochs} epochs per row; data: {args.data or 'the embedded synthetic default'}; "
+              f"{device_description(args.device)}; command: "
+              f"`{shlex.join(['python', 'benchmarks/remap_ablation.py', *args.argv])}`."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="coco", help="the task (coco, cityscapes, ...; default coco)")
+    parser.add_argument("--model", help="the task's model (default: its default)")
+    parser.add_argument("--table", type=int, choices=[5, 7], default=5,
+                        help="5: where remapping matters; 7: which remapping (default 5)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="Table 5's fifth row: the found architecture pretrained from scratch, then fine-tuned")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--search-epochs", type=int, default=3)
     parser.add_argument("--train-epochs", type=int, default=6)
-    parser.add_argument("--data", help="COCO-format root (default: the embedded synthetic dataset)")
+    parser.add_argument("--pretrain-epochs", type=int, help="epochs of the Retrain row's pretraining "
+                                                            "(default: the seed recipe's)")
+    parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
     parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
     parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a search setting for every row (repeatable)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a fine-tuning setting for every row (repeatable)")
-    parser.add_argument("--work", default=str(REPO / "runs" / "remap_ablation"),
-                        help="folder for each phase's outputs, reused when run again")
+    parser.add_argument("--work", help="folder for each phase's outputs, reused when run again "
+                                       "(default: runs/remap_ablation_TASK)")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.retrain and args.table != 5:
+        parser.error("--retrain adds a row to Table 5; use it with --table 5")
+    task = get_task(args.task)
+    args.task = task.name
     started = time.perf_counter()
     rows = run(args)
+    metrics = headline_metrics(task)
+    name = f"remap_ablation_{task.name}" if args.table == 5 else f"remap_variants_{task.name}"
     results = Path(args.results)
-    record = {"rows": rows, "seeds": args.seeds, "search_epochs": args.search_epochs,
-              "train_epochs": args.train_epochs, "data": args.data or "embedded synthetic default",
-              "device": device_description(args.device), "date": time.strftime("%Y-%m-%d"),
-              "seconds": round(time.perf_counter() - started, 1)}
-    atomic_write_text(results / "remap_ablation.json", json.dumps(record, indent=2) + "\n")
-    atomic_write_text(results / "remap_ablation.md", markdown(rows, args))
-    print(markdown(rows, args))
+    record = {"table": args.table, "task": task.name, "metrics": metrics, "rows": rows, "seeds": args.seeds,
+              "search_epochs": args.search_epochs, "train_epochs": args.train_epochs,
+              "data": args.data or "embedded synthetic default", "device": device_description(args.device),
+              "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1)}
+    atomic_write_text(results / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(results / f"{name}.md", markdown(rows, metrics, args))
+    print(markdown(rows, metrics, args))
     return 0
 
 

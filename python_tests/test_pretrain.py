@@ -14,6 +14,8 @@ from fna_ext import cli, load_seed_weights, mobilenet_v2
 from fna_ext.cli import pretrain as pretrain_cli
 from fna_ext.pretrain import core as pretrain
 from fna_ext.data.synthetic import generate_classification
+from fna_ext.arch import Arch, mobilenet_v2_arch
+from fna_ext.families.mbconv import build_network
 from fna_ext.remap import save_weights
 
 
@@ -54,6 +56,17 @@ def test_run_folder_sits_beside_the_weights_and_resume_continues(tiny_run):
     resumed = pretrain.pretrain_seed(result.path, data_root=root, epochs=1, batch_size=10,
                                      width_mult=0.35, image_size=32, resume=True)
     assert resumed.accuracy == result.accuracy and resumed.history == []
+
+
+def test_an_arch_is_pretrained_in_place_of_mobilenet_v2(tiny_run, tmp_path):
+    """Table 5's Retrain row: a searched architecture pretrained with the same recipe."""
+    root, _ = tiny_run
+    arch = Arch.parse(str(mobilenet_v2_arch(0.35)).replace("k3_e6", "k5_e3"))
+    result = pretrain.pretrain_seed(tmp_path / "found.pt", data_root=root, epochs=1, batch_size=10, image_size=32,
+                                    arch=arch)
+    payload = torch.load(result.path, map_location="cpu", weights_only=True)
+    assert payload["arch"]["net_config"] == str(arch)
+    load_seed_weights(build_network(arch, 5), result.path)  # the 5-class classifier it was trained as
 
 
 def _fake_builder(calls: list):
@@ -121,6 +134,7 @@ def _leftovers(published):
 @pytest.mark.parametrize("args, message", [
     (["--width-mult", "0"], "--width-mult must be positive"),
     (["--image-size", "8"], "--image-size must be at least 32"),
+    (["--arch", "mobilenet_v2", "--width-mult", "0.5"], "--width-mult scales MobileNetV2"),
     (["--epochs", "0"], "must be positive"),
     (["--set", "train.no_such_key=1"], "unknown config key 'train.no_such_key'"),
     (["--set", "train.optimizer.name=lbfgs"], "train.optimizer.name must be one of sgd, rmsprop, adam, adamw"),

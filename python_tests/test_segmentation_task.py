@@ -137,3 +137,23 @@ def test_output_stride_8_trains_reloads_and_counts(tiny, tmp_path):
     assert count_task("deeplabv3", arch, output_stride=8).madds > count_task("deeplabv3", arch).madds
     with pytest.raises(ValueError, match="--output-stride 8: the ssdlite model takes none"):
         count_task("ssdlite", arch, output_stride=8)
+
+
+def test_the_adaptation_section_chooses_the_remapping_rules(tiny, tmp_path, monkeypatch):
+    """Table 7's variants reach the remapping of the found network (``adaptation.remap_*``)."""
+    import fna_ext.engine.finetune as finetune_module
+
+    data, _, seed_path = tiny
+    calls = []
+    real = finetune_module.remap_network
+    monkeypatch.setattr(finetune_module, "remap_network",
+                        lambda seed, target, width, kernel: calls.append((width, kernel)) or real(seed, target, width, kernel))
+    task = get_task("segmentation")
+    config = resolve(task.finetune_preset("deeplabv3", synthetic=True), None,
+                     [f"data.root={data}", *TINY, "train.epochs=1", "adaptation.remap_width=l1",
+                      "adaptation.remap_kernel=dilate"])
+    finetune(task, config, Arch.parse(str(mobilenet_v2_arch(0.35)).replace("k3_e6", "k5_e3")), tmp_path / "l1",
+             seed_weights=seed_path)
+    assert calls == [("l1", "dilate")]
+    with pytest.raises(ValueError, match="adaptation.remap_width must be one of"):
+        task.resolve_config(task.finetune_preset("deeplabv3", synthetic=True), None, ["adaptation.remap_width=biggest"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import ArgumentParser, check_output_file, removed_if_failed, run
+from ..arch import Arch
 from ..pretrain import DEFAULT_IMAGE_SIZE, default_seed_path, pretrain_seed, run_dir_for
 
 
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     parser.add_argument("--batch-size", type=int, help="shortcut for --set train.batch_size=N")
     parser.add_argument("--width-mult", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    parser.add_argument("--arch", help="pretrain this architecture instead of MobileNetV2 (a name, an arch file "
+                                       "such as a search's arch.json, or inline net_config)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help=f"training and eval resolution (default {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--config", help="YAML file of settings to override")
@@ -42,11 +45,14 @@ def _parser() -> argparse.ArgumentParser:
 def _customised(args: argparse.Namespace) -> bool:
     """Whether the command line departs from the embedded default's settings."""
     return bool(args.data or args.epochs or args.batch_size or args.config or args.set
-                or args.width_mult != 1.0 or args.image_size != DEFAULT_IMAGE_SIZE)
+                or args.arch or args.width_mult != 1.0 or args.image_size != DEFAULT_IMAGE_SIZE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.arch and args.width_mult != 1.0:
+        raise ValueError("--width-mult scales MobileNetV2; with --arch the architecture gives the widths")
+    arch = Arch.from_arg(args.arch) if args.arch else None
     out = Path(args.out) if args.out else default_seed_path()
     check_output_file(out, example="seed.pt")
     if args.out is None and _customised(args):
@@ -56,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = pretrain_seed(out, data_root=args.data, epochs=args.epochs, batch_size=args.batch_size,
                                width_mult=args.width_mult, image_size=args.image_size, device=args.device,
                                config_overrides=args.set, config_file=args.config, resume=args.resume,
-                               announce=lambda line: print(line, file=sys.stderr, flush=True))
+                               announce=lambda line: print(line, file=sys.stderr, flush=True), arch=arch)
     print(f"val top-1 {result.accuracy:.4f}")
     print(f"weights: {result.path}")
     print(f"time: {format_seconds(result.seconds)}")

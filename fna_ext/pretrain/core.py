@@ -46,6 +46,8 @@ from ..engine.settings import TRAINING_CHECKS, TRAINING_RULES
 from ..data.classification import EvalTransform, ImageFolderDataset, TrainTransform
 from ..data.synthetic import cache_dir, default_dataset
 from ..engine.trainer import Trainer
+from ..arch import Arch
+from ..families import get_family
 from ..families.mbconv import MBConv, mobilenet_v2
 from ..remap import save_weights
 
@@ -203,8 +205,10 @@ def pretrain_seed(out_path: str | os.PathLike, *, data_root: str | os.PathLike |
                   epochs: int | None = None, batch_size: int | None = None, width_mult: float = 1.0,
                   image_size: int = DEFAULT_IMAGE_SIZE, seed: int | None = None, device: str = "cpu",
                   config_overrides: Iterable[str] = (), config_file: str | os.PathLike | None = None,
-                  resume: bool = False, announce: Callable[[str], None] | None = None) -> PretrainResult:
-    """Trains ``mobilenet_v2(width_mult)`` on the classification data at ``data_root``
+                  resume: bool = False, announce: Callable[[str], None] | None = None,
+                  arch: Arch | None = None) -> PretrainResult:
+    """Trains ``mobilenet_v2(width_mult)``, or the network of ``arch`` (e.g. a searched
+    architecture, pretrained as the paper's Table 5 "Retrain" row does), on the classification data at ``data_root``
     (``<root>/{train,val}/<class>/<image>``; default: the synthetic shapes, generated and cached
     on first use) and writes its weights atomically to ``out_path``.
 
@@ -221,14 +225,15 @@ def pretrain_seed(out_path: str | os.PathLike, *, data_root: str | os.PathLike |
     train_set, val_set = classification_datasets(root, image_size, config["data"]["crop_scale"])
     train_cfg = config["train"]
     torch.manual_seed(train_cfg["seed"])  # the initial weights are part of the seeded run
-    model = seed_network(len(train_set.classes), width_mult, config["model"])
+    model = seed_network(len(train_set.classes), width_mult, config["model"], arch)
     trainer = _make_trainer(model, train_set, val_set, config, run_dir_for(out_path), device, width_mult)
     if resume and not trainer.resume():
         raise FileNotFoundError(f"--resume: no checkpoint in {trainer.out_dir}; start without --resume")
     if not resume:
         trainer.metrics_path.unlink(missing_ok=True)
     if announce is not None:
-        announce(f"pretraining mobilenet_v2 (width {width_mult:g}) at {image_size}px on {root}: "
+        what = f"mobilenet_v2 (width {width_mult:g})" if arch is None else str(arch)
+        announce(f"pretraining {what} at {image_size}px on {root}: "
                  f"{len(train_set)} train / {len(val_set)} val images, {train_cfg['epochs']} epochs")
     history = trainer.fit()
     evals = [r["eval"]["top1"] for r in history if "eval" in r]
@@ -241,10 +246,14 @@ def pretrain_seed(out_path: str | os.PathLike, *, data_root: str | os.PathLike |
     return PretrainResult(Path(path), accuracy, time.perf_counter() - started, history)
 
 
-def seed_network(num_classes: int, width_mult: float, model_config: dict) -> nn.Module:
-    """The standard MobileNetV2 with a ``num_classes`` classifier, initialised for training."""
-    model = mobilenet_v2(num_classes=num_classes, width_mult=width_mult,
-                         dropout=float(model_config["dropout"]))
+def seed_network(num_classes: int, width_mult: float, model_config: dict, arch: Arch | None = None) -> nn.Module:
+    """The standard MobileNetV2 (or ``arch``'s network) with a ``num_classes`` classifier,
+    initialised for training."""
+    dropout = float(model_config["dropout"])
+    if arch is None:
+        model = mobilenet_v2(num_classes=num_classes, width_mult=width_mult, dropout=dropout)
+    else:
+        model = get_family(arch.family).build_network(arch, num_classes, dropout=dropout)
     if model_config["zero_init_residual"]:
         zero_init_residual(model)
     return model
