@@ -82,7 +82,8 @@ def count(model: nn.Module, input_size: Iterable[int], *, forward: Callable | No
     madds: dict[str, tuple[int, tuple[int, ...]]] = {}
     hooks = []
     for name, module in model.named_modules():
-        rule = _MADDS_RULES.get(type(module))
+        # subclasses count as their base (an AtrousConv2d counts its whole kernel, as the paper does)
+        rule = next((_MADDS_RULES[c] for c in type(module).__mro__ if c in _MADDS_RULES), None)
         if rule is None:
             continue
 

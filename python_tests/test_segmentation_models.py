@@ -7,7 +7,7 @@ from torch import nn
 
 from fna_ext.arch import mobilenet_v2_arch
 from fna_ext.cost import count, count_params
-from fna_ext.tasks.segmentation.heads import ASPP, aspp_rates
+from fna_ext.tasks.segmentation.heads import ASPP, AtrousConv2d, aspp_rates
 from fna_ext.tasks.segmentation.model import DeepLabConfig, build_deeplab, deeplab_taps
 
 
@@ -79,3 +79,24 @@ def test_rates_scale_with_the_output_stride_and_bad_settings_are_named():
         DeepLabConfig("deeplabv4")
     with pytest.raises(ValueError, match="num_classes"):
         build_deeplab(mobilenet_v2_arch(0.35), 0)
+
+
+@pytest.mark.parametrize("size, groups, dilation", [((8, 8), 16, 12), ((8, 30), 16, 12), ((30, 8), 1, 12),
+                                                    ((8, 8), 1, 8), ((13, 13), 16, 6)])
+def test_atrous_conv_skipping_padding_taps_equals_the_full_conv(size, groups, dilation):
+    """Forward and every gradient against nn.Conv2d with the same weights, where the dilation
+    reaches past the map on both sides, on one side, exactly at the side, and not at all."""
+    torch.manual_seed(0)
+    full = nn.Conv2d(16, 16, 3, padding=dilation, dilation=dilation, groups=groups, bias=True)
+    atrous = AtrousConv2d(16, 16, 3, padding=dilation, dilation=dilation, groups=groups, bias=True)
+    atrous.load_state_dict(full.state_dict())
+    x = torch.randn(2, 16, *size, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    grad = torch.randn(2, 16, *size)
+    full(x).backward(grad)
+    out = atrous(x2)
+    out.backward(grad)
+    torch.testing.assert_close(out, full(x))
+    torch.testing.assert_close(x2.grad, x.grad)
+    torch.testing.assert_close(atrous.weight.grad, full.weight.grad)
+    torch.testing.assert_close(atrous.bias.grad, full.bias.grad)

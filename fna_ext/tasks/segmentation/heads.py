@@ -30,13 +30,39 @@ NormLayer = Callable[[int], nn.Module]
 ActLayer = Callable[[], nn.Module]
 
 
+class AtrousConv2d(nn.Conv2d):
+    """A dilated conv with "same" padding that skips the taps which can only read padding.
+
+    Where the dilation is at least the feature map's side (the ASPP's rates 12 and 18 on the 8x8
+    map of a 128-pixel crop at output stride 16, or the search's 321-pixel crops' 21x21 map at
+    rate 24 under output stride 8), every off-centre row (or column) of taps lands outside the map
+    for every output position, so the conv equals its centre row (column) alone. The result and the
+    gradients are the same (those taps' gradients are zero either way); the multiplies by
+    padding are gone, which matters most in eager PyTorch's slow dilated backward on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        same = self.padding == (dh * (kh - 1) // 2, dw * (kw - 1) // 2) and kh % 2 == 1 and kw % 2 == 1
+        rows, cols = kh > 1 and dh >= x.shape[-2], kw > 1 and dw >= x.shape[-1]
+        if not (rows or cols) or not same or self.stride != (1, 1) or self.padding_mode != "zeros":
+            return super().forward(x)
+        weight = self.weight
+        if rows:
+            weight = weight[:, :, kh // 2:kh // 2 + 1]
+        if cols:
+            weight = weight[:, :, :, kw // 2:kw // 2 + 1]
+        return F.conv2d(x, weight, self.bias, 1, (0 if rows else self.padding[0], 0 if cols else self.padding[1]),
+                        (1 if rows else dh, 1 if cols else dw), self.groups)
+
+
 def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 1, *, dilation: int = 1,
                   groups: int = 1, norm_layer: NormLayer = nn.BatchNorm2d,
                   act_layer: ActLayer = nn.ReLU) -> nn.Sequential:
     """A bias-free conv with "same" padding for its dilation, then the norm and the activation."""
     padding = dilation * (kernel_size - 1) // 2
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
-                                   groups=groups, bias=False),
+    conv = AtrousConv2d if dilation > 1 else nn.Conv2d
+    return nn.Sequential(conv(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation,
+                              groups=groups, bias=False),
                          norm_layer(out_channels), act_layer())
 
 
