@@ -208,6 +208,13 @@ CASES = [
     Case("count-arch-k9", "count", lambda f: ["--arch", "[[32, 16], ['k9_e6'], 1]"], "k9_e6", out=False),
     Case("count-arch-garbage", "count", lambda f: ["--arch", "[[32, 16], ['k3_e6'], 1"], "stage 0", out=False),
     Case("train-arch-missing-file", "train", replace(train(), "--arch", "nope"), "does_not_exist"),
+    Case("count-output-stride-4", "count", lambda f: ["--task", "deeplabv3", "--output-stride", "4"],
+         "--output-stride 4", out=False),
+    Case("count-output-stride-detector", "count", lambda f: ["--task", "ssdlite", "--output-stride", "8"],
+         "--output-stride 8", out=False),
+    Case("pretrain-arch-and-width", "pretrain", pretrain("--arch", "mobilenet_v2"), "--width-mult"),
+    Case("pretrain-arch-k9", "pretrain", lambda f: ["--data", str(f["classes"]), "--out", str(f["out"] / "seed.pt"),
+                                                    "--arch", "[[32, 16], ['k9_e6'], 1]"], "k9_e6"),
     # output paths
     Case("search-out-a-file", "search", replace(search(), "--out", "a_file"), "--out", out=False),
     Case("train-out-a-file", "train", replace(train(), "--out", "a_file"), "--out", out=False),
