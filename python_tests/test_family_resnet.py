@@ -4,6 +4,7 @@ run and costed on a ResNet-18 seed. Inputs are 64x64 to stay fast on a CPU."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fna_ext.arch import Arch, Stage
@@ -11,6 +12,7 @@ from fna_ext.cost import count, count_params
 from fna_ext.families import FeatureInfo, get_family
 from fna_ext.families.resnet import BasicBlock, Bottleneck, Network
 from fna_ext.families.resnet.archs import resnet_arch
+from fna_ext.families.resnet.blocks import dense_weight, grouped_weight
 from fna_ext.nas.cost_table import madds_table
 from fna_ext.nas.search_space import SearchSpace, layer_specs
 from fna_ext.nas.supernet import SuperNetwork
@@ -39,11 +41,16 @@ def with_random_statistics(net: nn.Module) -> nn.Module:
 def test_grammar_and_named_archs_round_trip():
     assert RESNET.parse_op("bottleneck_k5") == RESNET.parse_op("bottleneck_k5")
     assert (RESNET.parse_op("basic_k7").block, RESNET.parse_op("basic_k7").kernel) == ("basic", 7)
-    for bad in ("basic_k4", "skip", "k3_e6", "bottleneck_3"):
+    grouped = RESNET.parse_op("bottleneck_k5_g4")
+    assert (grouped.block, grouped.kernel, grouped.groups, grouped.name) == ("bottleneck", 5, 4, "bottleneck_k5_g4")
+    assert RESNET.parse_op("skip").is_skip and RESNET.parse_op("basic_k3").groups == 1
+    for bad in ("basic_k4", "k3_e6", "bottleneck_3", "basic_k3_g1", "basic_k3_g0", "basic_k3_g02", "skip_k3"):
         with pytest.raises(ValueError, match=r"ResNet ops are \{basic\|bottleneck\}_k"):
             RESNET.parse_op(bad)
-    with pytest.raises(ValueError, match="layer 1: unknown op 'skip'"):
-        Arch._from_net_config("[[64, 64], ['basic_k3', 'skip'], 1]", family="resnet")
+    with pytest.raises(ValueError, match="'skip' cannot be the first layer"):
+        Arch._from_net_config("[[64, 64], ['skip', 'basic_k3'], 1]", family="resnet")
+    arch = Arch._from_net_config("[[64, 64], ['basic_k3_g2', 'skip'], 1]", family="resnet")
+    assert Arch._from_net_config(str(arch), family="resnet") == arch
     for name, build in RESNET.named_archs().items():
         arch = build()
         assert arch.family == "resnet" and arch.stem_channels == 64
@@ -128,7 +135,7 @@ def test_feature_info_matches_the_network_at_every_output_stride(arch):
     assert net.stages[3][0].conv2.dilation == (2, 2) and net.stages[3][1].conv2.dilation == (4, 4)
 
 
-@pytest.mark.parametrize("op", ["basic_k3", "basic_k7", "bottleneck_k3", "bottleneck_k5"])
+@pytest.mark.parametrize("op", ["basic_k3", "basic_k7", "bottleneck_k3", "bottleneck_k5", "basic_k5_g2", "bottleneck_k3_g4"])
 @pytest.mark.parametrize("c_in, c_out, stride, dilation", [(64, 64, 1, 1), (64, 128, 2, 1), (128, 128, 1, 2)])
 def test_op_madds_equal_counting_the_block(op, c_in, c_out, stride, dilation):
     block = RESNET.build_layer(c_in, c_out, stride, op, dilation=dilation)
@@ -178,23 +185,27 @@ def derived_arch(supernet: SuperNetwork, ops: list[str]) -> Arch:
 def test_super_network_builds_from_a_seed_runs_paths_and_mixtures_and_costs_its_paths():
     torch.manual_seed(0)
     seed = with_random_statistics(Network(R18, None))
-    shared = SuperNetwork(R18, SPACE, seed=seed)
-    independent = SuperNetwork(R18, SPACE, seed=seed, weight_sharing="independent")
+    space = SearchSpace("resnet", (), groups=(1, 2), depth_margin=1)  # ResNet depths follow the seed
+    shared = SuperNetwork(R18, space, seed=seed)
+    independent = SuperNetwork(R18, space, seed=seed, weight_sharing="independent")
     layers = shared.search_layers()
-    assert [len(layer.blocks) for layer in layers] == [1] * 6 and shared.arch.stages[1].ops == ("basic_k7",) * 2
-    assert layers[0].spec.candidates == ("basic_k3", "basic_k5", "basic_k7")
-    path = ["basic_k3", "basic_k5", "basic_k7", "basic_k3", "basic_k5", "basic_k7"]
+    assert [len(layer.blocks) for layer in layers] == [1] * 9 and shared.arch.stages[1].ops == ("basic_k7",) * 3
+    grid = tuple(f"basic_k{k}{g}" for k in (3, 5, 7) for g in ("", "_g2"))
+    assert layers[0].spec.candidates == grid and layers[2].spec.candidates == grid + ("skip",)
+    path = ["basic_k3", "basic_k5_g2", "skip", "basic_k7_g2", "basic_k3", "basic_k5",
+            "basic_k3_g2", "basic_k7", "skip"]
     for net in (shared, independent):
         net.set_path(path)
-    with torch.no_grad():  # the centre slices of the shared 7x7 are the independent candidates' kernels
+    with torch.no_grad():  # the shared 7x7's centre and block-diagonal slices are the independent candidates
         torch.testing.assert_close(shared(X), independent(X), atol=1e-4, rtol=1e-4)
-    masks = layers[0].sampled_masks("basic_k3")
-    assert len(masks) == 2 and all(m.sum() == m.shape[0] * m.shape[1] * 9 for m in masks.values())
+    masks = layers[1].sampled_masks("basic_k5_g2")
+    assert len(masks) == 2 and all(m.sum() == m.shape[0] * m.shape[1] // 2 * 25 for m in masks.values())
+    assert layers[2].sampled_masks("skip") == {}
     assert independent.search_layers()[0].sampled_masks("basic_k3") == {}
 
     out = shared(X)
     assert torch.isfinite(out).all() and out.shape == (2, 512, 2, 2)
-    alphas = [torch.zeros(3, requires_grad=True) for _ in layers]
+    alphas = [torch.zeros(len(layer.spec.candidates), requires_grad=True) for layer in layers]
     shared.set_mixture([a.softmax(0) for a in alphas])
     mixed = shared(X)
     assert torch.isfinite(mixed).all()
@@ -202,9 +213,48 @@ def test_super_network_builds_from_a_seed_runs_paths_and_mixtures_and_costs_its_
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in alphas)
     assert layers[0].forward_tapping_expand(shared.stages[0](shared.stem(X)))[1] is None
 
-    table = madds_table(R18, layer_specs(R18, SPACE), (64, 64))
+    table = madds_table(R18, layer_specs(R18, space), (64, 64))
     derived = Network(derived_arch(shared, path), None)
     assert table.of_ops(path) == count(derived, (64, 64)).madds
+
+
+@pytest.mark.parametrize("rule", ["diagonal", "first"])
+def test_group_slices_and_their_dense_placement(rule):
+    """A grouped conv's weight sliced from a dense one by each rule, and placed back: under the
+    block-diagonal rule the dense conv computes exactly what the grouped one does."""
+    dense = torch.randn(8, 12, 3, 3)
+    grouped = grouped_weight(dense, 4, rule)
+    assert grouped.shape == (8, 3, 3, 3)
+    if rule == "diagonal":  # output channel o keeps the inputs of its own group, o // 2
+        for o in range(8):
+            torch.testing.assert_close(grouped[o], dense[o, 3 * (o // 2):3 * (o // 2) + 3])
+        x = torch.randn(2, 12, 6, 6)
+        torch.testing.assert_close(F.conv2d(x, dense_weight(grouped, 4, rule), padding=1),
+                                   F.conv2d(x, grouped, padding=1, groups=4), atol=1e-5, rtol=1e-5)
+    else:
+        torch.testing.assert_close(grouped, dense[:, :3])
+    torch.testing.assert_close(grouped_weight(dense_weight(grouped, 4, rule), 4, rule), grouped)
+
+
+@pytest.mark.parametrize("arch", [R18, SHORT50], ids=["basic", "bottleneck"])
+def test_remap_between_grouped_and_dense_convs(arch):
+    """Grouped into dense keeps the function exactly; dense into grouped takes the slice the rule
+    names; grouped into grouped of the same count copies."""
+    torch.manual_seed(0)
+    block = arch.stages[2].ops[0].split("_")[0]
+    grouped_seed = with_random_statistics(Network(stage_with_kernel(arch, 2, f"{block}_k3_g4"), 10))
+    with torch.no_grad():
+        expected = grouped_seed(X)
+        dense = remap_network(grouped_seed, Network(stage_with_kernel(arch, 2, f"{block}_k5"), 10).eval())
+        torch.testing.assert_close(dense(X), expected, atol=1e-5, rtol=0)
+        again = remap_network(grouped_seed, Network(stage_with_kernel(arch, 2, f"{block}_k3_g4"), 10).eval())
+        torch.testing.assert_close(again(X), expected, atol=0, rtol=0)
+    dense_seed = with_random_statistics(Network(arch, 10))
+    conv = "conv1" if block == "basic" else "conv2"
+    for rule in ("diagonal", "first"):
+        target = remap_network(dense_seed, Network(stage_with_kernel(arch, 2, f"{block}_k3_g2"), 10), groups=rule)
+        torch.testing.assert_close(getattr(target.stages[2][0], conv).weight,
+                                   grouped_weight(getattr(dense_seed.stages[2][0], conv).weight, 2, rule))
 
 
 def test_search_candidates_keep_the_seed_stages_block_type():
@@ -212,6 +262,9 @@ def test_search_candidates_keep_the_seed_stages_block_type():
     from fna_ext.families import get_family
 
     family, arch = get_family("resnet"), Arch.parse("resnet50")
-    assert family.candidates(True, stage=arch.stages[1]) == ("bottleneck_k3", "bottleneck_k5", "bottleneck_k7")
+    assert family.candidates(True, stage=arch.stages[1], groups=(1,)) == ("bottleneck_k3", "bottleneck_k5",
+                                                                           "bottleneck_k7")
+    assert family.candidates(False, stage=arch.stages[1], layer=4, kernels=(3,), groups=(1, 4)) == (
+        "bottleneck_k3", "bottleneck_k3_g4", "skip")  # resnet50's second stage has 4 layers
     with pytest.raises(ValueError, match="pass stage="):
         family.candidates(True)

@@ -147,13 +147,13 @@ def test_the_adaptation_section_chooses_the_remapping_rules(tiny, tmp_path, monk
     calls = []
     real = finetune_module.remap_network
     monkeypatch.setattr(finetune_module, "remap_network",
-                        lambda seed, target, width, kernel: calls.append((width, kernel)) or real(seed, target, width, kernel))
+                        lambda seed, target, *rules: calls.append(rules) or real(seed, target, *rules))
     task = get_task("segmentation")
     config = resolve(task.finetune_preset("deeplabv3", synthetic=True), None,
                      [f"data.root={data}", *TINY, "train.epochs=1", "adaptation.remap_width=l1",
                       "adaptation.remap_kernel=dilate"])
     finetune(task, config, Arch.parse(str(mobilenet_v2_arch(0.35)).replace("k3_e6", "k5_e3")), tmp_path / "l1",
              seed_weights=seed_path)
-    assert calls == [("l1", "dilate")]
+    assert calls == [("l1", "dilate", "diagonal")]
     with pytest.raises(ValueError, match="adaptation.remap_width must be one of"):
         task.resolve_config(task.finetune_preset("deeplabv3", synthetic=True), None, ["adaptation.remap_width=biggest"])

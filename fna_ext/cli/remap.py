@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import ArgumentParser, check_output_file, run
 from ..arch import Arch
 from ..families import get_family
-from ..remap import KERNEL_MODES, WIDTH_MODES, RemapPlan, load_seed_network, plan_network, save_weights
+from ..remap import GROUP_MODES, KERNEL_MODES, WIDTH_MODES, RemapPlan, load_seed_network, plan_network, save_weights
 
 
 def format_layers(plan: RemapPlan) -> str:
@@ -27,16 +27,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output weights file (.pth)")
     parser.add_argument("--width", default="first", choices=WIDTH_MODES)
     parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
+    parser.add_argument("--groups", default="diagonal", choices=GROUP_MODES,
+                        help="how grouped and dense convs take each other's weights (ResNet ops with _g)")
     args = parser.parse_args(argv)
     check_output_file(args.out)
     seed = load_seed_network(args.seed, args.seed_arch)
     seed_arch = seed.arch
     target_arch = Arch.from_arg(args.arch)
     target = get_family(target_arch.family).build_network(target_arch, num_classes=None)
-    plan = plan_network(seed, target, args.width, args.kernel)
+    plan = plan_network(seed, target, args.width, args.kernel, args.groups)
     plan.apply(seed, target)
     path = save_weights(args.out, target, remap={"seed": str(args.seed), "seed_arch": str(seed_arch),
-                                                  "width": args.width, "kernel": args.kernel})
+                                                  "width": args.width, "kernel": args.kernel,
+                                                  "groups": args.groups})
     print(format_layers(plan))
     print(f"wrote {path} ({args.width} width, {args.kernel} kernel)")
     return 0

@@ -70,7 +70,8 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
         # the seed's parameters remapped into this backbone (FNA's parameter remapping; a change
         # of layout only when the arch is the seed's own)
         remap_network(load_seed_network(seed_weights), model.backbone,
-                      adaptation.get("remap_width", "first"), adaptation.get("remap_kernel", "center"))
+                      adaptation.get("remap_width", "first"), adaptation.get("remap_kernel", "center"),
+                      adaptation.get("remap_groups", "diagonal"))
     model.to(device)  # before recalibration, which runs batches on the device
     clock.lap("remap" if init == "remap" else "build")
     if not resume and bn_recalibrate:

@@ -5,7 +5,7 @@ bad value is refused before any work, with its key and what is allowed."""
 from __future__ import annotations
 
 from ..config import Bool, Choice, Int, List, Number, Rule
-from ..remap.core import KERNEL_MODES, WIDTH_MODES
+from ..remap.core import GROUP_MODES, KERNEL_MODES, WIDTH_MODES
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
@@ -19,10 +19,12 @@ TRAIN_DEFAULTS = {"grad_clip": None, "eval_every": 0, "checkpoint_every": 0, "lo
 
 # How parameter adaptation starts, the ``adaptation`` section every fine-tuning config has (a
 # task's preset may change any of it): the remapping's width and kernel rules (FNA's ``first``
-# and ``center``; Table 7's variants ``bn``, ``std``, ``l1`` and ``dilate``), and how many
+# and ``center``; Table 7's variants ``bn``, ``std``, ``l1`` and ``dilate``; grouped convs'
+# ``diagonal`` or ``first`` slice, fna_ext.families.resnet.blocks), and how many
 # training batches re-estimate the BN statistics first (0: none; the published segmentation
 # recipe used 2000). --bn-recalibrate N sets the last.
-ADAPTATION_DEFAULTS = {"remap_width": "first", "remap_kernel": "center", "bn_recalibrate": 0}
+ADAPTATION_DEFAULTS = {"remap_width": "first", "remap_kernel": "center", "remap_groups": "diagonal",
+                       "bn_recalibrate": 0}
 
 
 def optimizer_rules(prefix: str) -> dict[str, Rule]:
@@ -58,6 +60,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "eval.batch_size": Int(1),
     "adaptation.remap_width": Choice(*WIDTH_MODES),
     "adaptation.remap_kernel": Choice(*KERNEL_MODES),
+    "adaptation.remap_groups": Choice(*GROUP_MODES),
     "adaptation.bn_recalibrate": Int(0),
 }
 

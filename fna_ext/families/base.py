@@ -80,8 +80,9 @@ class Family:
 
     # -- remapping ----------------------------------------------------------------------------
     def plan_block(self, plan, seed: nn.Module, target: nn.Module, seed_prefix: str, target_prefix: str,
-                   width: str = "first", kernel: str = "center"):
-        """Adds to ``plan`` the maps that remap block ``seed`` into block ``target``."""
+                   width: str = "first", kernel: str = "center", groups: str = "diagonal"):
+        """Adds to ``plan`` the maps that remap block ``seed`` into block ``target`` (``groups``:
+        the rule between grouped and dense convs, for families that have them)."""
         raise NotImplementedError
 
     def seed_bn_eps(self, path) -> float:
@@ -94,19 +95,29 @@ class Family:
         raise NotImplementedError
 
     # -- the search ---------------------------------------------------------------------------
-    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer: int | None = None,
+                   kernels=(3, 5, 7), groups=(1,)) -> tuple[str, ...]:
         """The candidate ops of a searched layer: a stage's first layer changes channels or
         resolution (no skip); ``keep_inner_width`` keeps only ops whose inner width a model's
         feature tap can read unchanged. ``stage`` (the seed's :class:`~fna_ext.arch.Stage`, where
-        the caller has it) lets a family with more than one block type offer the stage's own."""
+        the caller has it) lets a family with more than one block type offer the stage's own,
+        and ``layer`` (the layer's index in it) skip past its depth. ``kernels`` and ``groups``
+        are the space's axes, for the family to draw from."""
         raise NotImplementedError
+
+    def max_depths(self, seed_arch, space) -> tuple[int, ...]:
+        """How deep each searched stage (every stage of the seed but the first) may grow: the
+        space's own depths by default (FNA's, written for MobileNetV2)."""
+        return tuple(space.max_depths)
 
     def widest_op(self, candidates) -> str:
         """The candidate whose weights hold every other's (the shared max-size weight)."""
         raise NotImplementedError
 
-    def search_layer(self, spec, *, weight_sharing: str, affine_bn: bool, bn_eps: float) -> nn.Module:
-        """The searched layer of ``spec``: its candidates over shared or independent weights."""
+    def search_layer(self, spec, *, weight_sharing: str, affine_bn: bool, bn_eps: float,
+                     groups: str = "diagonal") -> nn.Module:
+        """The searched layer of ``spec``: its candidates over shared or independent weights
+        (``groups``: how a shared dense weight serves grouped candidates, for families that have them)."""
         raise NotImplementedError
 
     # -- cost and features ------------------------------------------------------------------

@@ -140,13 +140,14 @@ class ArchitectureSearch:
 
         started = time.perf_counter()
         torch.manual_seed(self.seed)  # the neck and head start the same for the same config
-        space = self.task.search_space(self.model_name)
+        space = self.task.search_space(self.model_name).with_settings(s.get("space"))
         # "random": the super network starts untrained (the paper's RandInit -> ArchAdapt rows)
         initial = seed_network if s["init"] == "remap" else None
         self.supernet = SuperNetwork(seed_network.arch, space, seed=initial,
                                      weight_sharing=s["weight_sharing"], affine_bn=bool(s["affine_bn"]),
                                      bn_eps=config["model"]["backbone_bn_eps"], width=s["remap_width"],
-                                     kernel=s["remap_kernel"], output_stride=self.task.output_stride(config))
+                                     kernel=s["remap_kernel"], output_stride=self.task.output_stride(config),
+                                     groups=s.get("remap_groups", "diagonal"))
         self.model_options = self.task.model_options(config)
         self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
                                                        backbone=self.supernet, **self.model_options),

@@ -1,9 +1,11 @@
 """FNA's search spaces as data (REFERENCE.md): which stages are searched and how deep each may
-grow (a task's choice), with the candidate ops of each layer coming from the seed's family."""
+grow (a task's choice for MobileNetV2-like seeds; the seed's depth plus a margin for families
+that say so), with the candidate ops of each layer coming from the seed's family, drawn from the
+space's kernel sizes and group counts (``search.space`` in a config)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..arch import Arch, stage_geometry
 from ..families import get_family
@@ -16,13 +18,25 @@ class SearchSpace:
     # searched stages whose first layer's inner width a model reads: SSDLite taps that layer's
     # expansion output (576 channels in MobileNetV2), so only candidates of that width are offered
     keep_width_first_layers: tuple[int, ...] = ()
+    kernels: tuple[int, ...] = (3, 5, 7)  # the K x K sizes candidates may take
+    groups: tuple[int, ...] = (1,)        # group counts of a family's grouped convs (ResNet)
+    depth_margin: int = 1                 # layers past the seed's, for families that grow from it
+
+    def with_settings(self, space: dict | None) -> "SearchSpace":
+        """This space with a config's ``search.space`` section (kernels, groups, depth_margin)."""
+        if not space:
+            return self
+        return replace(self, kernels=tuple(space["kernels"]), groups=tuple(space["groups"]),
+                       depth_margin=int(space["depth_margin"]))
 
     def candidates(self, stage: int, layer: int, family: str | None = None, seed_stage=None) -> tuple[str, ...]:
         """Ops layer ``layer`` of searched stage ``stage`` (0-based) may take, in ``family``'s
         grammar (default: mbconv); ``seed_stage`` (the seed's Stage) lets a family with several
-        block types offer the stage's own. A stage's first layer changes channels or stride."""
+        block types offer the stage's own, and skip past the seed's depth. A stage's first layer
+        changes channels or stride."""
         return get_family(family).candidates(layer == 0, layer == 0 and stage in self.keep_width_first_layers,
-                                             stage=seed_stage)
+                                             stage=seed_stage, layer=layer, kernels=self.kernels,
+                                             groups=self.groups)
 
 
 
@@ -45,11 +59,12 @@ class LayerSpec:
 def layer_specs(seed_arch: Arch, space: SearchSpace, output_stride: int | None = None) -> list[LayerSpec]:
     """Every searched layer of ``seed_arch`` in ``space``; under ``output_stride`` the stages past
     it run at stride 1 with dilation (:func:`fna_ext.arch.stage_geometry`)."""
-    if len(seed_arch.stages) - 1 != len(space.max_depths):
-        raise ValueError(f"the {space.name} space searches {len(space.max_depths)} stages; the seed "
+    max_depths = get_family(seed_arch.family).max_depths(seed_arch, space)
+    if len(seed_arch.stages) - 1 != len(max_depths):
+        raise ValueError(f"the {space.name} space searches {len(max_depths)} stages; the seed "
                          f"has {len(seed_arch.stages) - 1} after its first")
     specs, geometry = [], stage_geometry(seed_arch, output_stride)
-    for i, (stage, depth) in enumerate(zip(seed_arch.stages[1:], space.max_depths), start=1):
+    for i, (stage, depth) in enumerate(zip(seed_arch.stages[1:], max_depths), start=1):
         for layer in range(depth):
             specs.append(LayerSpec(i, layer, stage.in_channels if layer == 0 else stage.out_channels,
                                    stage.out_channels, geometry[i].stride if layer == 0 else 1,

@@ -3,9 +3,9 @@ is resolved, together with the training ones (:mod:`fna_ext.engine.settings`).""
 
 from __future__ import annotations
 
-from ..config import Bool, Choice, Int, Number, Rule
+from ..config import Bool, Choice, Int, List, Number, Rule
 from ..engine.settings import INITS, optimizer_rules
-from ..remap.core import KERNEL_MODES, WIDTH_MODES
+from ..remap.core import GROUP_MODES, KERNEL_MODES, WIDTH_MODES
 
 STRATEGIES = ("diff", "random")
 COSTS = ("madds", "latency")
@@ -21,7 +21,12 @@ COSTS = ("madds", "latency")
 SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
                    "strategy": "diff", "cost": "madds",
                    "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
-                   "remap_kernel": "center", "alpha_log_every": 5, "alpha_batch_size": None}
+                   "remap_kernel": "center", "remap_groups": "diagonal", "alpha_log_every": 5,
+                   "alpha_batch_size": None,
+                   # the axes candidates are drawn from: kernel sizes (every family), group counts
+                   # (ResNet), and how many layers a stage may grow past the seed's (families whose
+                   # depths follow the seed: ResNet; MobileNetV2's are the task's, FNA's own)
+                   "space": {"kernels": [3, 5, 7], "groups": [1, 2, 4], "depth_margin": 1}}
 
 SEARCH_RULES: dict[str, Rule] = {
     "search.init": Choice(*INITS),
@@ -35,6 +40,10 @@ SEARCH_RULES: dict[str, Rule] = {
     "search.random_candidates": Int(1),
     "search.remap_width": Choice(*WIDTH_MODES),
     "search.remap_kernel": Choice(*KERNEL_MODES),
+    "search.remap_groups": Choice(*GROUP_MODES),
+    "search.space.kernels": List(Choice(3, 5, 7)),
+    "search.space.groups": List(Int(1)),
+    "search.space.depth_margin": Int(0),
     "search.alpha_log_every": Int(1),
     "search.alpha_batch_size": Int(1, nullable=True),
     "search.lambda": Number(0),
@@ -59,4 +68,13 @@ def check_alpha_trains(config: dict) -> None:
                          "train longer")
 
 
-SEARCH_CHECKS = (check_alpha_trains,)
+def check_space_axes(config: dict) -> None:
+    """Each axis of the search space offers at least one value, each once."""
+    space = (config.get("search") or {}).get("space")
+    for axis in ("kernels", "groups"):
+        values = (space or {}).get(axis)
+        if values is not None and (not values or len(set(values)) != len(values)):
+            raise ValueError(f"search.space.{axis} must list distinct values, at least one; got {values}")
+
+
+SEARCH_CHECKS = (check_alpha_trains, check_space_axes)

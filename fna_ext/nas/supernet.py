@@ -37,7 +37,8 @@ class SuperNetwork(nn.Module):
 
     def __init__(self, seed_arch: Arch, space: SearchSpace, *, seed: nn.Module | None = None,
                  weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | None = 1280,
-                 bn_eps: float = 1e-5, width: str = "first", kernel: str = "center", output_stride: int | None = None):
+                 bn_eps: float = 1e-5, width: str = "first", kernel: str = "center", output_stride: int | None = None,
+                 groups: str = "diagonal"):
         super().__init__()
         if weight_sharing not in WEIGHT_MODES:
             raise ValueError(f"weight_sharing must be one of {WEIGHT_MODES}, got {weight_sharing!r}")
@@ -54,7 +55,7 @@ class SuperNetwork(nn.Module):
                                   for j, (c_in, c_out, _, op) in enumerate(first.layers(seed_arch.family))))]
         for i in range(1, len(seed_arch.stages)):
             stages.append(nn.Sequential(*(family.search_layer(spec, weight_sharing=weight_sharing, affine_bn=affine_bn,
-                                                              bn_eps=bn_eps)
+                                                              bn_eps=bn_eps, groups=groups)
                                           for spec in self.specs if spec.stage == i)))
         self.stages = nn.ModuleList(stages)
         self.head = family.build_head(seed_arch, head_channels, bn_eps=bn_eps)
@@ -64,7 +65,7 @@ class SuperNetwork(nn.Module):
                                                 if spec.stage == i), s.stride)
                                     for i, s in enumerate(seed_arch.stages[1:], start=1)], family=seed_arch.family)
         if seed is not None:
-            self._load_seed(seed, width, kernel)
+            self._load_seed(seed, width, kernel, groups)
 
     def search_layers(self) -> list[nn.Module]:
         return [m for stage in self.stages[1:] for m in stage]
@@ -91,7 +92,7 @@ class SuperNetwork(nn.Module):
         return self.head(x) if self.head is not None else x
 
     # -- the remapped seed as initial state
-    def _load_seed(self, seed: nn.Module, width: str, kernel: str) -> None:
+    def _load_seed(self, seed: nn.Module, width: str, kernel: str, groups: str = "diagonal") -> None:
         """Copies the fixed parts and remaps every candidate from ``seed`` (Eq. 1-3 through the
         family's ``plan_block``); candidate BNs keep no statistics, so the seed's are not copied."""
         if seed.arch.stages[0] != self.seed_arch.stages[0] or len(seed.stages) != len(self.stages):
@@ -104,7 +105,7 @@ class SuperNetwork(nn.Module):
                 self.head.load_state_dict(seed.head.state_dict())
         blocks = nn.ModuleDict({f"{layer.spec.key}_{name}": block for layer in self.search_layers()
                                 for name, block in layer.blocks.items()})
-        plan_candidates(seed, blocks, width, kernel).apply(seed, blocks)
+        plan_candidates(seed, blocks, width, kernel, groups).apply(seed, blocks)
 
     # -- derivation
     def derive(self, ops: list[str]) -> Arch:

@@ -34,6 +34,9 @@ from ..families import get_family
 
 WIDTH_MODES = ("first", "bn", "std", "l1", "net2net")
 KERNEL_MODES = ("center", "dilate")
+# how a grouped conv and a dense one take each other's weights (families with grouped convs):
+# the block-diagonal, or the first C_in / G input channels (fna_ext.families.resnet.blocks)
+GROUP_MODES = ("diagonal", "first")
 FILL = -1  # index-map entry: this position takes the fill value
 
 
@@ -252,7 +255,7 @@ def check_compatible(seed: nn.Module, target: nn.Module) -> None:
 
 
 def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
-                 kernel: str = "center") -> RemapPlan:
+                 kernel: str = "center", groups: str = "diagonal") -> RemapPlan:
     """The maps of every tensor of ``target`` (stem, every block, head, classifier); the family
     of the seed's arch remaps each block (:meth:`~fna_ext.families.Family.plan_block`)."""
     check_compatible(seed, target)
@@ -260,6 +263,8 @@ def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
     if width not in WIDTH_MODES:
         raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
     kernel_index(3, 3, kernel)  # validates the mode
+    if groups not in GROUP_MODES:
+        raise ValueError(f"group mode {groups!r} is not one of {GROUP_MODES}")
     plan = RemapPlan()
     _plan_stem(plan, seed, target)
     for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
@@ -271,7 +276,7 @@ def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
                 plan.layers.append(LayerRecord(f"stages.{i}.{tj}", "-", "skip (no parameters)"))
                 continue
             sj, s = seed_layers[source_of[tj]]
-            family.plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel)
+            family.plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel, groups)
             plan.layers.append(LayerRecord(f"stages.{i}.{tj}", f"stages.{i}.{sj}",
                                            f"{s.op.name} -> {t.op.name}"))
     _plan_head_and_classifier(plan, seed, target)
@@ -309,19 +314,20 @@ def _plan_head_and_classifier(plan: RemapPlan, seed: nn.Module, target: nn.Modul
 
 
 def remap_network(seed: nn.Module, target: nn.Module, width: str = "first", kernel: str = "center",
-                  *, use_extension: bool = True) -> nn.Module:
+                  groups: str = "diagonal", *, use_extension: bool = True) -> nn.Module:
     """Fills every parameter and BN buffer of ``target`` from ``seed`` and returns ``target``.
 
     ``width``: ``first`` (Eq. 2), ``bn``, ``std``, ``l1`` (Algorithm 1) or ``net2net``.
-    ``kernel``: ``center`` (Eq. 3) or ``dilate`` (Eq. 6). Where the construction preserves the
+    ``kernel``: ``center`` (Eq. 3) or ``dilate`` (Eq. 6). ``groups``: how grouped and dense convs
+    take each other's weights, ``diagonal`` or ``first``. Where the construction preserves the
     function (the same arch, larger kernels with zero rings, extra skip layers, wider hidden
     layers), the target computes exactly what the seed does in eval mode."""
-    plan = plan_network(seed, target, width, kernel)
+    plan = plan_network(seed, target, width, kernel, groups)
     return plan.apply(seed, target) if use_extension else plan.apply_reference(seed, target)
 
 
 def plan_candidates(seed: nn.Module, blocks: nn.ModuleDict, width: str = "first",
-                    kernel: str = "center") -> RemapPlan:
+                    kernel: str = "center", groups: str = "diagonal") -> RemapPlan:
     """Maps for a super network's candidate blocks (:func:`fna_ext.families.mbconv.candidates.candidate_blocks`):
     each ``s{stage}_l{layer}_{op}`` block takes the seed layer Eq. 1 names, through the same
     :func:`plan_block` that remaps target networks."""
@@ -331,7 +337,7 @@ def plan_candidates(seed: nn.Module, blocks: nn.ModuleDict, width: str = "first"
         stage, layer = (int(part[1:]) for part in key.split("_")[:2])
         seed_layers = [(j, m) for j, m in enumerate(seed.stages[stage]) if family.is_block(m)]
         sj, source = seed_layers[min(layer, len(seed_layers) - 1)]
-        family.plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel)
+        family.plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel, groups)
     return plan.restricted_to(blocks.state_dict().keys())
 
 

@@ -40,7 +40,8 @@ class MBConvFamily(Family):
 
         return isinstance(module, MBConv)
 
-    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center"):
+    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center",
+                   groups="diagonal"):  # an MBConv's depthwise conv is grouped by definition: no group rule
         from .remap import plan_block
 
         return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
@@ -55,21 +56,26 @@ class MBConvFamily(Family):
 
         return load_seed_weights(model, path, **options)
 
-    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
-        # one block type: the stage changes nothing
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer=None,
+                   kernels=(3, 5, 7), groups=(1,)) -> tuple[str, ...]:
+        # one block type: the stage changes nothing; a depthwise conv has no group count to choose
         from .candidates import MBCONV_CANDIDATES
 
+        ops = tuple(op for op in MBCONV_CANDIDATES if Op.parse(op).kernel in kernels)
+        if not ops:
+            raise ValueError(f"search.space.kernels {list(kernels)} leaves no MBConv candidate; "
+                             "use some of 3, 5, 7")
         if not first_layer:
-            return MBCONV_CANDIDATES + ("skip",)
+            return ops + ("skip",)
         if keep_inner_width:  # SSDLite taps the first layer's expansion: its width must not change
-            return tuple(op for op in MBCONV_CANDIDATES if Op.parse(op).expansion == 6)
-        return MBCONV_CANDIDATES
+            return tuple(op for op in ops if Op.parse(op).expansion == 6)
+        return ops
 
     def widest_op(self, candidates) -> str:
         ops = [Op.parse(name) for name in candidates if not Op.parse(name).is_skip]
         return Op(max(op.kernel for op in ops), max(op.expansion for op in ops)).name
 
-    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps):
+    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps, groups="diagonal"):
         from .search_layer import SearchLayer
 
         return SearchLayer(spec, weight_sharing, affine_bn, bn_eps)

@@ -1,7 +1,14 @@
 """BasicBlock and Bottleneck in torchvision's layout (``conv1``/``bn1``..., ``downsample.{0,1}``),
 so torchvision's ResNet weights load by renaming prefixes only, with the stride on the K x K conv
-as torchvision's v1.5 Bottleneck has it. Unlike torchvision, the K x K kernel size is a parameter
-(the search's candidates) and a BasicBlock may be dilated (DeepLab's output stride)."""
+as torchvision's v1.5 Bottleneck has it. Unlike torchvision, the K x K kernel size and the K x K
+convs' group count are parameters (the search's candidates), and a BasicBlock may be dilated
+(DeepLab's output stride).
+
+A dense K x K weight serves a G-group candidate by one of two slice rules (:func:`grouped_weight`):
+``diagonal`` keeps, for each output channel, the input channels of its own group (the
+block-diagonal of the dense channel matrix), ``first`` keeps the first C_in / G input channels for
+every output channel (the choice in FNA's issue #20). The search's shared layers and the
+remapping use the same rule."""
 
 from __future__ import annotations
 
@@ -21,21 +28,70 @@ def relu() -> nn.Module:
     return nn.ReLU(inplace=True)
 
 
-def spatial_conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
+GROUP_RULES = ("diagonal", "first")
+
+
+def grouped_weight(weight: torch.Tensor, groups: int, rule: str = "diagonal") -> torch.Tensor:
+    """A dense conv weight (C_out, C_in, ...) as a ``groups``-group conv's (C_out, C_in / G, ...)."""
+    if groups == 1:
+        return weight
+    if rule not in GROUP_RULES:
+        raise ValueError(f"group slice rule {rule!r} is not one of {GROUP_RULES}")
+    c_out, c_in = weight.shape[:2]
+    if rule == "first":
+        return weight[:, :c_in // groups]
+    blocks = weight.reshape(groups, c_out // groups, groups, c_in // groups, *weight.shape[2:])
+    diagonal = torch.arange(groups, device=weight.device)
+    return blocks[diagonal, :, diagonal].reshape(c_out, c_in // groups, *weight.shape[2:])
+
+
+def dense_weight(weight: torch.Tensor, groups: int, rule: str = "diagonal") -> torch.Tensor:
+    """The inverse placement: a ``groups``-group conv weight (C_out, C_in / G, ...) as the dense
+    weight it slices from, zero elsewhere. Under ``diagonal`` the dense conv computes exactly what
+    the grouped one does."""
+    if groups == 1:
+        return weight
+    if rule not in GROUP_RULES:
+        raise ValueError(f"group slice rule {rule!r} is not one of {GROUP_RULES}")
+    c_out, c_group = weight.shape[:2]
+    dense = weight.new_zeros(c_out, c_group * groups, *weight.shape[2:])
+    if rule == "first":
+        dense[:, :c_group] = weight
+        return dense
+    for g in range(groups):
+        rows = slice(g * c_out // groups, (g + 1) * c_out // groups)
+        dense[rows, g * c_group:(g + 1) * c_group] = weight[rows]
+    return dense
+
+
+def spatial_conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1,
+                 groups: int = 1) -> nn.Conv2d:
     """A bias-free K x K conv whose padding keeps the size (up to the stride) at any dilation."""
+    for what, channels in (("input", in_channels), ("output", out_channels)):
+        if channels % groups:
+            raise ValueError(f"a {groups}-group conv needs {what} channels divisible by {groups}, got {channels}")
     return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2 * dilation,
-                     dilation=dilation, bias=False)
+                     dilation=dilation, groups=groups, bias=False)
 
 
-def run_spatial(conv: nn.Conv2d, x: torch.Tensor, kernel: int | None) -> torch.Tensor:
-    """``conv(x)``, or with only the centre ``kernel`` x ``kernel`` taps of its weight: a shared
-    search layer runs its smaller candidates on the slices of one max-size block."""
+def run_spatial(conv: nn.Conv2d, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+                rule: str = "diagonal") -> torch.Tensor:
+    """``conv(x)``, or with only the centre ``kernel`` x ``kernel`` taps of its weight, in
+    ``groups`` groups sliced from its dense weight by ``rule``: a shared search layer runs its
+    smaller and grouped candidates on the slices of one max-size dense block."""
     size = conv.kernel_size[0]
-    if kernel is None or kernel == size:
+    kernel, groups = kernel or size, groups or conv.groups
+    if kernel == size and groups == conv.groups:
         return conv(x)
-    start = (size - kernel) // 2
-    weight = conv.weight[:, :, start:start + kernel, start:start + kernel]
-    return F.conv2d(x, weight, None, conv.stride, kernel // 2 * conv.dilation[0], conv.dilation, conv.groups)
+    weight = conv.weight
+    if kernel != size:
+        start = (size - kernel) // 2
+        weight = weight[:, :, start:start + kernel, start:start + kernel]
+    if groups != conv.groups:
+        if conv.groups != 1:
+            raise ValueError(f"only a dense conv's weight slices into groups; this one has {conv.groups}")
+        weight = grouped_weight(weight, groups, rule)
+    return F.conv2d(x, weight, None, conv.stride, kernel // 2 * conv.dilation[0], conv.dilation, groups)
 
 
 def downsample(in_channels: int, out_channels: int, stride: int, norm_layer) -> nn.Sequential | None:
@@ -52,7 +108,7 @@ class _Residual(nn.Module):
 
     @property
     def op(self) -> Op:
-        return Op(self.block, self.kernel_size)
+        return Op(self.block, self.kernel_size, self.groups)
 
     @property
     def width(self) -> int:
@@ -74,21 +130,22 @@ class BasicBlock(_Residual):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, norm_layer: Callable[[int], nn.Module] | None = None,
-                 act_layer: Callable[[], nn.Module] | None = None):
+                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1):
         super().__init__()
         norm_layer, act_layer = norm_layer or batch_norm(), act_layer or relu
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
-        self.conv1 = spatial_conv(in_channels, out_channels, kernel_size, stride, dilation)
+        self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
+        self.conv1 = spatial_conv(in_channels, out_channels, kernel_size, stride, dilation, groups)
         self.bn1 = norm_layer(out_channels)
-        self.conv2 = spatial_conv(out_channels, out_channels, kernel_size, 1, dilation)
+        self.conv2 = spatial_conv(out_channels, out_channels, kernel_size, 1, dilation, groups)
         self.bn2 = norm_layer(out_channels)
         self.act = act_layer()
         self.downsample = downsample(in_channels, out_channels, stride, norm_layer)
 
-    def forward(self, x: torch.Tensor, kernel: int | None = None) -> torch.Tensor:
-        out = self.act(self.bn1(run_spatial(self.conv1, x, kernel)))
-        out = self.bn2(run_spatial(self.conv2, out, kernel))
+    def forward(self, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+                rule: str = "diagonal") -> torch.Tensor:
+        out = self.act(self.bn1(run_spatial(self.conv1, x, kernel, groups, rule)))
+        out = self.bn2(run_spatial(self.conv2, out, kernel, groups, rule))
         return self.act(out + self._shortcut(x))
 
 
@@ -100,7 +157,7 @@ class Bottleneck(_Residual):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, norm_layer: Callable[[int], nn.Module] | None = None,
-                 act_layer: Callable[[], nn.Module] | None = None):
+                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1):
         super().__init__()
         if out_channels % EXPANSION["bottleneck"]:
             raise ValueError(f"a bottleneck block's output channels ({out_channels}) must be a multiple of "
@@ -108,19 +165,20 @@ class Bottleneck(_Residual):
         norm_layer, act_layer = norm_layer or batch_norm(), act_layer or relu
         width = out_channels // EXPANSION["bottleneck"]
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
+        self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = norm_layer(width)
-        self.conv2 = spatial_conv(width, width, kernel_size, stride, dilation)
+        self.conv2 = spatial_conv(width, width, kernel_size, stride, dilation, groups)
         self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
         self.bn3 = norm_layer(out_channels)
         self.act = act_layer()
         self.downsample = downsample(in_channels, out_channels, stride, norm_layer)
 
-    def forward(self, x: torch.Tensor, kernel: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+                rule: str = "diagonal") -> torch.Tensor:
         out = self.act(self.bn1(self.conv1(x)))
-        out = self.act(self.bn2(run_spatial(self.conv2, out, kernel)))
+        out = self.act(self.bn2(run_spatial(self.conv2, out, kernel, groups, rule)))
         out = self.bn3(self.conv3(out))
         return self.act(out + self._shortcut(x))
 
@@ -130,6 +188,10 @@ BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 def make_block(in_channels: int, out_channels: int, stride: int, op: Op | str, *, dilation: int = 1,
                norm_layer: Callable[[int], nn.Module] | None = None,
-               act_layer: Callable[[], nn.Module] | None = None) -> _Residual:
+               act_layer: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """The block of ``op``; ``skip`` is the identity (the arch keeps it off a stage's first layer)."""
     op = op if isinstance(op, Op) else Op.parse(op)
-    return BLOCK_TYPES[op.block](in_channels, out_channels, op.kernel, stride, dilation, norm_layer, act_layer)
+    if op.is_skip:
+        return nn.Identity()
+    return BLOCK_TYPES[op.block](in_channels, out_channels, op.kernel, stride, dilation, norm_layer, act_layer,
+                                 op.groups)

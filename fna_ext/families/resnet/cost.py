@@ -12,14 +12,17 @@ def _output_size(size: int, stride: int) -> int:
 
 
 def block_madds(c_in: int, c_out: int, op: Op, stride: int, input_size: tuple[int, int]) -> int:
-    """A block's MAdds. Dilation changes no count: the taps and the output size stay the same."""
+    """A block's MAdds (0 for ``skip``). Dilation changes no count: the taps and the output size
+    stay the same; G groups divide the K x K convs' by G."""
+    if op.is_skip:
+        return 0
     h, w = input_size
     out = _output_size(h, stride) * _output_size(w, stride)
     k2 = op.kernel * op.kernel
     if op.block == "basic":
-        convs = k2 * c_in * c_out * out + k2 * c_out * c_out * out
+        convs = (k2 * c_in * c_out * out + k2 * c_out * c_out * out) // op.groups
     else:
         width = c_out // EXPANSION["bottleneck"]
-        convs = c_in * width * h * w + k2 * width * width * out + width * c_out * out
+        convs = c_in * width * h * w + k2 * width * width * out // op.groups + width * c_out * out
     shortcut = c_in * c_out * out if stride != 1 or c_in != c_out else 0
     return convs + shortcut

@@ -8,6 +8,7 @@ from ..base import Family, FeatureInfo
 from .op import OP_HELP, Op
 
 SEARCH_KERNELS = (3, 5, 7)
+SEARCH_GROUPS = (1, 2, 4)
 
 
 def _op(op) -> Op:
@@ -46,33 +47,46 @@ class ResNetFamily(Family):
 
         return isinstance(module, (BasicBlock, Bottleneck))
 
-    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center"):
+    def plan_block(self, plan, seed, target, seed_prefix, target_prefix, width="first", kernel="center",
+                   groups="diagonal"):
         from .remap import plan_block
 
-        return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
+        return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel, groups)
 
     def load_seed_weights(self, model, path, **options):
         from .seed_weights import load_seed_weights
 
         return load_seed_weights(model, path, **options)
 
-    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None) -> tuple[str, ...]:
-        """Kernels 3, 5, 7 of the stage's block type, on every layer: FNA++ lists no skip, and a
-        ResNet block has no inner feature a tap reads, so ``keep_inner_width`` removes nothing.
-        The block type is never searched: the seed's remap only within it."""
+    def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer=None,
+                   kernels=SEARCH_KERNELS, groups=SEARCH_GROUPS) -> tuple[str, ...]:
+        """Every kernel x group count of the stage's block type, and ``skip`` on the layers past
+        the seed stage's depth (the margin a search may grow by). A ResNet block has no inner
+        feature a tap reads, so ``keep_inner_width`` removes nothing. The block type is never
+        searched: the seed's remaps only within it."""
         if stage is None:  # guessing a block type would remap bottlenecks into basic blocks
             raise ValueError("the ResNet family offers the seed stage's own block type: pass stage=")
         block = self.parse_op(stage.ops[0]).block
-        return tuple(f"{block}_k{k}" for k in SEARCH_KERNELS)
+        ops = tuple(Op(block, k, g).name for k in kernels for g in groups)
+        if not ops:
+            raise ValueError("search.space leaves no ResNet candidate: give it kernels and groups")
+        extra = layer is not None and layer >= len(stage.ops) and not first_layer
+        return ops + ("skip",) if extra else ops
+
+    def max_depths(self, seed_arch, space) -> tuple[int, ...]:
+        """The seed's depth plus ``space.depth_margin`` in every searched stage: FNA's depths are
+        MobileNetV2's, and a ResNet stage has its own."""
+        return tuple(len(stage.ops) + space.depth_margin for stage in seed_arch.stages[1:])
 
     def widest_op(self, candidates) -> str:
-        ops = [self.parse_op(name) for name in candidates]
-        return max(ops, key=lambda op: op.kernel).name
+        """The dense block of the largest kernel: every grouped or smaller candidate slices it."""
+        ops = [self.parse_op(name) for name in candidates if name != "skip"]
+        return Op(ops[0].block, max(op.kernel for op in ops)).name
 
-    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps):
+    def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps, groups="diagonal"):
         from .search_layer import SearchLayer
 
-        return SearchLayer(spec, weight_sharing, affine_bn, bn_eps)
+        return SearchLayer(spec, weight_sharing, affine_bn, bn_eps, groups)
 
     def op_madds(self, in_channels, out_channels, op, stride, input_size, dilation=1) -> int:
         from .cost import block_madds

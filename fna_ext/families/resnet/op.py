@@ -1,12 +1,15 @@
-"""The ResNet family's op grammar: ``{block}_k{K}``.
+"""The ResNet family's op grammar: ``{block}_k{K}[_g{G}]`` and ``skip``.
 
 - ``basic_k{K}``: torchvision's BasicBlock with both of its convs K x K (``basic_k3`` is ResNet-18/34's);
 - ``bottleneck_k{K}``: torchvision's Bottleneck (1x1 reduce, K x K, 1x1 expand by 4) with a K x K
-  middle conv (``bottleneck_k3`` is ResNet-50's).
+  middle conv (``bottleneck_k3`` is ResNet-50's);
+- ``_g{G}``: the K x K conv(s) in G groups (ResNeXt's grouped conv; G = 1 is written without it,
+  so an op has one spelling and text round-trips);
+- ``skip``: the identity, for the extra layers a search may add past the seed's depth (never a
+  stage's first layer, which changes channels or stride).
 
 K is odd, so a K x K conv keeps the centre tap and remapping can centre one kernel in another. A
-stage's C_out is the block's output channels (4x the bottleneck width). FNA++'s ResNet search space
-lists no skip op, so the grammar has none."""
+stage's C_out is the block's output channels (4x the bottleneck width)."""
 
 from __future__ import annotations
 
@@ -14,26 +17,36 @@ import re
 from dataclasses import dataclass
 
 BLOCKS = ("basic", "bottleneck")
-OP_HELP = ("ResNet ops are {basic|bottleneck}_k{odd kernel} (for example basic_k3, bottleneck_k5); "
-           "there is no skip")
-# ASCII digits without leading zeros: an op has one spelling, so text round-trips
-_OP_RE = re.compile(r"(basic|bottleneck)_k([1-9][0-9]*)")
+OP_HELP = ("ResNet ops are {basic|bottleneck}_k{odd kernel}[_g{groups of 2 or more}] (for example basic_k3, "
+           "bottleneck_k5_g4) or skip")
+# ASCII digits without leading zeros, and no _g1: an op has one spelling, so text round-trips
+_OP_RE = re.compile(r"(basic|bottleneck)_k([1-9][0-9]*)(?:_g([2-9]|[1-9][0-9]+))?")
 
 
 @dataclass(frozen=True)
 class Op:
     block: str
     kernel: int
+    groups: int = 1
 
-    is_skip = False  # every ResNet op is a block with weights
+    @property
+    def is_skip(self) -> bool:
+        return self.block == "skip"
 
     @property
     def name(self) -> str:
-        return f"{self.block}_k{self.kernel}"
+        if self.is_skip:
+            return "skip"
+        return f"{self.block}_k{self.kernel}" + (f"_g{self.groups}" if self.groups > 1 else "")
 
     @classmethod
     def parse(cls, name: str) -> "Op":
+        if name == "skip":
+            return SKIP
         match = _OP_RE.fullmatch(name) if isinstance(name, str) else None
         if not match or int(match[2]) % 2 == 0:
             raise ValueError(f"unknown op {name!r}; {OP_HELP}")
-        return cls(match[1], int(match[2]))
+        return cls(match[1], int(match[2]), int(match[3] or 1))
+
+
+SKIP = Op("skip", 0)

@@ -5,13 +5,21 @@ Algorithm 1): the block's inner channels (conv1's outputs; in a BasicBlock they 
 outputs, so its width follows the stage) through :func:`fna_ext.remap.width_index`, the same
 selection flowing through conv1, bn1, conv2 (both channel dimensions of a bottleneck's) and the
 conv that reads them. Outer channels take the first ones. The shortcut's 1x1 conv and BN remap
-like any conv; a target shortcut whose seed layer has none starts as the identity."""
+like any conv; a target shortcut whose seed layer has none starts as the identity.
+
+Groups, both ways (FNA's issue #20): a K x K conv whose group count differs from the seed's is
+remapped through the dense weight. The seed's weight is placed in a dense one (a dense seed as
+is; a grouped seed on its block-diagonal, zero elsewhere, so a dense target computes exactly what
+it did), its channels are remapped as above, and the target's groups are sliced out of it by the
+``groups`` rule: ``diagonal`` (each output channel keeps its own group's inputs) or ``first``
+(the first C_in / G inputs), the rules of :func:`~fna_ext.families.resnet.blocks.grouped_weight`."""
 
 from __future__ import annotations
 
 import torch
 
-from ...remap import RemapPlan, add_bn, add_conv, first_channels, kernel_index, width_index
+from ...remap import RemapPlan, add_bn, add_conv, first_channels, gather, kernel_index, width_index
+from .blocks import dense_weight, grouped_weight
 
 
 def _width_reference(block, mode: str) -> torch.Tensor | None:
@@ -37,8 +45,28 @@ def _plan_shortcut(plan: RemapPlan, seed, target, s: str, t: str, in_map, out_ma
     add_bn(plan, f"{t}.downsample.1", None, out_map)
 
 
+def _add_spatial_conv(plan: RemapPlan, seed, target, conv: str, s: str, t: str, channel_maps, spatial,
+                      groups: str, scale=None) -> None:
+    """A block's K x K conv ``conv``: channel and kernel maps, through the dense weight when the
+    group counts differ (or the channels of a grouped conv change)."""
+    source, destination = getattr(seed, conv), getattr(target, conv)
+    s_groups, t_groups = source.groups, destination.groups
+    if s_groups == t_groups == 1:
+        add_conv(plan, f"{t}.{conv}", f"{s}.{conv}", [*channel_maps, spatial, spatial], scale=scale)
+        return
+    unchanged = source.weight.shape[:2] == destination.weight.shape[:2] and all(
+        m is None or torch.equal(m, torch.arange(len(m))) for m in channel_maps)
+    if s_groups == t_groups and unchanged:  # the same grouped conv, perhaps another kernel
+        add_conv(plan, f"{t}.{conv}", f"{s}.{conv}", [None, None, spatial, spatial])
+        return
+    dense = dense_weight(source.weight.detach(), s_groups, groups)
+    dense = gather(dense, [*channel_maps, None, None], scale=scale)
+    add_conv(plan, f"{t}.{conv}", None, [None, None, spatial, spatial],
+             synthetic=grouped_weight(dense, t_groups, groups).contiguous())
+
+
 def plan_block(plan: RemapPlan, seed, target, seed_prefix: str, target_prefix: str, width: str = "first",
-               kernel_mode: str = "center") -> RemapPlan:
+               kernel_mode: str = "center", groups: str = "diagonal") -> RemapPlan:
     """Adds the maps that remap block ``seed`` into block ``target`` of the same type (any kernel)."""
     if seed.block != target.block:
         raise ValueError(f"{target_prefix}: cannot remap a {seed.block} block ({seed_prefix}) into a "
@@ -51,14 +79,14 @@ def plan_block(plan: RemapPlan, seed, target, seed_prefix: str, target_prefix: s
     scale = (1, 1.0 / counts[inner].double()) if counts is not None else None
     s, t = seed_prefix, target_prefix
     if target.block == "basic":
-        add_conv(plan, f"{t}.conv1", f"{s}.conv1", [inner, in_map, spatial, spatial])
+        _add_spatial_conv(plan, seed, target, "conv1", s, t, [inner, in_map], spatial, groups)
         add_bn(plan, f"{t}.bn1", f"{s}.bn1", inner)
-        add_conv(plan, f"{t}.conv2", f"{s}.conv2", [out_map, inner, spatial, spatial], scale=scale)
+        _add_spatial_conv(plan, seed, target, "conv2", s, t, [out_map, inner], spatial, groups, scale)
         add_bn(plan, f"{t}.bn2", f"{s}.bn2", out_map)
     else:
         add_conv(plan, f"{t}.conv1", f"{s}.conv1", [inner, in_map, None, None])
         add_bn(plan, f"{t}.bn1", f"{s}.bn1", inner)
-        add_conv(plan, f"{t}.conv2", f"{s}.conv2", [inner, inner, spatial, spatial], scale=scale)
+        _add_spatial_conv(plan, seed, target, "conv2", s, t, [inner, inner], spatial, groups, scale)
         add_bn(plan, f"{t}.bn2", f"{s}.bn2", inner)
         add_conv(plan, f"{t}.conv3", f"{s}.conv3", [out_map, inner, None, None], scale=scale)
         add_bn(plan, f"{t}.bn3", f"{s}.bn3", out_map)

@@ -1,9 +1,11 @@
-"""The ResNet family's searched layer: a layer's candidate kernels of one block type, as blocks of
-their own (``independent``, as published) or as centre slices of one max-kernel block (``shared``:
-a k x k candidate runs the centre k x k taps of the 7x7 weights through ``F.conv2d``; the 1x1
-convs, the shortcut and the BNs are common to every candidate). A layer runs one op (path mode,
-the weight steps) or the softmax(alpha)-weighted sum of every candidate's output (mixture mode,
-the architecture steps). There is no fused kernel here: each candidate is a plain block forward."""
+"""The ResNet family's searched layer: a layer's candidates of one block type (kernel sizes and
+group counts, and ``skip`` past the seed's depth), as blocks of their own (``independent``, as
+published) or as slices of one max-kernel dense block (``shared``: a k x k, G-group candidate runs
+the centre k x k taps of the 7x7 weights, sliced into G groups by the layer's group rule, through
+``F.conv2d``; the 1x1 convs, the shortcut and the BNs are common to every candidate). A layer runs
+one op (path mode, the weight steps) or the softmax(alpha)-weighted sum of every candidate's
+output (mixture mode, the architecture steps). There is no fused kernel here: each candidate is a
+plain block forward (oneDNN's convolutions; benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -11,19 +13,22 @@ import torch
 from torch import nn
 
 from ..norm import candidate_batch_norm
-from .blocks import make_block
+from .blocks import GROUP_RULES, grouped_weight, make_block
 from .op import Op
 
 
 class SearchLayer(nn.Module):
-    def __init__(self, spec, weight_sharing: str, affine_bn: bool, bn_eps: float):
+    def __init__(self, spec, weight_sharing: str, affine_bn: bool, bn_eps: float, groups: str = "diagonal"):
         super().__init__()
+        if groups not in GROUP_RULES:
+            raise ValueError(f"group rule {groups!r} is not one of {GROUP_RULES}")
         self.spec, self.weight_sharing, self.affine_bn, self.bn_eps = spec, weight_sharing, affine_bn, bn_eps
-        ops = [Op.parse(name) for name in spec.candidates]
+        self.group_rule = groups
+        ops = [Op.parse(name) for name in spec.candidates if name != "skip"]
         if len({op.block for op in ops}) != 1:
             raise ValueError(f"layer {spec.key}: the candidates {spec.candidates} mix block types; a searched "
-                             "ResNet layer chooses a kernel size within one block type")
-        self.widest = max(ops, key=lambda op: op.kernel)
+                             "ResNet layer chooses a kernel size and group count within one block type")
+        self.widest = Op(ops[0].block, max(op.kernel for op in ops))  # dense: every candidate slices it
         owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
         self.blocks = nn.ModuleDict({op.name: make_block(spec.in_channels, spec.out_channels, spec.stride, op,
@@ -35,22 +40,30 @@ class SearchLayer(nn.Module):
         return self.blocks[self.widest.name] if self.weight_sharing == "shared" else self.blocks[op]
 
     def run_op(self, x: torch.Tensor, op: str) -> torch.Tensor:
-        return self._owner(op)(x, kernel=Op.parse(op).kernel)
+        if op == "skip":
+            return x
+        parsed = Op.parse(op)
+        return self._owner(op)(x, kernel=parsed.kernel, groups=parsed.groups, rule=self.group_rule)
 
     def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
-        """In shared mode, the K x K weights' entries op uses (their centre): the optimiser step must
-        leave the ring, which only larger candidates use, where it was. Everything else in the block
-        serves every candidate; independent candidates own all their weights."""
-        if self.weight_sharing != "shared":
+        """In shared mode, the K x K weights' entries op uses (their centre, and its groups' slice
+        of the channels): the optimiser step must leave the rest, which only other candidates use,
+        where it was. Everything else in the block serves every candidate; independent candidates
+        own all their weights, and skip uses none."""
+        if self.weight_sharing != "shared" or op == "skip":
             return {}
-        block, kernel = self._owner(op), Op.parse(op).kernel
-        start = (block.kernel_size - kernel) // 2
+        parsed = Op.parse(op)
+        block = self._owner(op)
+        start = (block.kernel_size - parsed.kernel) // 2
         masks = {}
         for name in ("conv1", "conv2") if block.block == "basic" else ("conv2",):
             weight = getattr(block, name).weight
+            used = torch.zeros(weight.shape[:2], dtype=torch.bool, device=weight.device)
+            index = torch.arange(used.numel(), device=weight.device).view(used.shape)
+            used.view(-1)[grouped_weight(index, parsed.groups, self.group_rule).flatten()] = True
             mask = torch.zeros_like(weight, dtype=torch.bool)
-            mask[..., start:start + kernel, start:start + kernel] = True
-            masks[weight] = mask
+            mask[..., start:start + parsed.kernel, start:start + parsed.kernel] = True
+            masks[weight] = mask & used[:, :, None, None]
         return masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
