@@ -30,6 +30,8 @@ class AdaptOptions:
     model: str | None = None       # the task's model; None: its default
     data: str | None = None
     seed_weights: str | None = None
+    seed_arch: str | None = None   # the weights' arch where the file has none; without weights, the
+                                   # named arch of the project's own seed (mobilenet_v2, resnet18, ...)
     search_init: str = "remap"     # the paper's Table 5: Remap or RandInit before ArchAdapt
     train_init: str = "remap"      # ... and before ParamAdapt
     bn_recalibrate: int | None = None  # None: the fine-tuning config's adaptation.bn_recalibrate
@@ -65,8 +67,8 @@ def adapt(options: AdaptOptions, out_dir: str | os.PathLike,
     phases: dict[str, float] = {}
 
     announce("seed: loading the seed network")
-    seed_path = seed_weights_path(options.seed_weights, options.data)
-    seed = load_seed_network(seed_path)
+    seed_path = seed_weights_path(options.seed_weights, options.data, options.seed_arch)
+    seed = load_seed_network(seed_path, options.seed_arch)
     phases["seed"] = time.perf_counter() - started
 
     announce(f"architecture adaptation ({options.search_init} init) -> {out_dir / 'search'}")
@@ -75,7 +77,8 @@ def adapt(options: AdaptOptions, out_dir: str | os.PathLike,
 
     announce(f"parameter adaptation ({options.train_init} init) -> {out_dir / 'train'}")
     trained = finetune(get_task(options.task), train_config, found.arch, out_dir / "train",
-                       seed_weights=seed_path, init=options.train_init, bn_recalibrate=options.bn_recalibrate,
+                       seed_weights=seed_path, seed_arch=options.seed_arch, init=options.train_init,
+                       bn_recalibrate=options.bn_recalibrate,
                        device=options.device)
     phases.update({f"parameter adaptation: {k}": v for k, v in trained.phase_seconds.items()})
 

@@ -99,7 +99,7 @@ def default_seed(data: str, marker: str, barrier: str, processes: int, width_mul
                  image_size: int = 32) -> None:
     from fna_ext.pretrain import core
 
-    def tiny_build(path):
+    def tiny_build(path, name="mobilenet_v2"):
         with open(marker, "a", encoding="utf-8") as handle:
             handle.write(f"{os.getpid()}\n")
         core.pretrain_seed(path, data_root=data, epochs=1, batch_size=10, width_mult=width_mult,

@@ -2,6 +2,7 @@
 and the command line's errors."""
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -16,6 +17,7 @@ from fna_ext.pretrain import core as pretrain
 from fna_ext.data.synthetic import generate_classification
 from fna_ext.arch import Arch, mobilenet_v2_arch
 from fna_ext.families.mbconv import build_network
+from fna_ext.families.resnet import resnet18
 from fna_ext.remap import save_weights
 
 
@@ -70,7 +72,7 @@ def test_an_arch_is_pretrained_in_place_of_mobilenet_v2(tiny_run, tmp_path):
 
 
 def _fake_builder(calls: list):
-    def build(path):
+    def build(path, name="mobilenet_v2"):
         calls.append(path)
         save_weights(path, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"fake": True})
     return build
@@ -82,18 +84,37 @@ def test_default_seed_is_built_once_then_reused(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pretrain, "build_default_seed", _fake_builder(calls))
     path = pretrain.default_seed_weights()
     assert path == tmp_path / "seeds" / "mobilenet_v2-synthetic-v1.pt" and path.is_file()
-    assert "pretraining the embedded seed once" in capsys.readouterr().err
+    assert "pretraining the embedded mobilenet_v2 seed once" in capsys.readouterr().err
     assert pretrain.default_seed_weights() == path
     assert len(calls) == 1 and capsys.readouterr().err == ""
     assert _leftovers(path) == []
     load_seed_weights(mobilenet_v2(num_classes=None, width_mult=0.35), path)
 
 
+def test_a_named_resnet_seed_is_built_under_its_own_name_and_other_archs_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path))
+    built = []
+    monkeypatch.setattr(pretrain, "build_default_seed",
+                        lambda path, name="mobilenet_v2": built.append(name) or save_weights(path, resnet18(5)))
+    path = pretrain.seed_weights_path(None, None, "resnet18")
+    assert path == tmp_path / "seeds" / "resnet18-synthetic-v1.pt" and built == ["resnet18"]
+    with pytest.raises(ValueError, match="--seed-arch 'k3_e6': .* named arch"):
+        pretrain.seed_weights_path(None, None, "k3_e6")
+    assert pretrain.seed_weights_path("given.pt", None, "resnet18") == Path("given.pt")
+
+
+def test_resnet_blocks_start_as_identities():
+    """zero_init_residual covers ResNet's blocks: each one's last BN scale starts at zero."""
+    net = pretrain.seed_network(5, 1.0, {"dropout": 0.0, "zero_init_residual": True}, Arch.parse("resnet18"))
+    blocks = [block for stage in net.stages for block in stage]
+    assert blocks and all(block.bn2.weight.abs().sum() == 0 for block in blocks)
+
+
 def test_default_seed_keeps_the_file_another_process_published_first(tmp_path, monkeypatch):
     monkeypatch.setenv("FNA_EXT_CACHE", str(tmp_path))
     final = tmp_path / "seeds" / "mobilenet_v2-synthetic-v1.pt"
 
-    def build_while_another_publishes(path):
+    def build_while_another_publishes(path, name="mobilenet_v2"):
         save_weights(path, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"who": "us"})
         save_weights(final, mobilenet_v2(num_classes=5, width_mult=0.35), metadata={"who": "them"})
 

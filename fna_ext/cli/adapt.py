@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", help="the dataset root (COCO layout for detection); default: the embedded "
                                        "synthetic dataset")
     parser.add_argument("--seed-weights", help="pretrained seed weights (torchvision, timm, FNA or fna_ext)")
+    parser.add_argument("--seed-arch", help="the seed's arch, when its weight file does not embed one; without "
+                                            "--seed-weights, the project's own seed of that named arch "
+                                            "(mobilenet_v2, the default, or resnet18, resnet34, resnet50)")
     parser.add_argument("--out", default="runs/adapt", help="output folder (default: runs/adapt)")
     parser.add_argument("--search-init", choices=INITS, default="remap",
                         help="how the super network starts (default: remap the seed)")
@@ -56,7 +59,7 @@ def main(argv=None) -> int:
     if args.bn_recalibrate is not None and args.bn_recalibrate < 0:
         raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
     options = AdaptOptions(
-        task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights,
+        task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights, seed_arch=args.seed_arch,
         search_init=args.search_init, train_init=args.init, bn_recalibrate=args.bn_recalibrate,
         seed=args.seed, device=args.device,
         search_overrides=[*args.search_set] + ([f"train.epochs={args.search_epochs}"] if args.search_epochs else [])

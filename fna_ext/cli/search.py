@@ -65,8 +65,9 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m fna_ext.search", description=__doc__,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--seed-arch", help="the seed's arch, when its weight file does not embed one "
-                                            "(default: mobilenet_v2)")
+    parser.add_argument("--seed-arch", help="the seed's arch, when its weight file does not embed one; without "
+                                            "--seed-weights, the project's own seed of that named arch "
+                                            "(mobilenet_v2, the default, or resnet18, resnet34, resnet50)")
     parser.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
     parser.add_argument("--weight-sharing", choices=["shared", "independent"])
     parser.add_argument("--strategy", choices=STRATEGIES)
@@ -89,10 +90,10 @@ def _run(args, config: dict, context):
     try:
         started = time.perf_counter()
         if context is None or context.is_main:  # builds the embedded seed once, on one process
-            seed_path = seed_weights_path(args.seed_weights, args.data)
+            seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
         if context is not None:
             torch.distributed.barrier()
-            seed_path = seed_weights_path(args.seed_weights, args.data)
+            seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
         seed = load_seed_network(seed_path, args.seed_arch)
         seed_seconds = time.perf_counter() - started
         result = search(config, seed, Path(args.out), resume=args.resume, device=args.device)

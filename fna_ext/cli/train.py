@@ -20,6 +20,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", default="mobilenet_v2",
                         help="backbone: a name, an arch file (JSON or net_config) or inline net_config")
     parser.add_argument("--out", default=None, help="output folder (default: runs/train_MODEL)")
+    parser.add_argument("--seed-arch", help="the arch of --seed-weights, when the file does not embed one "
+                                            "(a torchvision or timm file; default: mobilenet_v2)")
     parser.add_argument("--init", choices=INITS, default=None,
                         help="backbone initialisation: remap the seed into it (default when there is a "
                              "seed) or random")
@@ -38,7 +40,8 @@ def main(argv=None) -> int:
     init = args.init or ("remap" if args.seed_weights else "random")
     with removed_if_failed(out):
         result = finetune(task, config, arch, out, seed_weights=args.seed_weights, init=init,
-                          bn_recalibrate=args.bn_recalibrate, resume=args.resume, device=args.device)
+                          bn_recalibrate=args.bn_recalibrate, resume=args.resume, device=args.device,
+                          seed_arch=args.seed_arch)
     print(f"trained {model} ({init} init) on {arch} in {result.seconds / 60:.1f} min")
     print(task.format_metrics(result.metrics))
     print(f"weights: {result.weights}\nmetrics: {out / 'metrics.json'} (log: {out / 'metrics.jsonl'}, "

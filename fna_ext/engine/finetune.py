@@ -43,7 +43,7 @@ def check_init(init: str, seed_weights) -> None:
 
 def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weights: str | Path | None = None,
              init: str = "remap", bn_recalibrate: int | None = None, resume: bool = False,
-             device: str = "cpu") -> TrainResult:
+             device: str = "cpu", seed_arch=None) -> TrainResult:
     """FNA's parameter adaptation of ``config['model']['name']`` (a model of ``task``) on
     ``arch``: builds the model, initialises its backbone (``init="remap"``: the seed's parameters
     remapped into it by the ``adaptation`` section's width and kernel rules; ``"random"``: left at
@@ -51,7 +51,8 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     ``bn_recalibrate`` training batches (None: ``adaptation.bn_recalibrate``; 0: none), fine-tunes
     and evaluates. Writes into ``out_dir``: ``config.yaml``, ``metrics.jsonl``
     (training log), ``checkpoint.pt`` (resumable), ``model_final.pt`` (weights with the arch
-    embedded), ``metrics.json`` (the task's metrics) and ``training.png``."""
+    embedded), ``metrics.json`` (the task's metrics) and ``training.png``. ``seed_arch`` is the
+    seed weights' arch where the file embeds none (a torchvision or timm file)."""
     started = time.perf_counter()
     check_init(init, seed_weights)
     config = task.check_config(config)
@@ -69,7 +70,7 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
     if not resume and init == "remap":
         # the seed's parameters remapped into this backbone (FNA's parameter remapping; a change
         # of layout only when the arch is the seed's own)
-        remap_network(load_seed_network(seed_weights), model.backbone,
+        remap_network(load_seed_network(seed_weights, seed_arch), model.backbone,
                       adaptation.get("remap_width", "first"), adaptation.get("remap_kernel", "center"),
                       adaptation.get("remap_groups", "diagonal"))
     model.to(device)  # before recalibration, which runs batches on the device

@@ -28,6 +28,7 @@ embedded default calls.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
@@ -49,11 +50,13 @@ from ..engine.trainer import Trainer
 from ..arch import Arch
 from ..families import get_family
 from ..families.mbconv import MBConv, mobilenet_v2
+from ..families.resnet import BasicBlock, Bottleneck
 from ..remap import save_weights
 
 DEFAULT_SEED_NAME = "mobilenet_v2-synthetic-v1.pt"
-# The wall-clock time of the default pretraining on a 2-core CPU, for the one-line notice.
-DEFAULT_MINUTES = 2
+# The wall-clock time of the default pretraining on a 2-core CPU, for the one-line notice
+# (measured for the two defaults; other named archs take a guess)
+DEFAULT_MINUTES = collections.defaultdict(lambda: 10, {"mobilenet_v2": 2, "resnet18": 6})
 MIN_IMAGE_SIZE = 32
 
 # The default recipe, sized to a few minutes on a 2-core CPU (measured: see the module
@@ -102,10 +105,13 @@ class PretrainResult:
 
 # --------------------------------------------------------------------------- paths
 
-def default_seed_path() -> Path:
-    """Where the embedded default's seed is cached: ``$FNA_EXT_CACHE/seeds/...`` or
-    ``~/.cache/fna_ext/seeds/...``."""
-    return cache_dir() / "seeds" / DEFAULT_SEED_NAME
+DEFAULT_SEED_ARCH = "mobilenet_v2"
+
+
+def default_seed_path(name: str = DEFAULT_SEED_ARCH) -> Path:
+    """Where the embedded default's seed of the named arch is cached: ``$FNA_EXT_CACHE/seeds/...``
+    or ``~/.cache/fna_ext/seeds/...`` (``mobilenet_v2-synthetic-v1.pt``, ``resnet18-...``)."""
+    return cache_dir() / "seeds" / DEFAULT_SEED_NAME.replace(DEFAULT_SEED_ARCH, name, 1)
 
 
 def run_dir_for(out_path: str | os.PathLike) -> Path:
@@ -193,12 +199,15 @@ def top1_accuracy(model: nn.Module, dataset, *, batch_size: int = 100, device: s
 # --------------------------------------------------------------------------- training
 
 def zero_init_residual(model: nn.Module) -> None:
-    """Zeroes the last BatchNorm scale of every residual MBConv, so each starts as the identity:
-    the deep network first trains like a shallow one, which speeds up training from scratch
-    (Goyal et al., 2017). The scales grow back as the blocks learn."""
+    """Zeroes the last BatchNorm scale of every residual block (MBConv with a residual, ResNet's
+    basic and bottleneck blocks), so each starts as the identity: the deep network first trains
+    like a shallow one, which speeds up training from scratch (Goyal et al., 2017). The scales
+    grow back as the blocks learn."""
     for module in model.modules():
         if isinstance(module, MBConv) and module.use_residual:
             nn.init.zeros_(module.project.bn.weight)
+        elif isinstance(module, (BasicBlock, Bottleneck)):
+            nn.init.zeros_((module.bn2 if isinstance(module, BasicBlock) else module.bn3).weight)
 
 
 def pretrain_seed(out_path: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
@@ -281,46 +290,57 @@ def _dataset_name(root: Path, data_root) -> str:
 
 # --------------------------------------------------------------------------- the cached default
 
-def build_default_seed(path: Path) -> None:
-    """Pretrains the embedded default's seed into ``path`` (the default settings throughout)."""
-    pretrain_seed(path)
+def build_default_seed(path: Path, name: str = DEFAULT_SEED_ARCH) -> None:
+    """Pretrains the embedded default's seed of the named arch into ``path`` (the default
+    settings throughout; MobileNetV2 at width 1, or e.g. ResNet-18)."""
+    pretrain_seed(path, arch=None if name == DEFAULT_SEED_ARCH else Arch.parse(name))
 
 
-def default_seed_weights() -> Path:
-    """The embedded default's seed weights, pretrained on first use and cached.
+def default_seed_weights(name: str = DEFAULT_SEED_ARCH) -> Path:
+    """The embedded default's seed weights of the named arch (``mobilenet_v2``, ``resnet18``,
+    ...), pretrained on first use and cached.
 
     Concurrent first uses are safe: where the OS offers file locks (POSIX), later callers wait for
     the first one's pretraining instead of running several on the same cores; in any case each
     builder trains into its own private file and renames it into place, so every caller gets a
     complete, valid file."""
-    path = default_seed_path()
+    if name not in named_arch_names():
+        raise ValueError(f"--seed-arch {name!r}: without --seed-weights the project pretrains its own seed, "
+                         f"of a named arch: one of {named_arch_names()}; or pass --seed-weights")
+    path = default_seed_path(name)
     if path.is_file():  # published by a rename, so present means complete
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(path.with_name(f".{path.name}.lock")):
         if path.is_file():  # another process built it while we waited
             return path
-        print(f"fna_ext: pretraining the embedded seed once (about {DEFAULT_MINUTES} minutes) into "
-              f"{path} ...", file=sys.stderr, flush=True)
-        _build_and_publish(path)
+        print(f"fna_ext: pretraining the embedded {name} seed once (about {DEFAULT_MINUTES[name]} minutes) "
+              f"into {path} ...", file=sys.stderr, flush=True)
+        _build_and_publish(path, name)
     return path
 
 
-def seed_weights_path(seed_weights: str | None, data: str | None) -> Path:
-    """The seed's weight file: the given one, or with no ``--data`` the embedded default's
-    (pretrained once and cached)."""
+def seed_weights_path(seed_weights: str | None, data: str | None, seed_arch: str | None = None) -> Path:
+    """The seed's weight file: the given one, or with no ``--data`` the embedded default's of
+    ``seed_arch`` (a named arch; default MobileNetV2), pretrained once and cached."""
     if seed_weights:
         return Path(seed_weights)
     if data is not None:
         raise ValueError("--seed-weights is required with --data: FNA adapts a pretrained seed "
                          "(torchvision, timm, FNA or fna_ext weights)")
-    return default_seed_weights()
+    return default_seed_weights(seed_arch or DEFAULT_SEED_ARCH)
 
 
-def _build_and_publish(path: Path) -> None:
+def named_arch_names() -> list[str]:
+    from ..families import get_family, family_names
+
+    return sorted(name for family in family_names() for name in get_family(family).named_archs())
+
+
+def _build_and_publish(path: Path, name: str = DEFAULT_SEED_ARCH) -> None:
     private = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.pt")
     try:
-        build_default_seed(private)
+        build_default_seed(private, name)
         if not path.is_file():  # a process without the lock may have published first: keep it
             os.replace(private, path)
     finally:

@@ -55,7 +55,7 @@ class Network(StagedNetwork):
     head = None
 
     def __init__(self, arch: Arch, num_classes: int | None = 1000, head_channels: int | None = None,
-                 bn_eps: float = 1e-5, *, output_stride: int | None = None,
+                 bn_eps: float = 1e-5, *, output_stride: int | None = None, dropout: float = 0.0,
                  norm_layer: Callable[[int], nn.Module] | None = None,
                  act_layer: Callable[[], nn.Module] | None = None):
         # head_channels is accepted because the tasks pass it to every family; a ResNet has no head conv
@@ -66,6 +66,8 @@ class Network(StagedNetwork):
         self.stages = nn.ModuleList(build_stage(stage, geometry, **parts) for stage, geometry in
                                     zip(arch.stages, stage_geometry(arch, output_stride, stem_stride=STEM_STRIDE)))
         self.classifier = nn.Linear(arch.out_channels, num_classes) if num_classes else None
+        # torchvision's ResNets have none; pretraining may ask for it before the classifier
+        self.dropout = nn.Dropout(dropout) if dropout > 0 and num_classes else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -157,7 +157,11 @@ def ssdlite(arch: Arch, num_classes: int, config: SSDLiteConfig | None = None,
         backbone = get_family(arch.family).build_network(arch, None, head_channels=config.head_channels,
                                                           bn_eps=backbone_bn_eps)
     taps = [Tap("expand", first_stage_at_stride(arch, 32)), Tap("head")]
-    channels = tap_channels(arch, taps, config.head_channels)
+    try:
+        channels = tap_channels(arch, taps, config.head_channels)
+    except ValueError as err:  # a backbone without MobileNet's expansions and head conv, e.g. a ResNet
+        raise ValueError(f"SSDLite reads an inverted-residual expansion and a head conv: {err}; "
+                         "use --model retinanet for this backbone") from None
     neck = SSDLiteExtras(channels[-1], config.extra_channels, config.bn_eps)
     anchors = SSDAnchorGenerator(config.aspect_ratios, config.min_scale, config.max_scale)
     head = SSDLiteHead(channels + list(config.extra_channels), anchors.num_anchors(), num_classes + 1,
