@@ -268,3 +268,32 @@ def test_search_candidates_keep_the_seed_stages_block_type():
         "bottleneck_k3", "bottleneck_k3_g4", "skip")  # resnet50's second stage has 4 layers
     with pytest.raises(ValueError, match="pass stage="):
         family.candidates(True)
+
+
+def test_a_resnet_seed_searches_then_adapts_for_retinanet(tmp_path):
+    """The pipeline with a (narrow) ResNet seed: RetinaNet's FPN on its stages, a search over
+    kernels, groups and skip, then the found network remapped from the seed and fine-tuned."""
+    from fna_ext.data.synthetic import generate_detection
+    from fna_ext.engine.finetune import finetune
+    from fna_ext.nas.search import search
+    from fna_ext.tasks import get_task
+
+    arch = Arch._from_net_config("[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3', 'basic_k3'], 2]|"
+                                 "[[32, 64], ['basic_k3'], 2]|[[64, 64], ['basic_k3'], 2]", family="resnet")
+    torch.manual_seed(0)
+    seed = RESNET.build_network(arch, None)
+    save_weights(tmp_path / "seed.pt", seed)
+    data = generate_detection(tmp_path / "coco", images=16, size=64, seed=3)
+    task = get_task("coco")
+    tiny = [f"data.root={data}", "data.short_side=64", "data.max_size=64", "train.batch_size=4",
+            "train.num_workers=0", "train.schedule.warmup_iters=2"]
+    config = task.resolve_config(task.search_preset("retinanet", synthetic=True), None,
+                                 [*tiny, "train.epochs=2", "search.alpha_start_epoch=1"])
+    found = search(config, seed, tmp_path / "search")
+    ops = [op for stage in found.arch.stages[1:] for op in stage.ops]
+    # every searched stage offers one layer past the seed's depth (skip or a block)
+    assert [len(s.ops) for s in found.arch.stages] == [1, 3, 2, 2] and found.arch.family == "resnet"
+    assert all(op == "skip" or RESNET.parse_op(op).block == "basic" for op in ops)
+    config = task.resolve_config(task.finetune_preset("retinanet", synthetic=True), None, [*tiny, "train.epochs=1"])
+    result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
+    assert 0.0 <= result.metrics["AP50"] <= 1.0
