@@ -82,6 +82,24 @@ except ImportError:  # parity with torchvision is checked where it is installed
 needs_torchvision = pytest.mark.skipif(torchvision is None, reason="torchvision parity needs torchvision")
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+def test_timm_resnets_load_and_give_the_same_logits(tmp_path, name):
+    """timm's resnet18/34/50 keep torchvision's key names; their files load as torchvision's do."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    reference = with_random_statistics(timm.create_model(name, pretrained=False))
+    torch.save(reference.state_dict(), tmp_path / f"{name}.pth")
+    ours = RESNET.build_network(RESNET.named_archs()[name](), 1000).eval()
+    assert RESNET.load_seed_weights(ours, tmp_path / f"{name}.pth").layout == "torchvision"
+    with torch.no_grad():
+        torch.testing.assert_close(ours(X), reference(X), atol=1e-4, rtol=0)
+    # as a seed: the backbone (no classifier) of the same file, with --seed-arch naming it
+    backbone = load_seed_network(tmp_path / f"{name}.pth", name).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(X), reference.forward_head(reference.forward_features(X),
+                                                                        pre_logits=True), atol=1e-4, rtol=0)
+
+
 @needs_torchvision
 @pytest.mark.parametrize("name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
 def test_torchvision_parity_of_params_weights_and_outputs(tmp_path, name, params):
@@ -297,3 +315,14 @@ def test_a_resnet_seed_searches_then_adapts_for_retinanet(tmp_path):
     config = task.resolve_config(task.finetune_preset("retinanet", synthetic=True), None, [*tiny, "train.epochs=1"])
     result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
     assert 0.0 <= result.metrics["AP50"] <= 1.0
+
+
+def test_count_gives_the_resnet_detectors_backbones_their_published_params():
+    """torchvision's ResNet-50 without its fc has 23,508,032 parameters and ResNet-18 11,176,512."""
+    from fna_ext.cli.count import count_task
+
+    with torch.device("meta"):  # shapes only
+        assert count_params(RESNET.build_network(R18, None)) == 11_176_512
+    report = count_task("retinanet", R50, (256, 256))
+    assert report.grouped()["backbone"][0] == 23_508_032
+    assert count_task("retinanet", R18, (256, 256)).grouped()["backbone"][0] == 11_176_512
