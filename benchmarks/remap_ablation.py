@@ -22,9 +22,10 @@ first.
     python benchmarks/remap_ablation.py --task cityscapes --table 5 --retrain [--seeds 0 1]
         [--search-epochs 3] [--train-epochs 8]
     python benchmarks/remap_ablation.py --task cityscapes --table 7
+    python benchmarks/remap_ablation.py --task coco --model retinanet --seed-arch resnet18 --table groups
 
-writes ``benchmarks/results/remap_ablation_{task}.json`` (Table 5) or ``remap_variants_{task}.json``
-(Table 7): one object per row with the mean, spread and per-seed values of the task's two
+writes ``benchmarks/results/remap_ablation_{task}.json`` (Table 5), ``remap_variants_{task}.json``
+(Table 7) or ``remap_groups_{task}.json`` (``_{seed arch}`` added with ``--seed-arch``): one object per row with the mean, spread and per-seed values of the task's two
 headline metrics (detection AP and AP50, segmentation mIoU and pixel accuracy) and the MAdds,
 and the same as markdown (``.md``). Finished phases are kept in ``--work`` and reused when the
 command is run again, so an interrupted run continues where it stopped.
@@ -65,6 +66,7 @@ class Row:
     train_init: str = "remap"
     width: str = "first"
     kernel: str = "center"
+    groups: str = "diagonal"
     label: str = ""
 
     @property
@@ -74,14 +76,18 @@ class Row:
     @property
     def search_key(self) -> str:
         """The folder of this row's search (rows that search alike share it)."""
-        return f"search_{self.search_init}" + ("" if (self.width, self.kernel) == ("first", "center")
-                                                else f"_{self.width}_{self.kernel}")
+        rules = (self.width, self.kernel) + ((self.groups,) if self.groups != "diagonal" else ())
+        return f"search_{self.search_init}" + ("" if rules == ("first", "center") else "_" + "_".join(rules))
 
 
 TABLE5 = [Row(), Row("random", "remap"), Row("remap", "random"), Row("random", "random")]
 RETRAIN = Row("remap", "retrain")
 TABLE7 = [Row(width="bn", label="Width-BN"), Row(width="std", label="Width-Std"),
           Row(width="l1", label="Width-L1"), Row(kernel="dilate", label="Kernel-Dilate"), Row(label="FNA")]
+# issue 20: a grouped conv takes a dense seed conv's block-diagonal or its first channels (ResNet seeds)
+GROUPS = [Row(label="Groups: block-diagonal"), Row(groups="first", label="Groups: first channels"),
+          Row(train_init="random", label="Groups: block-diagonal, RandInit before ParamAdapt")]
+TABLES = {"5": TABLE5, "7": TABLE7, "groups": GROUPS}
 
 
 def headline_metrics(task) -> list[str]:
@@ -91,12 +97,15 @@ def headline_metrics(task) -> list[str]:
 
 def options_for(row: Row, seed: int, args) -> AdaptOptions:
     return AdaptOptions(
-        task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights, seed=seed,
+        task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights, seed_arch=args.seed_arch,
+        seed=seed,
         device=args.device, search_init=row.search_init, train_init="random" if row.train_init == "random" else "remap",
         search_overrides=[*args.search_set, f"train.epochs={args.search_epochs}",
-                          f"search.remap_width={row.width}", f"search.remap_kernel={row.kernel}"],
+                          f"search.remap_width={row.width}", f"search.remap_kernel={row.kernel}",
+                          f"search.remap_groups={row.groups}"],
         train_overrides=[*args.train_set, f"train.epochs={args.train_epochs}",
-                         f"adaptation.remap_width={row.width}", f"adaptation.remap_kernel={row.kernel}"])
+                         f"adaptation.remap_width={row.width}", f"adaptation.remap_kernel={row.kernel}",
+                         f"adaptation.remap_groups={row.groups}"])
 
 
 def searched_arch(options: AdaptOptions, seed_network, out: Path) -> tuple[Arch, dict]:
@@ -118,23 +127,24 @@ def retrained_weights(arch: Arch, seed: int, out: Path, args) -> Path:
     return path
 
 
-def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Path) -> dict:
+def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Path, seed_arch=None) -> dict:
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     _, train_config = pipeline_configs(options)
     return finetune(get_task(options.task), train_config, arch, out, seed_weights=weights,
+                    seed_arch=seed_arch,  # None for a retrained file, which embeds its arch
                     init=options.train_init, device=options.device).metrics
 
 
 def run(args) -> list[dict]:
     task = get_task(args.task)
     metrics = headline_metrics(task)
-    work = Path(args.work or REPO / "runs" / f"remap_ablation_{task.name}")
-    table = (TABLE5 + ([RETRAIN] if args.retrain else [])) if args.table == 5 else TABLE7
+    work = Path(args.work or REPO / "runs" / f"remap_ablation_{task.name}{'_' + args.seed_arch if args.seed_arch else ''}")
+    table = TABLES[args.table] + ([RETRAIN] if args.retrain else [])
     rows = {row: {"name": row.name, "search_init": row.search_init, "train_init": row.train_init,
-                  "width": row.width, "kernel": row.kernel, "per_seed": []} for row in table}
-    seed_path = seed_weights_path(args.seed_weights, args.data)
-    seed_network = load_seed_network(seed_path)
+                  "width": row.width, "kernel": row.kernel, "groups": row.groups, "per_seed": []} for row in table}
+    seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
+    seed_network = load_seed_network(seed_path, args.seed_arch)
     for seed in args.seeds:
         for row in table:
             options = options_for(row, seed, args)
@@ -144,7 +154,8 @@ def run(args) -> list[dict]:
             weights = (retrained_weights(arch, seed, folder / f"retrain_{row.search_key}", args)
                        if row.train_init == "retrain" else seed_path)
             result = fine_tuned_metrics(options, arch, weights,
-                                        folder / f"train_{row.search_key}_{row.train_init}")
+                                        folder / f"train_{row.search_key}_{row.train_init}",
+                                        None if row.train_init == "retrain" else args.seed_arch)
             rows[row]["per_seed"].append({"seed": seed, **{m: result[m] for m in metrics},
                                           "madds": cost["madds"], "params": cost["params"], "arch": str(arch)})
             print(f"seed {seed} | {row.name}: " + " ".join(f"{m} {result[m]:.3f}" for m in metrics)
@@ -181,8 +192,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="coco", help="the task (coco, cityscapes, ...; default coco)")
     parser.add_argument("--model", help="the task's model (default: its default)")
-    parser.add_argument("--table", type=int, choices=[5, 7], default=5,
-                        help="5: where remapping matters; 7: which remapping (default 5)")
+    parser.add_argument("--table", choices=list(TABLES), default="5",
+                        help="5: where remapping matters; 7: which remapping; groups: how grouped convs take a "
+                             "dense seed's weights (a ResNet seed; default 5)")
+    parser.add_argument("--seed-arch", help="the seed's named arch without --seed-weights (the project's own "
+                                            "seed, e.g. resnet18), or the arch of a --seed-weights file")
     parser.add_argument("--retrain", action="store_true",
                         help="Table 5's fifth row: the found architecture pretrained from scratch, then fine-tuned")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -202,14 +216,16 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.retrain and args.table != 5:
+    if args.retrain and args.table != "5":
         parser.error("--retrain adds a row to Table 5; use it with --table 5")
     task = get_task(args.task)
     args.task = task.name
     started = time.perf_counter()
     rows = run(args)
     metrics = headline_metrics(task)
-    name = f"remap_ablation_{task.name}" if args.table == 5 else f"remap_variants_{task.name}"
+    name = {"5": "remap_ablation", "7": "remap_variants", "groups": "remap_groups"}[args.table] + f"_{task.name}"
+    if args.seed_arch:
+        name += f"_{Path(args.seed_arch).stem}"
     results = Path(args.results)
     record = {"table": args.table, "task": task.name, "metrics": metrics, "rows": rows, "seeds": args.seeds,
               "search_epochs": args.search_epochs, "train_epochs": args.train_epochs,
