@@ -326,3 +326,23 @@ def test_count_gives_the_resnet_detectors_backbones_their_published_params():
     report = count_task("retinanet", R50, (256, 256))
     assert report.grouped()["backbone"][0] == 23_508_032
     assert count_task("retinanet", R18, (256, 256)).grouped()["backbone"][0] == 11_176_512
+
+
+@pytest.mark.parametrize("arch", [R18, SHORT50], ids=["basic", "bottleneck"])
+def test_extra_blocks_start_as_identity_residuals(arch):
+    """A target deeper than the seed (one more block in stage 2, and a skip in stage 3) computes
+    exactly what the seed does: the extra block is Eq. 1's copy with its last BN zeroed."""
+    torch.manual_seed(0)
+    seed = with_random_statistics(Network(arch, 10))
+    stages = list(arch.stages)
+    for index, extra in ((2, stages[2].ops[-1]), (3, "skip")):
+        s = stages[index]
+        stages[index] = Stage(s.in_channels, s.out_channels, (*s.ops, extra), s.stride)
+    deeper = Network(Arch(stages, family="resnet"), 10).eval()
+    with torch.no_grad():
+        remap_network(seed, deeper)
+        torch.testing.assert_close(deeper(X), seed(X), atol=1e-5, rtol=0)
+    extra = deeper.stages[2][len(arch.stages[2].ops)]
+    last_bn = extra.bn2 if extra.block == "basic" else extra.bn3
+    assert last_bn.weight.abs().sum() == 0 and last_bn.bias.abs().sum() == 0
+    assert torch.equal(extra.conv1.weight, deeper.stages[2][len(arch.stages[2].ops) - 1].conv1.weight)

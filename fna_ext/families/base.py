@@ -79,6 +79,10 @@ class Family:
         raise NotImplementedError
 
     # -- remapping ----------------------------------------------------------------------------
+    def plan_extra_block(self, plan, target: nn.Module, target_prefix: str) -> None:
+        """Adjusts the maps of a target block past the seed stage's depth, which Eq. 1 filled
+        from the seed's last block (by default, nothing changes)."""
+
     def plan_block(self, plan, seed: nn.Module, target: nn.Module, seed_prefix: str, target_prefix: str,
                    width: str = "first", kernel: str = "center", groups: str = "diagonal"):
         """Adds to ``plan`` the maps that remap block ``seed`` into block ``target`` (``groups``:

@@ -277,6 +277,8 @@ def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
                 continue
             sj, s = seed_layers[source_of[tj]]
             family.plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel, groups)
+            if target_layers.index(tj) >= len(seed_layers):  # past the seed's depth
+                family.plan_extra_block(plan, t, f"stages.{i}.{tj}")
             plan.layers.append(LayerRecord(f"stages.{i}.{tj}", f"stages.{i}.{sj}",
                                            f"{s.op.name} -> {t.op.name}"))
     _plan_head_and_classifier(plan, seed, target)
@@ -338,6 +340,8 @@ def plan_candidates(seed: nn.Module, blocks: nn.ModuleDict, width: str = "first"
         seed_layers = [(j, m) for j, m in enumerate(seed.stages[stage]) if family.is_block(m)]
         sj, source = seed_layers[min(layer, len(seed_layers) - 1)]
         family.plan_block(plan, source, block, f"stages.{stage}.{sj}", key, width, kernel, groups)
+        if layer >= len(seed_layers):
+            family.plan_extra_block(plan, block, key)
     return plan.restricted_to(blocks.state_dict().keys())
 
 

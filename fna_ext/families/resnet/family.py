@@ -53,6 +53,11 @@ class ResNetFamily(Family):
 
         return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel, groups)
 
+    def plan_extra_block(self, plan, target, target_prefix):
+        from .remap import start_as_identity
+
+        start_as_identity(plan, target, target_prefix)
+
     def load_seed_weights(self, model, path, **options):
         from .seed_weights import load_seed_weights
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from ...remap import RemapPlan, add_bn, add_conv, first_channels, gather, kernel_index, width_index
+from ...remap import (FILL, RemapPlan, TensorRemap, add_bn, add_conv, first_channels, gather, kernel_index,
+                      width_index)
 from .blocks import dense_weight, grouped_weight
 
 
@@ -30,6 +31,21 @@ def _width_reference(block, mode: str) -> torch.Tensor | None:
         filters = block.conv1.weight.detach().flatten(1)
         return filters.std(1, unbiased=False) if mode == "std" else filters.abs().sum(1)
     return None
+
+
+def start_as_identity(plan: RemapPlan, target, prefix: str) -> None:
+    """A block past the seed's depth starts as an identity residual: Eq. 1's copy of the seed
+    stage's last block, with the scale and shift of its last BN zeroed, adds nothing to its
+    shortcut, and the ReLU after the sum leaves the (already non-negative) input as it was. So a
+    deeper target computes exactly what the seed does in eval mode, and trains from there (the
+    zero-init residual of Goyal et al., 2017)."""
+    if target.downsample is not None:  # only a stage's first layer changes shape; it is never extra
+        return
+    bn = f"{prefix}.{'bn2' if target.block == 'basic' else 'bn3'}"
+    keys = {f"{bn}.weight", f"{bn}.bias"}
+    plan.entries[:] = [e for e in plan.entries if e.target not in keys]
+    channels = torch.full((target.out_channels,), FILL)
+    plan.entries += [TensorRemap(key, None, [channels], 0.0, synthetic=torch.zeros(1)) for key in sorted(keys)]
 
 
 def _plan_shortcut(plan: RemapPlan, seed, target, s: str, t: str, in_map, out_map) -> None:
