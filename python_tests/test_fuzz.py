@@ -376,9 +376,11 @@ def test_load_missing_or_unreadable_path(workdir):
 
 @fuzz(500)
 @given(st.one_of(st.text(), OP_TOKENS.map(lambda t: t.strip("'")), mbconv_ops, resnet_ops, json_scalars,
+                 st.builds("{}_g{}".format, resnet_ops, st.integers(-1, 12)),
                  st.lists(st.text(max_size=5), max_size=2)))
 def test_op_grammars(name):
-    for family, grammar in (("mbconv", r"k[0-9]+_e[0-9]+|skip"), ("resnet", r"(basic|bottleneck)_k[0-9]+")):
+    for family, grammar in (("mbconv", r"k[0-9]+_e[0-9]+|skip"),
+                            ("resnet", r"(basic|bottleneck)_k[0-9]+(_g([2-9]|[1-9][0-9]+))?|skip")):
         try:
             op = get_family(family).parse_op(name)
         except ValueError as err:
