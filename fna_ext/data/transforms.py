@@ -420,3 +420,18 @@ def retinanet_eval_transform(short: int = 800, max_long: int = 1333) -> Compose:
 def default_eval_transform() -> Compose:
     """Normalization only: the image keeps its size."""
     return Compose([ToNormalizedTensor()])
+
+
+class RawImageInput(torch.nn.Module):
+    """The base of exported models: they take raw float RGB images in 0..255 of a fixed
+    ``input_size`` and normalise them as training did (:meth:`normalize`)."""
+
+    def __init__(self, input_size: Sequence[int], mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.input_size = tuple(int(s) for s in input_size)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std

@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ...data.transforms import RawImageInput
 from .boxes import clip_boxes
 
 
-class DecodedDetector(nn.Module):
+class DecodedDetector(RawImageInput):
     """A detector's dense outputs for a fixed input size: raw 0..255 RGB in, every anchor's
     decoded box and class probabilities out."""
 
@@ -22,17 +22,14 @@ class DecodedDetector(nn.Module):
     tolerances = (1e-2, 1e-4)
 
     def __init__(self, detector: nn.Module, input_size: tuple[int, int]):
-        super().__init__()
+        super().__init__(input_size)
         self.detector = detector.eval()
-        self.input_size = tuple(int(s) for s in input_size)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
         with torch.no_grad():  # the anchors depend only on the input size: computed once
             probe = detector(torch.zeros(1, 3, *self.input_size))
         self.register_buffer("anchors", torch.cat(probe["anchors"]).float())
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.detector.neck(self.detector.backbone_features((images - self.mean) / self.std))
+        features = self.detector.neck(self.detector.backbone_features(self.normalize(images)))
         logits, deltas = self.detector.head(features)
         scores = self.detector.class_probabilities(torch.cat(logits, 1))
         deltas = torch.cat(deltas, 1).float()

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ...data.transforms import RawImageInput
 
 
-class SegmentationLogits(nn.Module):
+class SegmentationLogits(RawImageInput):
     """``model`` behind the normalisation it was trained with: images (N, 3, H, W) float RGB in
     0..255 -> logits (N, classes, H, W)."""
 
@@ -19,11 +19,8 @@ class SegmentationLogits(nn.Module):
     tolerances = (1e-3,)
 
     def __init__(self, model: nn.Module, input_size: tuple[int, int]):
-        super().__init__()
+        super().__init__(input_size)
         self.model = model.eval()
-        self.input_size = tuple(int(s) for s in input_size)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.model((images - self.mean) / self.std),)
+        return (self.model(self.normalize(images)),)
