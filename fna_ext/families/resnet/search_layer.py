@@ -14,6 +14,7 @@ from torch import nn
 
 from ..norm import candidate_batch_norm
 from .blocks import GROUP_RULES, grouped_weight, make_block
+from .family import RESNET
 from .op import Op
 
 
@@ -28,13 +29,14 @@ class SearchLayer(nn.Module):
         if len({op.block for op in ops}) != 1:
             raise ValueError(f"layer {spec.key}: the candidates {spec.candidates} mix block types; a searched "
                              "ResNet layer chooses a kernel size and group count within one block type")
-        self.widest = Op(ops[0].block, max(op.kernel for op in ops))  # dense: every candidate slices it
+        self.widest = Op.parse(RESNET.widest_op(spec.candidates))  # dense: every candidate slices it
         owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
         self.blocks = nn.ModuleDict({op.name: make_block(spec.in_channels, spec.out_channels, spec.stride, op,
                                                          dilation=spec.dilation, norm_layer=norm)
                                      for op in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
+        self._masks: dict[tuple[str, torch.device], dict] = {}  # sampled_masks, built once per op and device
 
     def _owner(self, op: str) -> nn.Module:
         return self.blocks[self.widest.name] if self.weight_sharing == "shared" else self.blocks[op]
@@ -52,8 +54,13 @@ class SearchLayer(nn.Module):
         own all their weights, and skip uses none."""
         if self.weight_sharing != "shared" or op == "skip":
             return {}
-        parsed = Op.parse(op)
         block = self._owner(op)
+        key = (op, block.conv2.weight.device)
+        if key not in self._masks:  # every weight step asks: the masks depend only on the op
+            self._masks[key] = self._build_masks(block, Op.parse(op))
+        return self._masks[key]
+
+    def _build_masks(self, block: nn.Module, parsed: Op) -> dict[nn.Parameter, torch.Tensor]:
         start = (block.kernel_size - parsed.kernel) // 2
         masks = {}
         for name in ("conv1", "conv2") if block.block == "basic" else ("conv2",):

@@ -64,12 +64,12 @@ def write_predictions(model: nn.Module, dataset, path: str | os.PathLike, *, cou
     model.eval()
     colors = palette(dataset.class_names)
     indices = example_indices(len(dataset), count)
-    height, width = dataset[indices[0]][0].shape[-2:]
+    samples = [dataset[index] for index in indices]
+    height, width = samples[0][0].shape[-2:]
     figure = _new_figure(3 * 3.2, len(indices) * 3.2 * height / width + 0.4)
     axes = figure.subplots(len(indices), 3, squeeze=False)
     try:
-        for row, index in zip(axes, indices):
-            image, label = dataset[index]
+        for row, index, (image, label) in zip(axes, indices, samples):
             scores = predict_scores(model, image[None].to(device), len(dataset.class_names), settings)
             prediction = scores.argmax(1)[0].cpu().numpy().astype(np.uint8)
             truth = label.numpy().clip(0, IGNORE).astype(np.uint8)
