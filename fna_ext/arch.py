@@ -151,15 +151,15 @@ class Arch:
             raise ValueError(f"{path}: {err}") from None
 
     @classmethod
-    def from_arg(cls, value: str) -> "Arch":
-        """A CLI's ARCH argument: a registered name, a file, or inline net_config/JSON text."""
+    def from_arg(cls, value: str, flag: str = "--arch") -> "Arch":
+        """A CLI's ARCH argument (``flag``): a registered name, a file, or inline net_config/JSON text."""
         if not isinstance(value, str):
-            raise ValueError(f"--arch must be a name, a file or net_config text, got {type(value).__name__}")
+            raise ValueError(f"{flag} must be a name, a file or net_config text, got {type(value).__name__}")
         if value.strip() in named_archs() or value.lstrip().startswith(("[", "{")):
             return cls.parse(value)
         if _is_file(value):
             return cls.load(value)
-        raise ValueError(f"--arch {value!r} is neither a file, nor net_config/JSON text, nor one of "
+        raise ValueError(f"{flag} {value!r} is neither a file, nor net_config/JSON text, nor one of "
                          f"the names {sorted(named_archs())}")
 
     @classmethod

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .arch import Arch
 from .atomic import atomic_write_text
 from .engine.finetune import INITS, finetune
 from .nas.search import search
@@ -45,7 +46,7 @@ def pipeline_configs(options: AdaptOptions) -> tuple[dict, dict]:
     """(search config, fine-tuning config): the presets, then the options, then the overrides."""
     synthetic = options.data is None
     task = get_task(options.task)
-    model = task.model_name(options.model)
+    model = task.model_name(options.model, Arch.from_arg(options.seed_arch, "--seed-arch") if options.seed_arch else None)
     common = [f"data.root={options.data}"] if options.data else []
     common.append(f"train.seed={options.seed}")
     search_config = task.resolve_config(task.search_preset(model, synthetic), None,

@@ -346,3 +346,42 @@ def test_extra_blocks_start_as_identity_residuals(arch):
     last_bn = extra.bn2 if extra.block == "basic" else extra.bn3
     assert last_bn.weight.abs().sum() == 0 and last_bn.bias.abs().sum() == 0
     assert torch.equal(extra.conv1.weight, deeper.stages[2][len(arch.stages[2].ops) - 1].conv1.weight)
+
+
+def test_detection_defaults_to_retinanet_on_a_resnet_seed():
+    """SSDLite reads an expansion and a head conv a ResNet lacks: without --model a ResNet seed
+    gets RetinaNet, MobileNetV2 keeps SSDLite, and an explicit --model is kept (and checked)."""
+    from fna_ext.cli.common import task_and_model
+    from fna_ext.tasks import get_task
+
+    task = get_task("coco")
+    assert task.model_name(None, R18) == "retinanet"
+    assert task.model_name(None, Arch.parse("mobilenet_v2")) == "ssdlite"
+    assert task.model_name("ssdlite", R18) == "ssdlite"  # the builder then says to use retinanet
+    args = type("Args", (), {"task": "coco", "model": None, "seed_arch": "resnet50"})
+    assert task_and_model(args)[1] == "retinanet"
+    args.seed_arch = "resnet99"
+    with pytest.raises(ValueError, match=r"^--seed-arch 'resnet99' is neither a file"):
+        task_and_model(args)
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_a_shared_mixture_is_the_weighted_sum_of_its_candidates(block):
+    """The mixture computes the shortcut and a bottleneck's reduction once; what it returns, and
+    alpha's gradient, are still sum_i w_i * candidate_i(x) + w_skip * x, in training mode (batch
+    statistics) as the architecture steps run it."""
+    from fna_ext.families.resnet.search_layer import SearchLayer
+    from fna_ext.nas.search_space import LayerSpec
+
+    torch.manual_seed(0)
+    ops = tuple(f"{block}_k{k}{g}" for k in (3, 7) for g in ("", "_g4")) + ("skip",)
+    layer = SearchLayer(LayerSpec(1, 1, 32, 32, 1, ops), "shared", affine_bn=True, bn_eps=1e-5)
+    x = torch.randn(2, 32, 9, 9)
+    alpha = torch.randn(len(ops), requires_grad=True)
+    layer.choice = alpha.softmax(0)
+    mixed = layer(x)
+    (grad_mixed,) = torch.autograd.grad(mixed.square().sum(), alpha)
+    expected = sum(w * layer.run_op(x, op) for w, op in zip(alpha.softmax(0), ops))
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), alpha)
+    torch.testing.assert_close(mixed, expected)
+    torch.testing.assert_close(grad_mixed, grad_expected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..arch import Arch
 from ..tasks import DEFAULT_TASK, Task, get_task, model_names, task_names
 
 DEVICES = ("cpu", "cuda")
@@ -14,7 +15,8 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default=DEFAULT_TASK, choices=task_names(),
                         help=f"the dense task (default: {DEFAULT_TASK})")
     parser.add_argument("--model", choices=model_names(),
-                        help="the task's model (detection: ssdlite or retinanet; default: the task's first)")
+                        help="the task's model (detection: ssdlite or retinanet; default: the task's first "
+                             "that the seed's family can feed, so retinanet on a ResNet seed)")
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +35,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def task_and_model(args) -> tuple[Task, str]:
     """The task of ``--task`` and its model of ``--model`` (checked against each other)."""
     task = get_task(args.task)
-    return task, task.model_name(args.model)
+    seed_arch = getattr(args, "seed_arch", None)
+    return task, task.model_name(args.model, Arch.from_arg(seed_arch, "--seed-arch") if seed_arch else None)
 
 
 def config_from_preset(task: Task, preset: dict, args, extra: list[str] = ()) -> dict:

@@ -32,7 +32,7 @@ def load_seed_network(path, seed_arch: Arch | str | None = None) -> nn.Module:
     """The seed network of a weight file, without classifier: its arch is ``seed_arch``, else the
     one embedded in the file (fna_ext files), else MobileNetV2."""
     if isinstance(seed_arch, str):
-        seed_arch = Arch.from_arg(seed_arch)
+        seed_arch = Arch.from_arg(seed_arch, "--seed-arch")
     seed_arch = seed_arch or _embedded_arch(path) or Arch.parse("mobilenet_v2")
     family = get_family(seed_arch.family)
     seed = family.build_network(seed_arch, num_classes=None, bn_eps=family.seed_bn_eps(path))

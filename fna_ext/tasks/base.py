@@ -111,11 +111,18 @@ class Task:
         rules = {**TRAINING_RULES, **SEARCH_RULES, **self.config_rules(model)}
         return rules, (same_task_and_model, *TRAINING_CHECKS, *SEARCH_CHECKS, *self.config_checks(model))
 
-    def model_name(self, model: str | None) -> str:
-        name = model or self.default_model
+    def model_name(self, model: str | None, seed_arch: Arch | None = None) -> str:
+        """``model``, checked; or, when it is None, the model this task builds by default on a
+        backbone of ``seed_arch`` (:meth:`default_model_for`)."""
+        name = model or (self.default_model_for(seed_arch) if seed_arch is not None else self.default_model)
         if name not in self.models:
             raise ValueError(f"the {self.name} task has no model {name!r}; choose one of {list(self.models)}")
         return name
+
+    def default_model_for(self, seed_arch: Arch) -> str:
+        """The model a user gets without ``--model`` on a seed of ``seed_arch``: ``default_model``,
+        unless it reads features that arch's family does not offer."""
+        return self.default_model
 
     # -- the model ------------------------------------------------------------------------
     def build_model(self, model: str, arch: Arch, num_classes: int, *, backbone: nn.Module | None = None,

@@ -115,8 +115,23 @@ class _Residual(nn.Module):
         """The inner channels (conv1's output), which width remapping may change."""
         return self.conv1.out_channels
 
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         return self.downsample(x) if self.downsample is not None else x
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs before the K x K conv(s), the same for every kernel and group count."""
+        return x
+
+    def branch(self, reduced: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+               rule: str = "diagonal") -> torch.Tensor:
+        """The residual branch from :meth:`reduce`'s output, up to its last BN."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+                rule: str = "diagonal") -> torch.Tensor:
+        """The block; ``kernel`` and ``groups`` run a smaller or grouped candidate on slices of
+        its K x K weights (:func:`run_spatial`)."""
+        return self.act(self.branch(self.reduce(x), kernel, groups, rule) + self.shortcut(x))
 
     def forward_tapping_expand(self, x: torch.Tensor, tap: bool = True):
         """(output, None): a ResNet block declares no inner feature (``FeatureInfo`` kind ``expand``)."""
@@ -142,11 +157,10 @@ class BasicBlock(_Residual):
         self.act = act_layer()
         self.downsample = downsample(in_channels, out_channels, stride, norm_layer)
 
-    def forward(self, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
-                rule: str = "diagonal") -> torch.Tensor:
-        out = self.act(self.bn1(run_spatial(self.conv1, x, kernel, groups, rule)))
-        out = self.bn2(run_spatial(self.conv2, out, kernel, groups, rule))
-        return self.act(out + self._shortcut(x))
+    def branch(self, reduced: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+               rule: str = "diagonal") -> torch.Tensor:
+        out = self.act(self.bn1(run_spatial(self.conv1, reduced, kernel, groups, rule)))
+        return self.bn2(run_spatial(self.conv2, out, kernel, groups, rule))
 
 
 class Bottleneck(_Residual):
@@ -175,12 +189,13 @@ class Bottleneck(_Residual):
         self.act = act_layer()
         self.downsample = downsample(in_channels, out_channels, stride, norm_layer)
 
-    def forward(self, x: torch.Tensor, kernel: int | None = None, groups: int | None = None,
-                rule: str = "diagonal") -> torch.Tensor:
-        out = self.act(self.bn1(self.conv1(x)))
-        out = self.act(self.bn2(run_spatial(self.conv2, out, kernel, groups, rule)))
-        out = self.bn3(self.conv3(out))
-        return self.act(out + self._shortcut(x))
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn1(self.conv1(x)))
+
+    def branch(self, reduced: torch.Tensor, kernel: int | None = None, groups: int | None = None,
+               rule: str = "diagonal") -> torch.Tensor:
+        out = self.act(self.bn2(run_spatial(self.conv2, reduced, kernel, groups, rule)))
+        return self.bn3(self.conv3(out))
 
 
 BLOCK_TYPES = {"basic": BasicBlock, "bottleneck": Bottleneck}

@@ -4,7 +4,8 @@ published) or as slices of one max-kernel dense block (``shared``: a k x k, G-gr
 the centre k x k taps of the 7x7 weights, sliced into G groups by the layer's group rule, through
 ``F.conv2d``; the 1x1 convs, the shortcut and the BNs are common to every candidate). A layer runs
 one op (path mode, the weight steps) or the softmax(alpha)-weighted sum of every candidate's
-output (mixture mode, the architecture steps). There is no fused kernel here: each candidate is a
+output (mixture mode, the architecture steps; shared candidates compute their shortcut and a
+bottleneck's 1x1 reduction once). There is no fused kernel here: each candidate is a
 plain block forward (oneDNN's convolutions; benchmarks/RESULTS.md)."""
 
 from __future__ import annotations
@@ -78,9 +79,25 @@ class SearchLayer(nn.Module):
             return self.run_op(x, self.choice)
         if self.choice is None:
             raise RuntimeError(f"layer {self.spec.key}: set a path or mixture on the super network first")
+        if self.weight_sharing == "shared":
+            return self._shared_mixture(x)
         out = 0
         for w, op in zip(self.choice, self.spec.candidates, strict=True):
             out = out + w * self.run_op(x, op)
+        return out
+
+    def _shared_mixture(self, x: torch.Tensor) -> torch.Tensor:
+        """The weighted sum of every candidate, computing what they share once: the shortcut,
+        and a bottleneck's 1x1 reduction. Only the K x K branch differs between them."""
+        block = self._owner(self.widest.name)
+        reduced, shortcut = block.reduce(x), block.shortcut(x)
+        out = 0
+        for w, op in zip(self.choice, self.spec.candidates, strict=True):
+            if op == "skip":
+                out = out + w * x
+                continue
+            parsed = Op.parse(op)
+            out = out + w * block.act(block.branch(reduced, parsed.kernel, parsed.groups, self.group_rule) + shortcut)
         return out
 
     def forward_tapping_expand(self, x: torch.Tensor, tap: bool = True):

@@ -145,6 +145,20 @@ class RetinaNetConfig:
     test: PostprocessConfig = field(default_factory=lambda: PostprocessConfig(**vars(RETINANET_TEST)))
 
 
+def ssdlite_taps(arch: Arch) -> list[Tap]:
+    """SSDLite's backbone features: the first stride-32 layer's expansion, and the head conv."""
+    return [Tap("expand", first_stage_at_stride(arch, 32)), Tap("head")]
+
+
+def takes_ssdlite(arch: Arch) -> bool:
+    """Whether ``arch``'s family offers the features SSDLite reads (a ResNet offers neither)."""
+    try:
+        tap_channels(arch, ssdlite_taps(arch), SSDLiteConfig.head_channels)
+    except ValueError:
+        return False
+    return True
+
+
 def ssdlite(arch: Arch, num_classes: int, config: SSDLiteConfig | None = None,
             backbone_bn_eps: float = 1e-5, backbone: nn.Module | None = None) -> SSDLite:
     """SSDLite: features from the expansion output of the first stride-32 stage's first layer
@@ -156,7 +170,7 @@ def ssdlite(arch: Arch, num_classes: int, config: SSDLiteConfig | None = None,
     if backbone is None:
         backbone = get_family(arch.family).build_network(arch, None, head_channels=config.head_channels,
                                                           bn_eps=backbone_bn_eps)
-    taps = [Tap("expand", first_stage_at_stride(arch, 32)), Tap("head")]
+    taps = ssdlite_taps(arch)
     try:
         channels = tap_channels(arch, taps, config.head_channels)
     except ValueError as err:  # a backbone without MobileNet's expansions and head conv, e.g. a ResNet

@@ -13,7 +13,7 @@ from ...nas.search_space import SearchSpace
 from ..base import Task, TaskData
 from . import presets
 from .coco_eval import STAT_NAMES
-from .detector import BUILDERS
+from .detector import BUILDERS, takes_ssdlite
 from .model_file import check_detector_payload, detector_from_payload, detector_payload
 from .training import build_datasets, build_val_dataset, check_same_categories, dataset_root, evaluate_detector
 
@@ -46,6 +46,11 @@ class DetectionTask(Task):
 
     def config_checks(self, model: str) -> tuple:
         return (presets.check_sizes,)
+
+    def default_model_for(self, seed_arch: Arch) -> str:
+        """SSDLite where the backbone has its expansion and head conv (MobileNetV2, MBConv
+        networks), else RetinaNet, which reads only stage outputs (ResNets)."""
+        return self.default_model if takes_ssdlite(seed_arch) else "retinanet"
 
     def build_model(self, model: str, arch: Arch, num_classes: int, *, backbone: nn.Module | None = None,
                     **options) -> nn.Module:
