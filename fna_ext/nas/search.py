@@ -151,7 +151,7 @@ class ArchitectureSearch:
         self.model_options = self.task.model_options(config)
         self.model = place_model(self.task.build_model(self.model_name, self.supernet.arch, self.num_classes,
                                                        backbone=self.supernet, **self.model_options),
-                                 self.device, bool(train.get("channels_last", True)))
+                                 self.device, train.get("channels_last"))
         # under torchrun every BN was built global (fna_ext.families.norm): its statistics cover
         # all processes' batches
         self.layers = self.supernet.search_layers()
@@ -301,9 +301,9 @@ class SearchHooks(StepHooks):
         distributed.sum_gradients(model.parameters())
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        masks = {p: m for layer, op in zip(self.search.layers, self.search._ops)
-                 for p, m in layer.sampled_masks(op).items()}
-        _step_inside(optimizer, masks)
+        regions = {p: r for layer, op in zip(self.search.layers, self.search._ops)
+                   for p, r in layer.sampled_regions(op).items()}
+        step_inside(optimizer, regions)
 
     def reduce(self, value: torch.Tensor) -> torch.Tensor:
         return distributed.global_sum(value)
@@ -317,24 +317,56 @@ def _is_main() -> bool:
     return distributed.current() is None or distributed.current().is_main
 
 
-def _step_inside(optimizer: torch.optim.Optimizer, masks: dict) -> None:
-    """optimizer.step(), then put back every masked parameter's entries (and optimiser state)
-    outside its mask: the shared weights of candidates that did not run stay as they were."""
-    saved = {p: (p.detach().clone(), {k: v.clone() for k, v in optimizer.state.get(p, {}).items()
-                                      if torch.is_tensor(v) and v.shape == p.shape})
-             for p in masks if p.grad is not None}
-    optimizer.step()
-    with torch.no_grad():  # torch.where, not boolean indexing: no nonzero() and gather per tensor
-        for p, (value, state) in saved.items():
-            inside = masks[p]
-            p.copy_(torch.where(inside, p, value))
-            for k, current in optimizer.state[p].items():
-                if torch.is_tensor(current) and current.shape == p.shape:
-                    # state born in this step (the first momentum) starts at zero outside
-                    if k in state:
-                        current.copy_(torch.where(inside, current, state[k]))
-                    else:
-                        current.masked_fill_(~inside, 0)
+def step_inside(optimizer: torch.optim.Optimizer, regions: dict) -> None:
+    """optimizer.step(), with every parameter of ``regions`` stepped only inside its
+    :class:`~fna_ext.families.sampled.SampledRegion`: the shared weights of candidates that did
+    not run stay as they were, and so does their optimiser state.
+
+    The optimiser runs on the region's box as a view of the parameter (its gradient and the
+    state tensors of its shape swapped to views alike), so its in-place updates land in the box
+    and its cost follows the sampled candidate, not the max-size weight; inside the box, entries
+    outside ``inside`` are then put back. State born in this step (the first momentum) is made
+    full-size, zero outside the region."""
+    swapped = [_swap_to_box(optimizer, p, region) for p, region in regions.items() if p.grad is not None]
+    try:
+        optimizer.step()
+    finally:
+        for swap in swapped:
+            _swap_back(optimizer, *swap)
+
+
+def _swap_to_box(optimizer: torch.optim.Optimizer, p: nn.Parameter, region) -> tuple:
+    full, grad = p.data, p.grad
+    state = optimizer.state.get(p, {})
+    full_state = {k: v for k, v in state.items() if torch.is_tensor(v) and v.shape == full.shape}
+    # what ``inside`` must keep: the box's entries before the step (only where it is not all of it)
+    saved = ({k: v[region.box].clone() for k, v in {"": full, **full_state}.items()}
+             if region.inside is not None else {})
+    p.data, p.grad = full[region.box], grad[region.box]
+    for k, v in full_state.items():
+        state[k] = v[region.box]
+    return p, region, full, grad, full_state, saved
+
+
+def _swap_back(optimizer, p: nn.Parameter, region, full, grad, full_state: dict, saved: dict) -> None:
+    box_shape = p.data.shape
+    p.data, p.grad = full, grad
+    state = optimizer.state.get(p, {})
+    born = {}
+    for k, v in list(state.items()):
+        if k in full_state:  # the step updated its view in place
+            state[k] = full_state[k]
+        elif torch.is_tensor(v) and v.shape == box_shape:
+            state[k] = born[k] = v.new_zeros(full.shape)
+            born[k][region.box] = v
+    if region.inside is None:
+        return
+    with torch.no_grad():
+        for k, tensor in {"": full, **full_state, **born}.items():
+            view = tensor[region.box]
+            before = saved.get(k)
+            view.copy_(torch.where(region.inside, view, before) if before is not None
+                       else view.masked_fill(~region.inside, 0))
 
 
 # ---------------------------------------------------------------------- derivation and outputs

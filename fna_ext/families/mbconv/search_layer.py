@@ -12,6 +12,7 @@ from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
 from ...ops.sampled_mbconv import depthwise_project, expand_hidden
 from ...ops.slices import mbconv_regions
 from ..norm import candidate_batch_norm
+from ..sampled import SampledRegion
 from .blocks import MBConv
 from .op import Op
 
@@ -75,9 +76,10 @@ class SearchLayer(nn.Module):
                                  bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps,
                                  dilation=self.spec.dilation)
 
-    def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
-        """In shared mode, which entries of the max-size weights op (k, e) uses: the optimiser
-        step must leave the others (other candidates' weights) where they were."""
+    def sampled_regions(self, op: str) -> dict[nn.Parameter, SampledRegion]:
+        """In shared mode, which entries of the max-size weights op (k, e) uses (boxes: its first
+        e hidden channels and centre k x k taps): the optimiser step must leave the others (other
+        candidates' weights) where they were."""
         parsed = Op.parse(op)
         if self.weight_sharing != "shared" or parsed.is_skip:
             return {}
@@ -87,12 +89,7 @@ class SearchLayer(nn.Module):
                  (block.project.conv.weight, "project")]
         if self.affine_bn:
             owned += [(p, "hidden_bn") for bn in (block.expand.bn, block.depthwise.bn) for p in (bn.weight, bn.bias)]
-        masks = {}
-        for param, part in owned:
-            mask = torch.zeros_like(param, dtype=torch.bool)
-            mask[regions[part]] = True
-            masks[param] = mask
-        return masks
+        return {param: SampledRegion(regions[part]) for param, part in owned}
 
     def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(softmax-weighted sum of every candidate's output, weighted sum of their expansion

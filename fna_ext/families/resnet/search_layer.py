@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..norm import candidate_batch_norm
+from ..sampled import SampledRegion
 from .blocks import GROUP_RULES, grouped_weight, make_block
 from .family import RESNET
 from .op import Op
@@ -37,7 +38,7 @@ class SearchLayer(nn.Module):
                                                          dilation=spec.dilation, norm_layer=norm)
                                      for op in owners})
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
-        self._masks: dict[tuple[str, torch.device], dict] = {}  # sampled_masks, built once per op and device
+        self._regions: dict[tuple[str, torch.device], dict] = {}  # sampled_regions, once per op and device
 
     def _owner(self, op: str) -> nn.Module:
         return self.blocks[self.widest.name] if self.weight_sharing == "shared" else self.blocks[op]
@@ -48,31 +49,36 @@ class SearchLayer(nn.Module):
         parsed = Op.parse(op)
         return self._owner(op)(x, kernel=parsed.kernel, groups=parsed.groups, rule=self.group_rule)
 
-    def sampled_masks(self, op: str) -> dict[nn.Parameter, torch.Tensor]:
-        """In shared mode, the K x K weights' entries op uses (their centre, and its groups' slice
-        of the channels): the optimiser step must leave the rest, which only other candidates use,
-        where it was. Everything else in the block serves every candidate; independent candidates
-        own all their weights, and skip uses none."""
+    def sampled_regions(self, op: str) -> dict[nn.Parameter, SampledRegion]:
+        """In shared mode, the K x K weights' entries op uses (their centre taps, and its groups'
+        slice of the channels): the optimiser step must leave the rest, which only other
+        candidates use, where it was. Everything else in the block serves every candidate;
+        independent candidates own all their weights, and skip uses none."""
         if self.weight_sharing != "shared" or op == "skip":
             return {}
         block = self._owner(op)
         key = (op, block.conv2.weight.device)
-        if key not in self._masks:  # every weight step asks: the masks depend only on the op
-            self._masks[key] = self._build_masks(block, Op.parse(op))
-        return self._masks[key]
+        if key not in self._regions:  # every weight step asks: the regions depend only on the op
+            self._regions[key] = self._build_regions(block, Op.parse(op))
+        return self._regions[key]
 
-    def _build_masks(self, block: nn.Module, parsed: Op) -> dict[nn.Parameter, torch.Tensor]:
+    def _build_regions(self, block: nn.Module, parsed: Op) -> dict[nn.Parameter, SampledRegion]:
         start = (block.kernel_size - parsed.kernel) // 2
-        masks = {}
+        taps = slice(start, start + parsed.kernel)
+        regions = {}
         for name in ("conv1", "conv2") if block.block == "basic" else ("conv2",):
             weight = getattr(block, name).weight
-            used = torch.zeros(weight.shape[:2], dtype=torch.bool, device=weight.device)
-            index = torch.arange(used.numel(), device=weight.device).view(used.shape)
-            used.view(-1)[grouped_weight(index, parsed.groups, self.group_rule).flatten()] = True
-            mask = torch.zeros_like(weight, dtype=torch.bool)
-            mask[..., start:start + parsed.kernel, start:start + parsed.kernel] = True
-            masks[weight] = mask & used[:, :, None, None]
-        return masks
+            c_out, c_in = weight.shape[:2]
+            if parsed.groups == 1:
+                regions[weight] = SampledRegion((slice(None), slice(None), taps, taps))
+            elif self.group_rule == "first":  # every output channel reads the first C_in / G
+                regions[weight] = SampledRegion((slice(None), slice(0, c_in // parsed.groups), taps, taps))
+            else:  # the block-diagonal: a mask over (output, input) channels, for every tap
+                index = torch.arange(c_out * c_in, device=weight.device).view(c_out, c_in)
+                used = torch.zeros(c_out * c_in, dtype=torch.bool, device=weight.device)
+                used[grouped_weight(index, parsed.groups, self.group_rule).flatten()] = True
+                regions[weight] = SampledRegion((slice(None), slice(None), taps, taps), used.view(c_out, c_in, 1, 1))
+        return regions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.choice, str):
