@@ -117,8 +117,8 @@ def Number(low: float | None = None, high: float | None = None, *, open_low: boo
     return Rule("number", low=low, high=high, open_low=open_low, open_high=open_high, nullable=nullable)
 
 
-def Bool() -> Rule:
-    return Rule("bool")
+def Bool(*, nullable: bool = False) -> Rule:
+    return Rule("bool", nullable=nullable)
 
 
 def Str(*, nullable: bool = False) -> Rule:

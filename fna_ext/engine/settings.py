@@ -13,9 +13,10 @@ SCHEDULES = ("step", "cosine", "poly", "constant")
 INITS = ("remap", "random")
 
 # Training settings every task's presets start from. channels_last: store conv weights NHWC
-# (fna_ext.engine.place_model), faster on CPU and GPU.
+# (fna_ext.engine.place_model); null: as the backbone's family prefers (MBConv networks train
+# faster NHWC, ResNets slower).
 TRAIN_DEFAULTS = {"grad_clip": None, "eval_every": 0, "checkpoint_every": 0, "log_every": 20,
-                  "num_workers": 4, "seed": 0, "channels_last": True}
+                  "num_workers": 4, "seed": 0, "channels_last": None}
 
 # How parameter adaptation starts, the ``adaptation`` section every fine-tuning config has (a
 # task's preset may change any of it): the remapping's width and kernel rules (FNA's ``first``
@@ -47,7 +48,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "train.log_every": Int(1),
     "train.num_workers": Int(0),
     "train.seed": Int(0),
-    "train.channels_last": Bool(),
+    "train.channels_last": Bool(nullable=True),
     "train.label_smoothing": Number(0, 1, open_high=True),
     **optimizer_rules("train.optimizer"),
     "train.schedule.name": Choice(*SCHEDULES),

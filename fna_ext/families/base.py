@@ -41,6 +41,8 @@ class Family:
     stem_label, stem_stride = "3x3", 2  # how the stem is drawn, and the stride it takes
     op_type: type | None = None   # the family's op class, with ``parse(name)``
     archs_module: str = ""        # the module (relative to the family's package) with NAMED_ARCHS
+    # whether its networks train faster with NHWC conv weights (``train.channels_last: null``)
+    channels_last: bool = True
 
     # -- the op grammar -------------------------------------------------------------------
     def parse_op(self, name: str):

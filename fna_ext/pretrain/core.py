@@ -87,7 +87,7 @@ PRETRAIN_PRESET = {
     "train": {
         "epochs": 24, "batch_size": 32, "label_smoothing": 0.0, "grad_clip": 5.0,
         "eval_every": 0, "checkpoint_every": 0, "log_every": 20, "num_workers": 0, "seed": 0,
-        "channels_last": True,
+        "channels_last": None,
         "optimizer": {"name": "adamw", "lr": 0.003, "weight_decay": 0.05},
         "schedule": {"name": "cosine", "min_lr_ratio": 0.01, "warmup_iters": 30,
                      "warmup_ratio": 0.1},
