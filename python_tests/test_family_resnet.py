@@ -216,10 +216,10 @@ def test_super_network_builds_from_a_seed_runs_paths_and_mixtures_and_costs_its_
         net.set_path(path)
     with torch.no_grad():  # the shared 7x7's centre and block-diagonal slices are the independent candidates
         torch.testing.assert_close(shared(X), independent(X), atol=1e-4, rtol=1e-4)
-    masks = layers[1].sampled_masks("basic_k5_g2")
-    assert len(masks) == 2 and all(m.sum() == m.shape[0] * m.shape[1] // 2 * 25 for m in masks.values())
-    assert layers[2].sampled_masks("skip") == {}
-    assert independent.search_layers()[0].sampled_masks("basic_k3") == {}
+    regions = layers[1].sampled_regions("basic_k5_g2")
+    assert len(regions) == 2 and all(r.mask(p).sum() == p.shape[0] * p.shape[1] // 2 * 25 for p, r in regions.items())
+    assert layers[2].sampled_regions("skip") == {}
+    assert independent.search_layers()[0].sampled_regions("basic_k3") == {}
 
     out = shared(X)
     assert torch.isfinite(out).all() and out.shape == (2, 512, 2, 2)
@@ -385,3 +385,35 @@ def test_a_shared_mixture_is_the_weighted_sum_of_its_candidates(block):
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), alpha)
     torch.testing.assert_close(mixed, expected)
     torch.testing.assert_close(grad_mixed, grad_expected)
+
+
+@needs_torchvision
+def test_retinanet_r50_neck_and_head_have_torchvisions_params():
+    """RetinaNet-R50 as mmdet (``add_extra_convs='on_input'``) and Detectron2 build it: laterals
+    and outputs on C3-C5, P6 from C5, P7 from P6, the four-conv heads. torchvision's own FPN
+    with ``LastLevelP6P7(2048, 256)`` and ``RetinaNetHead`` count the same: 37,968,692 in all."""
+    from torchvision.models.detection.retinanet import RetinaNetHead
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
+
+    from fna_ext.cli.count import count_task
+
+    fpn = FeaturePyramidNetwork([512, 1024, 2048], 256, extra_blocks=LastLevelP6P7(2048, 256))
+    grouped = count_task("retinanet", R50, (256, 256)).grouped()
+    assert grouped["neck"][0] == count_params(fpn)
+    assert grouped["head"][0] == count_params(RetinaNetHead(256, 9, 80))
+    assert sum(params for params, _ in grouped.values()) == 37_968_692
+
+
+def test_conv_weights_take_the_familys_preferred_layout_unless_the_config_says():
+    """train.channels_last null (the default) stores a ResNet's weights contiguous and a
+    MobileNetV2's NHWC; true or false is obeyed."""
+    from fna_ext.engine.trainer import place_model
+
+    def layout(net):
+        conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1)
+        return conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+    mobilenet = get_family("mbconv").build_network(Arch.parse("mobilenet_v2"), None)
+    assert not layout(place_model(Network(R18, None), "cpu")) and layout(place_model(mobilenet, "cpu"))
+    assert layout(place_model(Network(R18, None), "cpu", True))
+    assert not layout(place_model(get_family("mbconv").build_network(Arch.parse("mobilenet_v2"), None), "cpu", False))

@@ -201,3 +201,13 @@ def retinanet(arch: Arch, num_classes: int, config: RetinaNetConfig | None = Non
 
 # The detectors the detection task builds, by the name configs and model files use.
 BUILDERS = {"ssdlite": ssdlite, "retinanet": retinanet}
+
+
+def detector_options(model_config: dict) -> dict:
+    """What a config's ``model`` section sets of its detector beyond the arch and the classes:
+    the backbone's BN epsilon, and RetinaNet's FPN and head width (``fpn_channels``; files
+    written before the setting existed were all 256 wide)."""
+    options = {"backbone_bn_eps": float(model_config["backbone_bn_eps"])}
+    if model_config["name"] == "retinanet":
+        options["config"] = RetinaNetConfig(fpn_channels=int(model_config.get("fpn_channels", 256)))
+    return options

@@ -12,7 +12,7 @@ from torch import nn
 from ...arch import Arch
 from ...engine.checkpoint import load_safely
 from ..base import load_trained_weights
-from .detector import BUILDERS
+from .detector import BUILDERS, detector_options
 
 WEIGHTS_FORMAT = "fna_ext.detector"
 _REQUIRED = ("detector", "arch", "num_classes", "class_names", "cat_ids", "config", "state_dict")
@@ -49,7 +49,7 @@ def detector_from_payload(payload: dict, source: str = "weights") -> nn.Module:
     """The detector a payload describes, with its trained weights, in eval mode."""
     arch = Arch.parse(payload["arch"])
     model = BUILDERS[payload["detector"]](arch, int(payload["num_classes"]),
-                                          backbone_bn_eps=float(payload["config"]["model"]["backbone_bn_eps"]))
+                                          **detector_options(payload["config"]["model"]))
     return load_trained_weights(model, payload["state_dict"], source, payload["detector"])
 
 

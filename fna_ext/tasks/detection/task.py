@@ -13,7 +13,7 @@ from ...nas.search_space import SearchSpace
 from ..base import Task, TaskData
 from . import presets
 from .coco_eval import STAT_NAMES
-from .detector import BUILDERS, takes_ssdlite
+from .detector import BUILDERS, detector_options, takes_ssdlite
 from .model_file import check_detector_payload, detector_from_payload, detector_payload
 from .training import build_datasets, build_val_dataset, check_same_categories, dataset_root, evaluate_detector
 
@@ -57,6 +57,9 @@ class DetectionTask(Task):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         return BUILDERS[self.model_name(model)](arch, num_classes, backbone=backbone, **options)
+
+    def model_options(self, config: dict) -> dict:
+        return detector_options(config["model"])
 
     def search_space(self, model: str) -> SearchSpace:
         return SSDLITE_SPACE if self.model_name(model) == "ssdlite" else RETINANET_SPACE
