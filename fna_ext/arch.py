@@ -163,7 +163,8 @@ class Arch:
                          f"the names {sorted(named_archs())}")
 
     @classmethod
-    def _from_net_config(cls, text: str, meta: dict | None = None, family: str = "mbconv") -> "Arch":
+    def _from_net_config(cls, text: str, meta: dict | None = None, family: str | None = None) -> "Arch":
+        """net_config text; ``family`` None: the family whose op grammar the ops are written in."""
         stages = []
         for i, chunk in enumerate(text.split("|")):
             try:
@@ -174,7 +175,7 @@ class Arch:
                 raise ValueError(f"stage {i} ({chunk.strip()[:60]!r}): not a list of the form "
                                  "[[C_in, C_out], [op, ...], stride]") from None
             stages.append(_stage_from_list(i, value))
-        return cls(tuple(stages), meta or {}, family)
+        return cls(tuple(stages), meta or {}, family or _family_of_ops(stages))
 
     @classmethod
     def _from_json_text(cls, text: str) -> "Arch":
@@ -211,6 +212,29 @@ def _is_file(value: str) -> bool:
         return Path(value).is_file()
     except (OSError, ValueError):  # a name too long for the OS, or with a NUL byte: not a file
         return False
+
+
+def _family_of_ops(stages) -> str:
+    """The family whose grammar reads every op of ``stages`` (``basic_k3`` is a ResNet's, ``k3_e6``
+    an MBConv's); failing that, the one that reads the first op, so that the error names the
+    layer that is wrong in its grammar; failing that too, the default family."""
+    from .families import DEFAULT, family_names, get_family
+
+    ops = [op for stage in stages for op in stage.ops]
+
+    def reads(family: str, names) -> bool:
+        try:
+            for name in names:
+                get_family(family).parse_op(name)
+        except ValueError:
+            return False
+        return True
+
+    for names in (ops, ops[:1]):
+        readers = [family for family in family_names() if reads(family, names)]
+        if readers:
+            return DEFAULT if DEFAULT in readers else readers[0]
+    return DEFAULT
 
 
 def _stage_from_list(index: int, value) -> Stage:
