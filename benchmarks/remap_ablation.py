@@ -22,7 +22,15 @@ first.
     python benchmarks/remap_ablation.py --task cityscapes --table 5 --retrain [--seeds 0 1]
         [--search-epochs 3] [--train-epochs 8]
     python benchmarks/remap_ablation.py --task cityscapes --table 7
-    python benchmarks/remap_ablation.py --task coco --model retinanet --seed-arch resnet18 --table groups
+    python benchmarks/remap_ablation.py --task coco --seed-arch resnet18 --table groups \
+        --arch "[[64, 64], ['basic_k3', 'basic_k3'], 1]|[[64, 128], ['basic_k3_g2', ...], 2]|..."
+
+``--arch`` fixes the target architecture instead of searching it (every row then differs only
+in how the target starts), which isolates a remapping rule from the search's noise. With the
+project's own seed (whose file keeps its classifier and names its classification set), each row
+also reports the seed's top-1 kept: the remapped target, with the seed's classifier, on the
+seed's own validation images before any fine-tuning (how much of the seed's function the rule
+carries over; RandInit rows report chance).
 
 writes ``benchmarks/results/remap_ablation_{task}.json`` (Table 5), ``remap_variants_{task}.json``
 (Table 7) or ``remap_groups_{task}.json`` (``_{seed arch}`` added with ``--seed-arch``): one object per row with the mean, spread and per-seed values of the task's two
@@ -34,6 +42,7 @@ command is run again, so an interrupted run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import statistics
@@ -42,11 +51,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fna_ext.arch import Arch  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
+from fna_ext.cli.count import count_task  # noqa: E402
+from fna_ext.data.classification import EvalTransform, ImageFolderDataset  # noqa: E402
+from fna_ext.data.synthetic import default_dataset  # noqa: E402
+from fna_ext.families import get_family  # noqa: E402
+from fna_ext.pretrain.core import top1_accuracy  # noqa: E402
+from fna_ext.remap import remap_network  # noqa: E402
 from fna_ext.engine.finetune import finetune  # noqa: E402
 from fna_ext.nas.search import search  # noqa: E402
 from fna_ext.pipeline import AdaptOptions, device_description, pipeline_configs  # noqa: E402
@@ -108,8 +125,15 @@ def options_for(row: Row, seed: int, args) -> AdaptOptions:
                          f"adaptation.remap_groups={row.groups}"])
 
 
-def searched_arch(options: AdaptOptions, seed_network, out: Path) -> tuple[Arch, dict]:
-    """The derived architecture of this search, searched once and reused."""
+def searched_arch(options: AdaptOptions, seed_network, out: Path, fixed: Arch | None = None) -> tuple[Arch, dict]:
+    """The derived architecture of this search, searched once and reused (``fixed``: that one,
+    not searched)."""
+    if fixed is not None:
+        task = get_task(options.task)
+        model = task.model_name(options.model, fixed)
+        report = count_task(model, fixed, task.input_size(pipeline_configs(options)[0]))
+        params, madds = report.grouped()["backbone"]
+        return fixed, {"params": params, "madds": madds}
     if (out / "arch.json").exists():
         arch = Arch.load(out / "arch.json")
         return arch, arch.meta["search"]["adapted"]
@@ -136,21 +160,51 @@ def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Pa
                     init=options.train_init, device=options.device).metrics
 
 
+def kept_top1(seed_path: Path, arch: Arch, row: Row) -> float | None:
+    """The seed's top-1 on its own classification validation set once remapped into ``arch``
+    by ``row``'s rules, with the seed's classifier, before any training (None when the seed file
+    has no classifier or names no synthetic classification set)."""
+    payload = torch.load(seed_path, map_location="cpu", weights_only=True)
+    meta = payload.get("metadata", {}) if isinstance(payload, dict) else {}
+    classes, dataset = meta.get("class_names"), str(meta.get("dataset", ""))
+    if not classes or not dataset.startswith("synthetic shapes (classification-"):
+        return None
+    if row.train_init == "random":
+        return 1 / len(classes)
+    family = get_family(arch.family)
+    seed = family.build_network(Arch.from_dict(payload["arch"]), num_classes=len(classes))
+    family.load_seed_weights(seed, seed_path)
+    target = remap_network(seed.eval(), family.build_network(arch, num_classes=len(classes)),
+                           row.width, row.kernel, row.groups)
+    _, images, size, data_seed, _ = dataset[dataset.index("(") + 1:-1].split("-")  # kind-images-size-seed-version
+    root = default_dataset("classification", images=int(images), size=int(size), seed=int(data_seed))
+    val = ImageFolderDataset(root, "val",
+                             EvalTransform(int(meta.get("image_size", 48))))
+    return top1_accuracy(target, val)
+
+
 def run(args) -> list[dict]:
     task = get_task(args.task)
     metrics = headline_metrics(task)
-    work = Path(args.work or REPO / "runs" / f"remap_ablation_{task.name}{'_' + args.seed_arch if args.seed_arch else ''}")
+    # a fixed target's runs must not meet searched ones: its folder names the arch's hash
+    suffix = ("_" + args.seed_arch if args.seed_arch else "") + (
+        "_arch" + hashlib.sha1(args.arch.encode()).hexdigest()[:8] if args.arch else "")
+    work = Path(args.work or REPO / "runs" / f"remap_ablation_{task.name}{suffix}")
     table = TABLES[args.table] + ([RETRAIN] if args.retrain else [])
     rows = {row: {"name": row.name, "search_init": row.search_init, "train_init": row.train_init,
                   "width": row.width, "kernel": row.kernel, "groups": row.groups, "per_seed": []} for row in table}
     seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
     seed_network = load_seed_network(seed_path, args.seed_arch)
+    fixed = Arch.from_arg(args.arch) if args.arch else None
+    if fixed is not None and fixed.family != seed_network.arch.family:
+        raise SystemExit(f"error: --arch is a {fixed.family} architecture and the seed a {seed_network.arch.family} one")
+    kept = {row: kept_top1(seed_path, fixed, row) for row in table} if fixed is not None else {}
     for seed in args.seeds:
         for row in table:
             options = options_for(row, seed, args)
             folder = work / f"seed{seed}"
             started = time.perf_counter()
-            arch, cost = searched_arch(options, seed_network, folder / row.search_key)
+            arch, cost = searched_arch(options, seed_network, folder / row.search_key, fixed)
             weights = (retrained_weights(arch, seed, folder / f"retrain_{row.search_key}", args)
                        if row.train_init == "retrain" else seed_path)
             result = fine_tuned_metrics(options, arch, weights,
@@ -160,6 +214,8 @@ def run(args) -> list[dict]:
                                           "madds": cost["madds"], "params": cost["params"], "arch": str(arch)})
             print(f"seed {seed} | {row.name}: " + " ".join(f"{m} {result[m]:.3f}" for m in metrics)
                   + f" ({time.perf_counter() - started:.0f} s)", flush=True)
+    for row, value in kept.items():
+        rows[row]["seed_top1_kept"] = value
     return [_with_means(row, [*metrics, "madds"]) for row in rows.values()]
 
 
@@ -174,14 +230,18 @@ def _with_means(row: dict, keys: list[str]) -> dict:
 
 def markdown(rows: list[dict], metrics: list[str], args) -> str:
     first, second = metrics
-    lines = [f"| pipeline | {first} (mean ± std) | {second} (mean ± std) | MAdds (mean) | per-seed {first} |",
-             "| --- | ---: | ---: | ---: | --- |"]
+    kept = any(row.get("seed_top1_kept") is not None for row in rows)
+    lines = [f"| pipeline | {first} (mean ± std) | {second} (mean ± std) | MAdds (mean) | per-seed {first} |"
+             + (" seed top-1 kept |" if kept else ""),
+             "| --- | ---: | ---: | ---: | --- |" + (" ---: |" if kept else "")]
     for row in rows:
         per_seed = ", ".join(f"{r[first]:.3f}" for r in row["per_seed"])
         lines.append(f"| {row['name']} | {row[f'mean_{first}']:.3f} ± {row[f'std_{first}']:.3f} | "
                      f"{row[f'mean_{second}']:.3f} ± {row[f'std_{second}']:.3f} | "
-                     f"{row['mean_madds'] / 1e6:.1f}M | {per_seed} |")
-    lines += ["", f"Task {args.task}; seeds {args.seeds}; search {args.search_epochs} epochs, fine-tuning "
+                     f"{row['mean_madds'] / 1e6:.1f}M | {per_seed} |"
+                     + (f" {row['seed_top1_kept']:.3f} |" if kept else ""))
+    search = (f"the fixed architecture {args.arch} (no search)" if args.arch else f"search {args.search_epochs} epochs")
+    lines += ["", f"Task {args.task}; seeds {args.seeds}; {search}, fine-tuning "
               f"{args.train_epochs} epochs per row; data: {args.data or 'the embedded synthetic default'}; "
               f"{device_description(args.device)}; command: "
               f"`{shlex.join(['python', 'benchmarks/remap_ablation.py', *args.argv])}`."]
@@ -197,6 +257,8 @@ def main(argv=None) -> int:
                              "dense seed's weights (a ResNet seed; default 5)")
     parser.add_argument("--seed-arch", help="the seed's named arch without --seed-weights (the project's own "
                                             "seed, e.g. resnet18), or the arch of a --seed-weights file")
+    parser.add_argument("--arch", help="fine-tune this target architecture (a name, file or net_config text) "
+                                       "instead of searching one")
     parser.add_argument("--retrain", action="store_true",
                         help="Table 5's fifth row: the found architecture pretrained from scratch, then fine-tuned")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -417,3 +417,66 @@ def test_conv_weights_take_the_familys_preferred_layout_unless_the_config_says()
     assert not layout(place_model(Network(R18, None), "cpu")) and layout(place_model(mobilenet, "cpu"))
     assert layout(place_model(Network(R18, None), "cpu", True))
     assert not layout(place_model(get_family("mbconv").build_network(Arch.parse("mobilenet_v2"), None), "cpu", False))
+
+
+@needs_torchvision
+def test_deeplabv3_on_resnet50_reads_torchvisions_dilated_layer4(tmp_path):
+    """DeepLabv3 at output stride 16 on a ResNet-50 seed: the feature it reads is torchvision's
+    resnet50(replace_stride_with_dilation=[False, False, True]) layer4 on the same weights (the
+    independent reference for the dilated stage), and its logits come at the input size."""
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    from fna_ext.families.features import extract_features
+    from fna_ext.tasks import get_task
+
+    torch.manual_seed(0)
+    reference = with_random_statistics(torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True]))
+    torch.save(reference.state_dict(), tmp_path / "r50.pt")
+    model = get_task("segmentation").build_model("deeplabv3", R50, 19, output_stride=16)
+    RESNET.load_seed_weights(model.backbone, tmp_path / "r50.pt", skip_classifier=True)
+    model.eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        (feature,) = extract_features(model.backbone, model.taps, x)
+        expected = IntermediateLayerGetter(reference, {"layer4": "out"})(x)["out"]
+        torch.testing.assert_close(feature, expected, atol=1e-4, rtol=1e-4)
+        assert feature.shape == (1, 2048, 4, 6) and model(x).shape == (1, 19, 64, 96)
+
+
+def test_a_resnet_seed_searches_then_adapts_for_deeplabv3plus(tmp_path):
+    """Segmentation with a (narrow) ResNet seed: DeepLabv3+ reads layer1 (stride 4) and the last
+    stage dilated to output stride 16, through a search over kernels, groups and skip and the
+    found network's fine-tuning and evaluation."""
+    from fna_ext.config import resolve
+    from fna_ext.data.synthetic import generate_segmentation
+    from fna_ext.engine.finetune import finetune
+    from fna_ext.nas.search import search
+    from fna_ext.tasks import get_task
+
+    arch = Arch._from_net_config("[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3'], 2]|"
+                                 "[[32, 32], ['basic_k3'], 2]|[[32, 64], ['basic_k3'], 2]", family="resnet")
+    torch.manual_seed(0)
+    seed = RESNET.build_network(arch, None)
+    save_weights(tmp_path / "seed.pt", seed)
+    data = generate_segmentation(tmp_path / "city", images=12, size=64, seed=7)
+    task = get_task("segmentation")
+    tiny = [f"data.root={data}", "data.crop_size=[64, 64]", "data.eval_crop=[64, 64]", "train.batch_size=4",
+            "train.num_workers=0", "train.epochs=2", "train.schedule.warmup_iters=2", "search.space.groups=[1, 2]"]
+    config = resolve(task.search_preset("deeplabv3plus", synthetic=True), None, [*tiny, "search.alpha_start_epoch=1"])
+    found = search(config, seed, tmp_path / "search")
+    assert [len(s.ops) for s in found.arch.stages] == [1, 2, 2, 2] and found.arch.family == "resnet"
+    config = resolve(task.finetune_preset("deeplabv3plus", synthetic=True), None,
+                     [t for t in tiny if not t.startswith("search.")])
+    result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
+    assert 0.0 <= result.metrics["mIoU"] <= 1.0
+    model = task.build_model("deeplabv3plus", found.arch, 19)
+    assert model.taps[0].stage == 0 and model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_net_config_text_names_its_family_by_its_ops():
+    """A ResNet's text form reads back as a ResNet (what --arch and --seed-arch take inline);
+    MobileNetV2's stays MBConv; a wrong op is reported in the grammar of the first op's family."""
+    for arch in (R18, R50, Arch.parse("mobilenet_v2")):
+        assert Arch.from_arg(str(arch)) == arch
+    with pytest.raises(ValueError, match=r"layer 1: .*ResNet ops are"):
+        Arch.parse("[[64, 64], ['basic_k3', 'k3_e6'], 1]")
