@@ -288,6 +288,15 @@ def test_search_candidates_keep_the_seed_stages_block_type():
         family.candidates(True)
 
 
+def narrow_seed(path, text: str) -> nn.Module:
+    """A narrow ResNet seed of net_config ``text``, randomly initialised and written to ``path``:
+    enough for the pipeline to run end to end in seconds."""
+    torch.manual_seed(0)
+    seed = RESNET.build_network(Arch.parse(text), None)
+    save_weights(path, seed)
+    return seed
+
+
 def test_a_resnet_seed_searches_then_adapts_for_retinanet(tmp_path):
     """The pipeline with a (narrow) ResNet seed: RetinaNet's FPN on its stages, a search over
     kernels, groups and skip, then the found network remapped from the seed and fine-tuned."""
@@ -296,11 +305,8 @@ def test_a_resnet_seed_searches_then_adapts_for_retinanet(tmp_path):
     from fna_ext.nas.search import search
     from fna_ext.tasks import get_task
 
-    arch = Arch._from_net_config("[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3', 'basic_k3'], 2]|"
-                                 "[[32, 64], ['basic_k3'], 2]|[[64, 64], ['basic_k3'], 2]", family="resnet")
-    torch.manual_seed(0)
-    seed = RESNET.build_network(arch, None)
-    save_weights(tmp_path / "seed.pt", seed)
+    seed = narrow_seed(tmp_path / "seed.pt", "[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3', 'basic_k3'], 2]|"
+                                              "[[32, 64], ['basic_k3'], 2]|[[64, 64], ['basic_k3'], 2]")
     data = generate_detection(tmp_path / "coco", images=16, size=64, seed=3)
     task = get_task("coco")
     tiny = [f"data.root={data}", "data.short_side=64", "data.max_size=64", "train.batch_size=4",
@@ -453,11 +459,8 @@ def test_a_resnet_seed_searches_then_adapts_for_deeplabv3plus(tmp_path):
     from fna_ext.nas.search import search
     from fna_ext.tasks import get_task
 
-    arch = Arch._from_net_config("[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3'], 2]|"
-                                 "[[32, 32], ['basic_k3'], 2]|[[32, 64], ['basic_k3'], 2]", family="resnet")
-    torch.manual_seed(0)
-    seed = RESNET.build_network(arch, None)
-    save_weights(tmp_path / "seed.pt", seed)
+    seed = narrow_seed(tmp_path / "seed.pt", "[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3'], 2]|"
+                                              "[[32, 32], ['basic_k3'], 2]|[[32, 64], ['basic_k3'], 2]")
     data = generate_segmentation(tmp_path / "city", images=12, size=64, seed=7)
     task = get_task("segmentation")
     tiny = [f"data.root={data}", "data.crop_size=[64, 64]", "data.eval_crop=[64, 64]", "train.batch_size=4",
@@ -480,3 +483,21 @@ def test_net_config_text_names_its_family_by_its_ops():
         assert Arch.from_arg(str(arch)) == arch
     with pytest.raises(ValueError, match=r"layer 1: .*ResNet ops are"):
         Arch.parse("[[64, 64], ['basic_k3', 'k3_e6'], 1]")
+
+
+@pytest.mark.parametrize("arch", [R18, SHORT50], ids=["basic", "bottleneck"])
+def test_a_wider_stage_with_zero_filled_weights_keeps_the_function(arch):
+    """A target whose second stage is wider (so are its blocks' inner channels) computes what
+    the seed does: the extra channels' weights are zero, so are their BN outputs, and the next
+    stage reads them with zero weights. The seed's network output comes out unchanged."""
+    torch.manual_seed(0)
+    seed = with_random_statistics(Network(arch, 10))
+    stages = list(arch.stages)
+    wider = stages[1].out_channels + 64 * (4 if stages[1].ops[0].startswith("bottleneck") else 1)
+    stages[1] = Stage(stages[1].in_channels, wider, stages[1].ops, stages[1].stride)
+    stages[2] = Stage(wider, stages[2].out_channels, stages[2].ops, stages[2].stride)
+    target = Network(Arch(tuple(stages), family="resnet"), 10).eval()
+    with torch.no_grad():
+        remap_network(seed, target)
+        assert target.stages[1][0].width > seed.stages[1][0].width
+        torch.testing.assert_close(target(X), seed(X), atol=1e-5, rtol=0)
