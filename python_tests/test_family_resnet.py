@@ -44,7 +44,11 @@ def test_grammar_and_named_archs_round_trip():
     grouped = RESNET.parse_op("bottleneck_k5_g4")
     assert (grouped.block, grouped.kernel, grouped.groups, grouped.name) == ("bottleneck", 5, 4, "bottleneck_k5_g4")
     assert RESNET.parse_op("skip").is_skip and RESNET.parse_op("basic_k3").groups == 1
-    for bad in ("basic_k4", "k3_e6", "bottleneck_3", "basic_k3_g1", "basic_k3_g0", "basic_k3_g02", "skip_k3"):
+    wide = RESNET.parse_op("bottleneck_k3_g32_w200")
+    assert (wide.groups, wide.width, wide.name) == (32, 200, "bottleneck_k3_g32_w200")
+    assert RESNET.parse_op("basic_k3").width == 100
+    for bad in ("basic_k4", "k3_e6", "bottleneck_3", "basic_k3_g1", "basic_k3_g0", "basic_k3_g02", "skip_k3",
+                "basic_k3_w100", "basic_k3_w0", "basic_k3_w050", "basic_k3_w2_g2"):
         with pytest.raises(ValueError, match=r"ResNet ops are \{basic\|bottleneck\}_k"):
             RESNET.parse_op(bad)
     with pytest.raises(ValueError, match="'skip' cannot be the first layer"):
@@ -101,7 +105,8 @@ def test_timm_resnets_load_and_give_the_same_logits(tmp_path, name):
 
 
 @needs_torchvision
-@pytest.mark.parametrize("name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
+@pytest.mark.parametrize("name, params", [("resnet18", 11_689_512), ("resnet50", 25_557_032),
+                                          ("wide_resnet50_2", 68_883_240), ("resnext50_32x4d", 25_028_904)])
 def test_torchvision_parity_of_params_weights_and_outputs(tmp_path, name, params):
     torch.manual_seed(0)
     reference = with_random_statistics(getattr(torchvision.models, name)())
@@ -153,7 +158,8 @@ def test_feature_info_matches_the_network_at_every_output_stride(arch):
     assert net.stages[3][0].conv2.dilation == (2, 2) and net.stages[3][1].conv2.dilation == (4, 4)
 
 
-@pytest.mark.parametrize("op", ["basic_k3", "basic_k7", "bottleneck_k3", "bottleneck_k5", "basic_k5_g2", "bottleneck_k3_g4"])
+@pytest.mark.parametrize("op", ["basic_k3", "basic_k7", "bottleneck_k3", "bottleneck_k5", "basic_k5_g2", "bottleneck_k3_g4",
+                                "basic_k3_w50", "bottleneck_k5_g2_w150"])
 @pytest.mark.parametrize("c_in, c_out, stride, dilation", [(64, 64, 1, 1), (64, 128, 2, 1), (128, 128, 1, 2)])
 def test_op_madds_equal_counting_the_block(op, c_in, c_out, stride, dilation):
     block = RESNET.build_layer(c_in, c_out, stride, op, dilation=dilation)
@@ -461,7 +467,7 @@ def test_a_resnet_seed_searches_then_adapts_for_deeplabv3plus(tmp_path):
 
     seed = narrow_seed(tmp_path / "seed.pt", "[[16, 16], ['basic_k3'], 1]|[[16, 32], ['basic_k3'], 2]|"
                                               "[[32, 32], ['basic_k3'], 2]|[[32, 64], ['basic_k3'], 2]")
-    data = generate_segmentation(tmp_path / "city", images=12, size=64, seed=7)
+    data = generate_segmentation(tmp_path / "city", images=30, size=64, seed=7)
     task = get_task("segmentation")
     tiny = [f"data.root={data}", "data.crop_size=[64, 64]", "data.eval_crop=[64, 64]", "train.batch_size=4",
             "train.num_workers=0", "train.epochs=2", "train.schedule.warmup_iters=2", "search.space.groups=[1, 2]"]
@@ -473,7 +479,7 @@ def test_a_resnet_seed_searches_then_adapts_for_deeplabv3plus(tmp_path):
     result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
     assert 0.0 <= result.metrics["mIoU"] <= 1.0
     model = task.build_model("deeplabv3plus", found.arch, 19)
-    assert model.taps[0].stage == 0 and model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+    assert model.taps[0].stage == 0 and model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
 
 
 def test_net_config_text_names_its_family_by_its_ops():
@@ -485,19 +491,49 @@ def test_net_config_text_names_its_family_by_its_ops():
         Arch.parse("[[64, 64], ['basic_k3', 'k3_e6'], 1]")
 
 
-@pytest.mark.parametrize("arch", [R18, SHORT50], ids=["basic", "bottleneck"])
-def test_a_wider_stage_with_zero_filled_weights_keeps_the_function(arch):
-    """A target whose second stage is wider (so are its blocks' inner channels) computes what
-    the seed does: the extra channels' weights are zero, so are their BN outputs, and the next
-    stage reads them with zero weights. The seed's network output comes out unchanged."""
+def with_inner_width(arch: Arch, stage: int, percent: int) -> Arch:
+    """``arch`` with every block of ``stage`` at ``percent`` of its standard inner width."""
+    stages = list(arch.stages)
+    ops = tuple(RESNET.parse_op(op) for op in stages[stage].ops)
+    stages[stage] = Stage(stages[stage].in_channels, stages[stage].out_channels,
+                          tuple(type(op)(op.block, op.kernel, op.groups, percent).name for op in ops),
+                          stages[stage].stride)
+    return Arch(tuple(stages), family="resnet")
+
+
+@pytest.mark.parametrize("arch, percent", [(R18, 150), (SHORT50, 200)], ids=["basic", "bottleneck"])
+def test_wider_inner_channels_with_zero_filled_weights_keep_the_function(arch, percent):
+    """Eq. 2 for a wider target: a block's extra inner channels (conv1's outputs) get zero
+    weights and BN's initial values, so they are zero after bn1 and the ReLU, and the conv that
+    reads them has zero weights for them: the network computes what the seed does."""
     torch.manual_seed(0)
     seed = with_random_statistics(Network(arch, 10))
-    stages = list(arch.stages)
-    wider = stages[1].out_channels + 64 * (4 if stages[1].ops[0].startswith("bottleneck") else 1)
-    stages[1] = Stage(stages[1].in_channels, wider, stages[1].ops, stages[1].stride)
-    stages[2] = Stage(wider, stages[2].out_channels, stages[2].ops, stages[2].stride)
-    target = Network(Arch(tuple(stages), family="resnet"), 10).eval()
+    target = Network(with_inner_width(arch, 1, percent), 10).eval()
     with torch.no_grad():
         remap_network(seed, target)
-        assert target.stages[1][0].width > seed.stages[1][0].width
+        s, t = seed.stages[1][0], target.stages[1][0]
+        assert t.width == s.width * percent // 100
+        assert not t.conv1.weight[s.width:].any() and torch.equal(t.conv1.weight[:s.width], s.conv1.weight)
         torch.testing.assert_close(target(X), seed(X), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["first", "bn", "l1"])
+def test_narrower_inner_channels_keep_algorithm_1s_channels(mode):
+    """Eq. 2 and Algorithm 1 for a narrower target: the inner channels kept are the first, or
+    those of the largest |bn1 scale| or conv1 filter L1 norm, computed here from the seed, and
+    every tensor they flow through (conv1 rows, bn1, conv2's rows and columns, conv3's columns)
+    takes those channels in order."""
+    torch.manual_seed(0)
+    seed = with_random_statistics(Network(SHORT50, 10))
+    target = Network(with_inner_width(SHORT50, 2, 50), 10).eval()
+    remap_network(seed, target, width=mode)
+    s, t = seed.stages[2][1], target.stages[2][1]
+    if mode == "first":
+        kept = torch.arange(t.width)
+    else:
+        score = s.bn1.weight.abs() if mode == "bn" else s.conv1.weight.abs().sum((1, 2, 3))
+        kept = torch.topk(score, t.width).indices.sort().values
+    torch.testing.assert_close(t.conv1.weight, s.conv1.weight[kept], rtol=0, atol=0)
+    torch.testing.assert_close(t.bn1.running_var, s.bn1.running_var[kept], rtol=0, atol=0)
+    torch.testing.assert_close(t.conv2.weight, s.conv2.weight[kept][:, kept], rtol=0, atol=0)
+    torch.testing.assert_close(t.conv3.weight, s.conv3.weight[:, kept], rtol=0, atol=0)

@@ -21,7 +21,19 @@ from torch import nn
 from ..norm import batch_norm
 from .op import Op
 
-EXPANSION = {"basic": 1, "bottleneck": 4}  # block output channels / inner width
+EXPANSION = {"basic": 1, "bottleneck": 4}  # block output channels / standard inner width
+
+
+def inner_width(block: str, out_channels: int, percent: int = 100) -> int:
+    """A block's inner channels (conv1's outputs): ``percent`` of C_out / EXPANSION, a whole number."""
+    if out_channels % EXPANSION[block]:
+        raise ValueError(f"a {block} block's output channels ({out_channels}) must be a multiple of "
+                         f"{EXPANSION[block]} (its inner width times the expansion)")
+    width, rest = divmod(out_channels // EXPANSION[block] * percent, 100)
+    if rest or width < 1:
+        raise ValueError(f"a {block} block of {out_channels} output channels has no whole inner width at "
+                         f"{percent}% (_w{percent}); choose a percentage that gives whole channels")
+    return width
 
 
 def relu() -> nn.Module:
@@ -108,7 +120,7 @@ class _Residual(nn.Module):
 
     @property
     def op(self) -> Op:
-        return Op(self.block, self.kernel_size, self.groups)
+        return Op(self.block, self.kernel_size, self.groups, self.width_percent)
 
     @property
     def width(self) -> int:
@@ -139,20 +151,22 @@ class _Residual(nn.Module):
 
 
 class BasicBlock(_Residual):
-    """conv1 (K x K, stride) -> bn1 -> act -> conv2 (K x K) -> bn2, plus the shortcut, -> act."""
+    """conv1 (K x K, stride, to the inner width) -> bn1 -> act -> conv2 (K x K, to C_out) -> bn2,
+    plus the shortcut, -> act. The inner width is C_out unless ``width_percent`` says otherwise."""
 
     block = "basic"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, norm_layer: Callable[[int], nn.Module] | None = None,
-                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1):
+                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1, width_percent: int = 100):
         super().__init__()
         norm_layer, act_layer = norm_layer or batch_norm(), act_layer or relu
-        self.in_channels, self.out_channels = in_channels, out_channels
+        width = inner_width("basic", out_channels, width_percent)
+        self.in_channels, self.out_channels, self.width_percent = in_channels, out_channels, width_percent
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
-        self.conv1 = spatial_conv(in_channels, out_channels, kernel_size, stride, dilation, groups)
-        self.bn1 = norm_layer(out_channels)
-        self.conv2 = spatial_conv(out_channels, out_channels, kernel_size, 1, dilation, groups)
+        self.conv1 = spatial_conv(in_channels, width, kernel_size, stride, dilation, groups)
+        self.bn1 = norm_layer(width)
+        self.conv2 = spatial_conv(width, out_channels, kernel_size, 1, dilation, groups)
         self.bn2 = norm_layer(out_channels)
         self.act = act_layer()
         self.downsample = downsample(in_channels, out_channels, stride, norm_layer)
@@ -164,21 +178,19 @@ class BasicBlock(_Residual):
 
 
 class Bottleneck(_Residual):
-    """conv1 (1x1 to width = C_out / 4) -> bn1 -> act -> conv2 (K x K, stride) -> bn2 -> act ->
-    conv3 (1x1 to C_out) -> bn3, plus the shortcut, -> act (torchvision's v1.5)."""
+    """conv1 (1x1 to the inner width, C_out / 4 unless ``width_percent`` says otherwise) -> bn1 ->
+    act -> conv2 (K x K, stride) -> bn2 -> act -> conv3 (1x1 to C_out) -> bn3, plus the shortcut,
+    -> act (torchvision's v1.5)."""
 
     block = "bottleneck"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  dilation: int = 1, norm_layer: Callable[[int], nn.Module] | None = None,
-                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1):
+                 act_layer: Callable[[], nn.Module] | None = None, groups: int = 1, width_percent: int = 100):
         super().__init__()
-        if out_channels % EXPANSION["bottleneck"]:
-            raise ValueError(f"a bottleneck block's output channels ({out_channels}) must be a multiple of "
-                             f"{EXPANSION['bottleneck']} (its inner width times the expansion)")
         norm_layer, act_layer = norm_layer or batch_norm(), act_layer or relu
-        width = out_channels // EXPANSION["bottleneck"]
-        self.in_channels, self.out_channels = in_channels, out_channels
+        width = inner_width("bottleneck", out_channels, width_percent)
+        self.in_channels, self.out_channels, self.width_percent = in_channels, out_channels, width_percent
         self.kernel_size, self.stride, self.dilation, self.groups = kernel_size, stride, dilation, groups
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
         self.bn1 = norm_layer(width)
@@ -209,4 +221,4 @@ def make_block(in_channels: int, out_channels: int, stride: int, op: Op | str, *
     if op.is_skip:
         return nn.Identity()
     return BLOCK_TYPES[op.block](in_channels, out_channels, op.kernel, stride, dilation, norm_layer, act_layer,
-                                 op.groups)
+                                 op.groups, op.width)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .blocks import EXPANSION
+from .blocks import inner_width
 from .op import Op
 
 
@@ -19,10 +19,10 @@ def block_madds(c_in: int, c_out: int, op: Op, stride: int, input_size: tuple[in
     h, w = input_size
     out = _output_size(h, stride) * _output_size(w, stride)
     k2 = op.kernel * op.kernel
+    width = inner_width(op.block, c_out, op.width)
     if op.block == "basic":
-        convs = (k2 * c_in * c_out * out + k2 * c_out * c_out * out) // op.groups
+        convs = (k2 * c_in * width * out + k2 * width * c_out * out) // op.groups
     else:
-        width = c_out // EXPANSION["bottleneck"]
         convs = c_in * width * h * w + k2 * width * width * out // op.groups + width * c_out * out
     shortcut = c_in * c_out * out if stride != 1 or c_in != c_out else 0
     return convs + shortcut

@@ -71,11 +71,12 @@ class ResNetFamily(Family):
         """Every kernel x group count of the stage's block type, and ``skip`` on the layers past
         the seed stage's depth (the margin a search may grow by). A ResNet block has no inner
         feature a tap reads, so ``keep_inner_width`` removes nothing. The block type is never
-        searched: the seed's remaps only within it."""
+        searched, nor is the inner width (``_w``): the seed's stage keeps its own, and remaps only
+        within its block type."""
         if stage is None:  # guessing a block type would remap bottlenecks into basic blocks
             raise ValueError("the ResNet family offers the seed stage's own block type: pass stage=")
-        block = self.parse_op(stage.ops[0]).block
-        ops = tuple(Op(block, k, g).name for k in kernels for g in groups)
+        first = self.parse_op(stage.ops[0])
+        ops = tuple(Op(first.block, k, g, first.width).name for k in kernels for g in groups)
         if not ops:
             raise ValueError("search.space leaves no ResNet candidate: give it kernels and groups")
         extra = layer is not None and layer >= len(stage.ops) and not first_layer
@@ -89,7 +90,7 @@ class ResNetFamily(Family):
     def widest_op(self, candidates) -> str:
         """The dense block of the largest kernel: every grouped or smaller candidate slices it."""
         ops = [self.parse_op(name) for name in candidates if name != "skip"]
-        return Op(ops[0].block, max(op.kernel for op in ops)).name
+        return Op(ops[0].block, max(op.kernel for op in ops), 1, ops[0].width).name
 
     def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps, groups="diagonal"):
         from .search_layer import SearchLayer

@@ -90,4 +90,5 @@ def _named_network(name: str):
     return build
 
 
-resnet18, resnet34, resnet50 = (_named_network(n) for n in ("resnet18", "resnet34", "resnet50"))
+resnet18, resnet34, resnet50, wide_resnet50_2, resnext50_32x4d = (
+    _named_network(n) for n in ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "resnext50_32x4d"))

@@ -28,9 +28,10 @@ class SearchLayer(nn.Module):
         self.spec, self.weight_sharing, self.affine_bn, self.bn_eps = spec, weight_sharing, affine_bn, bn_eps
         self.group_rule = groups
         ops = [Op.parse(name) for name in spec.candidates if name != "skip"]
-        if len({op.block for op in ops}) != 1:
-            raise ValueError(f"layer {spec.key}: the candidates {spec.candidates} mix block types; a searched "
-                             "ResNet layer chooses a kernel size and group count within one block type")
+        if len({(op.block, op.width) for op in ops}) != 1:
+            raise ValueError(f"layer {spec.key}: the candidates {spec.candidates} mix block types or inner "
+                             "widths; a searched ResNet layer chooses a kernel size and group count within one "
+                             "block type and width")
         self.widest = Op.parse(RESNET.widest_op(spec.candidates))  # dense: every candidate slices it
         owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
