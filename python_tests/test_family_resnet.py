@@ -372,6 +372,9 @@ def test_detection_defaults_to_retinanet_on_a_resnet_seed():
     assert task.model_name("ssdlite", R18) == "ssdlite"  # the builder then says to use retinanet
     args = type("Args", (), {"task": "coco", "model": None, "seed_arch": "resnet50"})
     assert task_and_model(args)[1] == "retinanet"
+    # train's backbone is its --arch: a ResNet target gets RetinaNet whatever the seed's arch
+    args.seed_arch = None
+    assert task_and_model(args, R18)[1] == "retinanet" and task_and_model(args)[1] == "ssdlite"
     args.seed_arch = "resnet99"
     with pytest.raises(ValueError, match=r"^--seed-arch 'resnet99' is neither a file"):
         task_and_model(args)

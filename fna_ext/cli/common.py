@@ -32,11 +32,15 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=DEVICES)
 
 
-def task_and_model(args) -> tuple[Task, str]:
-    """The task of ``--task`` and its model of ``--model`` (checked against each other)."""
+def task_and_model(args, backbone: Arch | None = None) -> tuple[Task, str]:
+    """The task of ``--task`` and its model of ``--model`` (checked against each other). Without
+    ``--model``, the task's default for ``backbone`` (the arch a command trains), else for
+    ``--seed-arch``: a ResNet backbone gets RetinaNet, not SSDLite."""
     task = get_task(args.task)
     seed_arch = getattr(args, "seed_arch", None)
-    return task, task.model_name(args.model, Arch.from_arg(seed_arch, "--seed-arch") if seed_arch else None)
+    if backbone is None and seed_arch:
+        backbone = Arch.from_arg(seed_arch, "--seed-arch")
+    return task, task.model_name(args.model, backbone)
 
 
 def config_from_preset(task: Task, preset: dict, args, extra: list[str] = ()) -> dict:

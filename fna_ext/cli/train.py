@@ -30,9 +30,9 @@ def main(argv=None) -> int:
                              "(default: the config's adaptation.bn_recalibrate; 0: none)")
     args = parser.parse_args(argv)
     check_device(args.device)
-    task, model = task_and_model(args)
-    config = config_from_preset(task, task.finetune_preset(model, synthetic=args.data is None), args)
     arch = Arch.from_arg(args.arch)
+    task, model = task_and_model(args, arch)
+    config = config_from_preset(task, task.finetune_preset(model, synthetic=args.data is None), args)
     out = Path(args.out or f"runs/train_{model}")
     if args.bn_recalibrate is not None and args.bn_recalibrate < 0:
         raise ValueError(f"--bn-recalibrate must be a number of batches >= 0, got {args.bn_recalibrate}")
