@@ -55,18 +55,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def task_gradients(search: ArchitectureSearch, batches: int) -> list[torch.Tensor]:
-    """[batch, layer] task-loss gradients of alpha, computed as an alpha step does (mixture on,
-    weights frozen)."""
-    for p in search.model.parameters():
-        p.requires_grad_(False)
+def task_gradients(search: ArchitectureSearch, batches: int) -> list[list[torch.Tensor]]:
+    """[batch][layer] task-loss gradients of alpha, as an alpha step computes them."""
     search.model.train()
     grads = []
     for index in range(batches):
         search.alphas.zero_grad(set_to_none=True)
-        probs = search.alphas.probabilities()
-        search.supernet.set_mixture(probs)
-        sum(search.task.loss(search.model, search.arch_data.batch(index)).values()).backward()
+        search.alpha_terms(search.arch_data.batch(index))[0].backward()
         grads.append([torch.zeros_like(a) if a.grad is None else a.grad.clone() for a in search.alphas.alphas])
     return grads
 
@@ -74,8 +69,8 @@ def task_gradients(search: ArchitectureSearch, batches: int) -> list[torch.Tenso
 def cost_gradients(search: ArchitectureSearch) -> list[torch.Tensor]:
     s = search.config["search"]
     search.alphas.zero_grad(set_to_none=True)
-    probs = search.alphas.probabilities()
-    cost_term(search.cost_table.expected(probs), float(s["lambda"]), float(s["tau"])).backward()
+    expected = search.cost_table.expected(search.alphas.probabilities())
+    cost_term(expected, float(s["lambda"]), float(s["tau"])).backward()
     return [a.grad.clone() for a in search.alphas.alphas]
 
 

@@ -227,20 +227,24 @@ class ArchitectureSearch:
                 batch = next(self._weight_batches)
         return self.trainer.train_step(to_device(batch, self.device))
 
-    def alpha_step(self) -> dict:
-        s = self.config["search"]
+    def alpha_terms(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(task loss of the softmax(alpha) mixture on ``batch``, expected cost), both
+        differentiable in alpha only."""
         probs = self.alphas.probabilities()
         self.supernet.set_mixture(probs)
-        batch = to_device(self.arch_data.batch(self.alpha_steps), self.device)
         weights = [p for p in self.model.parameters() if p.requires_grad]
         for p in weights:  # only alpha learns here; skipping weight gradients halves the work
             p.requires_grad_(False)
         try:
-            task = sum(self.task.loss(self.model, batch).values())
+            task = sum(self.task.loss(self.model, to_device(batch, self.device)).values())
         finally:
             for p in weights:
                 p.requires_grad_(True)
-        expected = self.cost_table.expected(probs)
+        return task, self.cost_table.expected(probs)
+
+    def alpha_step(self) -> dict:
+        s = self.config["search"]
+        task, expected = self.alpha_terms(self.arch_data.batch(self.alpha_steps))
         # each process holds a part of the task loss; the cost term is shared out so the sum of
         # the processes' alpha gradients is the one-process gradient
         world = distributed.current().world_size if distributed.current() else 1

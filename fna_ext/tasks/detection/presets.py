@@ -71,8 +71,8 @@ COCO_FINETUNE = {
 # The embedded default's RetinaNet is 64 wide (FPN and head) rather than 256: at 160 pixels the
 # 256-wide head costs three times a ResNet-18 backbone (4.9 of 6.6 GMAdds), and a sixteenth of
 # that still serves the synthetic set's five classes. At 64 a fine-tuning step of the searched
-# ResNet-18 takes 0.36 s against 0.55 s at 128, so the same minutes buy 24 epochs instead of 16:
-# AP50 0.586 against 0.384 (benchmarks/RESULTS.md).
+# ResNet-18 takes 0.36 s against 0.55 s at 128, so the same minutes buy more epochs
+# (benchmarks/RESULTS.md).
 SYNTHETIC_FPN_CHANNELS = 64
 
 # The embedded default: the synthetic shapes at 160x160 (SSDLite) on a small CPU. One data
