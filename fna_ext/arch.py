@@ -8,6 +8,10 @@ KxK depthwise conv and expansion E) and ``skip`` (identity; never a stage's firs
 Three text forms parse: the published ``net_config`` (stages joined by ``|``), the project's JSON
 form (which may also carry the task, input size and search record), and a registered name such as
 ``mobilenet_v2``. ``str(arch)`` writes ``net_config``; ``arch.to_json()`` writes JSON.
+
+An arch whose fixed parts differ from the family's defaults (MobileNetV3's hard-swish stem and
+960-wide head, say) ends its ``net_config`` with one more chunk, a dict of those settings:
+``...|[[160, 960], ...]|{'act': 'hs', 'head': 960, 'pre_logits': 1280}``. FNA's texts have none.
 """
 
 from __future__ import annotations
@@ -77,11 +81,17 @@ class Arch:
     meta: dict = field(default_factory=dict, compare=False, hash=False)
     # the seed family whose blocks the ops name (fna_ext.families); it owns the op grammar
     family: str = "mbconv"
+    # the fixed parts' settings the family reads (MBConv: the stem's and head's activation, the
+    # head conv's width, MobileNetV3's pre-logits conv); empty: the family's defaults
+    fixed: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
         if not self.stages:
             raise ValueError("an architecture needs at least one stage")
+        from .families import get_family
+
+        object.__setattr__(self, "fixed", get_family(self.family).check_fixed(dict(self.fixed or {})))
         for i, stage in enumerate(self.stages):
             _validate_stage(i, stage, self.family)
             if i and stage.in_channels != self.stages[i - 1].out_channels:
@@ -102,18 +112,25 @@ class Arch:
         return sum(1 for s in self.stages for op in s.layer_ops(self.family) if include_skips or not op.is_skip)
 
     def with_meta(self, **meta) -> "Arch":
-        return Arch(self.stages, {**self.meta, **meta}, self.family)
+        return Arch(self.stages, {**self.meta, **meta}, self.family, self.fixed)
+
+    def with_stages(self, stages) -> "Arch":
+        """Another arch of the same family and fixed parts (a derived or a super network's)."""
+        return Arch(tuple(stages), {}, self.family, self.fixed)
 
     # ---- text forms -----------------------------------------------------------------------
     def __str__(self) -> str:
-        return "|".join(stage.to_net_config() for stage in self.stages)
+        # the fixed parts, where they are not the defaults, as a last chunk: {'act': 'hs', ...}
+        fixed = [repr(self.fixed)] if self.fixed else []
+        return "|".join([stage.to_net_config() for stage in self.stages] + fixed)
 
     def to_dict(self) -> dict:
         stages = [{"in": s.in_channels, "out": s.out_channels, "ops": list(s.ops), "stride": s.stride}
                   for s in self.stages]
         family = {} if self.family == "mbconv" else {"family": self.family}
+        fixed = {"fixed": dict(self.fixed)} if self.fixed else {}
         return {"format": JSON_FORMAT, "version": 1, "net_config": str(self), **family, "stages": stages,
-                **self.meta}
+                **fixed, **self.meta}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -165,8 +182,10 @@ class Arch:
     @classmethod
     def _from_net_config(cls, text: str, meta: dict | None = None, family: str | None = None) -> "Arch":
         """net_config text; ``family`` None: the family whose op grammar the ops are written in."""
-        stages = []
-        for i, chunk in enumerate(text.split("|")):
+        stages, chunks, fixed = [], text.split("|"), {}
+        if len(chunks) > 1 and chunks[-1].strip().startswith("{"):
+            fixed = _fixed_from_text(chunks.pop().strip())
+        for i, chunk in enumerate(chunks):
             try:
                 value = ast.literal_eval(chunk.strip())
             # TypeError: a list used as a set member or dict key; RecursionError and MemoryError:
@@ -175,7 +194,7 @@ class Arch:
                 raise ValueError(f"stage {i} ({chunk.strip()[:60]!r}): not a list of the form "
                                  "[[C_in, C_out], [op, ...], stride]") from None
             stages.append(_stage_from_list(i, value))
-        return cls(tuple(stages), meta or {}, family or _family_of_ops(stages))
+        return cls(tuple(stages), meta or {}, family or _family_of_ops(stages), fixed)
 
     @classmethod
     def _from_json_text(cls, text: str) -> "Arch":
@@ -190,21 +209,38 @@ class Arch:
         if not isinstance(data, dict):
             raise ValueError("a JSON architecture must be an object")
         meta = {k: v for k, v in data.items()
-                if k not in ("format", "version", "net_config", "stages", "family")}
+                if k not in ("format", "version", "net_config", "stages", "family", "fixed")}
         family = data.get("family", "mbconv")
         if not isinstance(family, str):
             raise ValueError(f"field 'family' must be the name of a seed family, got {family!r}")
+        fixed = data.get("fixed", {})
+        if not isinstance(fixed, dict):
+            raise ValueError(f"field 'fixed' must be an object of the fixed parts' settings, got {fixed!r}")
         if "stages" in data:
             if not isinstance(data["stages"], list):
                 raise ValueError("field 'stages' must be a list")
             stages = tuple(_stage_from_dict(i, s) for i, s in enumerate(data["stages"]))
-            arch = cls(stages, meta, family)
+            arch = cls(stages, meta, family, fixed)
             if "net_config" in data and cls._from_net_config(str(data["net_config"]), family=family) != arch:
                 raise ValueError("fields 'net_config' and 'stages' describe different architectures")
             return arch
         if "net_config" in data:
-            return cls._from_net_config(str(data["net_config"]), meta, family)
+            arch = cls._from_net_config(str(data["net_config"]), meta, family)
+            if "fixed" in data and arch.fixed != cls(arch.stages, {}, family, fixed).fixed:
+                raise ValueError("fields 'net_config' and 'fixed' describe different fixed parts")
+            return arch
         raise ValueError("a JSON architecture needs a 'stages' or a 'net_config' field")
+
+
+def _fixed_from_text(chunk: str) -> dict:
+    try:
+        value = ast.literal_eval(chunk)
+    except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError):
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"the last chunk {chunk[:60]!r} is not the fixed parts' settings, a dict such as "
+                         "{'act': 'hs', 'head': 960}")
+    return value
 
 
 def _is_file(value: str) -> bool:

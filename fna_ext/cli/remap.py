@@ -29,13 +29,17 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel", default="center", choices=KERNEL_MODES)
     parser.add_argument("--groups", default="diagonal", choices=GROUP_MODES,
                         help="how grouped and dense convs take each other's weights (ResNet ops with _g)")
+    parser.add_argument("--allow-activation-change", action="store_true",
+                        help="remap into layers whose activation or SE gate differs from the seed layer's "
+                             "(refused by default: the weights were trained for the seed's)")
     args = parser.parse_args(argv)
     check_output_file(args.out)
     seed = load_seed_network(args.seed, args.seed_arch)
     seed_arch = seed.arch
     target_arch = Arch.from_arg(args.arch)
     target = get_family(target_arch.family).build_network(target_arch, num_classes=None)
-    plan = plan_network(seed, target, args.width, args.kernel, args.groups)
+    plan = plan_network(seed, target, args.width, args.kernel, args.groups,
+                        allow_activation_change=args.allow_activation_change)
     plan.apply(seed, target)
     path = save_weights(args.out, target, remap={"seed": str(args.seed), "seed_arch": str(seed_arch),
                                                   "width": args.width, "kernel": args.kernel,

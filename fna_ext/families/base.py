@@ -50,6 +50,19 @@ class Family:
         (with :attr:`op_help`) when the grammar does not admit it."""
         return self.op_type.parse(name)
 
+    def check_fixed(self, fixed: dict) -> dict:
+        """An arch's fixed-part settings in their canonical form (keys in the family's order,
+        defaults left out); ValueError naming the key when one is not the family's. A family
+        without such settings takes none."""
+        if fixed:
+            raise ValueError(f"the {self.name} family's fixed parts take no settings, got {sorted(fixed)}")
+        return {}
+
+    def default_head_channels(self, arch) -> int | None:
+        """The width of ``arch``'s head conv where a caller asks for the arch's own (``"arch"``);
+        None: the family's networks have no head conv."""
+        return None
+
     def named_archs(self) -> dict[str, Callable]:
         """{name: function returning the Arch} of the family's named architectures."""
         if not self.archs_module:
@@ -91,6 +104,15 @@ class Family:
         the rule between grouped and dense convs, for families that have them)."""
         raise NotImplementedError
 
+    def activation_change(self, seed_block: nn.Module, target_block: nn.Module) -> str | None:
+        """What remapping ``seed_block`` into ``target_block`` cannot carry over unchanged (MBConv:
+        another activation or SE gate), in words; None where nothing (the default)."""
+        return None
+
+    def fixed_activation(self, arch):
+        """The same for the stem and head (MBConv: ``arch.fixed['act']``)."""
+        return None
+
     def seed_bn_eps(self, path) -> float:
         """The BatchNorm eps the weights in ``path`` were trained with, chosen when the seed
         network is built (default: PyTorch's 1e-5)."""
@@ -102,13 +124,14 @@ class Family:
 
     # -- the search ---------------------------------------------------------------------------
     def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer: int | None = None,
-                   kernels=(3, 5, 7), groups=(1,)) -> tuple[str, ...]:
+                   kernels=(3, 5, 7), groups=(1,), expansions=None, seed_arch=None) -> tuple[str, ...]:
         """The candidate ops of a searched layer: a stage's first layer changes channels or
         resolution (no skip); ``keep_inner_width`` keeps only ops whose inner width a model's
         feature tap can read unchanged. ``stage`` (the seed's :class:`~fna_ext.arch.Stage`, where
         the caller has it) lets a family with more than one block type offer the stage's own,
         and ``layer`` (the layer's index in it) skip past its depth. ``kernels`` and ``groups``
-        are the space's axes, for the family to draw from."""
+        are the space's axes, for the family to draw from; ``expansions`` (MBConv's axis, None for
+        the family's rule) and ``seed_arch`` (the whole seed) let a family take them from the seed."""
         raise NotImplementedError
 
     def max_depths(self, seed_arch, space) -> tuple[int, ...]:

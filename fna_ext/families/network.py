@@ -27,5 +27,8 @@ class StagedNetwork(nn.Module):
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
         if self.classifier is None:
             return x
+        pre_logits = getattr(self, "pre_logits", None)  # MobileNetV3's hidden layer after pooling
+        if pre_logits is not None:
+            x = pre_logits(x)
         dropout = getattr(self, "dropout", None)
         return self.classifier(dropout(x) if dropout is not None else x)

@@ -21,22 +21,42 @@ class SearchSpace:
     kernels: tuple[int, ...] = (3, 5, 7)  # the K x K sizes candidates may take
     groups: tuple[int, ...] = (1,)        # group counts of a family's grouped convs (ResNet)
     depth_margin: int = 1                 # layers past the seed's, for families that grow from it
+    expansions: tuple | None = None       # MBConv expansions (None: the family's rule from the seed)
+    # the first searched stage at this output stride keeps its first layer's inner width, as
+    # keep_width_first_layers does by index (SSDLite taps it, whatever the seed's stage count)
+    keep_width_stride: int | None = None
 
     def with_settings(self, space: dict | None) -> "SearchSpace":
         """This space with a config's ``search.space`` section (kernels, groups, depth_margin)."""
         if not space:
             return self
+        expansions = space.get("expansions")
         return replace(self, kernels=tuple(space["kernels"]), groups=tuple(space["groups"]),
-                       depth_margin=int(space["depth_margin"]))
+                       depth_margin=int(space["depth_margin"]),
+                       expansions=tuple(expansions) if expansions else None)
 
-    def candidates(self, stage: int, layer: int, family: str | None = None, seed_stage=None) -> tuple[str, ...]:
+    def keeps_width(self, stage: int, seed_arch: Arch | None) -> bool:
+        """Whether searched stage ``stage``'s first layer keeps its inner width."""
+        if self.keep_width_stride is None or seed_arch is None:
+            return stage in self.keep_width_first_layers
+        stride = 2  # the stem's
+        for i, arch_stage in enumerate(seed_arch.stages):
+            stride *= arch_stage.stride
+            if stride == self.keep_width_stride:
+                return i == stage + 1
+        return False
+
+    def candidates(self, stage: int, layer: int, family: str | None = None, seed_stage=None,
+                   seed_arch: Arch | None = None) -> tuple[str, ...]:
         """Ops layer ``layer`` of searched stage ``stage`` (0-based) may take, in ``family``'s
         grammar (default: mbconv); ``seed_stage`` (the seed's Stage) lets a family with several
-        block types offer the stage's own, and skip past the seed's depth. A stage's first layer
-        changes channels or stride."""
-        return get_family(family).candidates(layer == 0, layer == 0 and stage in self.keep_width_first_layers,
+        block types offer the stage's own, and skip past the seed's depth; ``seed_arch`` lets a
+        family draw the space's axes from the seed (an MBConv seed's expansions). A stage's first
+        layer changes channels or stride."""
+        axes = {"expansions": self.expansions, "seed_arch": seed_arch} if seed_arch is not None else {}
+        return get_family(family).candidates(layer == 0, layer == 0 and self.keeps_width(stage, seed_arch),
                                              stage=seed_stage, layer=layer, kernels=self.kernels,
-                                             groups=self.groups)
+                                             groups=self.groups, **axes)
 
 
 
@@ -68,6 +88,6 @@ def layer_specs(seed_arch: Arch, space: SearchSpace, output_stride: int | None =
         for layer in range(depth):
             specs.append(LayerSpec(i, layer, stage.in_channels if layer == 0 else stage.out_channels,
                                    stage.out_channels, geometry[i].stride if layer == 0 else 1,
-                                   space.candidates(i - 1, layer, seed_arch.family, stage),
+                                   space.candidates(i - 1, layer, seed_arch.family, stage, seed_arch),
                                    geometry[i].first_dilation if layer == 0 else geometry[i].dilation))
     return specs

@@ -24,9 +24,10 @@ SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": Fal
                    "remap_kernel": "center", "remap_groups": "diagonal", "alpha_log_every": 5,
                    "alpha_batch_size": None,
                    # the axes candidates are drawn from: kernel sizes (every family), group counts
-                   # (ResNet), and how many layers a stage may grow past the seed's (families whose
-                   # depths follow the seed: ResNet; MobileNetV2's are the task's, FNA's own)
-                   "space": {"kernels": [3, 5, 7], "groups": [1, 2, 4], "depth_margin": 1}}
+                   # (ResNet), MBConv expansions (null: FNA's 3 and 6 and the seed's own), and how
+                   # many layers a stage may grow past the seed's (families whose depths follow the
+                   # seed: ResNet, and MBConv seeds whose stages FNA's depths do not fit)
+                   "space": {"kernels": [3, 5, 7], "groups": [1, 2, 4], "expansions": None, "depth_margin": 1}}
 
 SEARCH_RULES: dict[str, Rule] = {
     "search.init": Choice(*INITS),
@@ -43,6 +44,7 @@ SEARCH_RULES: dict[str, Rule] = {
     "search.remap_groups": Choice(*GROUP_MODES),
     "search.space.kernels": List(Choice(3, 5, 7)),
     "search.space.groups": List(Int(1)),
+    "search.space.expansions": List(Number(1), nullable=True),
     "search.space.depth_margin": Int(0),
     "search.alpha_log_every": Int(1),
     "search.alpha_batch_size": Int(1, nullable=True),
@@ -71,7 +73,7 @@ def check_alpha_trains(config: dict) -> None:
 def check_space_axes(config: dict) -> None:
     """Each axis of the search space offers at least one value, each once."""
     space = (config.get("search") or {}).get("space")
-    for axis in ("kernels", "groups"):
+    for axis in ("kernels", "groups", "expansions"):
         values = (space or {}).get(axis)
         if values is not None and (not values or len(set(values)) != len(values)):
             raise ValueError(f"search.space.{axis} must list distinct values, at least one; got {values}")

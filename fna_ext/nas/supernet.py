@@ -36,7 +36,7 @@ class SuperNetwork(nn.Module):
     head conv, laid out like :class:`~fna_ext.families.mbconv.Network` so detectors tap it the same way."""
 
     def __init__(self, seed_arch: Arch, space: SearchSpace, *, seed: nn.Module | None = None,
-                 weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | None = 1280,
+                 weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | str | None = "arch",
                  bn_eps: float = 1e-5, width: str = "first", kernel: str = "center", output_stride: int | None = None,
                  groups: str = "diagonal"):
         super().__init__()
@@ -60,10 +60,10 @@ class SuperNetwork(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.head = family.build_head(seed_arch, head_channels, bn_eps=bn_eps)
         # the widest choice of every layer: what a task reads its features' channels from
-        self.arch = Arch([first] + [Stage(s.in_channels, s.out_channels,
-                                          tuple(family.widest_op(spec.candidates) for spec in self.specs
-                                                if spec.stage == i), s.stride)
-                                    for i, s in enumerate(seed_arch.stages[1:], start=1)], family=seed_arch.family)
+        self.arch = seed_arch.with_stages([first] + [Stage(s.in_channels, s.out_channels,
+                                                           tuple(family.widest_op(spec.candidates) for spec in self.specs
+                                                                 if spec.stage == i), s.stride)
+                                                     for i, s in enumerate(seed_arch.stages[1:], start=1)])
         if seed is not None:
             self._load_seed(seed, width, kernel, groups)
 
@@ -117,4 +117,4 @@ class SuperNetwork(nn.Module):
         for i, stage in enumerate(self.seed_arch.stages[1:], start=1):
             stage_ops = tuple(op for layer, op in zip(layers, ops) if layer.spec.stage == i)
             stages.append(Stage(stage.in_channels, stage.out_channels, stage_ops, stage.stride))
-        return Arch(stages, family=self.seed_arch.family)
+        return self.seed_arch.with_stages(stages)

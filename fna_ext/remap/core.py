@@ -254,12 +254,35 @@ def check_compatible(seed: nn.Module, target: nn.Module) -> None:
                              f"the seed {s.in_channels}->{s.out_channels}")
 
 
+def check_activations(seed: nn.Module, target: nn.Module) -> None:
+    """Refuses a target whose blocks, stem or head compute another activation (or SE gate) than
+    the seed layer each remaps from: the remapped weights were trained for the seed's, so such a
+    target starts far from the seed's function, which FNA's remapping is meant to keep."""
+    family = get_family(seed.arch.family)
+    advice = ("pass allow_activation_change=True (fna_ext.remap --allow-activation-change) to remap anyway, "
+              "or give the target the seed's activations")
+    if family.fixed_activation(seed.arch) != family.fixed_activation(target.arch):
+        raise ValueError(f"stem and head: the target's activation {family.fixed_activation(target.arch)!r} differs "
+                         f"from the seed's {family.fixed_activation(seed.arch)!r}; {advice}")
+    for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
+        seed_layers = [m for m in seed_stage if family.is_block(m)]
+        target_layers = [(j, m) for j, m in enumerate(target_stage) if family.is_block(m)]
+        for (tj, t), sj in zip(target_layers, depth_map(len(seed_layers), len(target_layers))):
+            change = family.activation_change(seed_layers[sj], t)
+            if change:
+                raise ValueError(f"stages.{i}.{tj}: {change}; {advice}")
+
+
 def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
-                 kernel: str = "center", groups: str = "diagonal") -> RemapPlan:
+                 kernel: str = "center", groups: str = "diagonal", *,
+                 allow_activation_change: bool = False) -> RemapPlan:
     """The maps of every tensor of ``target`` (stem, every block, head, classifier); the family
-    of the seed's arch remaps each block (:meth:`~fna_ext.families.Family.plan_block`)."""
+    of the seed's arch remaps each block (:meth:`~fna_ext.families.Family.plan_block`). A target
+    whose activations differ from the seed's is refused unless ``allow_activation_change``."""
     check_compatible(seed, target)
     family = get_family(seed.arch.family)
+    if not allow_activation_change:
+        check_activations(seed, target)
     if width not in WIDTH_MODES:
         raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
     kernel_index(3, 3, kernel)  # validates the mode
@@ -306,6 +329,12 @@ def _plan_head_and_classifier(plan: RemapPlan, seed: nn.Module, target: nn.Modul
                   [out_map, first_channels(target.arch.out_channels, seed.arch.out_channels), None, None])
         add_bn(plan, "head.bn", "head.bn", out_map)
         plan.layers.append(LayerRecord("head", "head", "copied"))
+    seed_pre, target_pre = getattr(seed, "pre_logits", None), getattr(target, "pre_logits", None)
+    if seed_pre is not None and target_pre is not None and seed_pre[0].weight.shape == target_pre[0].weight.shape:
+        for name in ("weight", "bias"):  # MobileNetV3's layer after pooling, as the classifier is
+            plan.entries.append(TensorRemap(f"pre_logits.0.{name}", f"pre_logits.0.{name}",
+                                            [None] * seed_pre[0].get_parameter(name).dim()))
+        plan.layers.append(LayerRecord("pre_logits", "pre_logits", "copied"))
     if (seed.classifier is not None and target.classifier is not None
             and seed.classifier.weight.shape == target.classifier.weight.shape):
         plan.entries.append(TensorRemap("classifier.weight", "classifier.weight", [None, None]))
@@ -316,7 +345,8 @@ def _plan_head_and_classifier(plan: RemapPlan, seed: nn.Module, target: nn.Modul
 
 
 def remap_network(seed: nn.Module, target: nn.Module, width: str = "first", kernel: str = "center",
-                  groups: str = "diagonal", *, use_extension: bool = True) -> nn.Module:
+                  groups: str = "diagonal", *, use_extension: bool = True,
+                  allow_activation_change: bool = False) -> nn.Module:
     """Fills every parameter and BN buffer of ``target`` from ``seed`` and returns ``target``.
 
     ``width``: ``first`` (Eq. 2), ``bn``, ``std``, ``l1`` (Algorithm 1) or ``net2net``.
@@ -324,7 +354,7 @@ def remap_network(seed: nn.Module, target: nn.Module, width: str = "first", kern
     take each other's weights, ``diagonal`` or ``first``. Where the construction preserves the
     function (the same arch, larger kernels with zero rings, extra skip layers, wider hidden
     layers), the target computes exactly what the seed does in eval mode."""
-    plan = plan_network(seed, target, width, kernel, groups)
+    plan = plan_network(seed, target, width, kernel, groups, allow_activation_change=allow_activation_change)
     return plan.apply(seed, target) if use_extension else plan.apply_reference(seed, target)
 
 

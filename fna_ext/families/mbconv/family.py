@@ -11,7 +11,16 @@ from .op import Op
 class MBConvFamily(Family):
     name = "mbconv"
     op_type, archs_module = Op, ".archs"
-    op_help = "ops are k{odd kernel}_e{expansion} (for example k3_e6, k5_e3, k7_e6) or skip"
+    op_help = ("ops are k{3,5,7}_e{expansion}[_pw][_se{R}|_hse{R}][_re|_hs|_sw] (for example k3_e6, k5_e3, "
+               "k5_e6_se0.25_sw) or skip")
+
+    def check_fixed(self, fixed: dict) -> dict:
+        from .fixed import check_fixed
+
+        return check_fixed(fixed)
+
+    def default_head_channels(self, arch) -> int | None:
+        return arch.fixed.get("head", 1280)
 
     def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
                     bn_eps: float = 1e-5) -> nn.Module:
@@ -46,6 +55,14 @@ class MBConvFamily(Family):
 
         return plan_block(plan, seed, target, seed_prefix, target_prefix, width, kernel)
 
+    def activation_change(self, seed_block, target_block):
+        from .remap import activation_change
+
+        return activation_change(seed_block, target_block)
+
+    def fixed_activation(self, arch):
+        return arch.fixed.get("act", "")
+
     def seed_bn_eps(self, path) -> float:
         from .seed_weights import seed_bn_eps
 
@@ -57,23 +74,26 @@ class MBConvFamily(Family):
         return load_seed_weights(model, path, **options)
 
     def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer=None,
-                   kernels=(3, 5, 7), groups=(1,)) -> tuple[str, ...]:
-        # one block type: the stage changes nothing; a depthwise conv has no group count to choose
-        from .candidates import MBCONV_CANDIDATES
+                   kernels=(3, 5, 7), groups=(1,), expansions=None, seed_arch=None) -> tuple[str, ...]:
+        # a depthwise conv has no group count to choose
+        from .candidates import layer_candidates
 
-        ops = tuple(op for op in MBCONV_CANDIDATES if Op.parse(op).kernel in kernels)
-        if not ops:
-            raise ValueError(f"search.space.kernels {list(kernels)} leaves no MBConv candidate; "
-                             "use some of 3, 5, 7")
-        if not first_layer:
-            return ops + ("skip",)
-        if keep_inner_width:  # SSDLite taps the first layer's expansion: its width must not change
-            return tuple(op for op in ops if Op.parse(op).expansion == 6)
-        return ops
+        return layer_candidates(first_layer, keep_inner_width, stage, layer, kernels, expansions, seed_arch)
+
+    def max_depths(self, seed_arch, space) -> tuple[int, ...]:
+        """The task space's depths where the seed has the stages they were written for (FNA's are
+        MobileNetV2's; the NAS seeds with 7 stages fit them too, none deeper than 4 where FNA
+        allows 4); for a seed of another stage count (MobileNetV3), its depths plus
+        ``space.depth_margin``."""
+        searched = seed_arch.stages[1:]
+        if len(searched) != len(space.max_depths):
+            return tuple(len(stage.ops) + space.depth_margin for stage in searched)
+        return tuple(space.max_depths)
 
     def widest_op(self, candidates) -> str:
-        ops = [Op.parse(name) for name in candidates if not Op.parse(name).is_skip]
-        return Op(max(op.kernel for op in ops), max(op.expansion for op in ops)).name
+        from .candidates import widest_op
+
+        return widest_op(candidates)
 
     def search_layer(self, spec, *, weight_sharing, affine_bn, bn_eps, groups="diagonal"):
         from .search_layer import SearchLayer
@@ -86,7 +106,7 @@ class MBConvFamily(Family):
         op = op if isinstance(op, Op) else Op.parse(op)
         if op.is_skip:
             return 0
-        return mbconv_madds(in_channels, out_channels, op.kernel, op.expansion, stride, input_size, dilation)
+        return mbconv_madds(in_channels, out_channels, op, stride, input_size, dilation)
 
     def feature_info(self, arch, head_channels=None, output_stride=None) -> list[FeatureInfo]:
         """Each stage's output, each stage's first-layer expansion (at the stage's input stride:
@@ -97,10 +117,11 @@ class MBConvFamily(Family):
         features, stride = [], 2
         for i, (stage, geometry) in enumerate(zip(arch.stages, stage_geometry(arch, output_stride))):
             first = Op.parse(stage.ops[0])
-            if first.expansion != 1:
-                features.append(FeatureInfo("expand", i, stride, stage.in_channels * first.expansion))
+            if first.has_expand:
+                features.append(FeatureInfo("expand", i, stride, first.hidden_channels(stage.in_channels)))
             stride *= geometry.stride
             features.append(FeatureInfo("stage", i, stride, stage.out_channels))
+        head_channels = arch.fixed.get("head", 1280) if head_channels == "arch" else head_channels
         if head_channels:
             features.append(FeatureInfo("head", None, stride, head_channels))
         return features

@@ -1,5 +1,6 @@
 """The classification network of any :class:`~fna_ext.arch.Arch`: stem, stages, 1x1 head conv,
-pooling and classifier, laid out as MobileNetV2 is."""
+pooling, MobileNetV3's pre-logits layer where the arch has one, and classifier, laid out as
+MobileNetV2 is."""
 
 from __future__ import annotations
 
@@ -10,18 +11,45 @@ from torch import nn
 from ...arch import Arch, stage_geometry
 from .archs import make_divisible, mobilenet_v2_arch
 from ..network import StagedNetwork
-from .blocks import ConvBNAct, make_layer
+from .blocks import ACTIVATIONS, ConvBNAct, make_layer, relu6
+from .op import ACT_TOKENS
+
+
+ARCH_HEAD = "arch"  # head_channels: the arch's own head conv (fixed 'head', else 1280)
+
+
+def fixed_act(arch: Arch, act_layer: Callable[[], nn.Module] | None = None) -> Callable[[], nn.Module] | None:
+    """The stem's and head's activation: the arch's ``act`` setting, else the one passed in."""
+    token = arch.fixed.get("act")
+    return ACTIVATIONS[ACT_TOKENS[token]] if token else act_layer
 
 
 def build_stem(arch: Arch, **parts) -> nn.Module:
     """The 3x3 stride-2 conv to the first stage's input channels (``parts``: ``bn_eps``,
-    ``norm_layer``, ``act_layer``)."""
+    ``norm_layer``, ``act_layer``), with the arch's activation."""
+    parts["act_layer"] = fixed_act(arch, parts.get("act_layer"))
     return ConvBNAct(3, arch.stem_channels, 3, stride=2, **parts)
 
 
-def build_head(arch: Arch, head_channels: int | None, **parts) -> nn.Module | None:
-    """The 1x1 head conv to ``head_channels`` (None: no head conv)."""
+def head_width(arch: Arch, head_channels: int | str | None) -> int | None:
+    """``head_channels``, or for ``"arch"`` the arch's own head width (1280 when it names none)."""
+    return arch.fixed.get("head", 1280) if head_channels == ARCH_HEAD else head_channels
+
+
+def build_head(arch: Arch, head_channels: int | str | None, **parts) -> nn.Module | None:
+    """The 1x1 head conv to ``head_channels`` (None: no head conv; ``"arch"``: the arch's)."""
+    head_channels = head_width(arch, head_channels)
+    parts["act_layer"] = fixed_act(arch, parts.get("act_layer"))
     return ConvBNAct(arch.out_channels, head_channels, 1, **parts) if head_channels else None
+
+
+def build_pre_logits(arch: Arch, in_features: int, act_layer=None) -> nn.Module | None:
+    """MobileNetV3's last hidden layer, after pooling: a linear layer with bias (timm writes it as
+    a 1x1 conv, torchvision as a Linear) and the arch's activation."""
+    width = arch.fixed.get("pre_logits")
+    if not width:
+        return None
+    return nn.Sequential(nn.Linear(in_features, width), (fixed_act(arch, act_layer) or relu6)())
 
 
 class Network(StagedNetwork):
@@ -29,7 +57,7 @@ class Network(StagedNetwork):
     ``classifier``. With ``num_classes=None`` there is no classifier and ``forward`` returns the
     pooled features; ``forward_stages`` gives every stage's output for dense tasks."""
 
-    def __init__(self, arch: Arch, num_classes: int | None = 1000, head_channels: int | None = 1280,
+    def __init__(self, arch: Arch, num_classes: int | None = 1000, head_channels: int | str | None = ARCH_HEAD,
                  dropout: float = 0.2, bn_eps: float = 1e-5, *, output_stride: int | None = None,
                  norm_layer: Callable[[int], nn.Module] | None = None,
                  act_layer: Callable[[], nn.Module] | None = None):
@@ -43,7 +71,10 @@ class Network(StagedNetwork):
                             for j, (c_in, c_out, _, op) in enumerate(stage.layers())))
             for stage, geometry in zip(arch.stages, stage_geometry(arch, output_stride)))
         self.head = build_head(arch, head_channels, **parts)
-        features = head_channels or arch.out_channels
+        features = head_width(arch, head_channels) or arch.out_channels
+        # part of the classifier: a backbone (no classes) ends at the pooled head features
+        self.pre_logits = build_pre_logits(arch, features, act_layer) if num_classes else None
+        features = arch.fixed["pre_logits"] if self.pre_logits is not None else features
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(features, num_classes) if num_classes else None
         self.reset_parameters()
@@ -62,7 +93,7 @@ class Network(StagedNetwork):
 
 
 def build_network(arch: Arch | str, num_classes: int | None = 1000, *,
-                  head_channels: int | None = 1280, dropout: float = 0.2,
+                  head_channels: int | str | None = ARCH_HEAD, dropout: float = 0.2,
                   bn_eps: float = 1e-5, **options) -> Network:
     """The classification network of ``arch`` (an Arch, or text :meth:`Arch.parse` accepts);
     ``options`` go to :class:`Network` (``output_stride``, ``norm_layer``, ``act_layer``)."""

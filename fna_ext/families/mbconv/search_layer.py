@@ -1,6 +1,7 @@
 """The MBConv family's searched layer: a layer's candidate ops (k, e) over one shared max-size
 MBConv (or one MBConv each), run as one sampled op (path mode) or as their softmax(alpha)-weighted
-mixture (mixture mode)."""
+mixture (mixture mode). MobileNetV2's candidates (ReLU6, no SE) run through the fused ops; a NAS
+seed's (SE, other activations) through the eager :mod:`.sampled_block`."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from ...ops.slices import mbconv_regions
 from ..norm import candidate_batch_norm
 from ..sampled import SampledRegion
 from .blocks import MBConv
+from .candidates import widest_op
 from .op import Op
+from .sampled_block import expansion_output, rest_of_block, sampled_block
 
-MAX_OP = Op(7, 6)
 
 
 class SearchLayer(nn.Module):
@@ -26,12 +28,16 @@ class SearchLayer(nn.Module):
         super().__init__()
         self.spec, self.weight_sharing, self.affine_bn, self.bn_eps = spec, weight_sharing, affine_bn, bn_eps
         ops = [op for op in spec.candidates if not Op.parse(op).is_skip]
-        owners = [MAX_OP.name] if weight_sharing == "shared" else ops
+        self.widest = widest_op(spec.candidates)
+        owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
-        self.blocks = nn.ModuleDict({name: MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
-                                                  Op.parse(name).expansion, spec.stride, spec.dilation,
-                                                  norm_layer=norm)
+        # ModuleDict keys cannot hold the '.' of a decimal expansion or SE ratio
+        self.blocks = nn.ModuleDict({_key(name): MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
+                                                        Op.parse(name).expansion, spec.stride, spec.dilation,
+                                                        norm_layer=norm, attributes=Op.parse(name))
                                      for name in owners})
+        # the fused ops compute MobileNetV2's block; anything else runs eagerly
+        self.fused = all(Op.parse(op).uses_relu6_only for op in ops)
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
         # mixture mode: keep neither the expansion nor the depthwise outputs for the backward,
         # which recomputes them
@@ -39,7 +45,7 @@ class SearchLayer(nn.Module):
         self.recompute = False
 
     def _owner(self, op: str) -> MBConv:
-        return self.blocks[MAX_OP.name] if self.weight_sharing == "shared" else self.blocks[op]
+        return self.blocks[_key(self.widest if self.weight_sharing == "shared" else op)]
 
     def _bn_args(self, block: MBConv) -> dict:
         if not self.affine_bn:
@@ -48,12 +54,20 @@ class SearchLayer(nn.Module):
         return {f"bn{i}_{kind}": getattr(bn, kind) for i, bn in enumerate(bns, 1) for kind in ("weight", "bias")}
 
     def _expansion(self, op: str) -> int:
-        return Op.parse(op).expansion * self.spec.in_channels
+        return Op.parse(op).hidden_channels(self.spec.in_channels)
+
+    def _eager(self, x: torch.Tensor, op: str, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        parts = dict(stride=self.spec.stride, dilation=self.spec.dilation, affine=self.affine_bn, eps=self.bn_eps)
+        if hidden is not None:
+            return rest_of_block(x, hidden, self._owner(op), Op.parse(op), **parts)
+        return sampled_block(x, self._owner(op), Op.parse(op), **parts)
 
     def run_op(self, x: torch.Tensor, op: str) -> torch.Tensor:
         parsed = Op.parse(op)
         if parsed.is_skip:
             return x
+        if not self.fused:
+            return self._eager(x, op)
         block = self._owner(op)
         return sampled_mbconv(x, block.expand.conv.weight, block.depthwise.conv.weight, block.project.conv.weight,
                               kernel_size=parsed.kernel, expand_channels=self._expansion(op),
@@ -61,13 +75,17 @@ class SearchLayer(nn.Module):
                               **self._bn_args(block))
 
     def expansion_output(self, x: torch.Tensor, op: str) -> torch.Tensor:
-        """The op's expand conv -> BN -> ReLU6 output (for a detector feature tap)."""
+        """The op's expand conv -> BN -> activation output (for a detector feature tap)."""
+        if not self.fused:
+            return expansion_output(x, self._owner(op), Op.parse(op), self.affine_bn, self.bn_eps)
         block = self._owner(op)
         bn = self._bn_args(block)
         return expand_hidden(x, block.expand.conv.weight, self._expansion(op), bn.get("bn1_weight"),
                              bn.get("bn1_bias"), self.bn_eps)
 
     def _rest_of_block(self, x: torch.Tensor, hidden: torch.Tensor, op: str) -> torch.Tensor:
+        if not self.fused:
+            return self._eager(x, op, hidden)
         block, parsed = self._owner(op), Op.parse(op)
         bn = self._bn_args(block)
         return depthwise_project(x, hidden, block.depthwise.conv.weight, block.project.conv.weight,
@@ -84,18 +102,25 @@ class SearchLayer(nn.Module):
         if self.weight_sharing != "shared" or parsed.is_skip:
             return {}
         block = self._owner(op)
-        regions = mbconv_regions(MAX_OP.kernel, parsed.kernel, self._expansion(op))
+        regions = mbconv_regions(Op.parse(self.widest).kernel, parsed.kernel, self._expansion(op))
         owned = [(block.expand.conv.weight, "expand"), (block.depthwise.conv.weight, "depthwise"),
                  (block.project.conv.weight, "project")]
         if self.affine_bn:
             owned += [(p, "hidden_bn") for bn in (block.expand.bn, block.depthwise.bn) for p in (bn.weight, bn.bias)]
-        return {param: SampledRegion(regions[part]) for param, part in owned}
+        boxes = {param: SampledRegion(regions[part]) for param, part in owned}
+        if block.se is not None:  # the first squeezed channels of the candidate's hidden ones
+            hidden, squeezed = slice(0, self._expansion(op)), slice(0, parsed.se_channels(self.spec.in_channels))
+            boxes.update({block.se.reduce.weight: SampledRegion((squeezed, hidden)),
+                          block.se.reduce.bias: SampledRegion((squeezed,)),
+                          block.se.expand.weight: SampledRegion((hidden, squeezed)),
+                          block.se.expand.bias: SampledRegion((hidden,))})
+        return boxes
 
     def _mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(softmax-weighted sum of every candidate's output, weighted sum of their expansion
         outputs). With shared weights the candidates run as one mixture op, which computes the
         widest expansion once (materialised only when a detector taps it)."""
-        if self.weight_sharing != "shared":
+        if self.weight_sharing != "shared" or not self.fused:
             return self._independent_mixture(x, tap)
         positions = [i for i, op in enumerate(self.spec.candidates) if not Op.parse(op).is_skip]
         ops = [self.spec.candidates[i] for i in positions]
@@ -125,12 +150,15 @@ class SearchLayer(nn.Module):
     def _independent_mixture(self, x: torch.Tensor, tap: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         ops = [op for op in self.spec.candidates if not Op.parse(op).is_skip]
         widest = max(ops, key=self._expansion)
+        # shared weights: every step up to the expansion's activation is per channel, so the
+        # first channels of the widest expansion are each narrower candidate's own
+        shared = self.expansion_output(x, widest) if self.weight_sharing == "shared" else None
         out, tapped = 0, 0
         for w, op in zip(self.choice, self.spec.candidates):
             if Op.parse(op).is_skip:
                 out = out + w * x
                 continue
-            hidden = self.expansion_output(x, op)
+            hidden = shared[:, :self._expansion(op)] if shared is not None else self.expansion_output(x, op)
             out = out + w * self._rest_of_block(x, hidden, op)
             if tap and hidden.shape[1] == self._expansion(widest):
                 tapped = tapped + w * hidden
@@ -148,3 +176,7 @@ class SearchLayer(nn.Module):
         if self.choice is None:
             raise RuntimeError(f"layer {self.spec.key}: set a path or mixture on the super network first")
         return self._mixture(x, tap)
+
+
+def _key(op: str) -> str:
+    return op.replace(".", "p")

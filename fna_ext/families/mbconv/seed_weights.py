@@ -1,6 +1,8 @@
 """Loading pretrained seed weights from the layouts people have: torchvision's ``mobilenet_v2``,
-timm's ``mobilenetv2_100`` (and any timm MBConv net of the same block structure), FNA's own seed
-and fna_ext's. Keys are matched by walking the network's structure, and every shape is checked."""
+``mobilenet_v3_large``/``_small``, ``efficientnet_b0`` and ``mnasnet1_0``; timm's MBConv networks
+(``mobilenetv2_100``, ``semnasnet_100``, ``mnasnet_100``, ``spnasnet_100``, ``fbnetc_100``,
+``mobilenetv3_*_100``, ``efficientnet_b0``: ``conv_stem``, ``bn1``, ``blocks.S.J.*`` with
+``se.conv_reduce``/``se.conv_expand``, ``conv_head``, ``classifier``); FNA's own seed and fna_ext's. Keys are matched by walking the network's structure, and every shape is checked."""
 
 from __future__ import annotations
 
@@ -15,9 +17,84 @@ from ...safe_load import load_plain
 from .blocks import MBConv
 from .network import Network
 
-# Parts of an MBConv block that own tensors, in fna_ext's own naming.
-_BLOCK_PARTS = ("expand.conv", "expand.bn", "depthwise.conv", "depthwise.bn", "project.conv",
-                "project.bn")
+# Parts of an MBConv block that own tensors, in fna_ext's own naming, in the order they compute.
+_CONV_BN_PARTS = ("expand", "depthwise", "project")
+_SE_PARTS = ("se.reduce", "se.expand")
+
+
+def _parts(layer: MBConv) -> list[str]:
+    """The block's parts that own tensors: ``expand`` (where it has one), ``depthwise``, ``se``
+    (where it has one), ``project``."""
+    return (["expand"] if layer.expand is not None else []) + ["depthwise"] + \
+        (["se"] if layer.se is not None else []) + ["project"]
+
+
+def _conv_bn(part: str, conv: str, bn: str) -> dict[str, str]:
+    return {f"{part}.conv": conv, f"{part}.bn": bn}
+
+
+def _sequential_block(prefix: str, layer: MBConv, se_names=("fc1", "fc2")) -> dict[str, str]:
+    """torchvision's MobileNetV3 and EfficientNet blocks: ``block.{i}`` numbers the parts that are
+    present, each a conv (``.0``) and BN (``.1``), the SE's convs ``fc1`` and ``fc2``."""
+    out = {}
+    for i, part in enumerate(_parts(layer)):
+        if part == "se":
+            out.update({"se.reduce": f"{prefix}.block.{i}.{se_names[0]}", "se.expand": f"{prefix}.block.{i}.{se_names[1]}"})
+        else:
+            out.update(_conv_bn(part, f"{prefix}.block.{i}.0", f"{prefix}.block.{i}.1"))
+    return out
+
+
+def _torchvision_v2_block(s, j, flat, layer):
+    p = f"features.{flat}.conv"
+    if layer.expand is None:
+        return {**_conv_bn("depthwise", f"{p}.0.0", f"{p}.0.1"), **_conv_bn("project", f"{p}.1", f"{p}.2")}
+    return {**_conv_bn("expand", f"{p}.0.0", f"{p}.0.1"), **_conv_bn("depthwise", f"{p}.1.0", f"{p}.1.1"),
+            **_conv_bn("project", f"{p}.2", f"{p}.3")}
+
+
+def _torchvision_mnasnet_block(s, j, flat, layer):
+    if s == 0:  # the depthwise-separable first stage is part of the flat stem sequence
+        return {**_conv_bn("depthwise", "layers.3", "layers.4"), **_conv_bn("project", "layers.6", "layers.7")}
+    p = f"layers.{7 + s}.{j}.layers"
+    return {**_conv_bn("expand", f"{p}.0", f"{p}.1"), **_conv_bn("depthwise", f"{p}.3", f"{p}.4"),
+            **_conv_bn("project", f"{p}.6", f"{p}.7")}
+
+
+def _timm_block(s, j, flat, layer):
+    p = f"blocks.{s}.{j}"
+    if layer.expand is not None:  # InvertedResidual
+        out = {**_conv_bn("expand", f"{p}.conv_pw", f"{p}.bn1"), **_conv_bn("depthwise", f"{p}.conv_dw", f"{p}.bn2"),
+               **_conv_bn("project", f"{p}.conv_pwl", f"{p}.bn3")}
+    else:  # DepthwiseSeparableConv
+        out = {**_conv_bn("depthwise", f"{p}.conv_dw", f"{p}.bn1"), **_conv_bn("project", f"{p}.conv_pw", f"{p}.bn2")}
+    if layer.se is not None:
+        out.update({"se.reduce": f"{p}.se.conv_reduce", "se.expand": f"{p}.se.conv_expand"})
+    return out
+
+
+def _fna_block(s, j, flat, layer):
+    # FNA's MBBlock is one nn.Sequential: conv, BN, ReLU6, dw conv, BN, ReLU6, conv, BN.
+    p = f"blocks.{s + 1}.layers.{j}.op"
+    if layer.expand is None:
+        return {**_conv_bn("depthwise", f"{p}.0", f"{p}.1"), **_conv_bn("project", f"{p}.3", f"{p}.4")}
+    return {**_conv_bn("expand", f"{p}.0", f"{p}.1"), **_conv_bn("depthwise", f"{p}.3", f"{p}.4"),
+            **_conv_bn("project", f"{p}.6", f"{p}.7")}
+
+
+def _own_block(s, j, flat, layer):
+    parts = [f"{part}.{kind}" for part in _parts(layer) if part != "se" for kind in ("conv", "bn")]
+    parts += list(_SE_PARTS) if layer.se is not None else []
+    return {part: f"stages.{s}.{j}.{part}" for part in parts}
+
+
+def _has_pre_logits(model: Network) -> bool:
+    return bool(model.arch.fixed.get("pre_logits"))
+
+
+def _timm_head(model, ns, nl):
+    # MobileNetV3's last 1x1 conv is timm's last block (a ConvBnAct); the others' is conv_head
+    return (f"blocks.{ns}.0.conv", f"blocks.{ns}.0.bn1") if _has_pre_logits(model) else ("conv_head", "bn2")
 
 
 @dataclass(frozen=True)
@@ -25,50 +102,37 @@ class _Layout:
     name: str
     marker: str  # a key only this layout has
     stem: tuple[str, str]
-    # (stage, layer, flat layer number from 1, no expand conv) -> {part: source prefix}
-    block: Callable[[int, int, int, bool], dict[str, str]]
-    head: Callable[[int, int], tuple[str, str]]  # (num stages, num layers) -> conv, bn prefixes
+    # (stage, layer, flat layer number from 1, the MBConv) -> {part: source prefix}
+    block: Callable[[int, int, int, MBConv], dict[str, str]]
+    head: Callable[[Network, int, int], tuple[str, str]]  # (model, num stages, num layers) -> conv, bn prefixes
     classifier: str
-
-
-def _torchvision_block(s, j, flat, e1):
-    names = (["conv.0.0", "conv.0.1", "conv.1", "conv.2"] if e1 else
-             ["conv.0.0", "conv.0.1", "conv.1.0", "conv.1.1", "conv.2", "conv.3"])
-    return dict(zip(_BLOCK_PARTS[2:] if e1 else _BLOCK_PARTS, (f"features.{flat}.{n}" for n in names)))
-
-
-def _timm_block(s, j, flat, e1):
-    names = (["conv_dw", "bn1", "conv_pw", "bn2"] if e1 else
-             ["conv_pw", "bn1", "conv_dw", "bn2", "conv_pwl", "bn3"])
-    return dict(zip(_BLOCK_PARTS[2:] if e1 else _BLOCK_PARTS, (f"blocks.{s}.{j}.{n}" for n in names)))
-
-
-def _fna_block(s, j, flat, e1):
-    # FNA's MBBlock is one nn.Sequential: conv, BN, ReLU6, dw conv, BN, ReLU6, conv, BN.
-    indices = [0, 1, 3, 4] if e1 else [0, 1, 3, 4, 6, 7]
-    return dict(zip(_BLOCK_PARTS[2:] if e1 else _BLOCK_PARTS,
-                    (f"blocks.{s + 1}.layers.{j}.op.{i}" for i in indices)))
-
-
-def _own_block(s, j, flat, e1):
-    return {part: f"stages.{s}.{j}.{part}" for part in (_BLOCK_PARTS[2:] if e1 else _BLOCK_PARTS)}
+    pre_logits: str = ""  # MobileNetV3's layer after pooling, where the layout has one
+    bn_eps: float | None = None  # the eps the layout's networks were trained with, where not 1e-5
 
 
 LAYOUTS = {
     layout.name: layout for layout in (
         _Layout("fna_ext", "stem.conv.weight", ("stem.conv", "stem.bn"), _own_block,
-                lambda ns, nl: ("head.conv", "head.bn"), "classifier"),
-        _Layout("torchvision", "features.0.0.weight", ("features.0.0", "features.0.1"),
-                _torchvision_block,
-                lambda ns, nl: (f"features.{nl + 1}.0", f"features.{nl + 1}.1"), "classifier.1"),
-        _Layout("timm", "conv_stem.weight", ("conv_stem", "bn1"), _timm_block,
-                lambda ns, nl: ("conv_head", "bn2"), "classifier"),
+                lambda m, ns, nl: ("head.conv", "head.bn"), "classifier", "pre_logits.0"),
+        _Layout("torchvision", "features.1.conv.0.0.weight", ("features.0.0", "features.0.1"),
+                _torchvision_v2_block,
+                lambda m, ns, nl: (f"features.{nl + 1}.0", f"features.{nl + 1}.1"), "classifier.1"),
+        _Layout("torchvision_mobilenet_v3", "features.1.block.0.0.weight", ("features.0.0", "features.0.1"),
+                lambda s, j, flat, layer: _sequential_block(f"features.{flat}", layer),
+                lambda m, ns, nl: (f"features.{nl + 1}.0", f"features.{nl + 1}.1"), "classifier.3",
+                "classifier.0", bn_eps=1e-3),
+        _Layout("torchvision_efficientnet", "features.1.0.block.0.0.weight", ("features.0.0", "features.0.1"),
+                lambda s, j, flat, layer: _sequential_block(f"features.{s + 1}.{j}", layer),
+                lambda m, ns, nl: (f"features.{ns + 1}.0", f"features.{ns + 1}.1"), "classifier.1"),
+        _Layout("torchvision_mnasnet", "layers.8.0.layers.0.weight", ("layers.0", "layers.1"),
+                _torchvision_mnasnet_block, lambda m, ns, nl: ("layers.14", "layers.15"), "classifier.1"),
+        _Layout("timm", "conv_stem.weight", ("conv_stem", "bn1"), _timm_block, _timm_head, "classifier",
+                "conv_head"),
         _Layout("fna", "blocks.0.0.weight", ("blocks.0.0", "blocks.0.1"), _fna_block,
-                lambda ns, nl: (f"blocks.{ns + 1}.conv.0", f"blocks.{ns + 1}.conv.1"), "classifier"),
+                lambda m, ns, nl: (f"blocks.{ns + 1}.conv.0", f"blocks.{ns + 1}.conv.1"), "classifier",
+                bn_eps=1e-3),  # FNA's seed was trained with BatchNorm eps 1e-3
     )
 }
-# FNA's seed was trained with BatchNorm eps 1e-3 (torchvision and timm use 1e-5).
-_LAYOUT_BN_EPS = {"fna": 1e-3}
 
 
 @dataclass
@@ -126,13 +190,22 @@ def _module_map(model: Network, layout: _Layout, skip_classifier: bool) -> dict[
         for j, layer in enumerate(stage):
             flat += 1
             if isinstance(layer, MBConv):
-                for part, source in layout.block(s, j, flat, layer.expand is None).items():
+                for part, source in layout.block(s, j, flat, layer).items():
                     pairs[f"stages.{s}.{j}.{part}"] = source
     if model.head is not None:
-        pairs["head.conv"], pairs["head.bn"] = layout.head(len(model.stages), flat)
+        pairs["head.conv"], pairs["head.bn"] = layout.head(model, len(model.stages), flat)
+    if getattr(model, "pre_logits", None) is not None and not skip_classifier:
+        if not layout.pre_logits:
+            raise ValueError(f"the {layout.name} layout has no layer after pooling for the network's pre_logits")
+        pairs["pre_logits.0"] = layout.pre_logits
     if model.classifier is not None and not skip_classifier:
         pairs["classifier"] = layout.classifier
     return pairs
+
+
+def _fits(source: torch.Tensor, target: torch.Tensor) -> bool:
+    """Same shape, or timm's 1x1 conv for a linear layer (MobileNetV3's conv_head)."""
+    return source.shape == target.shape or source.shape == target.shape + (1, 1)
 
 
 def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool = False) -> LoadReport:
@@ -147,7 +220,8 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
     layout_name = detect_layout(state)
     if layout_name is None:
         raise ValueError(f"{path}: unrecognised weight layout (first keys: {list(state)[:5]}); "
-                         "expected torchvision, timm, FNA or fna_ext keys")
+                         "expected torchvision (mobilenet_v2, mobilenet_v3_*, efficientnet_b0, mnasnet1_0), "
+                         "timm, FNA or fna_ext keys")
     layout = LAYOUTS[layout_name]
     modules = dict(model.named_modules())
     targets = model.state_dict()
@@ -159,7 +233,7 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
             if key not in state:
                 if name != "num_batches_tracked":  # absent from some exporters, never needed
                     missing.append(key)
-            elif state[key].shape != targets[target_key].shape:
+            elif not _fits(state[key], targets[target_key]):
                 mismatched.append(f"{key}: file {tuple(state[key].shape)} vs network "
                                   f"{tuple(targets[target_key].shape)} ({target_key})")
             else:
@@ -177,11 +251,11 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
                          + "; ".join(problems))
     with torch.no_grad():
         for target_key, key in copies:
-            targets[target_key].copy_(state[key])
+            targets[target_key].copy_(state[key].reshape(targets[target_key].shape))
     report = LoadReport(str(path), layout_name, len(copies), ignored)
     # a network built for these weights has their eps already (seed_bn_eps); one built otherwise
     # is told, and given it, rather than left to normalise differently from its training
-    eps = _LAYOUT_BN_EPS.get(layout_name)
+    eps = layout.bn_eps
     mismatched = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and eps is not None and m.eps != eps]
     for m in mismatched:
         m.eps = eps
@@ -193,7 +267,8 @@ def load_seed_weights(model: Network, path: str | Path, *, skip_classifier: bool
 def seed_bn_eps(path: str | Path) -> float:
     """The BatchNorm eps the weights of ``path`` were trained with (FNA's seed: 1e-3; torchvision,
     timm and fna_ext: 1e-5), so that the network is built with it."""
-    return _LAYOUT_BN_EPS.get(detect_layout(read_state_dict(path)), 1e-5)
+    layout = detect_layout(read_state_dict(path))
+    return (LAYOUTS[layout].bn_eps if layout else None) or 1e-5
 
 
 def _optional_prefixes(model: Network, layout: _Layout, skip_classifier: bool) -> tuple[str, ...]:
@@ -201,6 +276,8 @@ def _optional_prefixes(model: Network, layout: _Layout, skip_classifier: bool) -
     prefixes = []
     if model.classifier is None or skip_classifier:
         prefixes.append(layout.classifier + ".")
+        if layout.pre_logits:
+            prefixes.append(layout.pre_logits + ".")
     if model.head is None:
-        prefixes += [p + "." for p in layout.head(len(model.stages), model.arch.num_layers())]
+        prefixes += [p + "." for p in layout.head(model, len(model.stages), model.arch.num_layers())]
     return tuple(prefixes)  # str.startswith(()) is False: nothing optional

@@ -67,12 +67,14 @@ class ResNetFamily(Family):
         return load_seed_weights(model, path, **options)
 
     def candidates(self, first_layer: bool, keep_inner_width: bool = False, stage=None, *, layer=None,
-                   kernels=SEARCH_KERNELS, groups=SEARCH_GROUPS) -> tuple[str, ...]:
+                   kernels=SEARCH_KERNELS, groups=SEARCH_GROUPS, expansions=None, seed_arch=None) -> tuple[str, ...]:
         """Every kernel x group count of the stage's block type, and ``skip`` on the layers past
         the seed stage's depth (the margin a search may grow by). A ResNet block has no inner
         feature a tap reads, so ``keep_inner_width`` removes nothing. The block type is never
         searched, nor is the inner width (``_w``): the seed's stage keeps its own, and remaps only
         within its block type."""
+        if expansions:
+            raise ValueError("search.space.expansions is an MBConv axis; a ResNet block has none (leave it null)")
         if stage is None:  # guessing a block type would remap bottlenecks into basic blocks
             raise ValueError("the ResNet family offers the seed stage's own block type: pass stage=")
         first = self.parse_op(stage.ops[0])

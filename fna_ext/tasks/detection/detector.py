@@ -125,7 +125,7 @@ class RetinaNet(Detector):
 
 @dataclass
 class SSDLiteConfig:
-    head_channels: int = 1280
+    head_channels: int | str = "arch"  # the backbone's own head conv (1280 in MobileNetV2, 960 in MobileNetV3)
     extra_channels: tuple[int, ...] = (512, 256, 256, 128)
     aspect_ratios: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
     min_scale: float = 0.2
@@ -162,7 +162,7 @@ def takes_ssdlite(arch: Arch) -> bool:
 def ssdlite(arch: Arch, num_classes: int, config: SSDLiteConfig | None = None,
             backbone_bn_eps: float = 1e-5, backbone: nn.Module | None = None) -> SSDLite:
     """SSDLite: features from the expansion output of the first stride-32 stage's first layer
-    (stride 16; 576 channels in MobileNetV2) and the 1x1 head conv (stride 32; 1280), four extra
+    (stride 16; 576 channels in MobileNetV2) and the 1x1 head conv (stride 32; 1280, MobileNetV3's 960), four extra
     blocks, depthwise-separable predictors. ``num_classes`` counts foreground classes; the
     classifier adds background (81 outputs for COCO's 80). ``backbone`` replaces the Network
     built from ``arch`` (a super network, whose ``arch`` gives the tapped channels)."""

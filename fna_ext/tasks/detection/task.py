@@ -24,7 +24,8 @@ COCO_CLASSES = 80
 # last to 1. SSDLite taps the expansion of the first stride-32 stage's first layer (576 channels in
 # MobileNetV2), so that layer's inner width must stay.
 RETINANET_SPACE = SearchSpace("detection", (4, 4, 4, 4, 4, 1))
-SSDLITE_SPACE = SearchSpace("ssdlite", (4, 4, 4, 4, 4, 1), keep_width_first_layers=(4,))
+# SSDLite taps the expansion of the first stride-32 stage's first layer (stage 5 of MobileNetV2)
+SSDLITE_SPACE = SearchSpace("ssdlite", (4, 4, 4, 4, 4, 1), keep_width_first_layers=(4,), keep_width_stride=32)
 
 
 class DetectionTask(Task):
