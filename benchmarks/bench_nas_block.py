@@ -35,7 +35,7 @@ from fna_ext.families.mbconv.op import Op  # noqa: E402
 from fna_ext.families.mbconv.sampled_block import sampled_block  # noqa: E402
 from fna_ext.families.mbconv.search_layer import SearchLayer  # noqa: E402
 from fna_ext.nas.search_space import LayerSpec  # noqa: E402
-from fna_ext.ops import sampled_mbconv  # noqa: E402
+from fna_ext.ops.sampled_mbconv import takes_fused_path  # noqa: E402
 
 
 def _layer(c_in, c_out, suffix, device):
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
     rows["mixture (16 candidates)"] = {"eager": interleaved_medians({"m": mixture}, args.repeats, args.device)["m"] * 1e3}
     result = {"device": args.device, "torch": torch.__version__, "shape": vars(args), "ms": rows,
-              "fused_path_taken": sampled_mbconv.takes_fused_path(x, 3)}
+              "fused_path_taken": takes_fused_path(x, 3)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

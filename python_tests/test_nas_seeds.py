@@ -400,3 +400,106 @@ def test_search_spaces_of_every_named_nas_seed_build():
             specs = layer_specs(arch, space)
             assert len(specs) >= sum(len(s.ops) for s in arch.stages[1:])
             assert all(len(s.candidates) >= 3 for s in specs)
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------
+
+# a narrow MobileNetV3 down to stride 32, as SSDLite needs it
+PIPELINE_SEED = ("[[8, 8], ['k3_e1_re'], 1]|[[8, 16], ['k3_e4_re', 'k3_e3_re'], 2]|[[16, 16], ['k5_e3_hse0.25_re'], 2]|"
+                 "[[16, 24], ['k3_e6_hs', 'k3_e2.5_hs'], 2]|[[24, 32], ['k5_e6_hse0.25_hs'], 2]|"
+                 "{'act': 'hs', 'head': 64, 'pre_logits': 96}")
+
+
+def _pipeline_seed(path):
+    from fna_ext.remap import save_weights
+
+    torch.manual_seed(0)
+    save_weights(path, build_network(PIPELINE_SEED, None))
+
+
+@pytest.mark.parametrize("model", ["ssdlite", "retinanet"])
+def test_a_mobilenet_v3_seed_searches_then_adapts_for_detection(tmp_path, model):
+    """SSDLite taps the stride-32 layer's expansion and the seed's own 64-wide head; the search's
+    candidates keep the seed's SE and activations; the found arch keeps the fixed parts and is
+    remapped from the seed and fine-tuned."""
+    from fna_ext.data.synthetic import generate_detection
+    from fna_ext.engine.finetune import finetune
+    from fna_ext.nas.search import search
+    from fna_ext.remap import load_seed_network
+    from fna_ext.tasks import get_task
+
+    _pipeline_seed(tmp_path / "seed.pt")
+    seed = load_seed_network(tmp_path / "seed.pt")
+    data = generate_detection(tmp_path / "coco", images=16, size=64, seed=3)
+    task = get_task("coco")
+    size = ["data.input_size=[64, 64]"] if model == "ssdlite" else ["data.short_side=64", "data.max_size=64"]
+    tiny = [f"data.root={data}", *size, "train.batch_size=4",
+            "train.num_workers=0", "train.schedule.warmup_iters=2", "search.space.expansions=[3, 6]"]
+    config = task.resolve_config(task.search_preset(model, synthetic=True), None,
+                                 [*tiny, "train.epochs=2", "search.alpha_start_epoch=1"])
+    found = search(config, seed, tmp_path / "search")
+    assert found.arch.fixed == {"act": "hs", "head": 64, "pre_logits": 96}
+    ops = [Op.parse(op) for stage in found.arch.stages[1:] for op in stage.ops if op != "skip"]
+    assert {op.act for op in ops} == {"re", "hs"} and any(op.se == "hse" for op in ops)
+    if model == "ssdlite":
+        assert Op.parse(found.arch.stages[4].ops[0]).expansion == 6  # the tapped width stayed the seed's
+    config = task.resolve_config(task.finetune_preset(model, synthetic=True), None, [*tiny[:-1], "train.epochs=1"])
+    result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
+    assert 0.0 <= result.metrics["AP50"] <= 1.0
+
+
+def test_a_mobilenet_v3_seed_searches_then_adapts_for_deeplabv3(tmp_path):
+    from fna_ext.config import resolve
+    from fna_ext.data.synthetic import generate_segmentation
+    from fna_ext.engine.finetune import finetune
+    from fna_ext.nas.search import search
+    from fna_ext.remap import load_seed_network
+    from fna_ext.tasks import get_task
+
+    _pipeline_seed(tmp_path / "seed.pt")
+    data = generate_segmentation(tmp_path / "city", images=30, size=64, seed=7)
+    task = get_task("segmentation")
+    tiny = [f"data.root={data}", "data.crop_size=[64, 64]", "data.eval_crop=[64, 64]", "train.batch_size=4",
+            "train.num_workers=0", "train.epochs=2", "train.schedule.warmup_iters=2"]
+    config = resolve(task.search_preset("deeplabv3", synthetic=True), None,
+                     [*tiny, "search.alpha_start_epoch=1", "search.space.kernels=[3, 5]"])
+    found = search(config, load_seed_network(tmp_path / "seed.pt"), tmp_path / "search")
+    assert found.arch.fixed["act"] == "hs"
+    config = resolve(task.finetune_preset("deeplabv3", synthetic=True), None, tiny)
+    result = finetune(task, config, found.arch, tmp_path / "train", seed_weights=tmp_path / "seed.pt")
+    assert 0.0 <= result.metrics["mIoU"] <= 1.0
+
+
+def _remap_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fna_ext.remap", *map(str, args)], capture_output=True, text=True)
+
+
+def test_the_remap_command_takes_a_timm_mobilenet_v3_and_asks_before_changing_activations(tmp_path):
+    torch.save(_random_state(LAYOUTS["timm/mobilenetv3_small_100"]), tmp_path / "timm.pth")
+    seed = Arch.parse("mobilenet_v3_small")
+    stages = list(seed.stages)
+    stages[2] = Stage(24, 40, ("k7_e6_hse0.25_hs", "k5_e6_hse0.25_hs", "skip"), 2)
+    target = seed.with_stages(stages)
+    common = ["--seed", tmp_path / "timm.pth", "--seed-arch", "mobilenet_v3_small", "--out", tmp_path / "o.pth"]
+    result = _remap_cli(*common, "--arch", str(target))
+    assert result.returncode == 0, result.stderr
+    assert "k5_e4_hse0.25_hs -> k7_e6_hse0.25_hs" in result.stdout
+    assert Arch.from_dict(torch.load(tmp_path / "o.pth", weights_only=True)["arch"]) == target
+    stages[2] = Stage(24, 40, ("k5_e4_hse0.25_sw",), 2)
+    swish = seed.with_stages(stages)
+    result = _remap_cli(*common[:-1], tmp_path / "swish.pth", "--arch", str(swish))
+    assert result.returncode == 2 and "error: stages.2.0: the target's activation swish" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "swish.pth").exists()
+    assert _remap_cli(*common[:-1], tmp_path / "swish.pth", "--arch", str(swish),
+                      "--allow-activation-change").returncode == 0
+
+
+def test_a_seed_arch_that_does_not_fit_the_file_is_one_error(tmp_path):
+    torch.save(_random_state(LAYOUTS["timm/efficientnet_b0"]), tmp_path / "effnet.pth")
+    result = _remap_cli("--seed", tmp_path / "effnet.pth", "--seed-arch", "mnasnet_a1", "--arch", "mnasnet_a1",
+                        "--out", tmp_path / "o.pth")
+    assert result.returncode == 2 and "error:" in result.stderr and "timm layout" in result.stderr
+    assert "Traceback" not in result.stderr
