@@ -55,6 +55,8 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
     command = ["python", "-m", "fna_ext.train", "--task", record["task"], "--model", record["model"],
                "--arch", str(result.out_dir / "arch.json"), "--seed-weights", str(seed_path),
                "--out", str(result.out_dir.parent / "train")]
+    if getattr(args, "seed_arch", None):  # a torchvision or timm file does not carry its arch
+        command += ["--seed-arch", args.seed_arch]
     if args.data:
         command += ["--data", args.data]
     lines.append("  " + shlex.join(command))
