@@ -45,29 +45,38 @@ def _sequential_block(prefix: str, layer: MBConv, se_names=("fc1", "fc2")) -> di
     return out
 
 
+def _conv_bn_parts(layer: MBConv, pairs) -> dict[str, str]:
+    """The block's conv-BN parts (expand where present, depthwise, project) named by ``pairs`` of
+    (conv, BN) prefixes, in that order."""
+    parts = [part for part in _parts(layer) if part != "se"]
+    return {key: source for part, (conv, bn) in zip(parts, pairs, strict=True)
+            for key, source in _conv_bn(part, conv, bn).items()}
+
+
+def _every_third(prefix: str, layer: MBConv, first: int = 0) -> list[tuple[str, str]]:
+    # one nn.Sequential of conv, BN, activation per part: convs at 0, 3, 6, BNs after them
+    count = 3 if layer.expand is not None else 2
+    return [(f"{prefix}.{3 * i}", f"{prefix}.{3 * i + 1}") for i in range(first, first + count)]
+
+
 def _torchvision_v2_block(s, j, flat, layer):
     p = f"features.{flat}.conv"
-    if layer.expand is None:
-        return {**_conv_bn("depthwise", f"{p}.0.0", f"{p}.0.1"), **_conv_bn("project", f"{p}.1", f"{p}.2")}
-    return {**_conv_bn("expand", f"{p}.0.0", f"{p}.0.1"), **_conv_bn("depthwise", f"{p}.1.0", f"{p}.1.1"),
-            **_conv_bn("project", f"{p}.2", f"{p}.3")}
+    head = [(f"{p}.0.0", f"{p}.0.1")] + ([(f"{p}.1.0", f"{p}.1.1")] if layer.expand is not None else [])
+    last = 2 if layer.expand is not None else 1
+    return _conv_bn_parts(layer, head + [(f"{p}.{last}", f"{p}.{last + 1}")])
 
 
 def _torchvision_mnasnet_block(s, j, flat, layer):
-    if s == 0:  # the depthwise-separable first stage is part of the flat stem sequence
-        return {**_conv_bn("depthwise", "layers.3", "layers.4"), **_conv_bn("project", "layers.6", "layers.7")}
-    p = f"layers.{7 + s}.{j}.layers"
-    return {**_conv_bn("expand", f"{p}.0", f"{p}.1"), **_conv_bn("depthwise", f"{p}.3", f"{p}.4"),
-            **_conv_bn("project", f"{p}.6", f"{p}.7")}
+    if s == 0:  # the depthwise-separable first stage is part of the flat stem sequence, after its conv
+        return _conv_bn_parts(layer, _every_third("layers", layer, first=1))
+    return _conv_bn_parts(layer, _every_third(f"layers.{7 + s}.{j}.layers", layer))
 
 
 def _timm_block(s, j, flat, layer):
     p = f"blocks.{s}.{j}"
-    if layer.expand is not None:  # InvertedResidual
-        out = {**_conv_bn("expand", f"{p}.conv_pw", f"{p}.bn1"), **_conv_bn("depthwise", f"{p}.conv_dw", f"{p}.bn2"),
-               **_conv_bn("project", f"{p}.conv_pwl", f"{p}.bn3")}
-    else:  # DepthwiseSeparableConv
-        out = {**_conv_bn("depthwise", f"{p}.conv_dw", f"{p}.bn1"), **_conv_bn("project", f"{p}.conv_pw", f"{p}.bn2")}
+    names = ([("conv_pw", "bn1"), ("conv_dw", "bn2"), ("conv_pwl", "bn3")] if layer.expand is not None  # InvertedResidual
+             else [("conv_dw", "bn1"), ("conv_pw", "bn2")])                                           # DepthwiseSeparableConv
+    out = _conv_bn_parts(layer, [(f"{p}.{conv}", f"{p}.{bn}") for conv, bn in names])
     if layer.se is not None:
         out.update({"se.reduce": f"{p}.se.conv_reduce", "se.expand": f"{p}.se.conv_expand"})
     return out
@@ -75,11 +84,7 @@ def _timm_block(s, j, flat, layer):
 
 def _fna_block(s, j, flat, layer):
     # FNA's MBBlock is one nn.Sequential: conv, BN, ReLU6, dw conv, BN, ReLU6, conv, BN.
-    p = f"blocks.{s + 1}.layers.{j}.op"
-    if layer.expand is None:
-        return {**_conv_bn("depthwise", f"{p}.0", f"{p}.1"), **_conv_bn("project", f"{p}.3", f"{p}.4")}
-    return {**_conv_bn("expand", f"{p}.0", f"{p}.1"), **_conv_bn("depthwise", f"{p}.3", f"{p}.4"),
-            **_conv_bn("project", f"{p}.6", f"{p}.7")}
+    return _conv_bn_parts(layer, _every_third(f"blocks.{s + 1}.layers.{j}.op", layer))
 
 
 def _own_block(s, j, flat, layer):
