@@ -43,6 +43,22 @@ def _layer(c_in, c_out, suffix, device):
     return SearchLayer(LayerSpec(5, 1, c_in, c_out, 1, ops), "shared", affine_bn=False, bn_eps=1e-5).to(device)
 
 
+def _saved_megabytes(layer, x, weights) -> float:
+    """What the mixture's forward keeps for its backward (inputs and weights excluded)."""
+    kept, skip = [], {t.data_ptr() for t in [x, *layer.parameters()]}
+
+    def pack(t):
+        if t.data_ptr() not in skip and all(t.data_ptr() != k.data_ptr() for k in kept):
+            kept.append(t)
+        return t
+
+    layer.choice = weights
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = layer(x)
+    out.sum().backward()
+    return sum(t.numel() * t.element_size() for t in kept) / 2**20
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--c-in", type=int, default=160)
@@ -82,7 +98,9 @@ def main(argv=None) -> int:
         layer.choice = weights
         layer(x).square().mean().backward()
 
-    rows["mixture (16 candidates)"] = {"eager": interleaved_medians({"m": mixture}, args.repeats, args.device)["m"] * 1e3}
+    # the eager mixture keeps every candidate's inner outputs (search.recompute applies to the fused ones)
+    rows["mixture (16 candidates)"] = {"eager": interleaved_medians({"m": mixture}, args.repeats, args.device)["m"] * 1e3,
+                                       "saved_mb": _saved_megabytes(layer, x, weights)}
     result = {"device": args.device, "torch": torch.__version__, "shape": vars(args), "ms": rows,
               "fused_path_taken": takes_fused_path(x, 3)}
     if args.json:
@@ -91,9 +109,10 @@ def main(argv=None) -> int:
     print(f"{args.device}, torch {torch.__version__}; x {tuple(x.shape)}; ms per forward+backward (median of "
           f"{args.repeats}); fused path available: {result['fused_path_taken']}")
     columns = ["eager", "compiled", "fused_relu6_no_se"]
-    print(f"{'candidate':<24}" + "".join(f"{c:>20}" for c in columns))
+    print(f"{'candidate':<36}" + "".join(f"{c:>20}" for c in columns))
     for name, row in rows.items():
-        print(f"{name:<24}" + "".join(f"{row[c]:>20.2f}" if c in row else f"{'-':>20}" for c in columns))
+        print(f"{name:<36}" + "".join(f"{row[c]:>20.2f}" if c in row else f"{'-':>20}" for c in columns)
+              + (f"   kept for the backward {row['saved_mb']:.2f} MB" if "saved_mb" in row else ""))
     return 0
 
 

@@ -503,3 +503,25 @@ def test_a_seed_arch_that_does_not_fit_the_file_is_one_error(tmp_path):
                         "--out", tmp_path / "o.pth")
     assert result.returncode == 2 and "error:" in result.stderr and "timm layout" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.cuda
+def test_a_nas_seed_layer_runs_on_cuda_as_on_the_cpu():
+    """The eager SE / hard-swish path (no fused kernel yet) on the GPU: path and mixture, output
+    and gradients, against the same layer on the CPU."""
+    supernet = SuperNetwork(NARROW_V3, SPACE, seed=SEED).double().train()
+    layer = supernet.search_layers()[3]
+    x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
+    weights = torch.softmax(torch.randn(len(layer.spec.candidates), dtype=torch.float64), 0)
+    results = {}
+    for device in ("cpu", "cuda"):
+        layer.to(device).zero_grad()
+        outs = []
+        for choice in (layer.spec.candidates[4], weights.to(device)):
+            layer.choice = choice
+            outs.append(layer(x.to(device)))
+        sum(o.square().mean() for o in outs).backward()
+        results[device] = [o.cpu() for o in outs] + [p.grad.cpu() for p in layer.parameters() if p.grad is not None]
+    for cpu, cuda in zip(results["cpu"], results["cuda"], strict=True):
+        torch.testing.assert_close(cuda, cpu)
+
