@@ -470,39 +470,42 @@ def test_a_mobilenet_v3_seed_searches_then_adapts_for_deeplabv3(tmp_path):
     assert 0.0 <= result.metrics["mIoU"] <= 1.0
 
 
-def _remap_cli(*args):
-    import subprocess
-    import sys
+def _remap_cli(capsys, *args) -> tuple[int, str, str]:
+    """``python -m fna_ext.remap ARGS`` in this process (the exit code, stdout, stderr)."""
+    from fna_ext.cli import remap as remap_cli
+    from fna_ext.cli import run
 
-    return subprocess.run([sys.executable, "-m", "fna_ext.remap", *map(str, args)], capture_output=True, text=True)
+    with pytest.raises(SystemExit) as exit_:
+        run(remap_cli.main, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
 
 
-def test_the_remap_command_takes_a_timm_mobilenet_v3_and_asks_before_changing_activations(tmp_path):
+def test_the_remap_command_takes_a_timm_mobilenet_v3_and_asks_before_changing_activations(tmp_path, capsys):
     torch.save(_random_state(LAYOUTS["timm/mobilenetv3_small_100"]), tmp_path / "timm.pth")
     seed = Arch.parse("mobilenet_v3_small")
     stages = list(seed.stages)
     stages[2] = Stage(24, 40, ("k7_e6_hse0.25_hs", "k5_e6_hse0.25_hs", "skip"), 2)
     target = seed.with_stages(stages)
     common = ["--seed", tmp_path / "timm.pth", "--seed-arch", "mobilenet_v3_small", "--out", tmp_path / "o.pth"]
-    result = _remap_cli(*common, "--arch", str(target))
-    assert result.returncode == 0, result.stderr
-    assert "k5_e4_hse0.25_hs -> k7_e6_hse0.25_hs" in result.stdout
+    code, out, err = _remap_cli(capsys, *common, "--arch", str(target))
+    assert code == 0, err
+    assert "k5_e4_hse0.25_hs -> k7_e6_hse0.25_hs" in out
     assert Arch.from_dict(torch.load(tmp_path / "o.pth", weights_only=True)["arch"]) == target
     stages[2] = Stage(24, 40, ("k5_e4_hse0.25_sw",), 2)
     swish = seed.with_stages(stages)
-    result = _remap_cli(*common[:-1], tmp_path / "swish.pth", "--arch", str(swish))
-    assert result.returncode == 2 and "error: stages.2.0: the target's activation swish" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "swish.pth").exists()
-    assert _remap_cli(*common[:-1], tmp_path / "swish.pth", "--arch", str(swish),
-                      "--allow-activation-change").returncode == 0
+    code, _, err = _remap_cli(capsys, *common[:-1], tmp_path / "swish.pth", "--arch", str(swish))
+    assert code == 2 and err.startswith("error: stages.2.0: the target's activation swish") and err.count("\n") == 1
+    assert not (tmp_path / "swish.pth").exists()
+    assert _remap_cli(capsys, *common[:-1], tmp_path / "swish.pth", "--arch", str(swish),
+                      "--allow-activation-change")[0] == 0
 
 
-def test_a_seed_arch_that_does_not_fit_the_file_is_one_error(tmp_path):
+def test_a_seed_arch_that_does_not_fit_the_file_is_one_error(tmp_path, capsys):
     torch.save(_random_state(LAYOUTS["timm/efficientnet_b0"]), tmp_path / "effnet.pth")
-    result = _remap_cli("--seed", tmp_path / "effnet.pth", "--seed-arch", "mnasnet_a1", "--arch", "mnasnet_a1",
-                        "--out", tmp_path / "o.pth")
-    assert result.returncode == 2 and "error:" in result.stderr and "timm layout" in result.stderr
-    assert "Traceback" not in result.stderr
+    code, _, err = _remap_cli(capsys, "--seed", tmp_path / "effnet.pth", "--seed-arch", "mnasnet_a1", "--arch",
+                              "mnasnet_a1", "--out", tmp_path / "o.pth")
+    assert code == 2 and err.startswith("error:") and "timm layout" in err and err.count("\n") == 1
 
 
 @pytest.mark.cuda
