@@ -206,6 +206,8 @@ class Arch:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Arch":
+        from .families import get_family
+
         if not isinstance(data, dict):
             raise ValueError("a JSON architecture must be an object")
         meta = {k: v for k, v in data.items()
@@ -226,7 +228,7 @@ class Arch:
             return arch
         if "net_config" in data:
             arch = cls._from_net_config(str(data["net_config"]), meta, family)
-            if "fixed" in data and arch.fixed != cls(arch.stages, {}, family, fixed).fixed:
+            if "fixed" in data and arch.fixed != get_family(family).check_fixed(dict(fixed)):
                 raise ValueError("fields 'net_config' and 'fixed' describe different fixed parts")
             return arch
         raise ValueError("a JSON architecture needs a 'stages' or a 'net_config' field")

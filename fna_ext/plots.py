@@ -90,7 +90,8 @@ def _draw_layer(ax, x: float, y: float, op: Op, stride: int) -> None:
         label = f"K{op.kernel}\nE{expansion:g}" if expansion is not None else f"{op.name[:5]}\nK{op.kernel}"
         # a NAS seed's extras, one short line: SE and the activation (ReLU6, MobileNetV2's, unmarked)
         extras = [tag for tag in (getattr(op, "se", "").upper(), getattr(op, "act", "").upper()) if tag]
-        label += "\n" + " ".join(extras) if extras else ""
+        if extras:
+            label += "\n" + " ".join(extras)
         _draw_box(ax, x, y, BOX_WIDTH, _box_height(expansion or 6), label, color=_kernel_color(op.kernel))
     if stride == 2:
         ax.text(x, y - 0.08, "↓2", ha="center", va="top", fontsize=7, color="#C0392B",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Family, FeatureInfo
+from .base import ARCH_HEAD, Family, FeatureInfo
 
 # name -> "module:attribute" of the family object
 _BUILT_IN = {"mbconv": "fna_ext.families.mbconv.family:MBCONV",
@@ -43,4 +43,4 @@ def get_family(name: str | None = None) -> Family:
     return _LOADED[name]
 
 
-__all__ = ["Family", "FeatureInfo", "register", "unregister", "family_names", "get_family", "DEFAULT"]
+__all__ = ["ARCH_HEAD", "Family", "FeatureInfo", "register", "unregister", "family_names", "get_family", "DEFAULT"]

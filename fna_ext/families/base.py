@@ -33,6 +33,10 @@ class FeatureInfo:
         return self.kind if self.stage is None else f"{self.kind}:{self.stage}"
 
 
+# head_channels="arch": the head conv the arch itself declares (Family.default_head_channels)
+ARCH_HEAD = "arch"
+
+
 class Family:
     """The interface of a seed family. Subclasses set ``name`` and implement every method."""
 
@@ -59,9 +63,12 @@ class Family:
         return {}
 
     def default_head_channels(self, arch) -> int | None:
-        """The width of ``arch``'s head conv where a caller asks for the arch's own (``"arch"``);
-        None: the family's networks have no head conv."""
+        """The width of ``arch``'s own head conv; None: the family's networks have none."""
         return None
+
+    def head_width(self, arch, head_channels: int | str | None) -> int | None:
+        """``head_channels``, or for :data:`ARCH_HEAD` the arch's own head width."""
+        return self.default_head_channels(arch) if head_channels == ARCH_HEAD else head_channels
 
     def named_archs(self) -> dict[str, Callable]:
         """{name: function returning the Arch} of the family's named architectures."""

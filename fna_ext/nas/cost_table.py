@@ -36,7 +36,7 @@ from torch import nn
 from ..arch import Arch
 from ..atomic import atomic_write_text
 from ..cost import count
-from ..families import get_family
+from ..families import ARCH_HEAD, get_family
 from .search_space import LayerSpec
 
 HW = tuple[int, int]
@@ -189,7 +189,7 @@ def _fixed_madds(first: nn.Module, head: nn.Module | None, head_in_channels: int
     return total
 
 
-def madds_table(seed_arch: Arch, specs: list[LayerSpec], input_size, head_channels: int | str | None = "arch") -> CostTable:
+def madds_table(seed_arch: Arch, specs: list[LayerSpec], input_size, head_channels: int | str | None = ARCH_HEAD) -> CostTable:
     """Every candidate's MAdds at its layer's input size, and the fixed parts'."""
     first, head = _fixed_parts(seed_arch, head_channels)
     sizes = _backbone_sizes(seed_arch, specs, input_size, first)
@@ -224,7 +224,7 @@ def default_cache_dir() -> Path:
 
 
 def latency_cache_key(seed_arch: Arch, specs: list[LayerSpec], input_size, device: str | torch.device, *,
-                      head_channels: int | str | None = "arch", repeats: int = DEFAULT_REPEATS,
+                      head_channels: int | str | None = ARCH_HEAD, repeats: int = DEFAULT_REPEATS,
                       warmup: int = DEFAULT_WARMUP, threads: int | None = None) -> str:
     """A hash of everything a latency table depends on, so a cached table is reused only where it
     would be measured again the same way (``threads``: torch's CPU threads, default the current)."""
@@ -350,7 +350,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 def latency_table(seed_arch: Arch, specs: list[LayerSpec], input_size, device: str | torch.device = "cpu", *,
                   repeats: int = DEFAULT_REPEATS, warmup: int = DEFAULT_WARMUP,
-                  cache_dir: str | os.PathLike | None = None, head_channels: int | str | None = "arch",
+                  cache_dir: str | os.PathLike | None = None, head_channels: int | str | None = ARCH_HEAD,
                   threads: int | None = None) -> CostTable:
     """Every candidate's forward latency (ms, batch 1, eval mode) at its layer's input size on
     ``device``, and the fixed parts'; read from the cache when measured before. ``threads`` sets

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..arch import Arch, Stage, stage_geometry
-from ..families import get_family
+from ..families import ARCH_HEAD, get_family
 from ..remap import plan_candidates
 from .search_space import LayerSpec, SearchSpace, layer_specs  # noqa: F401  (LayerSpec re-exported)
 
@@ -36,7 +36,7 @@ class SuperNetwork(nn.Module):
     head conv, laid out like :class:`~fna_ext.families.mbconv.Network` so detectors tap it the same way."""
 
     def __init__(self, seed_arch: Arch, space: SearchSpace, *, seed: nn.Module | None = None,
-                 weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | str | None = "arch",
+                 weight_sharing: str = "shared", affine_bn: bool = False, head_channels: int | str | None = ARCH_HEAD,
                  bn_eps: float = 1e-5, width: str = "first", kernel: str = "center", output_stride: int | None = None,
                  groups: str = "diagonal"):
         super().__init__()

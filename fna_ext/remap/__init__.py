@@ -2,7 +2,7 @@
 
 from .core import (  # noqa: F401
     first_channels, select_channels, depth_map, kernel_index, gather, kernel, width_index, TensorRemap,
-    LayerRecord, RemapPlan, add_conv, add_bn, check_compatible, plan_network, remap_network, plan_candidates,
+    LayerRecord, RemapPlan, add_conv, add_bias, add_bn, check_compatible, plan_network, remap_network, plan_candidates,
     WIDTH_MODES, KERNEL_MODES, GROUP_MODES, FILL,
 )
 from .io import (  # noqa: F401

@@ -221,6 +221,15 @@ def add_conv(plan: RemapPlan, target: str, source: str | None, maps, synthetic=N
                                     list(maps), 0.0, scale, synthetic))
 
 
+def add_bias(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor):
+    """A conv's bias along ``channel_map``; with no source, zeros."""
+    if source is None:
+        plan.entries.append(TensorRemap(f"{target}.bias", None, [torch.full_like(channel_map, FILL)], 0.0,
+                                        synthetic=torch.zeros(1)))
+    else:
+        plan.entries.append(TensorRemap(f"{target}.bias", f"{source}.bias", [channel_map]))
+
+
 def add_bn(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor):
     """BN entries; with no source, every entry takes its initial value."""
     for name, fill in _BN_FILLS.items():
@@ -254,25 +263,6 @@ def check_compatible(seed: nn.Module, target: nn.Module) -> None:
                              f"the seed {s.in_channels}->{s.out_channels}")
 
 
-def check_activations(seed: nn.Module, target: nn.Module) -> None:
-    """Refuses a target whose blocks, stem or head compute another activation (or SE gate) than
-    the seed layer each remaps from: the remapped weights were trained for the seed's, so such a
-    target starts far from the seed's function, which FNA's remapping is meant to keep."""
-    family = get_family(seed.arch.family)
-    advice = ("pass allow_activation_change=True (fna_ext.remap --allow-activation-change) to remap anyway, "
-              "or give the target the seed's activations")
-    if family.fixed_activation(seed.arch) != family.fixed_activation(target.arch):
-        raise ValueError(f"stem and head: the target's activation {family.fixed_activation(target.arch)!r} differs "
-                         f"from the seed's {family.fixed_activation(seed.arch)!r}; {advice}")
-    for i, (seed_stage, target_stage) in enumerate(zip(seed.stages, target.stages)):
-        seed_layers = [m for m in seed_stage if family.is_block(m)]
-        target_layers = [(j, m) for j, m in enumerate(target_stage) if family.is_block(m)]
-        for (tj, t), sj in zip(target_layers, depth_map(len(seed_layers), len(target_layers))):
-            change = family.activation_change(seed_layers[sj], t)
-            if change:
-                raise ValueError(f"stages.{i}.{tj}: {change}; {advice}")
-
-
 def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
                  kernel: str = "center", groups: str = "diagonal", *,
                  allow_activation_change: bool = False) -> RemapPlan:
@@ -281,8 +271,13 @@ def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
     whose activations differ from the seed's is refused unless ``allow_activation_change``."""
     check_compatible(seed, target)
     family = get_family(seed.arch.family)
-    if not allow_activation_change:
-        check_activations(seed, target)
+    # the remapped weights were trained for the seed's activations: another one starts the target
+    # far from the seed's function, which remapping is meant to keep
+    advice = ("pass allow_activation_change=True (fna_ext.remap --allow-activation-change) to remap anyway, "
+              "or give the target the seed's activations")
+    if not allow_activation_change and family.fixed_activation(seed.arch) != family.fixed_activation(target.arch):
+        raise ValueError(f"stem and head: the target's activation {family.fixed_activation(target.arch)!r} differs "
+                         f"from the seed's {family.fixed_activation(seed.arch)!r}; {advice}")
     if width not in WIDTH_MODES:
         raise ValueError(f"width mode {width!r} is not one of {WIDTH_MODES}")
     kernel_index(3, 3, kernel)  # validates the mode
@@ -299,6 +294,9 @@ def plan_network(seed: nn.Module, target: nn.Module, width: str = "first",
                 plan.layers.append(LayerRecord(f"stages.{i}.{tj}", "-", "skip (no parameters)"))
                 continue
             sj, s = seed_layers[source_of[tj]]
+            change = None if allow_activation_change else family.activation_change(s, t)
+            if change:
+                raise ValueError(f"stages.{i}.{tj}: {change}; {advice}")
             family.plan_block(plan, s, t, f"stages.{i}.{sj}", f"stages.{i}.{tj}", width, kernel, groups)
             if target_layers.index(tj) >= len(seed_layers):  # past the seed's depth
                 family.plan_extra_block(plan, t, f"stages.{i}.{tj}")

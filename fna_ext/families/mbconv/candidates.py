@@ -61,6 +61,11 @@ def _e1(seed_op: Op, kernel: int) -> str:
     return Op(kernel, 1, seed_op.se, seed_op.se_ratio, seed_op.act, True).name
 
 
+def module_key(op: str) -> str:
+    """``op`` as a ModuleDict key, which cannot hold the '.' of a decimal expansion or SE ratio."""
+    return op.replace(".", "p")
+
+
 def widest_op(candidates) -> str:
     """The candidate whose weights hold every other's: the largest kernel and expansion, with the
     candidates' shared attributes."""
@@ -80,7 +85,7 @@ def candidate_blocks(seed_arch: Arch, space, bn_eps: float = 1e-5) -> nn.ModuleD
         for name in spec.candidates:
             op = Op.parse(name)
             if not op.is_skip:
-                blocks[f"{spec.key}_{name.replace('.', 'p')}"] = MBConv(
+                blocks[f"{spec.key}_{module_key(name)}"] = MBConv(
                     spec.in_channels, spec.out_channels, op.kernel, op.expansion, spec.stride, bn_eps=bn_eps,
                     attributes=op)
     return blocks

@@ -20,7 +20,9 @@ class MBConvFamily(Family):
         return check_fixed(fixed)
 
     def default_head_channels(self, arch) -> int | None:
-        return arch.fixed.get("head", 1280)
+        from .fixed import DEFAULTS
+
+        return arch.fixed.get("head", DEFAULTS["head"])
 
     def build_layer(self, in_channels, out_channels, stride, op, *, dilation=1, norm_layer=None, act_layer=None,
                     bn_eps: float = 1e-5) -> nn.Module:
@@ -121,7 +123,7 @@ class MBConvFamily(Family):
                 features.append(FeatureInfo("expand", i, stride, first.hidden_channels(stage.in_channels)))
             stride *= geometry.stride
             features.append(FeatureInfo("stage", i, stride, stage.out_channels))
-        head_channels = arch.fixed.get("head", 1280) if head_channels == "arch" else head_channels
+        head_channels = self.head_width(arch, head_channels)
         if head_channels:
             features.append(FeatureInfo("head", None, stride, head_channels))
         return features

@@ -27,7 +27,7 @@ def check_fixed(fixed: dict) -> dict:
         raise ValueError(f"unknown fixed-part setting(s) {unknown}; the MBConv family's are {list(KEYS)}")
     out = {}
     if fixed.get("act"):
-        if fixed["act"] not in ACT_TOKENS or not fixed["act"]:
+        if fixed["act"] not in ACT_TOKENS:
             raise ValueError(f"fixed part 'act' must be one of {[t for t in ACT_TOKENS if t]} "
                              f"(ReLU6 when absent), got {fixed['act']!r}")
         out["act"] = fixed["act"]

@@ -10,12 +10,12 @@ from torch import nn
 
 from ...arch import Arch, stage_geometry
 from .archs import make_divisible, mobilenet_v2_arch
+from ..base import ARCH_HEAD
 from ..network import StagedNetwork
 from .blocks import ACTIVATIONS, ConvBNAct, make_layer, relu6
+from .family import MBCONV
 from .op import ACT_TOKENS
 
-
-ARCH_HEAD = "arch"  # head_channels: the arch's own head conv (fixed 'head', else 1280)
 
 
 def fixed_act(arch: Arch, act_layer: Callable[[], nn.Module] | None = None) -> Callable[[], nn.Module] | None:
@@ -31,14 +31,9 @@ def build_stem(arch: Arch, **parts) -> nn.Module:
     return ConvBNAct(3, arch.stem_channels, 3, stride=2, **parts)
 
 
-def head_width(arch: Arch, head_channels: int | str | None) -> int | None:
-    """``head_channels``, or for ``"arch"`` the arch's own head width (1280 when it names none)."""
-    return arch.fixed.get("head", 1280) if head_channels == ARCH_HEAD else head_channels
-
-
 def build_head(arch: Arch, head_channels: int | str | None, **parts) -> nn.Module | None:
     """The 1x1 head conv to ``head_channels`` (None: no head conv; ``"arch"``: the arch's)."""
-    head_channels = head_width(arch, head_channels)
+    head_channels = MBCONV.head_width(arch, head_channels)
     parts["act_layer"] = fixed_act(arch, parts.get("act_layer"))
     return ConvBNAct(arch.out_channels, head_channels, 1, **parts) if head_channels else None
 
@@ -71,7 +66,7 @@ class Network(StagedNetwork):
                             for j, (c_in, c_out, _, op) in enumerate(stage.layers())))
             for stage, geometry in zip(arch.stages, stage_geometry(arch, output_stride)))
         self.head = build_head(arch, head_channels, **parts)
-        features = head_width(arch, head_channels) or arch.out_channels
+        features = MBCONV.head_width(arch, head_channels) or arch.out_channels
         # part of the classifier: a backbone (no classes) ends at the pooled head features
         self.pre_logits = build_pre_logits(arch, features, act_layer) if num_classes else None
         features = arch.fixed["pre_logits"] if self.pre_logits is not None else features

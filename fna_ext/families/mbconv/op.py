@@ -85,8 +85,7 @@ class Op:
 
     @property
     def uses_relu6_only(self) -> bool:
-        """MobileNetV2's block: what the fused kernels compute (no SE, ReLU6, no e1 expand conv
-        other than at e1)."""
+        """MobileNetV2's block, what the fused kernels compute: ReLU6, no SE, no ``_pw``."""
         return not self.se and not self.act and not self.keep_expand
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ...remap import FILL, RemapPlan, TensorRemap, add_bn, add_conv, first_channels, kernel_index, width_index
+from ...remap import FILL, RemapPlan, add_bias, add_bn, add_conv, first_channels, kernel_index, width_index
 from .blocks import MBConv
 
 
@@ -29,14 +29,6 @@ def activation_change(seed: MBConv, target: MBConv) -> str | None:
     return None
 
 
-def _add_bias(plan: RemapPlan, target: str, source: str | None, channel_map: torch.Tensor) -> None:
-    if source is None:
-        plan.entries.append(TensorRemap(f"{target}.bias", None, [torch.full_like(channel_map, FILL)], 0.0,
-                                        synthetic=torch.zeros(1)))
-    else:
-        plan.entries.append(TensorRemap(f"{target}.bias", f"{source}.bias", [channel_map]))
-
-
 def _plan_se(plan: RemapPlan, seed: MBConv, target: MBConv, s: str, t: str, hidden: torch.Tensor,
              hidden_scale: torch.Tensor | None) -> bool:
     """The SE's maps; True where the target's SE starts as a constant gate of 0.5 (the seed layer
@@ -45,7 +37,7 @@ def _plan_se(plan: RemapPlan, seed: MBConv, target: MBConv, s: str, t: str, hidd
     Both have one: the hidden-channel selection flows through the reduce conv's inputs and the
     expand conv's outputs; the squeezed channels take the first ones (Eq. 2), extra ones zero, so
     the function is kept. The seed's SE where the target has none is dropped (the function
-    changes; ``fna_ext.remap`` reports the layer as ``se -> none``). A new SE keeps its reduce
+    changes; the layer table shows it, e.g. ``k5_e3_hse0.25_re -> k5_e3_re``). A new SE keeps its reduce
     conv's initialisation and starts its expand conv at zero: every gate is then sigmoid(0) or
     hard-sigmoid(0) = 0.5 whatever the input, so the block computes the seed's exactly, and the
     gradient reaches the expand conv from the first step (an exact identity gate would need a
@@ -56,14 +48,14 @@ def _plan_se(plan: RemapPlan, seed: MBConv, target: MBConv, s: str, t: str, hidd
         squeezed = target.se.reduce.out_channels
         add_conv(plan, f"{t}.se.expand", None, [torch.full((target.hidden_channels,), FILL),
                                                torch.full((squeezed,), FILL), None, None], synthetic=torch.zeros(1, 1, 1, 1))
-        _add_bias(plan, f"{t}.se.expand", None, torch.arange(target.hidden_channels))
+        add_bias(plan, f"{t}.se.expand", None, torch.arange(target.hidden_channels))
         return True
     squeezed = first_channels(target.se.reduce.out_channels, seed.se.reduce.out_channels)
     reduce_scale = (1, hidden_scale) if hidden_scale is not None else None
     add_conv(plan, f"{t}.se.reduce", f"{s}.se.reduce", [squeezed, hidden, None, None], scale=reduce_scale)
-    _add_bias(plan, f"{t}.se.reduce", f"{s}.se.reduce", squeezed)
+    add_bias(plan, f"{t}.se.reduce", f"{s}.se.reduce", squeezed)
     add_conv(plan, f"{t}.se.expand", f"{s}.se.expand", [hidden, squeezed, None, None])
-    _add_bias(plan, f"{t}.se.expand", f"{s}.se.expand", hidden)
+    add_bias(plan, f"{t}.se.expand", f"{s}.se.expand", hidden)
     return False
 
 
@@ -93,10 +85,10 @@ def plan_block(plan: RemapPlan, seed: MBConv, target: MBConv, seed_prefix: str, 
     # Net2Net's replicated hidden channels: every conv that sums over them divides by the count
     hidden_scale = 1.0 / counts[hidden].double() if counts is not None else None
     half_gate = _plan_se(plan, seed, target, s, t, hidden, hidden_scale)
-    project_scale = hidden_scale if hidden_scale is not None else torch.ones(target.hidden_channels, dtype=torch.double)
-    if half_gate:
-        project_scale = project_scale * 2
-    scale = (1, project_scale) if hidden_scale is not None or half_gate else None
+    scale = None
+    if hidden_scale is not None or half_gate:
+        factors = hidden_scale if hidden_scale is not None else torch.ones(target.hidden_channels, dtype=torch.double)
+        scale = (1, factors * 2 if half_gate else factors)
     add_conv(plan, f"{t}.project.conv", f"{s}.project.conv", [out_map, hidden, None, None], scale=scale)
     add_bn(plan, f"{t}.project.bn", f"{s}.project.bn", out_map)
     return plan

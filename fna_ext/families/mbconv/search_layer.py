@@ -15,7 +15,7 @@ from ...ops.slices import mbconv_regions
 from ..norm import candidate_batch_norm
 from ..sampled import SampledRegion
 from .blocks import MBConv
-from .candidates import widest_op
+from .candidates import module_key, widest_op
 from .op import Op
 from .sampled_block import expansion_output, rest_of_block, sampled_block
 
@@ -31,8 +31,7 @@ class SearchLayer(nn.Module):
         self.widest = widest_op(spec.candidates)
         owners = [self.widest] if weight_sharing == "shared" else ops
         norm = candidate_batch_norm(bn_eps, affine_bn)
-        # ModuleDict keys cannot hold the '.' of a decimal expansion or SE ratio
-        self.blocks = nn.ModuleDict({_key(name): MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
+        self.blocks = nn.ModuleDict({module_key(name): MBConv(spec.in_channels, spec.out_channels, Op.parse(name).kernel,
                                                         Op.parse(name).expansion, spec.stride, spec.dilation,
                                                         norm_layer=norm, attributes=Op.parse(name))
                                      for name in owners})
@@ -45,7 +44,7 @@ class SearchLayer(nn.Module):
         self.recompute = False
 
     def _owner(self, op: str) -> MBConv:
-        return self.blocks[_key(self.widest if self.weight_sharing == "shared" else op)]
+        return self.blocks[module_key(self.widest if self.weight_sharing == "shared" else op)]
 
     def _bn_args(self, block: MBConv) -> dict:
         if not self.affine_bn:
@@ -176,7 +175,3 @@ class SearchLayer(nn.Module):
         if self.choice is None:
             raise RuntimeError(f"layer {self.spec.key}: set a path or mixture on the super network first")
         return self._mixture(x, tap)
-
-
-def _key(op: str) -> str:
-    return op.replace(".", "p")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ...arch import Arch
-from ...families import get_family
+from ...families import ARCH_HEAD, get_family
 from .anchors import GridAnchorGenerator, SSDAnchorGenerator
 from .box_coder import BoxCoder
 from ...families.features import Tap, extract_features, tap_channels
@@ -125,7 +125,7 @@ class RetinaNet(Detector):
 
 @dataclass
 class SSDLiteConfig:
-    head_channels: int | str = "arch"  # the backbone's own head conv (1280 in MobileNetV2, 960 in MobileNetV3)
+    head_channels: int | str = ARCH_HEAD  # the backbone's own head conv (1280 in MobileNetV2, 960 in MobileNetV3)
     extra_channels: tuple[int, ...] = (512, 256, 256, 128)
     aspect_ratios: tuple[tuple[int, ...], ...] = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
     min_scale: float = 0.2
