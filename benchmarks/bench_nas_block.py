@@ -1,17 +1,19 @@
-"""What a NAS seed's searched layer costs without a fused op: times one sampled-path step (forward
-and backward) of MobileNetV3's SE + hard-swish block, sliced from the shared max-size weights, three
-ways:
+"""The fused SE + hard-swish block against eager PyTorch and ``torch.compile``: times one
+sampled-path step (forward and backward) of MobileNetV3's block, sliced from the shared max-size
+weights, three ways:
 
-- ``eager``: the search's own path (``fna_ext.families.mbconv.sampled_block``), a chain of PyTorch
-  ops on the slices;
-- ``compiled``: the same function through ``torch.compile`` (inductor), compiled once per candidate
+- ``fused``: the search's own path, the fused C++/CUDA op (``fna_ext::sampled_mbconv_forward``
+  with ``activation`` and the SE);
+- ``eager``: the op's reference (``sampled_mbconv_reference``), a chain of PyTorch ops on the
+  slices, what ``--no-fused`` runs;
+- ``compiled``: the reference through ``torch.compile`` (inductor), compiled once per candidate
   before timing;
-- ``fused_relu6_no_se``: for scale, the fused C++/CUDA op on the same shapes without the SE and with
-  ReLU6 (MobileNetV2's block, all the fused kernels compute today).
 
-and the mixture step (every candidate, weighted, backward to alpha) eagerly. The default shape is
-MobileNetV3-Large's layer ``s5_l1`` (112 -> 160 channels in, 160 out, hidden up to 960) at the
-embedded detection default's 160 px input (5x5 maps), batch 8.
+and ``fused_relu6_no_se`` (MobileNetV2's block on the same shapes) for scale. Then the mixture
+step (every candidate, weighted, backward to alpha), fused and eager, with what each keeps for the
+backward. The default shape is MobileNetV3-Large's layer ``s5_l1`` (112 -> 160 channels in, 160
+out, hidden up to 960) at the embedded detection default's 160 px input (5x5 maps), batch 8;
+``--size 10 --c-in 80 --c-out 80`` is its ``s4`` layers at 10x10.
 
     python benchmarks/bench_nas_block.py [--c-in 160] [--c-out 160] [--size 5] [--batch 8]
         [--repeats 7] [--device cpu|cuda] [--no-compile] [--json]
@@ -31,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import interleaved_medians  # noqa: E402
 
-from fna_ext.families.mbconv.op import Op  # noqa: E402
-from fna_ext.families.mbconv.sampled_block import sampled_block  # noqa: E402
 from fna_ext.families.mbconv.search_layer import SearchLayer  # noqa: E402
 from fna_ext.nas.search_space import LayerSpec  # noqa: E402
-from fna_ext.ops.sampled_mbconv import takes_fused_path  # noqa: E402
+from fna_ext.ops.sampled_mbconv import fused, sampled_mbconv_reference, takes_fused_path  # noqa: E402
+
+SUFFIX = "_hse0.25_hs"  # MobileNetV3's block: hard-swish, an SE with a hard-sigmoid gate
 
 
 def _layer(c_in, c_out, suffix, device):
@@ -59,6 +61,20 @@ def _saved_megabytes(layer, x, weights) -> float:
     return sum(t.numel() * t.element_size() for t in kept) / 2**20
 
 
+def _reference_step(layer, x, name):
+    """The candidate as the reference computes it, from the layer's own arguments."""
+    block = layer.blocks[next(iter(layer.blocks))]
+    attributes = layer._attributes(f"{name}{SUFFIX}", block)
+    kernel = int(name[1])
+    hidden = layer._expansion(f"{name}{SUFFIX}")
+
+    def run(x):
+        return sampled_mbconv_reference(x, block.expand.conv.weight, block.depthwise.conv.weight,
+                                        block.project.conv.weight, kernel_size=kernel, expand_channels=hidden,
+                                        **attributes)
+    return run
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--c-in", type=int, default=160)
@@ -71,48 +87,57 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    layer = _layer(args.c_in, args.c_out, "_hse0.25_hs", args.device)
+    layer = _layer(args.c_in, args.c_out, SUFFIX, args.device)
     plain = _layer(args.c_in, args.c_out, "", args.device)
     x = torch.randn(args.batch, args.c_in, args.size, args.size, device=args.device, requires_grad=True)
-    block = layer.blocks[next(iter(layer.blocks))]
-    compiled = None if args.no_compile else torch.compile(sampled_block, dynamic=False)
     rows = {}
     for name in ("k3_e3", "k5_e6", "k7_e6"):
-        op = Op.parse(f"{name}_hse0.25_hs")
-        parts = dict(stride=1, dilation=1, affine=False, eps=1e-5)
+        reference = _reference_step(layer, x, name)
+        compiled = None if args.no_compile else torch.compile(reference, dynamic=False)
 
-        def step(fn=sampled_block, op=op):
-            fn(x, block, op, **parts).square().mean().backward()
+        def fused_step(name=name):
+            layer.choice = f"{name}{SUFFIX}"
+            layer(x).square().mean().backward()
 
         def fused_plain(name=name):
             plain.choice = name
             plain(x).square().mean().backward()
 
-        versions = {"eager": step, "fused_relu6_no_se": fused_plain}
+        versions = {"fused": fused_step, "eager": lambda fn=reference: fn(x).square().mean().backward(),
+                    "fused_relu6_no_se": fused_plain}
         if compiled is not None:
-            versions["compiled"] = lambda op=op: step(compiled, op)
+            versions["compiled"] = lambda fn=compiled: fn(x).square().mean().backward()
         rows[name] = {k: v * 1e3 for k, v in interleaved_medians(versions, args.repeats, args.device).items()}
     weights = torch.softmax(torch.randn(len(layer.spec.candidates), device=args.device), 0).requires_grad_()
 
-    def mixture():
-        layer.choice = weights
-        layer(x).square().mean().backward()
+    def mixture(use_fused):
+        def run():
+            with fused(use_fused):
+                layer.choice = weights
+                layer(x).square().mean().backward()
+        return run
 
-    # the eager mixture keeps every candidate's inner outputs (search.recompute applies to the fused ones)
-    rows["mixture (16 candidates)"] = {"eager": interleaved_medians({"m": mixture}, args.repeats, args.device)["m"] * 1e3,
-                                       "saved_mb": _saved_megabytes(layer, x, weights)}
-    result = {"device": args.device, "torch": torch.__version__, "shape": vars(args), "ms": rows,
-              "fused_path_taken": takes_fused_path(x, 3)}
+    row = {k: v * 1e3 for k, v in interleaved_medians({"fused": mixture(True), "eager": mixture(False)},
+                                                      args.repeats, args.device).items()}
+    with fused(True):
+        row["saved_mb_fused"] = _saved_megabytes(layer, x, weights)
+    with fused(False):
+        row["saved_mb_eager"] = _saved_megabytes(layer, x, weights)
+    rows["mixture (16 candidates)"] = row
+    result = {"device": args.device, "torch": torch.__version__, "isa": torch.ops.fna_ext.cpu_isa() if args.device == "cpu" else args.device, "shape": vars(args),
+              "ms": rows, "fused_path_taken": takes_fused_path(x, 3)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{args.device}, torch {torch.__version__}; x {tuple(x.shape)}; ms per forward+backward (median of "
-          f"{args.repeats}); fused path available: {result['fused_path_taken']}")
-    columns = ["eager", "compiled", "fused_relu6_no_se"]
-    print(f"{'candidate':<36}" + "".join(f"{c:>20}" for c in columns))
+    print(f"{args.device} ({result['isa']}), torch {torch.__version__}; x {tuple(x.shape)}; ms per forward+backward "
+          f"(interleaved medians of {args.repeats}); fused path taken: {result['fused_path_taken']}")
+    columns = ["fused", "eager", "compiled", "fused_relu6_no_se"]
+    print(f"{'candidate':<26}" + "".join(f"{c:>19}" for c in columns) + f"{'eager/fused':>13}")
     for name, row in rows.items():
-        print(f"{name:<36}" + "".join(f"{row[c]:>20.2f}" if c in row else f"{'-':>20}" for c in columns)
-              + (f"   kept for the backward {row['saved_mb']:.2f} MB" if "saved_mb" in row else ""))
+        print(f"{name:<26}" + "".join(f"{row[c]:>19.2f}" if c in row else f"{'-':>19}" for c in columns)
+              + f"{row['eager'] / row['fused']:>12.2f}x"
+              + (f"   kept for the backward: fused {row['saved_mb_fused']:.2f} MB, eager {row['saved_mb_eager']:.2f} MB"
+                 if "saved_mb_fused" in row else ""))
     return 0
 
 

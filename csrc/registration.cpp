@@ -50,6 +50,12 @@ int64_t sampled_stats_size(int64_t expand_channels, int64_t out_channels, bool w
 
 }  // namespace
 
+// The sampled ops' optional block attributes, last in each schema (see below).
+#define ATTRIBUTES                                                                                    \
+  "int activation=0, Tensor? se_reduce_weight=None, Tensor? se_reduce_bias=None, "                  \
+  "Tensor? se_expand_weight=None, Tensor? se_expand_bias=None, int se_channels=0, int se_activation=1, " \
+  "int se_gate=0"
+
 TORCH_LIBRARY(fna_ext, m) {
   m.def("build_info() -> str", &build_info);
   // The CPU block cache the fused ops allocate from (host_cache.h): bytes held, freeing them, and
@@ -76,27 +82,33 @@ TORCH_LIBRARY(fna_ext, m) {
   // expand_channels channels and the centre k x k of max-size weights. Returns (out, h1, h2, h3,
   // stats): the pre-BN tensors and the BN statistics (double) that backward needs. `dilation`
   // spaces the depthwise taps (padding dilation * (k - 1) / 2; stride must then be 1); it comes
-  // last, with a default, in every op below so existing callers keep working.
+  // last, with a default, in every op below so existing callers keep working. So do the NAS
+  // seeds' block attributes (mbconv/activation.h): `activation` replaces both ReLU6s (0 ReLU6,
+  // 1 ReLU, 2 hard-swish, 3 swish), and with the four SE tensors (max-size (S_max, E_max, 1, 1)
+  // reduce and (E_max, S_max, 1, 1) expand convs with biases) a squeeze-and-excitation of
+  // se_channels squeezed channels gates the depthwise conv's activation before the projection:
+  // inner activation se_activation, gate sigmoid (se_gate 0) or hard sigmoid (1).
   m.def("sampled_mbconv_forward(Tensor x, Tensor expand_weight, Tensor dw_weight, Tensor project_weight, "
         "Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, "
-        "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps, int dilation=1) "
-        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Gradients of x, the three max-size weights (zero outside the slice) and the six BN parameters
-  // (empty where the BN has none, and all of them when weight_grads is false: an architecture step).
+        "Tensor? bn3_bias, int kernel_size, int expand_channels, int stride, float eps, int dilation=1, "
+        ATTRIBUTES ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of x, the three max-size weights (zero outside the slice), the six BN parameters and
+  // the SE's four (empty where the block has none, and all of them when weight_grads is false: an
+  // architecture step).
   m.def("sampled_mbconv_backward(Tensor grad_out, Tensor x, Tensor expand_weight, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn1_weight, Tensor? bn1_bias, Tensor? bn2_weight, Tensor? bn2_bias, "
         "Tensor? bn3_weight, Tensor? bn3_bias, Tensor hidden1, Tensor hidden2, Tensor hidden3, Tensor stats, "
-        "int kernel_size, int stride, bool weight_grads, int dilation=1) -> Tensor[]");
+        "int kernel_size, int stride, bool weight_grads, int dilation=1, " ATTRIBUTES ") -> Tensor[]");
   // The same from the depthwise conv on, for an activated hidden tensor (the mixture's shared
   // expansion): returns (out, h2, h3, stats).
   m.def("depthwise_project_forward(Tensor x, Tensor hidden, Tensor dw_weight, Tensor project_weight, "
         "Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, int kernel_size, int stride, "
-        "float eps, int dilation=1) -> (Tensor, Tensor, Tensor, Tensor)");
+        "float eps, int dilation=1, " ATTRIBUTES ") -> (Tensor, Tensor, Tensor, Tensor)");
   // Gradients of x (empty without a residual), hidden, the weights and the four BN parameters.
   m.def("depthwise_project_backward(Tensor grad_out, Tensor x, Tensor hidden, Tensor dw_weight, "
         "Tensor project_weight, Tensor? bn2_weight, Tensor? bn2_bias, Tensor? bn3_weight, Tensor? bn3_bias, "
         "Tensor hidden2, Tensor hidden3, Tensor stats, int kernel_size, int stride, bool weight_grads, "
-        "int dilation=1) -> Tensor[]");
+        "int dilation=1, " ATTRIBUTES ") -> Tensor[]");
   // One layer's whole mixture with shared weights (fna_ext.ops.mbconv_mixture): the weighted sum of
   // the candidates (kernel_sizes[i], expansions[i]); candidates of one kernel size share the
   // depthwise conv and nest their projections. mixture_mbconv runs the shared expansion as well

@@ -509,8 +509,8 @@ def test_a_seed_arch_that_does_not_fit_the_file_is_one_error(tmp_path, capsys):
 
 @pytest.mark.cuda
 def test_a_nas_seed_layer_runs_on_cuda_as_on_the_cpu():
-    """The eager SE / hard-swish path (no fused kernel yet) on the GPU: path and mixture, output
-    and gradients, against the same layer on the CPU."""
+    """A NAS seed's searched layer (SE, hard-swish) through the fused CUDA ops: path and
+    mixture, output and gradients, against the same layer through the fused CPU ops."""
     supernet = SuperNetwork(NARROW_V3, SPACE, seed=SEED).double().train()
     layer = supernet.search_layers()[3]
     x = torch.randn(2, 16, 8, 8, dtype=torch.float64)
@@ -527,3 +527,31 @@ def test_a_nas_seed_layer_runs_on_cuda_as_on_the_cpu():
     for cpu, cuda in zip(results["cpu"], results["cuda"], strict=True):
         torch.testing.assert_close(cuda, cpu)
 
+
+
+def test_a_nas_seed_layer_runs_the_fused_ops_and_matches_the_reference():
+    """Path and mixture of a searched layer with SE and hard-swish candidates: the fused ops run
+    (the profiler sees them), and outputs and every gradient equal the eager reference's."""
+    from fna_ext.ops import fused
+
+    supernet = SuperNetwork(NARROW_V3, SPACE, seed=SEED).double().train()
+    layer = next(l for l in supernet.search_layers() if any("_hse" in op for op in l.spec.candidates))
+    x = torch.randn(2, layer.spec.in_channels, 8, 8, dtype=torch.float64, requires_grad=True)
+    weights = torch.softmax(torch.randn(len(layer.spec.candidates), dtype=torch.float64), 0).requires_grad_()
+    op = next(op for op in layer.spec.candidates if "_hse" in op)
+    results = {}
+    for use_fused in (True, False):
+        layer.zero_grad()
+        with fused(use_fused), torch.profiler.profile() as prof:
+            outs = []
+            for choice in (op, weights):
+                layer.choice = choice
+                outs.append(layer(x))
+            leaves = [x, weights, *(p for p in layer.parameters() if p.requires_grad)]
+            grads = torch.autograd.grad(sum(o.square().mean() for o in outs), leaves, allow_unused=True)
+        names = {e.name for e in prof.events()}
+        assert ("fna_ext::sampled_mbconv_forward" in names) == use_fused
+        assert ("fna_ext::depthwise_project_forward" in names) == use_fused
+        results[use_fused] = outs + [g for g in grads if g is not None]
+    for a, b in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -40,16 +40,8 @@ template <> __device__ __forceinline__ double from_acc<double>(double v) { retur
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
-// Written as std::min(std::max(v, 0), 6) is (the CPU backend), so a NaN stays NaN.
-template <typename A>
-__device__ __forceinline__ A relu6(A v) {
-  const A r = v < A(0) ? A(0) : v;
-  return A(6) < r ? A(6) : r;
-}
-
-// ReLU6 passes the gradient strictly inside (0, 6), as hardtanh_backward.
-template <typename A>
-__device__ __forceinline__ bool relu6_pass(A pre) { return pre > A(0) && pre < A(6); }
+// activate() and activation_grad() (activation.h) are shared with the CPU kernels; the kind is
+// uniform over a launch, so the switch inside them never diverges.
 
 // ---- indexing and reductions --------------------------------------------------------------------
 
@@ -136,8 +128,8 @@ __global__ void __launch_bounds__(kThreads) affine_act_kernel(AffineActArgs p) {
   const A scale = static_cast<const A*>(p.scale)[c], shift = static_cast<const A*>(p.shift)[c];
   for (int64_t r = first_row(); r < p.m; r += row_step()) {
     A v = to_acc(h[r * p.h_ld + c]) * scale + shift;
-    if (p.relu) {
-      v = relu6(v);
+    if (p.act != kIdentity) {
+      v = activate(v, p.act);
     } else if (res != nullptr) {
       v += to_acc(res[r * p.res_ld + c]);
     }
@@ -163,8 +155,8 @@ __global__ void __launch_bounds__(kThreads) grad_sums_kernel(GradSumsArgs p) {
       A gz = to_acc(g[r * p.g_ld + c]);
       if (masked) {
         const A pre = hv * ms + mb;
-        gz = relu6_pass(pre) ? gz : A(0);
-        if (act != nullptr) act[r * p.act_ld + c] = from_acc<T>(relu6(pre));
+        gz = activation_grad(pre, gz, p.act_kind);
+        if (act != nullptr) act[r * p.act_ld + c] = from_acc<T>(activate(pre, p.act_kind));
       }
       acc.add(gz, gz * hv);
     }
@@ -189,29 +181,31 @@ __global__ void __launch_bounds__(kThreads) grad_apply_kernel(GradApplyArgs p) {
   for (int64_t r = first_row(); r < p.m; r += row_step()) {
     const A hv = to_acc(h[r * p.h_ld + c]);
     A gz = to_acc(g[r * p.g_ld + c]);
-    if (masked) gz = relu6_pass(hv * ms + mb) ? gz : A(0);
+    if (masked) gz = activation_grad(hv * ms + mb, gz, p.act_kind);
     out[r * p.out_ld + c] = from_acc<T>(gz * a + hv * b + cc);
   }
 }
 
 // ---- depthwise convolution ---------------------------------------------------------------------
 
-// The depthwise input as the conv sees it: BN1 + ReLU6 applied on load when scale is given.
+// The depthwise input as the conv sees it: BN1 + its activation applied on load when scale is given.
 template <typename T>
 struct DwInput {
   using A = Acc<T>;
   const T* __restrict__ data;
   int64_t ld;
   bool act;
+  int kind;  // the activation (activation.h)
   A scale, shift;
-  __device__ __forceinline__ DwInput(const void* in, int64_t row_stride, const void* sc, const void* sh, int64_t c)
-      : data(static_cast<const T*>(in)), ld(row_stride), act(sc != nullptr),
+  __device__ __forceinline__ DwInput(const void* in, int64_t row_stride, const void* sc, const void* sh, int64_t c,
+                                     int activation)
+      : data(static_cast<const T*>(in)), ld(row_stride), act(sc != nullptr), kind(activation),
         scale(act ? static_cast<const A*>(sc)[c] : A(0)), shift(act ? static_cast<const A*>(sh)[c] : A(0)) {}
   // pixel p = (n * h + ih) * w + iw, channel c
   __device__ __forceinline__ A raw(int64_t pixel, int64_t c) const { return to_acc(data[pixel * ld + c]); }
   __device__ __forceinline__ A operator()(int64_t pixel, int64_t c) const {
     const A v = raw(pixel, c);
-    return act ? relu6(v * scale + shift) : v;
+    return act ? activate(v * scale + shift, kind) : v;
   }
 };
 
@@ -258,7 +252,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
   if (valid) {
     A w[K * K];
     load_taps<T, K>(s, p.weight, c, w);
-    const DwInput<T> in(p.in, p.ld, p.scale, p.shift, c);
+    const DwInput<T> in(p.in, p.ld, p.scale, p.shift, c, s.act_expand);
     T* __restrict__ out = static_cast<T*>(p.out);
     const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
     const int dil = dilation_of<D>(s);
@@ -287,27 +281,28 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
   block_add_sums(acc, c, valid, p.sum, p.sumsq);
 }
 
-// dL/dh2 at output element (q, c): BN2's ReLU6 mask and backward applied as ga2 and h2 load.
+// dL/dh2 at output element (q, c): BN2's activation gradient and backward applied as ga2 and h2 load.
 template <typename T>
 struct DwOutputGrad {
   using A = Acc<T>;
   const T* __restrict__ ga2;
   const T* __restrict__ h2;
   int64_t e;
+  int kind;
   A ms, mb, a, b, cc;
   __device__ __forceinline__ DwOutputGrad(const DwBackwardArgs& p, int64_t c)
-      : ga2(static_cast<const T*>(p.ga2)), h2(static_cast<const T*>(p.h2)), e(p.s.e),
+      : ga2(static_cast<const T*>(p.ga2)), h2(static_cast<const T*>(p.h2)), e(p.s.e), kind(p.s.act_depthwise),
         ms(static_cast<const A*>(p.scale2)[c]), mb(static_cast<const A*>(p.shift2)[c]),
         a(static_cast<const A*>(p.a)[c]), b(static_cast<const A*>(p.b)[c]), cc(static_cast<const A*>(p.c)[c]) {}
   __device__ __forceinline__ A operator()(int64_t q, int64_t c) const {
     const A hv = to_acc(h2[q * e + c]);
-    const A gz = relu6_pass(hv * ms + mb) ? to_acc(ga2[q * e + c]) : A(0);
+    const A gz = activation_grad(hv * ms + mb, to_acc(ga2[q * e + c]), kind);
     return gz * a + hv * b + cc;
   }
 };
 
 // Input gradient in gather form: one thread per input element sums G * w over the output pixels
-// whose window covers it (oh * S - pad + kh * dilation = ih), then applies BN1's ReLU6 mask and sums.
+// whose window covers it (oh * S - pad + kh * dilation = ih), then BN1's activation gradient, and sums.
 template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs p) {
   using A = Acc<T>;
@@ -320,7 +315,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
     A w[K * K];
     load_taps<T, K>(s, p.weight, c, w);
     const DwOutputGrad<T> grad(p, c);
-    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
+    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c, s.act_expand);
     T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
     const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo), pad = static_cast<int>(s.pad);
     const int dil = dilation_of<D>(s);
@@ -346,7 +341,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
       }
       const A raw = in.raw(q, c);
       // sums of the stored gradient, the values BN1's backward will scale
-      const T stored = from_acc<T>(relu6_pass(raw * in.scale + in.shift) ? ga : A(0));
+      const T stored = from_acc<T>(activation_grad(raw * in.scale + in.shift, ga, in.kind));
       grad_in[q * s.e + c] = stored;
       const A gz = to_acc(stored);
       acc.add(gz, gz * raw);
@@ -370,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs
   for (int t = 0; t < K * K; ++t) acc[t] = A(0);
   if (valid) {
     const DwOutputGrad<T> grad(p, c);
-    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c);
+    const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, c, s.act_expand);
     const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
     const int dil = dilation_of<D>(s);
     const int64_t pixels = s.n * s.ho * s.wo;

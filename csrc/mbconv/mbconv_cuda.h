@@ -17,6 +17,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "activation.h"
+
 namespace fna_ext {
 namespace mbconv {
 
@@ -30,30 +32,32 @@ struct RowStatsArgs {
   double* sumsq;
 };
 
-// out = relu ? relu6(h * scale + shift) : h * scale + shift (+ residual, when not null).
+// out = activate(h * scale + shift, act) (activation.h); with act == kIdentity, + residual when
+// that is not null.
 struct AffineActArgs {
   const void* h;
   int64_t h_ld;
   int64_t m, c;
   const void* scale;
   const void* shift;
-  int32_t relu;
-  const void* residual;  // null, or m x c with row stride res_ld (only used when relu == 0)
+  int32_t act;
+  const void* residual;  // null, or m x c with row stride res_ld (only used when act == kIdentity)
   int64_t res_ld;
   void* out;
   int64_t out_ld;
 };
 
-// gz = g, zeroed where ReLU6 blocks at pre = h * ms + mb (when ms is not null);
-// sum_g = sum gz, sum_gh = sum gz * h per channel; act = relu6(pre) when act is not null.
+// gz = g through the activation `act_kind` at pre = h * ms + mb (when ms is not null);
+// sum_g = sum gz, sum_gh = sum gz * h per channel; act = activate(pre) when act is not null.
 struct GradSumsArgs {
   const void* g;
   int64_t g_ld;
   const void* h;
   int64_t h_ld;
   int64_t m, c;
-  const void* ms;  // null: no ReLU6 mask (then mb and act are unused)
+  const void* ms;  // null: no activation (then mb, act_kind and act are unused)
   const void* mb;
+  int32_t act_kind;
   double* sum_g;
   double* sum_gh;
   void* act;
@@ -69,6 +73,7 @@ struct GradApplyArgs {
   int64_t m, c;
   const void* ms;
   const void* mb;
+  int32_t act_kind;
   const void* a;
   const void* b;
   const void* cc;
@@ -78,14 +83,16 @@ struct GradApplyArgs {
 
 // The depthwise convolution's shape: input (n, h, w) pixels, output (n, ho, wo), e channels, a
 // k x k window (odd, at most 7) centred in the k_max x k_max weight, stride 1 or 2, padding pad,
-// taps `dilation` pixels apart (dilation > 1 only with stride 1).
+// taps `dilation` pixels apart (dilation > 1 only with stride 1); act_expand is applied to the
+// input on load (with scale), act_depthwise is the one after BN2 (the output gradient's).
 struct DwShape {
   int64_t n, h, w, ho, wo, e;
   int64_t k, k_max, stride, pad, dilation;
+  int32_t act_expand, act_depthwise;
 };
 
 // out[(n*ho+oh)*wo+ow][j] = sum_{kh,kw} in'(n, oh*stride-pad+kh*dilation, ow*stride-pad+kw*dilation, j) * w(j,kh,kw),
-// with in' = relu6(in * scale + shift) (or in, when scale is null) inside the image and 0 in
+// with in' = activate(in * scale + shift, act_expand) (or in, when scale is null) inside the image and 0 in
 // the padding; out is contiguous (rows_out, e). Also sum and sumsq of out per channel.
 struct DwForwardArgs {
   DwShape s;
@@ -100,10 +107,10 @@ struct DwForwardArgs {
 };
 
 // Both gradients of the depthwise conv. The output gradient is
-// G = (ga2, zeroed where 0 < h2 * scale2 + shift2 < 6 fails) * a + h2 * b + c.
+// G = activation_grad(h2 * scale2 + shift2, ga2, act_depthwise) * a + h2 * b + c.
 // grad_weight (float64, contiguous (e, k, k), ZERO on entry; null when not wanted) gets
-// sum G * in' per tap. grad_in (contiguous (rows_in, e)) gets the input gradient, masked by BN1's
-// ReLU6 when scale1 is not null, in which case sum_g / sum_gh get its sums against the raw input
+// sum G * in' per tap. grad_in (contiguous (rows_in, e)) gets the input gradient, through BN1's
+// activation when scale1 is not null, in which case sum_g / sum_gh get its sums against the raw input
 // (else they are untouched).
 struct DwBackwardArgs {
   DwShape s;

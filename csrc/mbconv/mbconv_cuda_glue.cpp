@@ -64,7 +64,8 @@ void check_sums(const at::Tensor& t, int64_t channels, const at::Tensor& like, c
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 DwShape dw_shape(const Geometry& g) {
-  return DwShape{g.n, g.h, g.w, g.ho, g.wo, g.e, g.k, g.k_max, g.stride, g.pad, g.dilation};
+  return DwShape{g.n, g.h, g.w, g.ho, g.wo, g.e, g.k, g.k_max, g.stride, g.pad, g.dilation,
+                 g.act_expand, g.act_depthwise};
 }
 
 // The depthwise input (N, H, W, e) as the kernels address it: pixel (n, ih, iw) at
@@ -133,7 +134,7 @@ struct CudaBackend {
                  step);
   }
 
-  static void affine_act(const at::Tensor& h, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+  static void affine_act(const at::Tensor& h, const at::Tensor& scale, const at::Tensor& shift, int act,
                          const at::Tensor& residual, at::Tensor out) {
     FNA_MBCONV_STEP("affine_act");
     const char* step = "affine_act";
@@ -154,7 +155,7 @@ struct CudaBackend {
     args.c = c;
     args.scale = sc.data_ptr();
     args.shift = sh.data_ptr();
-    args.relu = relu ? 1 : 0;
+    args.act = act;
     args.residual = ptr_or_null(residual);
     args.res_ld = residual.defined() ? residual.stride(0) : 0;
     args.out = out.data_ptr();
@@ -164,7 +165,7 @@ struct CudaBackend {
   }
 
   static void grad_sums(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
-                        at::Tensor sum_g, at::Tensor sum_gh, const at::Tensor& act) {
+                        int act_kind, at::Tensor sum_g, at::Tensor sum_gh, const at::Tensor& act) {
     FNA_MBCONV_STEP("grad_sums");
     const char* step = "grad_sums";
     const c10::cuda::CUDAGuard device_guard(h.device());
@@ -191,6 +192,7 @@ struct CudaBackend {
     args.c = c;
     args.ms = ptr_or_null(s);
     args.mb = ptr_or_null(b);
+    args.act_kind = act_kind;
     args.sum_g = sum_g.data_ptr<double>();
     args.sum_gh = sum_gh.data_ptr<double>();
     args.act = act.defined() ? act.data_ptr() : nullptr;
@@ -200,7 +202,7 @@ struct CudaBackend {
   }
 
   static void grad_apply(const at::Tensor& g, const at::Tensor& h, const at::Tensor& ms, const at::Tensor& mb,
-                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, at::Tensor out) {
+                         int act_kind, const at::Tensor& a, const at::Tensor& b, const at::Tensor& c, at::Tensor out) {
     FNA_MBCONV_STEP("grad_apply");
     const char* step = "grad_apply";
     const c10::cuda::CUDAGuard device_guard(h.device());
@@ -225,6 +227,7 @@ struct CudaBackend {
     args.c = channels;
     args.ms = ptr_or_null(s);
     args.mb = ptr_or_null(sb);
+    args.act_kind = act_kind;
     args.a = ca.data_ptr();
     args.b = cb.data_ptr();
     args.cc = cc.data_ptr();

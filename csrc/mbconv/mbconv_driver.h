@@ -24,6 +24,8 @@
 #include <tuple>
 #include <vector>
 
+#include "activation.h"
+
 // Each backend kernel starts with this, so its step shows under its own name in torch.profiler.
 #define FNA_MBCONV_STEP(name) RECORD_FUNCTION("fna_ext::mbconv::" name, std::vector<c10::IValue>())
 
@@ -37,6 +39,9 @@ struct Geometry {
   int64_t c_in, e, c_out, e_max;
   int64_t k, k_max, stride, pad;
   int64_t dilation;  // the taps' spacing: k x k taps span dilation * (k - 1) + 1 pixels
+  // the activations (activation.h) after BN1, applied as the depthwise conv loads its input, and
+  // after BN2; a block has one activation, so they differ only where one is absent
+  int act_expand = kRelu6, act_depthwise = kRelu6;
   int64_t rows_in() const { return n * h * w; }
   int64_t rows_out() const { return n * ho * wo; }
   int64_t offset() const { return (k_max - k) / 2; }  // of the centre k x k in the K x K weight
@@ -202,6 +207,156 @@ inline TailStats tail_stats(const at::Tensor& stats, const Geometry& g) {
           stats.narrow(0, base + 2 * g.e, g.c_out), stats.narrow(0, base + 2 * g.e + g.c_out, g.c_out)};
 }
 
+// ---- squeeze-and-excitation ------------------------------------------------------------------
+//
+// The NAS seeds' SE sits between the depthwise conv's activation and the projection:
+//   pooled = mean over pixels of a2 (N, e);  z1 = pooled Wr^T + br;  z2 = inner(z1) We^T + be;
+//   a2 <- a2 * gate(z2), per image and channel.
+// Its tensors are (N, e) and (N, s): a few small GEMMs in ATen, in the opmath type, against the
+// (rows, e) passes around them; backward recomputes them from a2 rather than saving them.
+
+enum Gate : int { kSigmoidGate = 0, kHardSigmoidGate = 1 };
+
+struct SqueezeExcite {
+  at::Tensor reduce_w, reduce_b, expand_w, expand_b;  // (s, e), (s), (e, s), (e): max-size weights' slices
+  int inner = kRelu;
+  int gate = kSigmoidGate;
+  bool defined() const { return reduce_w.defined(); }
+};
+
+inline at::Tensor activate_tensor(const at::Tensor& pre, int act) {
+  switch (act) {
+    case kRelu6: return at::hardtanh(pre, 0, 6);
+    case kRelu: return at::relu(pre);
+    case kHardswish: return at::hardswish(pre);
+    case kSwish: return at::silu(pre);
+    default: return pre;
+  }
+}
+
+inline at::Tensor activation_grad_tensor(const at::Tensor& grad, const at::Tensor& pre, int act) {
+  switch (act) {
+    case kRelu6: return at::hardtanh_backward(grad, pre, 0, 6);
+    case kRelu: return at::threshold_backward(grad, pre, 0);
+    case kHardswish: return at::hardswish_backward(grad, pre);
+    case kSwish: return at::silu_backward(grad, pre);
+    default: return grad;
+  }
+}
+
+struct SeState {
+  at::Tensor pooled, z1, inner, z2, gate;  // opmath, (N, e) or (N, s)
+};
+
+inline at::Tensor per_image(const at::Tensor& rows, const Geometry& g) { return rows.view({g.n, g.ho * g.wo, g.e}); }
+
+// The gate of every image and channel from the ungated activations a2 (rows_out, e).
+inline SeState se_forward(const SqueezeExcite& se, const at::Tensor& a2, const Geometry& g) {
+  const auto opmath = opmath_type(a2.scalar_type());
+  SeState s;
+  s.pooled = per_image(a2, g).sum(1, false, opmath).div_(static_cast<double>(g.ho * g.wo));
+  s.z1 = at::addmm(se.reduce_b.to(opmath), s.pooled, se.reduce_w.to(opmath).t());
+  s.inner = activate_tensor(s.z1, se.inner);
+  s.z2 = at::addmm(se.expand_b.to(opmath), s.inner, se.expand_w.to(opmath).t());
+  s.gate = se.gate == kHardSigmoidGate ? at::hardsigmoid(s.z2) : at::sigmoid(s.z2);
+  return s;
+}
+
+inline void apply_gate(const at::Tensor& rows, const at::Tensor& gate, const Geometry& g) {
+  per_image(rows, g).mul_(gate.to(rows.scalar_type()).unsqueeze(1));
+}
+
+struct SeGrads {
+  at::Tensor reduce_w, reduce_b, expand_w, expand_b;  // the slices' gradients, opmath; undefined: not wanted
+};
+
+// ga (rows_out, e) holds dL/d(gated a2) and becomes dL/da2; a2 (ungated) becomes gated.
+inline SeGrads se_backward(const SqueezeExcite& se, const at::Tensor& ga, const at::Tensor& a2, const Geometry& g,
+                           bool weight_grads) {
+  const auto opmath = opmath_type(a2.scalar_type());
+  const SeState s = se_forward(se, a2, g);
+  const at::Tensor dgate = (per_image(ga, g).to(opmath) * per_image(a2, g).to(opmath)).sum(1);
+  const at::Tensor dz2 = se.gate == kHardSigmoidGate ? at::hardsigmoid_backward(dgate, s.z2)
+                                                       : at::sigmoid_backward(dgate, s.gate);
+  const at::Tensor dz1 = activation_grad_tensor(at::mm(dz2, se.expand_w.to(opmath)), s.z1, se.inner);
+  const at::Tensor dpooled = at::mm(dz1, se.reduce_w.to(opmath)).div_(static_cast<double>(g.ho * g.wo));
+  apply_gate(ga, s.gate, g);
+  per_image(ga, g).add_(dpooled.to(ga.scalar_type()).unsqueeze(1));
+  apply_gate(a2, s.gate, g);
+  SeGrads r;
+  if (weight_grads) {
+    r.expand_w = at::mm(dz2.t(), s.inner);
+    r.expand_b = dz2.sum(0);
+    r.reduce_w = at::mm(dz1.t(), s.pooled);
+    r.reduce_b = dz1.sum(0);
+  }
+  return r;
+}
+
+// The SE of an op's arguments: the first `channels` squeezed and e hidden channels of the
+// max-size (S_max, E_max, 1, 1) reduce and (E_max, S_max, 1, 1) expand convs; none when absent.
+inline SqueezeExcite make_se(const char* op, const Geometry& g, const at::Tensor& x,
+                             const c10::optional<at::Tensor>& reduce_w, const c10::optional<at::Tensor>& reduce_b,
+                             const c10::optional<at::Tensor>& expand_w, const c10::optional<at::Tensor>& expand_b,
+                             int64_t channels, int64_t inner, int64_t gate) {
+  const auto present = [](const c10::optional<at::Tensor>& t) { return t.has_value() && t->defined(); };
+  SqueezeExcite se;
+  const bool any = present(reduce_w) || present(reduce_b) || present(expand_w) || present(expand_b);
+  if (!any) {
+    TORCH_CHECK(channels == 0, op, ": se_channels ", channels, " without SE weights");
+    return se;
+  }
+  TORCH_CHECK(present(reduce_w) && present(reduce_b) && present(expand_w) && present(expand_b), op,
+              ": an SE needs all four of se_reduce_weight, se_reduce_bias, se_expand_weight and se_expand_bias");
+  const int64_t s_max = reduce_w->size(0);
+  TORCH_CHECK(reduce_w->dim() == 4 && reduce_w->size(1) == g.e_max && reduce_w->size(2) == 1 &&
+                  reduce_w->size(3) == 1,
+              op, ": se_reduce_weight must be (S_max, E_max = ", g.e_max, ", 1, 1), got ", reduce_w->sizes());
+  TORCH_CHECK(expand_w->dim() == 4 && expand_w->size(0) == g.e_max && expand_w->size(1) == s_max &&
+                  expand_w->size(2) == 1 && expand_w->size(3) == 1,
+              op, ": se_expand_weight must be (E_max, S_max) = (", g.e_max, ", ", s_max, ", 1, 1), got ",
+              expand_w->sizes());
+  TORCH_CHECK(reduce_b->dim() == 1 && reduce_b->size(0) == s_max && expand_b->dim() == 1 &&
+                  expand_b->size(0) == g.e_max,
+              op, ": the SE biases must be (S_max) and (E_max)");
+  TORCH_CHECK(channels >= 1 && channels <= s_max, op, ": se_channels ", channels, " is outside 1..", s_max);
+  TORCH_CHECK(valid_activation(inner), op, ": se_activation ", inner, " is not an activation code (0..3)");
+  TORCH_CHECK(gate == kSigmoidGate || gate == kHardSigmoidGate, op, ": se_gate must be 0 (sigmoid) or 1 (hard "
+              "sigmoid), got ", gate);
+  for (const auto* t : {&reduce_w, &reduce_b, &expand_w, &expand_b}) {
+    TORCH_CHECK((*t)->scalar_type() == x.scalar_type() && (*t)->device() == x.device(), op,
+                ": the SE weights must have x's dtype and device");
+  }
+  se.reduce_w = reduce_w->reshape({s_max, g.e_max}).narrow(0, 0, channels).narrow(1, 0, g.e);
+  se.reduce_b = reduce_b->narrow(0, 0, channels);
+  se.expand_w = expand_w->reshape({g.e_max, s_max}).narrow(0, 0, g.e).narrow(1, 0, channels);
+  se.expand_b = expand_b->narrow(0, 0, g.e);
+  se.inner = static_cast<int>(inner);
+  se.gate = static_cast<int>(gate);
+  return se;
+}
+
+// The four max-size SE gradients (zero outside the slice), or four empty tensors.
+inline std::vector<at::Tensor> se_param_grads(const SeGrads& r, const c10::optional<at::Tensor>& reduce_w,
+                                              const c10::optional<at::Tensor>& reduce_b,
+                                              const c10::optional<at::Tensor>& expand_w,
+                                              const c10::optional<at::Tensor>& expand_b, const at::Tensor& x) {
+  if (!r.reduce_w.defined()) return std::vector<at::Tensor>(4, at::empty({0}, x.options()));
+  const int64_t s = r.reduce_w.size(0), e = r.reduce_w.size(1);
+  at::Tensor rw = at::zeros_like(*reduce_w), rb = at::zeros_like(*reduce_b);
+  at::Tensor ew = at::zeros_like(*expand_w), eb = at::zeros_like(*expand_b);
+  rw.view({rw.size(0), rw.size(1)}).narrow(0, 0, s).narrow(1, 0, e).copy_(r.reduce_w);
+  rb.narrow(0, 0, s).copy_(r.reduce_b);
+  ew.view({ew.size(0), ew.size(1)}).narrow(0, 0, e).narrow(1, 0, s).copy_(r.expand_w);
+  eb.narrow(0, 0, e).copy_(r.expand_b);
+  return {rw, rb, ew, eb};
+}
+
+inline void check_activation(const char* op, int64_t activation) {
+  TORCH_CHECK(valid_activation(activation), op, ": activation ", activation,
+              " is not an activation code (0 ReLU6, 1 ReLU, 2 hard-swish, 3 swish)");
+}
+
 // From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
 // with scale1/shift1 defined it holds pre-BN1 values and BN1 + ReLU6 are applied on load.
 template <class Backend>
@@ -209,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
     const Geometry& g, const at::Tensor& x_rows, const at::Tensor& in, const at::Tensor& scale1,
     const at::Tensor& shift1, const at::Tensor& dw_weight, const at::Tensor& project_weight,
     const at::Tensor& bn2_w, const at::Tensor& bn2_b, const at::Tensor& bn3_w, const at::Tensor& bn3_b,
-    double eps, const at::Tensor& stats) {
+    const SqueezeExcite& se, double eps, const at::Tensor& stats) {
   const auto opmath = opmath_type(in.scalar_type());
   const TailStats s = tail_stats(stats, g);
   at::Tensor sum = double_zeros(g.e, stats), sumsq = double_zeros(g.e, stats);
@@ -218,7 +373,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   finish_stats(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2);
   auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, in.options());
-  Backend::affine_act(h2, scale2, shift2, /*relu6=*/true, at::Tensor(), a2);
+  Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+  if (se.defined()) apply_gate(a2, se_forward(se, a2, g).gate, g);
 
   const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
@@ -228,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   finish_stats(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3);
   auto [scale3, shift3] = affine_coefficients(s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
   at::Tensor out = Backend::empty({g.rows_out(), g.c_out}, in.options());
-  Backend::affine_act(h3, scale3, shift3, /*relu6=*/false, has_residual(g) ? x_rows : at::Tensor(), out);
+  Backend::affine_act(h3, scale3, shift3, kIdentity, has_residual(g) ? x_rows : at::Tensor(), out);
   return {out, h2, h3};
 }
 
@@ -237,32 +393,40 @@ struct TailGrads {
   at::Tensor grad_dw, grad_project;
   BnGrad bn2, bn3;
   at::Tensor sum_g1, sum_gh1;  // for BN1's backward, when it was applied on load
+  SeGrads se;
 };
 
 template <class Backend>
 TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at::Tensor& in,
                         const at::Tensor& scale1, const at::Tensor& shift1, const at::Tensor& dw_weight,
                         const at::Tensor& project_weight, const at::Tensor& bn2_w, const at::Tensor& bn2_b,
-                        const at::Tensor& bn3_w, const at::Tensor& h2, const at::Tensor& h3,
-                        const at::Tensor& stats, bool weight_grads) {
+                        const at::Tensor& bn3_w, const SqueezeExcite& se, const at::Tensor& h2,
+                        const at::Tensor& h3, const at::Tensor& stats, bool weight_grads) {
   const auto opmath = opmath_type(in.scalar_type());
   const TailStats s = tail_stats(stats, g);
   TailGrads r;
   // BN3 (no activation after it)
   at::Tensor sg = double_zeros(g.c_out, stats), sgh = double_zeros(g.c_out, stats);
-  Backend::grad_sums(grad_rows, h3, at::Tensor(), at::Tensor(), sg, sgh, at::Tensor());
+  Backend::grad_sums(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
   r.bn3 = bn_grad(sg, sgh, s.mean3, s.invstd3, bn3_w, g.rows_out(), opmath);
   at::Tensor gh3 = Backend::empty({g.rows_out(), g.c_out}, h3.options());
-  Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), r.bn3.a, r.bn3.b, r.bn3.c, gh3);
+  Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, r.bn3.a, r.bn3.b, r.bn3.c, gh3);
 
-  // projection GEMMs; the ReLU6 mask and BN2's sums in one pass that also rebuilds a2
+  // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2
+  // (with an SE, a2 is rebuilt first: the gate's gradient needs it)
   const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   at::mm_out(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   at::Tensor sg2 = double_zeros(g.e, stats), sgh2 = double_zeros(g.e, stats);
-  Backend::grad_sums(ga2, h2, scale2, shift2, sg2, sgh2, a2);
+  if (se.defined()) {
+    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+    r.se = se_backward(se, ga2, a2, g, weight_grads);
+    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
+  } else {
+    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
+  }
   r.bn2 = bn_grad(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
     at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
@@ -287,6 +451,13 @@ inline at::Tensor weight_or_empty(const at::Tensor& grad, const at::Tensor& like
 
 inline at::Tensor cast_like(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
 
+// The optional tail of every op's arguments: the block's activation and its SE (make_se).
+#define FNA_MBCONV_ATTRIBUTE_ARGS                                                                          \
+  int64_t activation, const c10::optional<at::Tensor>&se_reduce_w, const c10::optional<at::Tensor>&se_reduce_b, \
+      const c10::optional<at::Tensor>&se_expand_w, const c10::optional<at::Tensor>&se_expand_b,                 \
+      int64_t se_channels, int64_t se_activation, int64_t se_gate
+#define FNA_MBCONV_SE_ARGS se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, se_channels, se_activation, se_gate
+
 // sampled_mbconv_forward -> (out, h1, h2, h3, stats)
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_mbconv_forward(
@@ -294,13 +465,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn1_w, const c10::optional<at::Tensor>& bn1_b,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
-    int64_t expand_channels, int64_t stride, double eps, int64_t dilation) {
+    int64_t expand_channels, int64_t stride, double eps, int64_t dilation, FNA_MBCONV_ATTRIBUTE_ARGS) {
   const char* op = "fna_ext::sampled_mbconv_forward";
   check_inputs(op, x, dw_weight, project_weight, kernel_size, expand_channels, stride, dilation);
+  check_activation(op, activation);
   TORCH_CHECK(expand_weight.dim() == 4 && expand_weight.size(0) == dw_weight.size(0) &&
                   expand_weight.size(1) == x.size(1) && expand_weight.numel() == expand_weight.size(0) * x.size(1),
               op, ": expand_weight must be (E_max, C_in, 1, 1), got ", expand_weight.sizes());
-  const Geometry g = make_geometry(x, dw_weight, project_weight, expand_channels, kernel_size, stride, dilation);
+  Geometry g = make_geometry(x, dw_weight, project_weight, expand_channels, kernel_size, stride, dilation);
+  g.act_expand = g.act_depthwise = static_cast<int>(activation);
+  const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   at::Tensor stats = at::empty({stats_size(g, true)}, x.options().dtype(at::kDouble));
@@ -317,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, h1.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-      slice_or_undefined(bn3_b, g.c_out), eps, stats);
+      slice_or_undefined(bn3_b, g.c_out), se, eps, stats);
   return {from_rows(out, g.n, g.ho, g.wo), from_rows(h1, g.n, g.h, g.w), from_rows(h2, g.n, g.ho, g.wo),
           from_rows(h3, g.n, g.ho, g.wo), stats};
 }
@@ -328,24 +502,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_project_for
     const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight, const at::Tensor& project_weight,
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, int64_t kernel_size,
-    int64_t stride, double eps, int64_t dilation) {
+    int64_t stride, double eps, int64_t dilation, FNA_MBCONV_ATTRIBUTE_ARGS) {
   const char* op = "fna_ext::depthwise_project_forward";
   TORCH_CHECK(hidden.dim() == 4 && hidden.size(0) == x.size(0) && hidden.size(2) == x.size(2) &&
                   hidden.size(3) == x.size(3) && hidden.scalar_type() == x.scalar_type(),
               op, ": hidden must be (N, e, H, W) like x, got ", hidden.sizes(), " and ", x.sizes());
   check_inputs(op, x, dw_weight, project_weight, kernel_size, hidden.size(1), stride, dilation);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
+  check_activation(op, activation);
+  Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
+  g.act_depthwise = static_cast<int>(activation);
+  const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const at::Tensor x_rows = has_residual(g) ? as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)) : at::Tensor();
   at::Tensor stats = at::empty({stats_size(g, false)}, x.options().dtype(at::kDouble));
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-      slice_or_undefined(bn3_b, g.c_out), eps, stats);
+      slice_or_undefined(bn3_b, g.c_out), se, eps, stats);
   return {from_rows(out, g.n, g.ho, g.wo), from_rows(h2, g.n, g.ho, g.wo), from_rows(h3, g.n, g.ho, g.wo), stats};
 }
 
 // sampled_mbconv_backward -> grads of (x, expand_weight, dw_weight, project_weight, bn1..bn3
-// weight and bias); max-size, zero outside the slice; an empty tensor where there is no input.
+// weight and bias, the SE's reduce weight and bias and expand weight and bias); max-size, zero
+// outside the slice; an empty tensor where there is no input.
 template <class Backend>
 std::vector<at::Tensor> sampled_mbconv_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& expand_weight, const at::Tensor& dw_weight,
@@ -353,10 +531,13 @@ std::vector<at::Tensor> sampled_mbconv_backward(
     const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h1,
     const at::Tensor& h2, const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride,
-    bool weight_grads, int64_t dilation) {
-  check_inputs("fna_ext::sampled_mbconv_backward", x, dw_weight, project_weight, kernel_size, h1.size(1), stride,
-               dilation);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride, dilation);
+    bool weight_grads, int64_t dilation, FNA_MBCONV_ATTRIBUTE_ARGS) {
+  const char* op = "fna_ext::sampled_mbconv_backward";
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, h1.size(1), stride, dilation);
+  check_activation(op, activation);
+  Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride, dilation);
+  g.act_expand = g.act_depthwise = static_cast<int>(activation);
+  const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
@@ -365,11 +546,11 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   auto [scale1, shift1] = affine_coefficients(mean1, invstd1, gamma1, slice_or_undefined(bn1_b, g.e), opmath);
   TailGrads t = tail_backward<Backend>(g, grad_rows, h1_rows.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
-                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out), se,
                                        as_rows(h2), as_rows(h3), stats, weight_grads);
-  // BN1's backward (t.grad_in already carries the ReLU6 mask), then the expansion GEMMs
+  // BN1's backward (t.grad_in already carries the activation's gradient), then the expansion GEMMs
   const BnGrad bn1 = bn_grad(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
-  Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), bn1.a, bn1.b, bn1.c, t.grad_in);
+  Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, t.grad_in);
   const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
   at::Tensor grad_expand = at::empty({0}, x.options());
   if (weight_grads) {
@@ -380,40 +561,54 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
   at::mm_out(grad_x, t.grad_in, we);
   if (has_residual(g)) grad_x.add_(grad_rows);
-  return {from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
-          weight_or_empty(t.grad_project, x), param_grad(bn1_w, cast_like(bn1.dgamma, x), weight_grads),
-          param_grad(bn1_b, cast_like(bn1.dbeta, x), weight_grads),
-          param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
-          param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
-          param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
-          param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
+  std::vector<at::Tensor> grads{from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
+                                weight_or_empty(t.grad_project, x),
+                                param_grad(bn1_w, cast_like(bn1.dgamma, x), weight_grads),
+                                param_grad(bn1_b, cast_like(bn1.dbeta, x), weight_grads),
+                                param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
+                                param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
+                                param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
+                                param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
+  for (at::Tensor& grad : se_param_grads(t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x)) {
+    grads.push_back(grad);
+  }
+  return grads;
 }
 
 // depthwise_project_backward -> grads of (x, hidden, dw_weight, project_weight, bn2 and bn3
-// weight and bias); x's is empty when there is no residual (hidden is x's only other use).
+// weight and bias, the SE's four); x's is empty when there is no residual (hidden is x's only
+// other use).
 template <class Backend>
 std::vector<at::Tensor> depthwise_project_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& hidden, const at::Tensor& dw_weight,
     const at::Tensor& project_weight, const c10::optional<at::Tensor>& bn2_w, const c10::optional<at::Tensor>& bn2_b,
     const c10::optional<at::Tensor>& bn3_w, const c10::optional<at::Tensor>& bn3_b, const at::Tensor& h2,
     const at::Tensor& h3, const at::Tensor& stats, int64_t kernel_size, int64_t stride, bool weight_grads,
-    int64_t dilation) {
-  check_inputs("fna_ext::depthwise_project_backward", x, dw_weight, project_weight, kernel_size, hidden.size(1),
-               stride, dilation);
-  const Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
+    int64_t dilation, FNA_MBCONV_ATTRIBUTE_ARGS) {
+  const char* op = "fna_ext::depthwise_project_backward";
+  check_inputs(op, x, dw_weight, project_weight, kernel_size, hidden.size(1), stride, dilation);
+  check_activation(op, activation);
+  Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
+  g.act_depthwise = static_cast<int>(activation);
+  const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
   TailGrads t = tail_backward<Backend>(g, grad_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
-                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
+                                       slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out), se,
                                        as_rows(h2), as_rows(h3), stats, weight_grads);
   // a copy: an op's output must not alias its input
   at::Tensor grad_x = at::empty({0}, x.options());
   if (has_residual(g)) grad_x = from_rows(Backend::empty(grad_rows.sizes(), x.options()).copy_(grad_rows), g.n, g.h, g.w);
-  return {grad_x, from_rows(t.grad_in, g.n, g.h, g.w), weight_or_empty(t.grad_dw, x),
-          weight_or_empty(t.grad_project, x), param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
-          param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
-          param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
-          param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
+  std::vector<at::Tensor> grads{grad_x, from_rows(t.grad_in, g.n, g.h, g.w), weight_or_empty(t.grad_dw, x),
+                                weight_or_empty(t.grad_project, x),
+                                param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
+                                param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
+                                param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
+                                param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
+  for (at::Tensor& grad : se_param_grads(t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x)) {
+    grads.push_back(grad);
+  }
+  return grads;
 }
 
 // The depthwise weight gradient's centre k x k of the first e channels, from (e, k, k) values.

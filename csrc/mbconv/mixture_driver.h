@@ -197,7 +197,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
     at::Tensor h2k = h2[ki];
     finish_stats(sums[ki][0], sums[ki][1], g0.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
     auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
-    Backend::affine_act(h2k, scale2, shift2, /*relu6=*/true, at::Tensor(), a2);
+    Backend::affine_act(h2k, scale2, shift2, kRelu6, at::Tensor(), a2);
     // the nested projections: each candidate adds its column block to the narrower one's result
     int64_t done = 0;
     at::Tensor previous;
@@ -276,14 +276,14 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   if (residual) {
     at::Tensor sum_g = double_zeros(g0.c_out, stats), sum_gx = double_zeros(g0.c_out, stats);
     Backend::grad_sums(grad_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), at::Tensor(), at::Tensor(),
-                       sum_g, sum_gx, at::Tensor());
+                       kIdentity, sum_g, sum_gx, at::Tensor());
     grad_weights.add_(sum_gx.sum());
   }
   // BN3's backward per candidate, with the upstream gradient w_i * grad: gh3_i = a_i grad + b_i h3_i + c_i
   std::vector<BnGrad> bn3(plan.candidates);
   for (int64_t i = 0; i < plan.candidates; ++i) {
     at::Tensor sg = double_zeros(g0.c_out, stats), sgh = double_zeros(g0.c_out, stats);
-    Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), sg, sgh, at::Tensor());
+    Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
     auto [scale3, shift3] = affine_coefficients(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
     grad_weights[i].add_((scale3 * sgh + shift3 * sg).sum());
     bn3[i] = bn_grad(sg * w[i], sgh * w[i], s.mean3(i), s.invstd3(i), a.gamma3, g0.rows_out(), a.opmath);
@@ -305,7 +305,8 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     for (int64_t j = last; j >= 0; --j) {
       const auto& c = group[j];
       const BnGrad& b = bn3[c.index];
-      Backend::grad_apply(grad_rows, h3[c.index], at::Tensor(), at::Tensor(), b.a, b.b, b.c, j == last ? suffix : term);
+      Backend::grad_apply(grad_rows, h3[c.index], at::Tensor(), at::Tensor(), kIdentity, b.a, b.b, b.c,
+                          j == last ? suffix : term);
       if (j < last) suffix.add_(term);
       const int64_t start = j == 0 ? 0 : group[j - 1].e;
       if (c.e > start) {
@@ -316,7 +317,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     const at::Tensor h2k = h2[ki];
     auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
     at::Tensor sg2 = double_zeros(plan.width, stats), sgh2 = double_zeros(plan.width, stats);
-    Backend::grad_sums(gak, h2k, scale2, shift2, sg2, sgh2, at::Tensor());
+    Backend::grad_sums(gak, h2k, scale2, shift2, kRelu6, sg2, sgh2, at::Tensor());
     const BnGrad bn2 = bn_grad(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g0.rows_out(), a.opmath);
     ga2s.push_back(gak), h2s.push_back(h2k), scale2s.push_back(scale2), shift2s.push_back(shift2);
     as.push_back(bn2.a), bs.push_back(bn2.b), cs.push_back(bn2.c);
@@ -352,9 +353,9 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   const at::Tensor h1_rows = as_rows(h1);
   auto [scale1, shift1] = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
   at::Tensor sg1 = double_zeros(plan.width, stats), sgh1 = double_zeros(plan.width, stats);
-  Backend::grad_sums(grad_in, h1_rows, scale1, shift1, sg1, sgh1, at::Tensor());
+  Backend::grad_sums(grad_in, h1_rows, scale1, shift1, kRelu6, sg1, sgh1, at::Tensor());
   const BnGrad bn1 = bn_grad(sg1, sgh1, s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
-  Backend::grad_apply(grad_in, h1_rows, scale1, shift1, bn1.a, bn1.b, bn1.c, grad_in);
+  Backend::grad_apply(grad_in, h1_rows, scale1, shift1, kRelu6, bn1.a, bn1.b, bn1.c, grad_in);
   at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
   at::mm_out(grad_x, grad_in, a.we.narrow(0, 0, plan.width));
   if (residual) grad_x.addcmul_(grad_rows, w_sum);

@@ -19,11 +19,16 @@ reduces its statistics over every process (:mod:`fna_ext.engine.distributed`).
 ``dilation`` spaces the depthwise taps (padding ``dilation * (k - 1) // 2``): dense tasks keep
 output stride 16 or 8 by turning a stage's stride into dilation (DeepLab), so a dilated block has
 stride 1; the two together are rejected.
+
+The NAS seeds' blocks (MnasNet, FBNet, MobileNetV3, EfficientNet) run through the same ops:
+``activation`` replaces both ReLU6s (``"relu"``, ``"hardswish"``, ``"swish"``), and ``se``
+(a :class:`SqueezeExcite`) gates the depthwise conv's activation before the projection.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,50 @@ FUSED_KERNEL_SIZES = (3, 5, 7)  # the search spaces' kernels; others run the ref
 _FUSED_DTYPES = {"cpu": (torch.float32, torch.float64),
                  "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 _fused_enabled = True
+# the ops' integer codes (csrc/mbconv/activation.h)
+ACTIVATION_CODES = {"relu6": 0, "relu": 1, "hardswish": 2, "swish": 3}
+GATE_CODES = {"sigmoid": 0, "hardsigmoid": 1}
+_ACTIVATIONS = {"relu6": F.relu6, "relu": F.relu, "hardswish": F.hardswish, "swish": F.silu}
+_GATES = {"sigmoid": torch.sigmoid, "hardsigmoid": F.hardsigmoid}
+
+
+class SqueezeExcite(NamedTuple):
+    """A squeeze-and-excitation on the first ``channels`` squeezed channels of max-size
+    ``(S_max, E_max, 1, 1)`` reduce and ``(E_max, S_max, 1, 1)`` expand convs (with biases):
+    ``hidden * gate(expand(activation(reduce(mean(hidden)))))`` (Once-for-All's dynamic SE)."""
+
+    reduce_weight: torch.Tensor
+    reduce_bias: torch.Tensor
+    expand_weight: torch.Tensor
+    expand_bias: torch.Tensor
+    channels: int
+    activation: str = "relu"
+    gate: str = "sigmoid"
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The reference: eager PyTorch."""
+        e, s = hidden.shape[1], self.channels
+        scale = F.conv2d(hidden.mean((2, 3), keepdim=True), self.reduce_weight[:s, :e], self.reduce_bias[:s])
+        scale = F.conv2d(_ACTIVATIONS[self.activation](scale), self.expand_weight[:e, :s], self.expand_bias[:e])
+        return hidden * _GATES[self.gate](scale)
+
+
+def _check_attributes(activation: str, se: SqueezeExcite | None) -> None:
+    if activation not in ACTIVATION_CODES:
+        raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATION_CODES)}")
+    if se is not None and (se.activation not in ACTIVATION_CODES or se.gate not in GATE_CODES):
+        raise ValueError(f"SE activation {se.activation!r} / gate {se.gate!r}: the activation must be one of "
+                         f"{sorted(ACTIVATION_CODES)} and the gate one of {sorted(GATE_CODES)}")
+
+
+def _attribute_args(x: torch.Tensor, activation: str, se: SqueezeExcite | None) -> tuple:
+    """The ops' trailing arguments: activation, the SE's four tensors (in x's dtype), its width,
+    inner activation and gate."""
+    if se is None:
+        return (ACTIVATION_CODES[activation], None, None, None, None, 0, 1, 0)
+    tensors = _like_x(x, se.reduce_weight, se.reduce_bias, se.expand_weight, se.expand_bias)
+    return (ACTIVATION_CODES[activation], *tensors, int(se.channels), ACTIVATION_CODES[se.activation],
+            GATE_CODES[se.gate])
 
 
 def set_fused(enabled: bool) -> None:
@@ -97,23 +146,27 @@ def centre_kernel(dw_weight: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 def expand_hidden(x: torch.Tensor, expand_weight: torch.Tensor, expand_channels: int, bn1_weight=None,
-                  bn1_bias=None, eps: float = 1e-5) -> torch.Tensor:
-    """expand 1x1 -> BN1 -> ReLU6 on the first ``expand_channels`` rows. Every op is per channel,
-    so the first e3 channels of the e6 result are exactly the e3 result: a mixture computes the
-    widest once."""
-    return F.relu6(_bn(F.conv2d(x, expand_weight[:expand_channels]), bn1_weight, bn1_bias, eps))
+                  bn1_bias=None, eps: float = 1e-5, activation: str = "relu6") -> torch.Tensor:
+    """expand 1x1 -> BN1 -> activation on the first ``expand_channels`` rows. Every op is per
+    channel, so the first e3 channels of the e6 result are exactly the e3 result: a mixture
+    computes the widest once."""
+    return _ACTIVATIONS[activation](_bn(F.conv2d(x, expand_weight[:expand_channels]), bn1_weight, bn1_bias, eps))
 
 
 def depthwise_project_reference(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
                                 project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1,
                                 bn2_weight=None, bn2_bias=None, bn3_weight=None, bn3_bias=None,
-                                eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
+                                eps: float = 1e-5, dilation: int = 1, activation: str = "relu6",
+                                se: SqueezeExcite | None = None) -> torch.Tensor:
     """Pure-PyTorch :func:`depthwise_project`."""
     check_dilation(stride, dilation)
+    _check_attributes(activation, se)
     e = hidden.shape[1]
     hidden = F.conv2d(hidden, centre_kernel(dw_weight[:e], kernel_size), stride=stride,
                       padding=_same_padding(kernel_size, dilation), dilation=dilation, groups=e)
-    hidden = F.relu6(_bn(hidden, bn2_weight, bn2_bias, eps))
+    hidden = _ACTIVATIONS[activation](_bn(hidden, bn2_weight, bn2_bias, eps))
+    if se is not None:
+        hidden = se(hidden)
     out = _bn(F.conv2d(hidden, project_weight[:, :e]), bn3_weight, bn3_bias, eps)
     return out + x if stride == 1 and out.shape[1] == x.shape[1] else out
 
@@ -121,15 +174,18 @@ def depthwise_project_reference(x: torch.Tensor, hidden: torch.Tensor, dw_weight
 def sampled_mbconv_reference(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
                              project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
                              stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
-                             bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
+                             bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1,
+                             activation: str = "relu6", se: SqueezeExcite | None = None) -> torch.Tensor:
     """Pure-PyTorch :func:`sampled_mbconv`."""
     _check(x, expand_weight, dw_weight, expand_channels)
     check_dilation(stride, dilation)
+    _check_attributes(activation, se)
     hidden = x if expand_weight is None else expand_hidden(x, expand_weight, expand_channels, bn1_weight,
-                                                           bn1_bias, eps)
+                                                           bn1_bias, eps, activation)
     return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
                                        stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
-                                       bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation)
+                                       bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation,
+                                       activation=activation, se=se)
 
 
 def _check(x, expand_weight, dw_weight, expand_channels: int) -> None:
@@ -149,35 +205,39 @@ def _like_x(x: torch.Tensor, *tensors):
 def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Tensor,
                       project_weight: torch.Tensor, *, kernel_size: int, stride: int = 1, bn2_weight=None,
                       bn2_bias=None, bn3_weight=None, bn3_bias=None, eps: float = 1e-5,
-                      dilation: int = 1) -> torch.Tensor:
+                      dilation: int = 1, activation: str = "relu6", se: SqueezeExcite | None = None) -> torch.Tensor:
     """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k
-    (taps ``dilation`` apart) -> BN2 -> ReLU6 -> project 1x1 -> BN3, plus the residual ``x`` when
-    the shapes allow."""
+    (taps ``dilation`` apart) -> BN2 -> activation (-> SE) -> project 1x1 -> BN3, plus the
+    residual ``x`` when the shapes allow."""
     centre_kernel(dw_weight, kernel_size)  # checks that k fits
     check_dilation(stride, dilation)
+    _check_attributes(activation, se)
     if not takes_fused_path(x, kernel_size):
         return depthwise_project_reference(x, hidden, dw_weight, project_weight, kernel_size=kernel_size,
                                            stride=stride, bn2_weight=bn2_weight, bn2_bias=bn2_bias,
-                                           bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation)
+                                           bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps, dilation=dilation,
+                                           activation=activation, se=se)
     tensors = _like_x(x, hidden, dw_weight, project_weight, bn2_weight, bn2_bias, bn3_weight, bn3_bias)
     return torch.ops.fna_ext.depthwise_project_forward(x, *tensors, int(kernel_size), int(stride), float(eps),
-                                                       int(dilation))[0]
+                                                       int(dilation), *_attribute_args(x, activation, se))[0]
 
 
 def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weight: torch.Tensor,
                    project_weight: torch.Tensor, *, kernel_size: int, expand_channels: int,
                    stride: int = 1, bn1_weight=None, bn1_bias=None, bn2_weight=None, bn2_bias=None,
-                   bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1) -> torch.Tensor:
-    """expand 1x1 -> BN1 -> ReLU6 -> depthwise k x k (stride, or taps ``dilation`` apart) -> BN2 ->
-    ReLU6 -> project 1x1 -> BN3 (+ x when stride is 1 and C_in == C_out), on the slices of the
-    max-size weights ``(E_max, C_in, 1, 1)``, ``(E_max, 1, K_max, K_max)`` and
+                   bn3_weight=None, bn3_bias=None, eps: float = 1e-5, dilation: int = 1,
+                   activation: str = "relu6", se: SqueezeExcite | None = None) -> torch.Tensor:
+    """expand 1x1 -> BN1 -> act -> depthwise k x k (stride, or taps ``dilation`` apart) -> BN2 ->
+    act (-> SE) -> project 1x1 -> BN3 (+ x when stride is 1 and C_in == C_out), on the slices of
+    the max-size weights ``(E_max, C_in, 1, 1)``, ``(E_max, 1, K_max, K_max)`` and
     ``(C_out, E_max, 1, 1)``. ``expand_weight=None`` means no expansion conv (``expand_channels``
-    must be C_in)."""
+    must be C_in). ``act`` is ``activation`` (ReLU6, MobileNetV2's, by default)."""
     _check(x, expand_weight, dw_weight, expand_channels)
     centre_kernel(dw_weight, kernel_size)
     check_dilation(stride, dilation)
+    _check_attributes(activation, se)
     bn23 = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps,
-                dilation=dilation)
+                dilation=dilation, activation=activation, se=se)
     if expand_weight is None:
         return depthwise_project(x, x, dw_weight, project_weight, kernel_size=kernel_size, stride=stride, **bn23)
     if not takes_fused_path(x, kernel_size):
@@ -187,7 +247,8 @@ def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weigh
     tensors = _like_x(x, expand_weight, dw_weight, project_weight, bn1_weight, bn1_bias, bn2_weight, bn2_bias,
                       bn3_weight, bn3_bias)
     return torch.ops.fna_ext.sampled_mbconv_forward(x, *tensors, int(kernel_size), int(expand_channels),
-                                                    int(stride), float(eps), int(dilation))[0]
+                                                    int(stride), float(eps), int(dilation),
+                                                    *_attribute_args(x, activation, se))[0]
 
 
 # ---- registration of the fused ops: fake kernels (shapes for torch.compile) and autograd ------
@@ -211,8 +272,28 @@ def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, dilation
             _channels_last(x, n, c_out, ho, wo), stats)
 
 
+# The ops' trailing attribute arguments (activation, the SE's four tensors, its width, inner
+# activation and gate), with their schema defaults, and where the SE tensors sit among them.
+_ATTRIBUTE_DEFAULTS = (0, None, None, None, None, 0, 1, 0)
+_SE_TENSORS = slice(1, 5)
+_SAMPLED_TENSORS, _SAMPLED_SCALARS = 10, 5  # x, 3 weights, 6 BN params; kernel_size .. dilation
+_TAIL_TENSORS, _TAIL_SCALARS = 8, 4         # x, hidden, 2 weights, 4 BN params; kernel_size .. dilation
+
+
+def _attributes(inputs, first: int) -> tuple:
+    given = tuple(inputs[first:])
+    return given + _ATTRIBUTE_DEFAULTS[len(given):]
+
+
+def _fake_se_grads(x, attributes, weight_grads):
+    se = attributes[_SE_TENSORS]
+    if not weight_grads or se[0] is None:
+        return [x.new_empty(0) for _ in se]
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in se]
+
+
 def _fake_sampled_forward(x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b,
-                          kernel_size, expand_channels, stride, eps, dilation=1):
+                          kernel_size, expand_channels, stride, eps, dilation=1, *attributes):
     out, h2, h3, stats = _fake_tail(x, expand_channels, project_weight, kernel_size, stride, dilation,
                                     with_bn1=True)
     h1 = _channels_last(x, x.shape[0], expand_channels, x.shape[2], x.shape[3])
@@ -220,7 +301,7 @@ def _fake_sampled_forward(x, expand_weight, dw_weight, project_weight, bn1_w, bn
 
 
 def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_size, stride, eps,
-                       dilation=1):
+                       dilation=1, *attributes):
     return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, dilation, with_bn1=False)
 
 
@@ -233,59 +314,84 @@ def _fake_grads(x, params, bns, weight_grads):
 
 
 def _fake_sampled_backward(grad_out, x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b,
-                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride, weight_grads, dilation=1):
+                           bn3_w, bn3_b, h1, h2, h3, stats, kernel_size, stride, weight_grads, dilation=1,
+                           *attributes):
     grad_x = torch.empty_like(x, memory_format=torch.channels_last)
-    return [grad_x] + _fake_grads(x, (expand_weight, dw_weight, project_weight),
-                                  (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b), weight_grads)
+    return ([grad_x] + _fake_grads(x, (expand_weight, dw_weight, project_weight),
+                                   (bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b), weight_grads)
+            + _fake_se_grads(x, _attributes(attributes, 0), weight_grads))
 
 
 def _fake_tail_backward(grad_out, x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, h2, h3, stats,
-                        kernel_size, stride, weight_grads, dilation=1):
+                        kernel_size, stride, weight_grads, dilation=1, *attributes):
     residual = stride == 1 and project_weight.shape[0] == x.shape[1]
     grad_x = torch.empty_like(x, memory_format=torch.channels_last) if residual else x.new_empty(0)
     grad_hidden = torch.empty_like(hidden, memory_format=torch.channels_last)
-    return [grad_x, grad_hidden] + _fake_grads(x, (dw_weight, project_weight), (bn2_w, bn2_b, bn3_w, bn3_b),
-                                               weight_grads)
+    return ([grad_x, grad_hidden] + _fake_grads(x, (dw_weight, project_weight), (bn2_w, bn2_b, bn3_w, bn3_b),
+                                                weight_grads)
+            + _fake_se_grads(x, _attributes(attributes, 0), weight_grads))
 
 
 def _none_if_empty(grads):
     return tuple(g if g.numel() else None for g in grads)
 
 
-def _setup_sampled(ctx, inputs, output):
-    *tensors, kernel_size, _, stride, _, dilation = inputs
-    _, h1, h2, h3, stats = output
-    ctx.save_for_backward(*tensors, h1, h2, h3, stats)
-    ctx.kernel_size, ctx.stride, ctx.dilation = kernel_size, stride, dilation
+def _setup(ctx, inputs, output, tensors: int, scalars: int, saved_outputs) -> None:
+    """Saves the op's tensors, the outputs backward needs and the SE's tensors; keeps the scalars."""
+    attributes = _attributes(inputs, tensors + scalars)
+    ctx.save_for_backward(*inputs[:tensors], *saved_outputs, *attributes[_SE_TENSORS])
+    ctx.scalars = tuple(inputs[tensors:tensors + scalars])
+    ctx.attributes = attributes
     # Only `out` is differentiable: without this autograd would fill hidden-sized zero gradients
-    # for h1, h2, h3 on every backward.
+    # for the saved tensors on every backward.
     ctx.set_materialize_grads(False)
+
+
+def _backward_args(ctx, weight_params: slice, tensors: int, scalars: int):
+    """(saved tensors in the backward op's order, weight_grads, trailing attribute arguments)."""
+    *saved, rw, rb, ew, eb = ctx.saved_tensors
+    se_first = tensors + scalars + 1
+    # false in architecture steps, where every weight is frozen: no weight gradients then
+    weight_grads = any(ctx.needs_input_grad[weight_params]) or any(ctx.needs_input_grad[se_first:se_first + 4])
+    attributes = (ctx.attributes[0], rw, rb, ew, eb, *ctx.attributes[5:])
+    return saved, weight_grads, attributes
+
+
+def _input_grads(grads, tensors: int, scalars: int) -> tuple:
+    """The op's gradients laid out over its inputs: tensors, scalars, activation, SE, SE scalars."""
+    grads = _none_if_empty(grads)
+    return grads[:tensors] + (None,) * (scalars + 1) + grads[tensors:] + (None,) * 3
+
+
+def _setup_sampled(ctx, inputs, output):
+    _, h1, h2, h3, stats = output
+    _setup(ctx, inputs, output, _SAMPLED_TENSORS, _SAMPLED_SCALARS, (h1, h2, h3, stats))
 
 
 def _backward_sampled(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 15
-    weight_grads = any(ctx.needs_input_grad[1:10])  # false in architecture steps: weights frozen
-    grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
-                                                      weight_grads, ctx.dilation)
-    return _none_if_empty(grads) + (None,) * 5
+        return (None,) * (_SAMPLED_TENSORS + _SAMPLED_SCALARS + len(_ATTRIBUTE_DEFAULTS))
+    saved, weight_grads, attributes = _backward_args(ctx, slice(1, _SAMPLED_TENSORS), _SAMPLED_TENSORS,
+                                                     _SAMPLED_SCALARS)
+    kernel_size, _, stride, _, dilation = ctx.scalars
+    grads = torch.ops.fna_ext.sampled_mbconv_backward(grad_out, *saved, kernel_size, stride, weight_grads, dilation,
+                                                      *attributes)
+    return _input_grads(grads, _SAMPLED_TENSORS, _SAMPLED_SCALARS)
 
 
 def _setup_tail(ctx, inputs, output):
-    *tensors, kernel_size, stride, _, dilation = inputs
     _, h2, h3, stats = output
-    ctx.save_for_backward(*tensors, h2, h3, stats)
-    ctx.kernel_size, ctx.stride, ctx.dilation = kernel_size, stride, dilation
-    ctx.set_materialize_grads(False)
+    _setup(ctx, inputs, output, _TAIL_TENSORS, _TAIL_SCALARS, (h2, h3, stats))
 
 
 def _backward_tail(ctx, grad_out, *_):
     if grad_out is None:
-        return (None,) * 12
-    weight_grads = any(ctx.needs_input_grad[2:8])
-    grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *ctx.saved_tensors, ctx.kernel_size, ctx.stride,
-                                                         weight_grads, ctx.dilation)
-    return _none_if_empty(grads) + (None,) * 4
+        return (None,) * (_TAIL_TENSORS + _TAIL_SCALARS + len(_ATTRIBUTE_DEFAULTS))
+    saved, weight_grads, attributes = _backward_args(ctx, slice(2, _TAIL_TENSORS), _TAIL_TENSORS, _TAIL_SCALARS)
+    kernel_size, stride, _, dilation = ctx.scalars
+    grads = torch.ops.fna_ext.depthwise_project_backward(grad_out, *saved, kernel_size, stride, weight_grads,
+                                                         dilation, *attributes)
+    return _input_grads(grads, _TAIL_TENSORS, _TAIL_SCALARS)
 
 
 def _register() -> None:

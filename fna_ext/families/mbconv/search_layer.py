@@ -1,7 +1,8 @@
 """The MBConv family's searched layer: a layer's candidate ops (k, e) over one shared max-size
 MBConv (or one MBConv each), run as one sampled op (path mode) or as their softmax(alpha)-weighted
-mixture (mixture mode). MobileNetV2's candidates (ReLU6, no SE) run through the fused ops; a NAS
-seed's (SE, other activations) through the eager :mod:`.sampled_block`."""
+mixture (mixture mode), through the fused ops. A NAS seed's candidates pass their activation and
+SE to the sampled ops; the whole-mixture op computes MobileNetV2's block (ReLU6, no SE) only, so
+a NAS seed's mixture shares the widest expansion and runs each candidate's fused tail on it."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from torch import nn
 
 from ...ops import sampled_mbconv
 from ...ops.mbconv_mixture import depthwise_project_mixture, mbconv_mixture
-from ...ops.sampled_mbconv import depthwise_project, expand_hidden
+from ...ops.sampled_mbconv import SqueezeExcite, depthwise_project, expand_hidden
 from ...ops.slices import mbconv_regions
 from ..norm import candidate_batch_norm
 from ..sampled import SampledRegion
 from .blocks import MBConv
 from .candidates import module_key, widest_op
-from .op import Op
-from .sampled_block import expansion_output, rest_of_block, sampled_block
-
+from .op import GATES, Op
 
 
 class SearchLayer(nn.Module):
@@ -35,8 +34,8 @@ class SearchLayer(nn.Module):
                                                         Op.parse(name).expansion, spec.stride, spec.dilation,
                                                         norm_layer=norm, attributes=Op.parse(name))
                                      for name in owners})
-        # the fused ops compute MobileNetV2's block; anything else runs eagerly
-        self.fused = all(Op.parse(op).uses_relu6_only for op in ops)
+        # the whole-mixture op computes MobileNetV2's block (ReLU6, no SE) only
+        self.whole_mixture = all(Op.parse(op).uses_relu6_only for op in ops)
         self.choice: str | torch.Tensor | None = None  # an op name, or mixture weights
         # mixture mode: keep neither the expansion nor the depthwise outputs for the backward,
         # which recomputes them
@@ -55,43 +54,47 @@ class SearchLayer(nn.Module):
     def _expansion(self, op: str) -> int:
         return Op.parse(op).hidden_channels(self.spec.in_channels)
 
-    def _eager(self, x: torch.Tensor, op: str, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        parts = dict(stride=self.spec.stride, dilation=self.spec.dilation, affine=self.affine_bn, eps=self.bn_eps)
-        if hidden is not None:
-            return rest_of_block(x, hidden, self._owner(op), Op.parse(op), **parts)
-        return sampled_block(x, self._owner(op), Op.parse(op), **parts)
+    def _attributes(self, op: str, block: MBConv) -> dict:
+        """The op's activation and SE (its first squeezed channels of the shared SE) for the fused ops."""
+        parsed = Op.parse(op)
+        se = None
+        if parsed.se:  # MobileNetV3's SE has ReLU inside; MnasNet's and EfficientNet's the block's activation
+            se = SqueezeExcite(block.se.reduce.weight, block.se.reduce.bias, block.se.expand.weight,
+                               block.se.expand.bias, parsed.se_channels(self.spec.in_channels),
+                               "relu" if parsed.se == "hse" else parsed.activation, GATES[parsed.se])
+        return dict(activation=parsed.activation, se=se)
 
     def run_op(self, x: torch.Tensor, op: str) -> torch.Tensor:
         parsed = Op.parse(op)
         if parsed.is_skip:
             return x
-        if not self.fused:
-            return self._eager(x, op)
+        if not parsed.has_expand:
+            return self._rest_of_block(x, x, op)
         block = self._owner(op)
         return sampled_mbconv(x, block.expand.conv.weight, block.depthwise.conv.weight, block.project.conv.weight,
                               kernel_size=parsed.kernel, expand_channels=self._expansion(op),
                               stride=self.spec.stride, eps=self.bn_eps, dilation=self.spec.dilation,
-                              **self._bn_args(block))
+                              **self._bn_args(block), **self._attributes(op, block))
 
     def expansion_output(self, x: torch.Tensor, op: str) -> torch.Tensor:
-        """The op's expand conv -> BN -> activation output (for a detector feature tap)."""
-        if not self.fused:
-            return expansion_output(x, self._owner(op), Op.parse(op), self.affine_bn, self.bn_eps)
+        """The op's expand conv -> BN -> activation output (for a detector feature tap); the input
+        where the op has no expand conv."""
+        parsed = Op.parse(op)
+        if not parsed.has_expand:
+            return x
         block = self._owner(op)
         bn = self._bn_args(block)
         return expand_hidden(x, block.expand.conv.weight, self._expansion(op), bn.get("bn1_weight"),
-                             bn.get("bn1_bias"), self.bn_eps)
+                             bn.get("bn1_bias"), self.bn_eps, parsed.activation)
 
     def _rest_of_block(self, x: torch.Tensor, hidden: torch.Tensor, op: str) -> torch.Tensor:
-        if not self.fused:
-            return self._eager(x, op, hidden)
         block, parsed = self._owner(op), Op.parse(op)
         bn = self._bn_args(block)
         return depthwise_project(x, hidden, block.depthwise.conv.weight, block.project.conv.weight,
                                  kernel_size=parsed.kernel, stride=self.spec.stride,
                                  bn2_weight=bn.get("bn2_weight"), bn2_bias=bn.get("bn2_bias"),
                                  bn3_weight=bn.get("bn3_weight"), bn3_bias=bn.get("bn3_bias"), eps=self.bn_eps,
-                                 dilation=self.spec.dilation)
+                                 dilation=self.spec.dilation, **self._attributes(op, block))
 
     def sampled_regions(self, op: str) -> dict[nn.Parameter, SampledRegion]:
         """In shared mode, which entries of the max-size weights op (k, e) uses (boxes: its first
@@ -119,7 +122,7 @@ class SearchLayer(nn.Module):
         """(softmax-weighted sum of every candidate's output, weighted sum of their expansion
         outputs). With shared weights the candidates run as one mixture op, which computes the
         widest expansion once (materialised only when a detector taps it)."""
-        if self.weight_sharing != "shared" or not self.fused:
+        if self.weight_sharing != "shared" or not self.whole_mixture:
             return self._independent_mixture(x, tap)
         positions = [i for i, op in enumerate(self.spec.candidates) if not Op.parse(op).is_skip]
         ops = [self.spec.candidates[i] for i in positions]
@@ -157,7 +160,12 @@ class SearchLayer(nn.Module):
             if Op.parse(op).is_skip:
                 out = out + w * x
                 continue
-            hidden = shared[:, :self._expansion(op)] if shared is not None else self.expansion_output(x, op)
+            if not Op.parse(op).has_expand:
+                hidden = x
+            elif shared is not None:
+                hidden = shared[:, :self._expansion(op)]
+            else:
+                hidden = self.expansion_output(x, op)
             out = out + w * self._rest_of_block(x, hidden, op)
             if tap and hidden.shape[1] == self._expansion(widest):
                 tapped = tapped + w * hidden
