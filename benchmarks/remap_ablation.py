@@ -117,7 +117,8 @@ def options_for(row: Row, seed: int, args) -> AdaptOptions:
         task=args.task, model=args.model, data=args.data, seed_weights=args.seed_weights, seed_arch=args.seed_arch,
         seed=seed,
         device=args.device, search_init=row.search_init, train_init="random" if row.train_init == "random" else "remap",
-        search_overrides=[*args.search_set, f"train.epochs={args.search_epochs}",
+        search_overrides=[*args.search_set,
+                          *([f"train.epochs={args.search_epochs}"] if args.search_epochs is not None else []),
                           f"search.remap_width={row.width}", f"search.remap_kernel={row.kernel}",
                           f"search.remap_groups={row.groups}"],
         train_overrides=[*args.train_set, f"train.epochs={args.train_epochs}",
@@ -240,7 +241,8 @@ def markdown(rows: list[dict], metrics: list[str], args) -> str:
                      f"{row[f'mean_{second}']:.3f} ± {row[f'std_{second}']:.3f} | "
                      f"{row['mean_madds'] / 1e6:.1f}M | {per_seed} |"
                      + (f" {row['seed_top1_kept']:.3f} |" if kept else ""))
-    search = (f"the fixed architecture {args.arch} (no search)" if args.arch else f"search {args.search_epochs} epochs")
+    epochs = f"{args.search_epochs} epochs" if args.search_epochs else "the task's schedule"
+    search = f"the fixed architecture {args.arch} (no search)" if args.arch else f"search {epochs}"
     lines += ["", f"Task {args.task}; seeds {args.seeds}; {search}, fine-tuning "
               f"{args.train_epochs} epochs per row; data: {args.data or 'the embedded synthetic default'}; "
               f"{device_description(args.device)}; command: "
@@ -262,7 +264,7 @@ def main(argv=None) -> int:
     parser.add_argument("--retrain", action="store_true",
                         help="Table 5's fifth row: the found architecture pretrained from scratch, then fine-tuned")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--search-epochs", type=int, default=3)
+    parser.add_argument("--search-epochs", type=int, help="search epochs (default: the task's schedule)")
     parser.add_argument("--train-epochs", type=int, default=6)
     parser.add_argument("--pretrain-epochs", type=int, help="epochs of the Retrain row's pretraining "
                                                             "(default: the seed recipe's)")

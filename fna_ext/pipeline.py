@@ -17,6 +17,7 @@ import torch
 from .arch import Arch
 from .atomic import atomic_write_text
 from .engine.finetune import INITS, finetune
+from .nas.report import decisions_markdown
 from .nas.search import search
 from .pretrain import seed_weights_path
 from .remap import load_seed_network
@@ -109,6 +110,9 @@ def build_summary(options: AdaptOptions, found, trained, seed_path: Path, phases
         "run_seed": options.seed,
         "arch": str(found.arch), "seed_arch": record["seed_arch"],
         "adapted": record["adapted"], "seed": record["seed"],
+        "search_layers": [{k: layer[k] for k in ("layer", "winner", "winner_probability", "runner_up",
+                                                 "runner_up_probability", "margin", "uniform", "decided")}
+                          for layer in record["layers"]],
         "metrics": trained.metrics,
         "seconds": {"total": seconds, **phases},
         # adapt runs in one process, so device-hours are wall-clock hours on one device
@@ -133,6 +137,8 @@ def summary_markdown(summary: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: |",
         *(f"| {name} | {c['params']:,} | {c['madds']:,} | {c['backbone_params']:,} | {c['backbone_madds']:,} |"
           for name, c in (("seed", seed), ("adapted", adapted))),
+        "", "## How decided the search's choices are", "",
+        *decisions_markdown(summary["search_layers"]),
         "", f"## {summary['task']} metrics (validation split)", "",
         "| " + " | ".join(names) + " |", "|" + " ---: |" * len(names),
         "| " + " | ".join(f"{metrics[name]:.3f}" for name in names) + " |",

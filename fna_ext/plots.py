@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from .arch import Arch, Op
 from .atomic import atomic_write
 from .families import get_family
+from .nas.report import DECISIVE_PROBABILITY
 
 PathLike = str | os.PathLike
 
@@ -183,12 +184,18 @@ def _op_colors(candidate_names: Sequence[Sequence[str]]) -> dict[str, tuple]:
 def _plot_layer_alphas(ax, steps: list[int], series: list[list[float]], ops: Sequence[str],
                        colors: dict[str, tuple], name: str) -> None:
     marker = "o" if len(steps) == 1 else None  # a single point draws no line
-    for j, op in enumerate(ops):
+    final = series[-1]
+    winner = max(range(len(ops)), key=lambda j: final[j])
+    for j, op in enumerate(ops):  # the winner drawn thick and on top, the others faded
         ax.plot(steps, [p[j] for p in series], color=colors[op], marker=marker, markersize=4,
-                linewidth=1.2, linestyle="--" if op == "skip" else "-")
+                linewidth=2.6 if j == winner else 0.9, alpha=1.0 if j == winner else 0.45,
+                zorder=3 if j == winner else 2, linestyle="--" if op == "skip" else "-")
+    ax.axhline(DECISIVE_PROBABILITY, color="0.5", linewidth=0.6, linestyle=":")
     if len(steps) == 1:
         ax.set_xlim(steps[0] - 1, steps[0] + 1)  # matplotlib's default span is under one step
-    ax.set_title(name, fontsize=8)
+    decided = final[winner] >= DECISIVE_PROBABILITY
+    ax.set_title(f"{name}: {ops[winner]} {final[winner]:.2f}", fontsize=7,
+                 fontweight="bold" if decided else "normal")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))  # steps are whole numbers
     ax.set_ylim(0, 1)
     ax.tick_params(labelsize=6)
@@ -213,7 +220,9 @@ def plot_alphas(history: Sequence[tuple[int, Sequence[Sequence[float]]]],
     """Plots softmax(alpha) of every searched layer against the search step, one subplot per layer.
 
     ``history`` holds ``(step, probs)`` with ``probs[l][j]`` the probability of candidate
-    ``candidate_names[l][j]`` of layer ``layer_names[l]``.
+    ``candidate_names[l][j]`` of layer ``layer_names[l]``. Each subplot draws the final winner
+    thick and names it with its probability (bold where it reaches ``DECISIVE_PROBABILITY``,
+    the dotted line).
     """
     _validate_history(history, layer_names, candidate_names)
     steps = [step for step, _ in history]

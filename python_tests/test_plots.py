@@ -118,3 +118,16 @@ def test_plots_leave_no_pyplot_figures(tmp_path):
     plot_alphas([(0, uniform_probs())], LAYERS, CANDIDATES, tmp_path / "alphas.png")
     plot_training_curves(training_records(True), tmp_path / "curves.png")
     assert plt.get_fignums() == before
+
+
+def test_layer_decision_names_the_winner_runner_up_and_margin():
+    from fna_ext.nas.report import decisions_markdown, layer_decision
+
+    decision = layer_decision(["k3_e3", "k5_e6", "skip"], [0.2, 0.7, 0.1])
+    assert decision["winner"] == "k5_e6" and decision["runner_up"] == "k3_e3"
+    assert decision["margin"] == 0.5 and decision["decided"] and decision["uniform"] == round(1 / 3, 6)
+    undecided = layer_decision(["k3_e3", "k5_e6", "skip"], [0.35, 0.5 - 1e-3, 0.15 + 1e-3])
+    assert not undecided["decided"] and undecided["winner"] == "k5_e6"
+    lines = decisions_markdown([{"layer": "s1_l0", **decision}, {"layer": "s1_l1", **undecided}])
+    assert lines[0].startswith("1 of 2 searched layers are decided")
+    assert "| s1_l0 | k5_e6 | 0.700 | k3_e3 | 0.200 | 0.500 | 0.333 | yes |" in lines

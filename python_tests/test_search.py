@@ -1,6 +1,7 @@
 """The search loop on a tiny generated dataset: outputs, exact resume, random strategy, CLI."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -48,6 +49,14 @@ def test_search_writes_arch_json_and_plots(tiny, tmp_path):
     for png in ("arch.png", "alphas.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(result.phase_seconds) >= {"data", "remap", "cost table", "search", "derive"}
+    # how decided each layer's choice is: in the record and in summary.md
+    first = record["layers"][0]
+    assert first["winner"] == first["op"] and first["winner_probability"] == max(probabilities.values())
+    assert first["margin"] == pytest.approx(first["winner_probability"] - first["runner_up_probability"], abs=2e-6)
+    assert record["decided_layers"] == sum(layer["winner_probability"] >= 0.5 for layer in record["layers"])
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"{record['decided_layers']} of 21 searched layers are decided" in summary
+    assert len(re.findall(r"\n\| s\d+_l\d+ \|", summary)) == 21  # one row per searched layer
 
 
 def test_resumed_search_ends_with_the_same_architecture_and_alphas(tiny, tmp_path):
@@ -99,7 +108,8 @@ def test_search_cli_prints_the_summary_and_next_command(tiny, tmp_path):
     result = run_search("--data", str(data), "--seed-weights", str(seed_path), "--out", str(tmp_path / "s"),
                         "--epochs", "1", *sets, "--set", "search.alpha_start_epoch=0")
     assert result.returncode == 0, result.stderr
-    for text in ("derived architecture", "seed", "adapted", "time per phase", "python -m fna_ext.train"):
+    for text in ("derived architecture", "seed", "adapted", "decided layers", "time per phase",
+                 "python -m fna_ext.train"):
         assert text in result.stdout
 
 

@@ -22,6 +22,7 @@ from .common import add_common_arguments, check_device, config_from_preset, task
 from ..engine import distributed
 from ..nas.search import search
 from ..nas.settings import COSTS, STRATEGIES
+from ..nas.report import DECISIVE_PROBABILITY
 from ..pretrain import seed_weights_path
 from ..remap import load_seed_network
 
@@ -49,8 +50,10 @@ def summary(result, seed_path: Path, seconds: dict, args) -> str:
              f"{'adapted':12}{adapted['params']:>12,}{adapted['madds']:>16,}",
              f"backbone {record['cost_kind']} the search optimised: {record['expected_cost']:.4g} "
              f"{record['cost_unit']} expected under softmax(alpha), {record['derived_cost']:.4g} derived",
+             f"decided layers (winner >= {DECISIVE_PROBABILITY:g} of softmax(alpha)): {record['decided_layers']} of "
+             f"{len(record['layers'])}",
              "time per phase: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()),
-             f"wrote {result.out_dir / 'arch.json'}, arch.png, alphas.png",
+             f"wrote {result.out_dir / 'arch.json'}, arch.png, alphas.png, summary.md",
              "next (parameter adaptation):"]
     command = ["python", "-m", "fna_ext.train", "--task", record["task"], "--model", record["model"],
                "--arch", str(result.out_dir / "arch.json"), "--seed-weights", str(seed_path),

@@ -35,6 +35,7 @@ from ..engine.trainer import (ResumableSampler, StepHooks, Trainer, build_optimi
                               resumable_loader, to_device)
 from ..tasks import get_task
 from .cost_table import build_cost_table
+from .report import decided_count, layer_decision, search_summary_markdown
 from .supernet import SuperNetwork
 
 
@@ -431,18 +432,21 @@ def derive(search: ArchitectureSearch, seed_network: nn.Module) -> SearchResult:
         "seed_arch": str(seed_network.arch),
         "layers": [{"layer": layer.spec.key, "op": op,
                     "probabilities": {c: round(float(p), 6) for c, p in zip(layer.spec.candidates, prob.detach().cpu())},
-                    "alpha": [round(float(a), 6) for a in alpha.detach().cpu()]}
+                    "alpha": [round(float(a), 6) for a in alpha.detach().cpu()],
+                    **layer_decision(layer.spec.candidates, prob.detach().cpu().tolist())}
                    for layer, op, prob, alpha in zip(search.layers, ops, probs, search.alphas.alphas)],
         "adapted": _model_cost(search, arch, size),
         "seed": _model_cost(search, seed_network.arch, size),
         "steps": search.step, "alpha_steps": search.alpha_steps, "config": config,
     }
+    record["decided_layers"] = decided_count(record["layers"])
     if scored is not None:
         record["random_candidates"] = scored
     arch = arch.with_meta(task=search.task.name, model=search.model_name, input_size=list(size), search=record)
     if not _is_main():
         return SearchResult(search.out_dir, arch, ops, record, dict(search.phase_seconds))
     arch.save(search.out_dir / "arch.json")
+    atomic_write_text(search.out_dir / "summary.md", search_summary_markdown(record))
     plots.plot_arch(arch, search.out_dir / "arch.png", seed_arch=seed_network.arch,
                     title=f"{search.model_name} backbone found by FNA ({s['strategy']} search)")
     plots.plot_alphas(search.history, [l.spec.key for l in search.layers],

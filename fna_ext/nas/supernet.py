@@ -110,11 +110,17 @@ class SuperNetwork(nn.Module):
     # -- derivation
     def derive(self, ops: list[str]) -> Arch:
         """The target Arch that takes ``ops`` (one per searched layer) on the seed's stages."""
-        layers = self.search_layers()
-        if len(ops) != len(layers):
-            raise ValueError(f"derivation needs {len(layers)} ops, got {len(ops)}")
-        stages = [self.seed_arch.stages[0]]
-        for i, stage in enumerate(self.seed_arch.stages[1:], start=1):
-            stage_ops = tuple(op for layer, op in zip(layers, ops) if layer.spec.stage == i)
-            stages.append(Stage(stage.in_channels, stage.out_channels, stage_ops, stage.stride))
-        return self.seed_arch.with_stages(stages)
+        return derive_arch(self.seed_arch, [layer.spec for layer in self.search_layers()], ops)
+
+
+def derive_arch(seed_arch: Arch, specs, ops: list[str]) -> Arch:
+    """The Arch that takes ``ops[i]`` at searched layer ``specs[i]`` on the seed's stages (the
+    first stage is not searched): what a search derives, or a random architecture of its space."""
+    specs = list(specs)
+    if len(ops) != len(specs):
+        raise ValueError(f"derivation needs {len(specs)} ops, got {len(ops)}")
+    stages = [seed_arch.stages[0]]
+    for i, stage in enumerate(seed_arch.stages[1:], start=1):
+        stage_ops = tuple(op for spec, op in zip(specs, ops) if spec.stage == i)
+        stages.append(Stage(stage.in_channels, stage.out_channels, stage_ops, stage.stride))
+    return seed_arch.with_stages(stages)

@@ -1,0 +1,238 @@
+"""The paper's Table 6 on a synthetic task: is the searched architecture better for the task than
+random architectures of the same cost?
+
+For each run seed, the search (the task's embedded schedule, or ``--search-set`` overrides)
+derives an architecture; ``--random`` architectures are then drawn uniformly from the same search
+space (every searched layer's candidates, skip included) until each has backbone MAdds within
+``--tolerance`` (default 5%) of the searched one's. Every architecture, searched or random, is
+remapped from the same seed and fine-tuned with the same budget (``--train-epochs``), and
+evaluated with the task's metrics.
+
+    python benchmarks/search_vs_random.py [--task coco] [--seeds 0 1] [--random 3]
+        [--train-epochs 6] [--tolerance 0.05] [--search-set KEY=VALUE ...] [--search-only]
+
+It also reports whether the searches converged: per run seed, how many searched layers are
+decided (the winner holds at least half of softmax(alpha)), and over the seeds, on how many
+layers every seed's search picked the same op. ``--search-only`` stops there (no fine-tuning).
+
+writes ``benchmarks/results/search_vs_random_{task}.json`` and ``.md``: the searched and the
+random architectures' mean, spread (population std) and per-architecture values of the task's two
+headline metrics, their MAdds, and whether the searched mean beats the random mean by more than
+the random architectures' spread (the goal). Finished phases are kept in ``--work`` (default
+``runs/search_vs_random_TASK``) and reused when the command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from remap_ablation import Row, fine_tuned_metrics, headline_metrics, options_for, searched_arch  # noqa: E402
+
+from fna_ext.arch import Arch  # noqa: E402
+from fna_ext.atomic import atomic_write_text  # noqa: E402
+from fna_ext.cli.count import count_task  # noqa: E402
+from fna_ext.nas.search_space import layer_specs  # noqa: E402
+from fna_ext.nas.supernet import derive_arch  # noqa: E402
+from fna_ext.pipeline import device_description, pipeline_configs  # noqa: E402
+from fna_ext.pretrain import seed_weights_path  # noqa: E402
+from fna_ext.remap import load_seed_network  # noqa: E402
+from fna_ext.tasks import get_task  # noqa: E402
+
+FNA = Row()  # Remap -> ArchAdapt -> Remap -> ParamAdapt, FNA's own pipeline, for every architecture
+MAX_DRAWS = 20_000
+
+
+def backbone_madds(options, arch: Arch) -> int:
+    task = get_task(options.task)
+    model = task.model_name(options.model, arch)
+    return count_task(model, arch, task.input_size(pipeline_configs(options)[0])).grouped()["backbone"][1]
+
+
+def random_archs(options, seed_arch: Arch, target_madds: int, count: int, tolerance: float, rng: random.Random):
+    """``count`` architectures drawn uniformly from the search space, each within ``tolerance`` of
+    ``target_madds`` (backbone MAdds), all different; raises when the space holds too few."""
+    config = pipeline_configs(options)[0]
+    task = get_task(options.task)
+    space = task.search_space(config["model"]["name"]).with_settings(config["search"].get("space"))
+    specs = layer_specs(seed_arch, space, task.output_stride(config))
+    found: dict[str, tuple[Arch, int]] = {}
+    for _ in range(MAX_DRAWS):
+        arch = derive_arch(seed_arch, specs, [rng.choice(spec.candidates) for spec in specs])
+        if str(arch) in found:
+            continue
+        madds = backbone_madds(options, arch)
+        if abs(madds - target_madds) <= tolerance * target_madds:
+            found[str(arch)] = (arch, madds)
+            if len(found) == count:
+                return list(found.values())
+    raise SystemExit(f"error: only {len(found)} of {count} random architectures within {tolerance:.0%} of "
+                     f"{target_madds / 1e6:.1f}M MAdds in {MAX_DRAWS} draws; raise --tolerance")
+
+
+def convergence(records: dict[int, dict]) -> dict:
+    """Per run seed the decided layers; over the seeds, the layers whose winner every seed shares."""
+    seeds = list(records)
+    winners = [[layer["winner"] for layer in records[seed]["layers"]] for seed in seeds]
+    agreed = [len(set(column)) == 1 for column in zip(*winners)]
+    return {"layers": len(agreed), "decided": {seed: records[seed]["decided_layers"] for seed in seeds},
+            "agreed_layers": sum(agreed),
+            "per_layer": [{"layer": layer["layer"], "winners": [w[i] for w in winners], "agreed": agreed[i],
+                           "winner_probabilities": [records[seed]["layers"][i]["winner_probability"] for seed in seeds]}
+                          for i, layer in enumerate(records[seeds[0]]["layers"])]}
+
+
+def run(args) -> dict:
+    task = get_task(args.task)
+    metrics = headline_metrics(task)
+    work = Path(args.work or REPO / "runs" / f"search_vs_random_{task.name}")
+    seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
+    seed_network = load_seed_network(seed_path, args.seed_arch)
+    records = {}
+    for seed in args.seeds:
+        started = time.perf_counter()
+        searched_arch(options_for(FNA, seed, args), seed_network, work / f"seed{seed}" / "search")
+        records[seed] = Arch.load(work / f"seed{seed}" / "search" / "arch.json").meta["search"]
+        print(f"seed {seed} | search: {records[seed]['decided_layers']} of {len(records[seed]['layers'])} layers "
+              f"decided ({time.perf_counter() - started:.0f} s)", flush=True)
+    result = {"metrics": metrics, "convergence": convergence(records)}
+    if args.search_only:
+        return result
+    searched, randoms = [], []
+    for seed in args.seeds:
+        options = options_for(FNA, seed, args)
+        folder = work / f"seed{seed}"
+        started = time.perf_counter()
+        arch, _ = searched_arch(options, seed_network, folder / "search")
+        madds = backbone_madds(options, arch)
+        result = fine_tuned_metrics(options, arch, seed_path, folder / "train_searched", args.seed_arch)
+        searched.append({"seed": seed, "arch": str(arch), "madds": madds, **{m: result[m] for m in metrics}})
+        print(f"seed {seed} | searched ({madds / 1e6:.1f}M MAdds): "
+              + " ".join(f"{m} {result[m]:.3f}" for m in metrics) + f" ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+        drawn = random_archs(options, seed_network.arch, madds, args.random, args.tolerance,
+                             random.Random(1_000 + seed))
+        for index, (candidate, candidate_madds) in enumerate(drawn):
+            started = time.perf_counter()
+            result = fine_tuned_metrics(options, candidate, seed_path, folder / f"train_random{index}",
+                                        args.seed_arch)
+            randoms.append({"seed": seed, "index": index, "arch": str(candidate), "madds": candidate_madds,
+                            **{m: result[m] for m in metrics}})
+            print(f"seed {seed} | random {index} ({candidate_madds / 1e6:.1f}M MAdds): "
+                  + " ".join(f"{m} {result[m]:.3f}" for m in metrics) + f" ({time.perf_counter() - started:.0f} s)",
+                  flush=True)
+    return {**result, "searched": _summary(searched, metrics), "random": _summary(randoms, metrics)}
+
+
+def _summary(entries: list[dict], metrics: list[str]) -> dict:
+    out = {"per_arch": entries}
+    for key in [*metrics, "madds"]:
+        values = [e[key] for e in entries]
+        out[f"mean_{key}"] = statistics.fmean(values)
+        out[f"std_{key}"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return out
+
+
+def verdict(result: dict) -> dict:
+    """The searched mean against the random mean, in units of the random architectures' spread."""
+    first = result["metrics"][0]
+    gap = result["searched"][f"mean_{first}"] - result["random"][f"mean_{first}"]
+    spread = result["random"][f"std_{first}"]
+    return {"metric": first, "gap": gap, "random_spread": spread, "beats_random_by_more_than_spread": gap > spread}
+
+
+def convergence_markdown(c: dict) -> list[str]:
+    decided = ", ".join(f"seed {seed}: {n}" for seed, n in c["decided"].items())
+    lines = [f"Searched layers decided (winner >= 0.5 of softmax(alpha)), of {c['layers']}: {decided}. "
+             f"Layers on which every seed's search picked the same op: {c['agreed_layers']} of {c['layers']}.", "",
+             "| layer | winner per seed | p(winner) per seed | agreed |", "| --- | --- | --- | :---: |"]
+    for layer in c["per_layer"]:
+        lines.append(f"| {layer['layer']} | {', '.join(layer['winners'])} | "
+                     f"{', '.join(f'{p:.2f}' for p in layer['winner_probabilities'])} | "
+                     f"{'yes' if layer['agreed'] else 'no'} |")
+    return lines
+
+
+def markdown(result: dict, args) -> str:
+    if "searched" not in result:
+        return "\n".join(convergence_markdown(result["convergence"])) + "\n"
+    first, second = result["metrics"]
+    lines = [f"| architectures | {first} (mean ± std) | {second} (mean ± std) | backbone MAdds (mean) | "
+             f"per-architecture {first} |", "| --- | ---: | ---: | ---: | --- |"]
+    for name, key in (("searched (FNA)", "searched"), (f"random, same MAdds ±{args.tolerance:.0%}", "random")):
+        row = result[key]
+        per = ", ".join(f"{e[first]:.3f}" for e in row["per_arch"])
+        lines.append(f"| {name} | {row[f'mean_{first}']:.3f} ± {row[f'std_{first}']:.3f} | "
+                     f"{row[f'mean_{second}']:.3f} ± {row[f'std_{second}']:.3f} | {row['mean_madds'] / 1e6:.1f}M | {per} |")
+    v = result["verdict"]
+    lines += ["", f"Searched minus random {v['metric']}: {v['gap']:+.3f}, against a random spread of "
+              f"{v['random_spread']:.3f}: the searched architecture "
+              + ("beats the random mean by more than the spread." if v["beats_random_by_more_than_spread"]
+                 else "does **not** beat the random mean by more than the spread."),
+              "", f"Task {args.task}; run seeds {args.seeds}; {args.random} random architectures per seed; "
+              f"fine-tuning {args.train_epochs} epochs each; data: {args.data or 'the embedded synthetic default'}; "
+              f"{device_description(args.device)}; command: "
+              f"`{shlex.join(['python', 'benchmarks/search_vs_random.py', *args.argv])}`.", "",
+              "## Did the searches converge?", "", *convergence_markdown(result["convergence"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="coco", help="the task (coco, cityscapes, ...; default coco)")
+    parser.add_argument("--model", help="the task's model (default: its default)")
+    parser.add_argument("--seed-arch", help="the seed's named arch (default: the task's embedded seed)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--random", type=int, default=3, help="random architectures per run seed (default 3)")
+    parser.add_argument("--tolerance", type=float, default=0.05,
+                        help="how far a random architecture's backbone MAdds may be from the searched one's "
+                             "(a fraction; default 0.05)")
+    parser.add_argument("--search-epochs", type=int, help="search epochs (default: the task's schedule)")
+    parser.add_argument("--train-epochs", type=int, default=6)
+    parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
+    parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
+    parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a search setting (repeatable)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fine-tuning setting (repeatable)")
+    parser.add_argument("--work", help="folder for each phase's outputs, reused when run again "
+                                       "(default: runs/search_vs_random_TASK)")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--search-only", action="store_true",
+                        help="run the searches and report their convergence, without fine-tuning")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.random < 1 or not 0 < args.tolerance < 1:
+        parser.error("--random must be at least 1 and --tolerance strictly between 0 and 1")
+    task = get_task(args.task)
+    args.task = task.name
+    started = time.perf_counter()
+    result = run(args)
+    if "searched" in result:
+        result["verdict"] = verdict(result)
+    record = {"task": task.name, **result, "seeds": args.seeds, "random_per_seed": args.random,
+              "tolerance": args.tolerance, "search_epochs": args.search_epochs, "train_epochs": args.train_epochs,
+              "data": args.data or "embedded synthetic default", "device": device_description(args.device),
+              "date": time.strftime("%Y-%m-%d"), "seconds": round(time.perf_counter() - started, 1)}
+    results = Path(args.results)
+    name = (f"search_{'convergence' if args.search_only else 'vs_random'}_{task.name}"
+            + (f"_{Path(args.seed_arch).stem}" if args.seed_arch else ""))
+    atomic_write_text(results / f"{name}.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(results / f"{name}.md", markdown(result, args))
+    print(markdown(result, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
