@@ -250,6 +250,20 @@ def markdown(rows: list[dict], metrics: list[str], args) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The data, seed, override, output and device arguments of the pipeline benchmarks."""
+    parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
+    parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
+    parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a search setting for every run (repeatable)")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fine-tuning setting for every run (repeatable)")
+    parser.add_argument("--work", help="folder for each phase's outputs, reused when run again "
+                                       f"(default: runs/{name}_TASK)")
+    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="coco", help="the task (coco, cityscapes, ...; default coco)")
@@ -268,16 +282,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-epochs", type=int, default=6)
     parser.add_argument("--pretrain-epochs", type=int, help="epochs of the Retrain row's pretraining "
                                                             "(default: the seed recipe's)")
-    parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
-    parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
-    parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a search setting for every row (repeatable)")
-    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a fine-tuning setting for every row (repeatable)")
-    parser.add_argument("--work", help="folder for each phase's outputs, reused when run again "
-                                       "(default: runs/remap_ablation_TASK)")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_run_arguments(parser, "remap_ablation")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.retrain and args.table != "5":

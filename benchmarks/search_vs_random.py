@@ -2,9 +2,12 @@
 random architectures of the same cost?
 
 For each run seed, the search (the task's embedded schedule, or ``--search-set`` overrides)
-derives an architecture; ``--random`` architectures are then drawn uniformly from the same search
-space (every searched layer's candidates, skip included) until each has backbone MAdds within
-``--tolerance`` (default 5%) of the searched one's. Every architecture, searched or random, is
+derives an architecture; ``--random`` architectures are then drawn from the same search space
+(every searched layer's candidates, skip included) until each has MAdds (as the search counts
+them) within ``--tolerance`` (default 5%) of the searched one's. They are drawn with per-layer
+probabilities tilted towards cheap ops just enough that the expected cost is the searched one's
+(the maximum-entropy distribution at that cost; uniform draws almost never cost as little as a
+search that trades capacity for cost). Every architecture, searched or random, is
 remapped from the same seed and fine-tuned with the same budget (``--train-epochs``), and
 evaluated with the task's metrics.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shlex
 import statistics
@@ -37,11 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from remap_ablation import Row, fine_tuned_metrics, headline_metrics, options_for, searched_arch  # noqa: E402
+from remap_ablation import (Row, add_run_arguments, fine_tuned_metrics, headline_metrics, options_for,  # noqa: E402
+                            searched_arch)
 
 from fna_ext.arch import Arch  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
 from fna_ext.cli.count import count_task  # noqa: E402
+from fna_ext.nas.cost_table import madds_table  # noqa: E402
 from fna_ext.nas.search_space import layer_specs  # noqa: E402
 from fna_ext.nas.supernet import derive_arch  # noqa: E402
 from fna_ext.pipeline import device_description, pipeline_configs  # noqa: E402
@@ -59,25 +65,61 @@ def backbone_madds(options, arch: Arch) -> int:
     return count_task(model, arch, task.input_size(pipeline_configs(options)[0])).grouped()["backbone"][1]
 
 
-def random_archs(options, seed_arch: Arch, target_madds: int, count: int, tolerance: float, rng: random.Random):
-    """``count`` architectures drawn uniformly from the search space, each within ``tolerance`` of
-    ``target_madds`` (backbone MAdds), all different; raises when the space holds too few."""
+def _space(options, seed_arch: Arch):
+    """The search space's layer specs and their MAdds table, as the search built them."""
     config = pipeline_configs(options)[0]
     task = get_task(options.task)
     space = task.search_space(config["model"]["name"]).with_settings(config["search"].get("space"))
     specs = layer_specs(seed_arch, space, task.output_stride(config))
-    found: dict[str, tuple[Arch, int]] = {}
+    return specs, madds_table(seed_arch, specs, task.input_size(config))
+
+
+def cost_tilted(table, target: float) -> list[list[float]]:
+    """Per layer, probabilities proportional to exp(-beta * MAdds) with beta set (by bisection)
+    so that the expected MAdds is ``target``: the most random way (maximum entropy) to draw
+    architectures of a given expected cost. Uniform draws cluster at the space's mean cost, and a
+    search that trades capacity for cost lands far from it (3 standard deviations here)."""
+    scale = target / max(len(table.per_layer), 1)
+
+    def probabilities(beta):
+        out = []
+        for costs in table.per_layer:
+            logits = [-beta * c / scale for c in costs]
+            top = max(logits)
+            weights = [math.exp(v - top) for v in logits]
+            out.append([w / sum(weights) for w in weights])
+        return out
+
+    def expected(beta):
+        return table.fixed + sum(sum(p * c for p, c in zip(ps, costs))
+                                 for ps, costs in zip(probabilities(beta), table.per_layer))
+
+    low, high = -50.0, 50.0
+    if not expected(high) <= target <= expected(low):
+        raise SystemExit(f"error: no architecture of the space costs about {target / 1e6:.1f}M MAdds")
+    for _ in range(80):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected(middle) > target else (low, middle)
+    return probabilities((low + high) / 2)
+
+
+def random_archs(options, seed_arch: Arch, searched: Arch, count: int, tolerance: float, rng: random.Random):
+    """``count`` different architectures of the search space whose MAdds (as the search counts
+    them) are within ``tolerance`` of the searched one's, drawn from :func:`cost_tilted`."""
+    specs, table = _space(options, seed_arch)
+    ops_of = [op for stage in searched.stages[1:] for op in stage.ops]
+    target = table.of_ops(ops_of)
+    probabilities = cost_tilted(table, target)
+    found: dict[str, Arch] = {}
     for _ in range(MAX_DRAWS):
-        arch = derive_arch(seed_arch, specs, [rng.choice(spec.candidates) for spec in specs])
-        if str(arch) in found:
-            continue
-        madds = backbone_madds(options, arch)
-        if abs(madds - target_madds) <= tolerance * target_madds:
-            found[str(arch)] = (arch, madds)
+        ops = [rng.choices(spec.candidates, weights=p)[0] for spec, p in zip(specs, probabilities)]
+        arch = derive_arch(seed_arch, specs, ops)
+        if str(arch) not in found and str(arch) != str(searched) and abs(table.of_ops(ops) - target) <= tolerance * target:
+            found[str(arch)] = arch
             if len(found) == count:
-                return list(found.values())
-    raise SystemExit(f"error: only {len(found)} of {count} random architectures within {tolerance:.0%} of "
-                     f"{target_madds / 1e6:.1f}M MAdds in {MAX_DRAWS} draws; raise --tolerance")
+                return [(arch, backbone_madds(options, arch)) for arch in found.values()]
+    raise SystemExit(f"error: only {len(found)} of {count} architectures within {tolerance:.0%} of "
+                     f"{target / 1e6:.1f}M MAdds in {MAX_DRAWS} draws; raise --tolerance")
 
 
 def convergence(records: dict[int, dict]) -> dict:
@@ -120,7 +162,7 @@ def run(args) -> dict:
         print(f"seed {seed} | searched ({madds / 1e6:.1f}M MAdds): "
               + " ".join(f"{m} {result[m]:.3f}" for m in metrics) + f" ({time.perf_counter() - started:.0f} s)",
               flush=True)
-        drawn = random_archs(options, seed_network.arch, madds, args.random, args.tolerance,
+        drawn = random_archs(options, seed_network.arch, arch, args.random, args.tolerance,
                              random.Random(1_000 + seed))
         for index, (candidate, candidate_madds) in enumerate(drawn):
             started = time.perf_counter()
@@ -199,18 +241,9 @@ def main(argv=None) -> int:
                              "(a fraction; default 0.05)")
     parser.add_argument("--search-epochs", type=int, help="search epochs (default: the task's schedule)")
     parser.add_argument("--train-epochs", type=int, default=6)
-    parser.add_argument("--data", help="dataset root (default: the embedded synthetic dataset)")
-    parser.add_argument("--seed-weights", help="seed weights (default: the embedded default's seed)")
-    parser.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a search setting (repeatable)")
-    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a fine-tuning setting (repeatable)")
-    parser.add_argument("--work", help="folder for each phase's outputs, reused when run again "
-                                       "(default: runs/search_vs_random_TASK)")
-    parser.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--search-only", action="store_true",
                         help="run the searches and report their convergence, without fine-tuning")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_run_arguments(parser, "search_vs_random")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.random < 1 or not 0 < args.tolerance < 1:

@@ -336,12 +336,14 @@ inline SqueezeExcite make_se(const char* op, const Geometry& g, const at::Tensor
   return se;
 }
 
-// The four max-size SE gradients (zero outside the slice), or four empty tensors.
-inline std::vector<at::Tensor> se_param_grads(const SeGrads& r, const c10::optional<at::Tensor>& reduce_w,
-                                              const c10::optional<at::Tensor>& reduce_b,
-                                              const c10::optional<at::Tensor>& expand_w,
-                                              const c10::optional<at::Tensor>& expand_b, const at::Tensor& x) {
-  if (!r.reduce_w.defined()) return std::vector<at::Tensor>(4, at::empty({0}, x.options()));
+// Appends the four max-size SE gradients (zero outside the slice), or four empty tensors.
+inline void add_se_grads(std::vector<at::Tensor>& grads, const SeGrads& r, const c10::optional<at::Tensor>& reduce_w,
+                         const c10::optional<at::Tensor>& reduce_b, const c10::optional<at::Tensor>& expand_w,
+                         const c10::optional<at::Tensor>& expand_b, const at::Tensor& x) {
+  if (!r.reduce_w.defined()) {
+    grads.insert(grads.end(), 4, at::empty({0}, x.options()));
+    return;
+  }
   const int64_t s = r.reduce_w.size(0), e = r.reduce_w.size(1);
   at::Tensor rw = at::zeros_like(*reduce_w), rb = at::zeros_like(*reduce_b);
   at::Tensor ew = at::zeros_like(*expand_w), eb = at::zeros_like(*expand_b);
@@ -349,7 +351,7 @@ inline std::vector<at::Tensor> se_param_grads(const SeGrads& r, const c10::optio
   rb.narrow(0, 0, s).copy_(r.reduce_b);
   ew.view({ew.size(0), ew.size(1)}).narrow(0, 0, e).narrow(1, 0, s).copy_(r.expand_w);
   eb.narrow(0, 0, e).copy_(r.expand_b);
-  return {rw, rb, ew, eb};
+  grads.insert(grads.end(), {rw, rb, ew, eb});
 }
 
 inline void check_activation(const char* op, int64_t activation) {
@@ -444,17 +446,22 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   return r;
 }
 
+// Appends an affine BN's two parameter gradients (see param_grad).
+inline void add_bn_grads(std::vector<at::Tensor>& grads, const c10::optional<at::Tensor>& weight,
+                         const c10::optional<at::Tensor>& bias, const BnGrad& bn, const at::Tensor& x, bool wanted) {
+  grads.push_back(param_grad(weight, bn.dgamma.to(x.scalar_type()), wanted));
+  grads.push_back(param_grad(bias, bn.dbeta.to(x.scalar_type()), wanted));
+}
+
 // A weight gradient, or an empty tensor where it was not computed.
 inline at::Tensor weight_or_empty(const at::Tensor& grad, const at::Tensor& like) {
   return grad.defined() ? grad : at::empty({0}, like.options());
 }
 
-inline at::Tensor cast_like(const at::Tensor& t, const at::Tensor& like) { return t.to(like.scalar_type()); }
-
 // The optional tail of every op's arguments: the block's activation and its SE (make_se).
-#define FNA_MBCONV_ATTRIBUTE_ARGS                                                                          \
-  int64_t activation, const c10::optional<at::Tensor>&se_reduce_w, const c10::optional<at::Tensor>&se_reduce_b, \
-      const c10::optional<at::Tensor>&se_expand_w, const c10::optional<at::Tensor>&se_expand_b,                 \
+#define FNA_MBCONV_ATTRIBUTE_ARGS                                                                           \
+  int64_t activation, const c10::optional<at::Tensor>& se_reduce_w, const c10::optional<at::Tensor>& se_reduce_b, \
+      const c10::optional<at::Tensor>& se_expand_w, const c10::optional<at::Tensor>& se_expand_b,                 \
       int64_t se_channels, int64_t se_activation, int64_t se_gate
 #define FNA_MBCONV_SE_ARGS se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, se_channels, se_activation, se_gate
 
@@ -562,16 +569,11 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   at::mm_out(grad_x, t.grad_in, we);
   if (has_residual(g)) grad_x.add_(grad_rows);
   std::vector<at::Tensor> grads{from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
-                                weight_or_empty(t.grad_project, x),
-                                param_grad(bn1_w, cast_like(bn1.dgamma, x), weight_grads),
-                                param_grad(bn1_b, cast_like(bn1.dbeta, x), weight_grads),
-                                param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
-                                param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
-                                param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
-                                param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
-  for (at::Tensor& grad : se_param_grads(t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x)) {
-    grads.push_back(grad);
-  }
+                                weight_or_empty(t.grad_project, x)};
+  add_bn_grads(grads, bn1_w, bn1_b, bn1, x, weight_grads);
+  add_bn_grads(grads, bn2_w, bn2_b, t.bn2, x, weight_grads);
+  add_bn_grads(grads, bn3_w, bn3_b, t.bn3, x, weight_grads);
+  add_se_grads(grads, t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x);
   return grads;
 }
 
@@ -600,14 +602,10 @@ std::vector<at::Tensor> depthwise_project_backward(
   at::Tensor grad_x = at::empty({0}, x.options());
   if (has_residual(g)) grad_x = from_rows(Backend::empty(grad_rows.sizes(), x.options()).copy_(grad_rows), g.n, g.h, g.w);
   std::vector<at::Tensor> grads{grad_x, from_rows(t.grad_in, g.n, g.h, g.w), weight_or_empty(t.grad_dw, x),
-                                weight_or_empty(t.grad_project, x),
-                                param_grad(bn2_w, cast_like(t.bn2.dgamma, x), weight_grads),
-                                param_grad(bn2_b, cast_like(t.bn2.dbeta, x), weight_grads),
-                                param_grad(bn3_w, cast_like(t.bn3.dgamma, x), weight_grads),
-                                param_grad(bn3_b, cast_like(t.bn3.dbeta, x), weight_grads)};
-  for (at::Tensor& grad : se_param_grads(t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x)) {
-    grads.push_back(grad);
-  }
+                                weight_or_empty(t.grad_project, x)};
+  add_bn_grads(grads, bn2_w, bn2_b, t.bn2, x, weight_grads);
+  add_bn_grads(grads, bn3_w, bn3_b, t.bn3, x, weight_grads);
+  add_se_grads(grads, t.se, se_reduce_w, se_reduce_b, se_expand_w, se_expand_b, x);
   return grads;
 }
 
