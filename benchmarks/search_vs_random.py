@@ -147,9 +147,9 @@ def run(args) -> dict:
         records[seed] = Arch.load(work / f"seed{seed}" / "search" / "arch.json").meta["search"]
         print(f"seed {seed} | search: {records[seed]['decided_layers']} of {len(records[seed]['layers'])} layers "
               f"decided ({time.perf_counter() - started:.0f} s)", flush=True)
-    result = {"metrics": metrics, "convergence": convergence(records)}
+    report = {"metrics": metrics, "convergence": convergence(records)}
     if args.search_only:
-        return result
+        return report
     searched, randoms = [], []
     for seed in args.seeds:
         options = options_for(FNA, seed, args)
@@ -173,7 +173,7 @@ def run(args) -> dict:
             print(f"seed {seed} | random {index} ({candidate_madds / 1e6:.1f}M MAdds): "
                   + " ".join(f"{m} {result[m]:.3f}" for m in metrics) + f" ({time.perf_counter() - started:.0f} s)",
                   flush=True)
-    return {**result, "searched": _summary(searched, metrics), "random": _summary(randoms, metrics)}
+    return {**report, "searched": _summary(searched, metrics), "random": _summary(randoms, metrics)}
 
 
 def _summary(entries: list[dict], metrics: list[str]) -> dict:
