@@ -48,6 +48,7 @@ from fna_ext.arch import Arch  # noqa: E402
 from fna_ext.atomic import atomic_write_text  # noqa: E402
 from fna_ext.cli.count import count_task  # noqa: E402
 from fna_ext.nas.cost_table import madds_table  # noqa: E402
+from fna_ext.nas.report import decided_count, layer_decision  # noqa: E402
 from fna_ext.nas.search_space import layer_specs  # noqa: E402
 from fna_ext.nas.supernet import derive_arch  # noqa: E402
 from fna_ext.pipeline import device_description, pipeline_configs  # noqa: E402
@@ -122,6 +123,16 @@ def random_archs(options, seed_arch: Arch, searched: Arch, count: int, tolerance
                      f"{target / 1e6:.1f}M MAdds in {MAX_DRAWS} draws; raise --tolerance")
 
 
+def with_decisions(record: dict) -> dict:
+    """A search record with each layer's decision, computed from its probabilities where an
+    older search did not write them."""
+    for layer in record["layers"]:
+        if "winner" not in layer:
+            layer.update(layer_decision(list(layer["probabilities"]), list(layer["probabilities"].values())))
+    record["decided_layers"] = decided_count(record["layers"])
+    return record
+
+
 def convergence(records: dict[int, dict]) -> dict:
     """Per run seed the decided layers; over the seeds, the layers whose winner every seed shares."""
     seeds = list(records)
@@ -144,7 +155,7 @@ def run(args) -> dict:
     for seed in args.seeds:
         started = time.perf_counter()
         searched_arch(options_for(FNA, seed, args), seed_network, work / f"seed{seed}" / "search")
-        records[seed] = Arch.load(work / f"seed{seed}" / "search" / "arch.json").meta["search"]
+        records[seed] = with_decisions(Arch.load(work / f"seed{seed}" / "search" / "arch.json").meta["search"])
         print(f"seed {seed} | search: {records[seed]['decided_layers']} of {len(records[seed]['layers'])} layers "
               f"decided ({time.perf_counter() - started:.0f} s)", flush=True)
     report = {"metrics": metrics, "convergence": convergence(records)}
