@@ -151,10 +151,10 @@ def run(args) -> dict:
     work = Path(args.work or REPO / "runs" / f"search_vs_random_{task.name}")
     seed_path = seed_weights_path(args.seed_weights, args.data, args.seed_arch)
     seed_network = load_seed_network(seed_path, args.seed_arch)
-    records = {}
+    records, archs = {}, {}
     for seed in args.seeds:
         started = time.perf_counter()
-        searched_arch(options_for(FNA, seed, args), seed_network, work / f"seed{seed}" / "search")
+        archs[seed], _ = searched_arch(options_for(FNA, seed, args), seed_network, work / f"seed{seed}" / "search")
         records[seed] = with_decisions(Arch.load(work / f"seed{seed}" / "search" / "arch.json").meta["search"])
         print(f"seed {seed} | search: {records[seed]['decided_layers']} of {len(records[seed]['layers'])} layers "
               f"decided ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -166,7 +166,7 @@ def run(args) -> dict:
         options = options_for(FNA, seed, args)
         folder = work / f"seed{seed}"
         started = time.perf_counter()
-        arch, _ = searched_arch(options, seed_network, folder / "search")
+        arch = archs[seed]
         madds = backbone_madds(options, arch)
         result = fine_tuned_metrics(options, arch, seed_path, folder / "train_searched", args.seed_arch)
         searched.append({"seed": seed, "arch": str(arch), "madds": madds, **{m: result[m] for m in metrics}})

@@ -336,7 +336,7 @@ def _none_if_empty(grads):
     return tuple(g if g.numel() else None for g in grads)
 
 
-def _setup(ctx, inputs, output, tensors: int, scalars: int, saved_outputs) -> None:
+def _setup(ctx, inputs, tensors: int, scalars: int, saved_outputs) -> None:
     """Saves the op's tensors, the outputs backward needs and the SE's tensors; keeps the scalars."""
     attributes = _attributes(inputs, tensors + scalars)
     ctx.save_for_backward(*inputs[:tensors], *saved_outputs, *attributes[_SE_TENSORS])
@@ -365,7 +365,7 @@ def _input_grads(grads, tensors: int, scalars: int) -> tuple:
 
 def _setup_sampled(ctx, inputs, output):
     _, h1, h2, h3, stats = output
-    _setup(ctx, inputs, output, _SAMPLED_TENSORS, _SAMPLED_SCALARS, (h1, h2, h3, stats))
+    _setup(ctx, inputs, _SAMPLED_TENSORS, _SAMPLED_SCALARS, (h1, h2, h3, stats))
 
 
 def _backward_sampled(ctx, grad_out, *_):
@@ -381,7 +381,7 @@ def _backward_sampled(ctx, grad_out, *_):
 
 def _setup_tail(ctx, inputs, output):
     _, h2, h3, stats = output
-    _setup(ctx, inputs, output, _TAIL_TENSORS, _TAIL_SCALARS, (h2, h3, stats))
+    _setup(ctx, inputs, _TAIL_TENSORS, _TAIL_SCALARS, (h2, h3, stats))
 
 
 def _backward_tail(ctx, grad_out, *_):
