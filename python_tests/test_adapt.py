@@ -12,7 +12,7 @@ import torch
 from fna_ext.arch import Arch, mobilenet_v2_arch
 from fna_ext.data.synthetic import generate_detection
 from fna_ext.tasks.detection.model_file import load_detector, read_detector_file
-from fna_ext.tasks.detection.coco_eval import STAT_NAMES
+from fna_ext.data.coco_eval import STAT_NAMES
 from fna_ext.tasks.detection.export import DecodedDetector
 from fna_ext.families.mbconv import build_network
 from fna_ext.remap import save_weights

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fna_ext.tasks.detection.coco_eval import (STAT_NAMES, detections_to_results, evaluate_coco, evaluate_detections,
+from fna_ext.data.coco_eval import (STAT_NAMES, detections_to_results, evaluate_coco, evaluate_detections,
                           write_results_json)
 
 # COCOeval's defaults: IoU thresholds 0.50:0.05:0.95 and 101 recall points 0:0.01:1.

@@ -33,7 +33,8 @@ from fna_ext.arch import Arch, Stage
 from fna_ext.config import dump
 from fna_ext.families import get_family
 from fna_ext.tasks import get_task
-from fna_ext.tasks.detection.coco_data import CocoDetection, load_coco
+from fna_ext.data.coco import load_coco
+from fna_ext.tasks.detection.coco_data import CocoDetection
 
 # ast.literal_eval warns about escape sequences such as '\_' in the text it is given
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fna_ext.data.synthetic import generate_detection
-from fna_ext.tasks.detection.coco_eval import STAT_NAMES
+from fna_ext.data.coco_eval import STAT_NAMES
 
 SMALL_ARCH = "[[16, 8], ['k3_e1'], 1]|[[8, 16], ['k3_e3'], 2]|[[16, 24], ['k3_e3'], 2]|" \
              "[[24, 32], ['k3_e3'], 2]|[[32, 48], ['k3_e6'], 2]|[[48, 64], ['k3_e3'], 1]"

@@ -13,9 +13,6 @@ themselves. Crowd boxes stay in the target with ``iscrowd=True`` for the matcher
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import math
 import os
 import warnings
@@ -27,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools.coco import COCO
 
+from ...data.coco import drop_missing_files, load_coco
 from ...data.images import UnreadableImage, keep_readable
 from ...data.transforms import default_eval_transform
 
@@ -92,73 +89,6 @@ def _check_images_dir(path: Path, *, explicit: bool, split: str) -> None:
         raise FileNotFoundError(f"images folder {path} not found; {hint}")
 
 
-# ---- loading and checking the json ------------------------------------------------------------
-
-def load_coco(ann_file: str | os.PathLike) -> COCO:
-    """pycocotools' COCO index of ``ann_file``, without its prints; a file that is not COCO json
-    raises ValueError naming it."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file {path} not found")
-    try:
-        with open(path, "rb") as f:
-            dataset = json.load(f)
-    # ValueError: bad json or a number past Python's digit limit; RecursionError: absurd nesting
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise ValueError(f"annotation file {path} is not valid json: {type(err).__name__}: "
-                         f"{str(err)[:200]}") from None
-    _check_structure(dataset, path)
-    coco = COCO()
-    coco.dataset = dataset
-    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
-        coco.createIndex()
-    return coco
-
-
-def _check_structure(dataset, path: Path) -> None:
-    """The shape createIndex relies on; anything else would fail there with a bare KeyError."""
-    if not isinstance(dataset, dict):
-        raise ValueError(f"annotation file {path} holds a json {type(dataset).__name__}, "
-                         "not a COCO object with 'images', 'annotations' and 'categories'")
-    required = {"images": ("id", "file_name", "width", "height"), "categories": ("id",),
-                "annotations": ("id", "image_id", "category_id")}
-    for section, keys in required.items():
-        entries = dataset.get(section, [] if section == "annotations" else None)
-        if not isinstance(entries, list):
-            raise ValueError(f"annotation file {path} has no '{section}' list")
-        for index, entry in enumerate(entries):
-            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
-            if missing:
-                raise ValueError(f"annotation file {path}: {section}[{index}] lacks "
-                                 f"{', '.join(repr(k) for k in missing)}")
-    for section, keys in INTEGER_FIELDS.items():
-        for index, entry in enumerate(dataset.get(section, [])):
-            bad = next((key for key in keys if not _is_int(entry[key])), None)
-            if bad:
-                raise ValueError(f"annotation file {path}: {section}[{index}] has {bad} {entry[bad]!r}; "
-                                 "COCO ids are integers")
-    for index, image in enumerate(dataset["images"]):
-        sizes = (image["width"], image["height"])
-        if not all(_is_int(v) and v >= 1 or isinstance(v, float) and v.is_integer() and v >= 1 for v in sizes):
-            raise ValueError(f"annotation file {path}: images[{index}] has width/height {sizes}; "
-                             "both must be whole numbers of pixels, at least 1")
-        if not isinstance(image["file_name"], str) or not image["file_name"].strip():
-            raise ValueError(f"annotation file {path}: images[{index}] has file_name {image['file_name']!r}; "
-                             "it must be the image's path under the images folder")
-    for section in ("images", "categories"):
-        ids = [entry["id"] for entry in dataset[section]]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"annotation file {path}: duplicate ids in '{section}'")
-
-
-# the fields pycocotools indexes by: any other type fails deep inside it
-INTEGER_FIELDS = {"images": ("id",), "categories": ("id",), "annotations": ("id", "image_id", "category_id")}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # ---- per-image records --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -220,31 +150,6 @@ def _image_record(image: dict, annotations: list[dict], images_dir: Path,
                        iscrowd=np.asarray(crowd, dtype=bool))
 
 
-def _image_exists(file_name: str, images_dir: Path, listing: set[str]) -> bool:
-    # one directory listing answers for plain names; 118k stat calls on a network disk are slow
-    if "/" not in file_name and os.sep not in file_name:
-        return file_name in listing
-    try:
-        return (images_dir / file_name).is_file()
-    except (OSError, ValueError):  # a name too long for the OS, or with a NUL byte
-        return False
-
-
-def _drop_missing_files(images: list[dict], images_dir: Path, ann_file: Path) -> list[dict]:
-    listing = set(os.listdir(images_dir))
-    found = [_image_exists(str(im["file_name"]), images_dir, listing) for im in images]
-    present = [im for im, ok in zip(images, found) if ok]
-    if len(present) == len(images):
-        return images
-    example = images_dir / images[found.index(False)]["file_name"]
-    if not present:
-        raise ValueError(f"none of the {len(images)} images listed in {ann_file} are in {images_dir} "
-                         f"(e.g. {example}); check img_dir")
-    warnings.warn(f"{len(images) - len(present)} of {len(images)} images listed in {ann_file} are "
-                  f"missing from {images_dir} (e.g. {example}); they are skipped", stacklevel=4)
-    return present
-
-
 def _warn_skipped(skipped: Counter, ann_file: Path) -> None:
     if not skipped:
         return
@@ -295,7 +200,7 @@ class CocoDetection(torch.utils.data.Dataset):
         if not images:
             raise ValueError(f"annotation file {self.ann_file} lists no images")
         if check_files:
-            images = _drop_missing_files(images, self.images_dir, self.ann_file)
+            images = drop_missing_files(images, self.images_dir, self.ann_file)
             images = keep_readable(images, [self.images_dir / im["file_name"] for im in images],
                                    [(int(im["width"]), int(im["height"])) for im in images],
                                    source=f"{self.ann_file} in {self.images_dir}", stacklevel=4)

@@ -12,7 +12,7 @@ from ...data.batching import collate_detection
 from ...nas.search_space import SearchSpace
 from ..base import Task, TaskData
 from . import presets
-from .coco_eval import STAT_NAMES
+from ...data.coco_eval import STAT_NAMES
 from .detector import BUILDERS, detector_options, takes_ssdlite
 from .model_file import check_detector_payload, detector_from_payload, detector_payload
 from .training import build_datasets, build_val_dataset, check_same_categories, dataset_root, evaluate_detector

@@ -9,7 +9,7 @@ from pathlib import Path
 from ...data import transforms
 from ...engine.trainer import progress_enabled
 from . import coco_data
-from .coco_eval import evaluate_detections
+from ...data.coco_eval import evaluate_detections
 from .inference import predict_dataset
 
 
