@@ -2,7 +2,10 @@
 
 Params: every trainable parameter. MAdds: per image, over conv and linear layers,
 ``k_h * k_w * C_in * C_out / groups * H_out * W_out``, plus ``C_out * H_out * W_out`` where the
-layer has a bias. BatchNorm, activations, additions and resizing are not counted. The shapes come
+layer has a bias. A transposed convolution scatters each input position through its whole kernel,
+so it counts ``k_h * k_w * C_in * C_out / groups * H_in * W_in`` (plus its bias per output
+position): a 4x4 stride-2 deconvolution costs what a 4x4 conv at its input's resolution would,
+four times a 2x2-equivalent conv at its output's. BatchNorm, activations, additions and resizing are not counted. The shapes come
 from one real forward pass at batch size 1, so any network counts, whatever its control flow.
 """
 
@@ -60,13 +63,25 @@ def conv_madds(conv: nn.Conv2d, output: torch.Tensor) -> int:
     return madds + (conv.out_channels * positions if conv.bias is not None else 0)
 
 
+def deconv_madds(deconv: nn.ConvTranspose2d, output: torch.Tensor, inputs: tuple) -> int:
+    k_h, k_w = deconv.kernel_size
+    madds = k_h * k_w * deconv.in_channels * deconv.out_channels // deconv.groups * _positions(inputs[0])
+    return madds + (deconv.out_channels * _positions(output) if deconv.bias is not None else 0)
+
+
+def _positions(tensor: torch.Tensor) -> int:
+    return tensor.shape[-1] * tensor.shape[-2]
+
+
 def linear_madds(linear: nn.Linear, output: torch.Tensor) -> int:
     positions = output[0].numel() // linear.out_features  # tokens per image
     madds = linear.in_features * linear.out_features * positions
     return madds + (linear.out_features * positions if linear.bias is not None else 0)
 
 
-_MADDS_RULES = {nn.Conv2d: conv_madds, nn.Linear: linear_madds}
+# each rule takes (module, output, inputs)
+_MADDS_RULES = {nn.Conv2d: lambda m, out, _: conv_madds(m, out), nn.Linear: lambda m, out, _: linear_madds(m, out),
+                nn.ConvTranspose2d: deconv_madds}
 
 
 def count_params(model: nn.Module) -> int:
@@ -89,7 +104,7 @@ def count(model: nn.Module, input_size: Iterable[int], *, forward: Callable | No
 
         def hook(mod, inputs, output, name=name, rule=rule):
             previous = madds.get(name, (0, ()))[0]  # a module called twice counts twice
-            madds[name] = (previous + rule(mod, output), tuple(output.shape[1:]))
+            madds[name] = (previous + rule(mod, output, inputs), tuple(output.shape[1:]))
 
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training

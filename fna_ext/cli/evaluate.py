@@ -13,6 +13,12 @@ from . import ArgumentParser, check_output_file, run
 from .common import DEVICES, check_device
 from ..atomic import atomic_write_text
 from ..engine.finetune import evaluate_checkpoint
+from ..tasks import TASKS
+
+
+def task_evaluation_flags() -> dict[str, tuple[str, str]]:
+    """Every registered task's own evaluation flags (e.g. pose's --person-boxes)."""
+    return {flag: entry for task in TASKS.values() for flag, entry in task.evaluation_flags.items()}
 
 
 def main(argv=None) -> int:
@@ -24,8 +30,13 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="eval.KEY=VALUE", dest="assignments",
                         help="change an evaluation setting, e.g. eval.flip=true or eval.scales=[0.75,1,1.25] "
                              "(segmentation; repeatable)")
+    flags = task_evaluation_flags()
+    for flag, (setting, text) in flags.items():
+        parser.add_argument(flag, metavar="VALUE", help=f"{text} (sets {setting})")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     args = parser.parse_args(argv)
+    args.assignments += [f"{setting}={getattr(args, flag[2:].replace('-', '_'))}" for flag, (setting, _) in flags.items()
+                         if getattr(args, flag[2:].replace("-", "_")) is not None]
     check_device(args.device)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")

@@ -21,7 +21,9 @@ import numpy as np
 from ..atomic import atomic_write_text
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-IOU_TYPES = ("bbox", "segm")
+# COCOeval's 10 keypoint statistics: OKS AP and AR at 0.5:0.95, 0.5 and 0.75, and by size (no small)
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+IOU_TYPES = ("bbox", "segm", "keypoints")
 REQUIRED_RESULT_KEYS = frozenset({"image_id", "category_id", "score"})
 
 
@@ -125,8 +127,11 @@ def _result_coco(gt, results: list[dict]):
 
 
 def evaluate_coco(coco_gt, results: list[dict] | str | os.PathLike, *, iou_type: str = "bbox",
-                  image_ids: Iterable[int] | None = None, verbose: bool = False) -> dict[str, float]:
-    """The 12 COCO statistics (STAT_NAMES) of ``results`` against ``coco_gt``.
+                  image_ids: Iterable[int] | None = None, sigmas: Sequence[float] | None = None,
+                  verbose: bool = False) -> dict[str, float]:
+    """The 12 COCO statistics (STAT_NAMES) of ``results`` against ``coco_gt``; for ``iou_type``
+    ``"keypoints"`` the 10 of KEYPOINT_STAT_NAMES, by the OKS with the per-joint ``sigmas``
+    (default: pycocotools' own, COCO's 17 person joints).
 
     ``coco_gt`` is a pycocotools ``COCO`` or the path of an annotation json; ``results`` a list
     of result dicts or the path of a results json. Only ``image_ids`` (default: every ground-truth
@@ -153,14 +158,30 @@ def evaluate_coco(coco_gt, results: list[dict] | str | os.PathLike, *, iou_type:
     if not ids:
         raise ValueError("no images to evaluate")
     results = _load_results(results)
+    if iou_type == "keypoints" and any("keypoints" not in result for result in results):
+        raise ValueError("a keypoint result needs 'keypoints' ([x, y, score] per joint) beside image_id, "
+                         "category_id and score")
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with quiet:
         evaluator = COCOeval(gt, _result_coco(gt, results), iou_type)
         evaluator.params.imgIds = ids
+        if iou_type == "keypoints":
+            _set_sigmas(evaluator, gt, sigmas)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: float(value) for name, value in zip(STAT_NAMES, evaluator.stats)}
+    names = KEYPOINT_STAT_NAMES if iou_type == "keypoints" else STAT_NAMES
+    return {name: float(value) for name, value in zip(names, evaluator.stats)}
+
+
+def _set_sigmas(evaluator, gt, sigmas: Sequence[float] | None) -> None:
+    """The OKS sigmas, one per joint of the ground truth's keypoint category."""
+    joints = {len(c["keypoints"]) for c in gt.dataset.get("categories", []) if c.get("keypoints")}
+    if sigmas is not None:
+        evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+    if len(joints) != 1 or joints != {len(evaluator.params.kpt_oks_sigmas)}:
+        raise ValueError(f"the ground truth's keypoint categories have {sorted(joints)} joints but there are "
+                         f"{len(evaluator.params.kpt_oks_sigmas)} OKS sigmas; pass one sigma per joint")
 
 
 def evaluate_detections(dataset, detections: Iterable[Mapping[str, Any]], *,

@@ -15,9 +15,10 @@ from ..arch import Arch
 from ..engine.checkpoint import load_safely
 from .base import Task, TaskData
 from .detection.task import DETECTION
+from .keypoints.task import KEYPOINTS
 from .segmentation.task import SEGMENTATION
 
-TASKS: dict[str, Task] = {task.name: task for task in (DETECTION, SEGMENTATION)}
+TASKS: dict[str, Task] = {task.name: task for task in (DETECTION, SEGMENTATION, KEYPOINTS)}
 # what the commands run without --task (the README's Quickstart names it too)
 DEFAULT_TASK = "coco"
 

@@ -64,6 +64,8 @@ class Task:
     primary_metric: str = ""
     # What --data points at, for help texts.
     data_help: str = "dataset root"
+    # Flags the evaluate command adds for this task: {flag: (eval setting it sets, help)}
+    evaluation_flags: dict[str, tuple[str, str]] = {}
 
     # -- settings ------------------------------------------------------------------------
     def presets(self, model: str, synthetic: bool) -> tuple[dict, dict]:

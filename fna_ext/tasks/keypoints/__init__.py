@@ -1,0 +1,1 @@
+"""Human pose estimation (COCO keypoints, top-down) with SimpleBaseline: one task of fna_ext.tasks."""

@@ -1,0 +1,251 @@
+"""COCO keypoints, top-down: every person with a labelled joint is a sample, cropped around its
+box (:mod:`.transforms`). The standard layout is ``ROOT/annotations/person_keypoints_{split}2017.json``
+with the images in ``ROOT/{split}2017/``.
+
+Everything is checked once, when the dataset is built: a keypoint list that is not 3 x K numbers,
+visibility flags outside {0, 1, 2}, coordinates that are not finite numbers, and boxes that
+cannot be cropped are counted and reported in one ValueError naming the file (the annotation file
+is wrong, and a model trained on part of it would mislead); missing or unreadable images are
+skipped with one warning that counts them, as for detection.
+
+Validation can crop around detected people instead of the ground-truth boxes:
+``person_boxes`` is a COCO detection results file (``[{"image_id", "category_id", "bbox",
+"score"}, ...]``), as a real top-down evaluation uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ...data.coco import drop_missing_files, load_coco
+from ...data.images import UnreadableImage, keep_readable
+from ...data.transforms import flip_keypoints
+from .skeleton import Skeleton, skeleton_of_category
+from .transforms import (Augmentation, Crop, apply_affine, box_crop, crop_matrix, gaussian_heatmaps, heatmap_size,
+                         invert_affine, mirrored_crop, normalize, to_heatmap_coordinates, warp)
+
+STANDARD_LAYOUT = "ROOT/annotations/person_keypoints_{split}2017.json with images in ROOT/{split}2017/"
+VISIBILITIES = (0, 1, 2)
+MAX_EXAMPLES = 3  # problems quoted in an error, beside their count
+
+
+@dataclass(frozen=True)
+class Person:
+    """One sample: a person's box [x, y, w, h] in image ``image_id``, its joints (K, 3) as
+    (x, y, visibility) (zeros for a detected box), its area (for the OKS) and its box score."""
+
+    image_id: int
+    path: str
+    width: int
+    height: int
+    box: tuple[float, float, float, float]
+    joints: np.ndarray
+    area: float
+    score: float = 1.0
+
+
+def standard_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
+    root = Path(root)
+    json_path, images = root / "annotations" / f"person_keypoints_{split}2017.json", root / f"{split}2017"
+    for path, what in ((json_path, "annotation file"), (images, "images folder")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path} not found; expected {STANDARD_LAYOUT.format(split=split)}, "
+                                    "or pass data.ann_file and data.img_dir")
+    return json_path, images
+
+
+def person_category(coco, source: str) -> tuple[int, Skeleton]:
+    """The id and skeleton of the file's one keypoint category."""
+    categories = [c for c in coco.dataset["categories"] if c.get("keypoints")]
+    if len(categories) != 1:
+        raise ValueError(f"{source} has {len(categories)} categories with 'keypoints'; a keypoints file has one "
+                         "(COCO's person)")
+    return categories[0]["id"], skeleton_of_category(categories[0], source)
+
+
+def _joint_problem(annotation: dict, num_joints: int) -> str | None:
+    """Why an annotation's keypoints cannot be used, or None."""
+    values = annotation.get("keypoints")
+    if not isinstance(values, list) or len(values) != 3 * num_joints:
+        size = len(values) if isinstance(values, list) else type(values).__name__
+        return f"annotation {annotation['id']}: 'keypoints' holds {size} values, not 3 x {num_joints}"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return f"annotation {annotation['id']}: 'keypoints' holds a value that is not a finite number"
+    flags = set(values[2::3])
+    if not flags <= set(VISIBILITIES):
+        return f"annotation {annotation['id']}: visibility flags {sorted(flags - set(VISIBILITIES))}, not 0, 1 or 2"
+    return None
+
+
+def _box_of(annotation: dict, width: int, height: int) -> tuple[float, float, float, float] | None:
+    """The annotation's box clipped to the image, or None when nothing of it is left."""
+    box = annotation.get("bbox")
+    if (not isinstance(box, list) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        return None
+    x, y, w, h = (float(v) for v in box)
+    x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def _raise_problems(problems: list[str], source: str, what: str) -> None:
+    if problems:
+        examples = "; ".join(problems[:MAX_EXAMPLES])
+        raise ValueError(f"{source}: {len(problems)} {what} cannot be used ({examples}); fix the file")
+
+
+def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list[dict], images_dir: Path,
+                        source: str) -> list[Person]:
+    """Every non-crowd person with a labelled joint and a box, in image order."""
+    problems = [problem for ann in coco.dataset.get("annotations", []) if ann["category_id"] == category_id
+                for problem in [_joint_problem(ann, skeleton.num_joints)] if problem]
+    _raise_problems(problems, source, "person annotations")
+    people, unboxed = [], []
+    for image in images:
+        width, height = int(image["width"]), int(image["height"])
+        for ann in coco.imgToAnns.get(image["id"], []):
+            if ann["category_id"] != category_id or ann.get("iscrowd", 0) == 1:
+                continue
+            joints = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
+            if not (joints[:, 2] > 0).any():
+                continue  # SimpleBaseline trains and evaluates only people with a labelled joint
+            box = _box_of(ann, width, height)
+            if box is None:
+                unboxed.append(f"annotation {ann['id']}: bbox {ann.get('bbox')!r} holds no pixel of the image")
+                continue
+            area = float(ann.get("area", box[2] * box[3]))
+            people.append(Person(image["id"], str(images_dir / image["file_name"]), width, height, box, joints, area))
+    _raise_problems(unboxed, source, "person boxes")
+    return people
+
+
+def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints: int, images: list[dict],
+                    images_dir: Path, min_score: float = 0.0) -> list[Person]:
+    """People from a COCO detection results file: its boxes of the person category that score at
+    least ``min_score``, in the images of the split."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"person boxes file {path} not found; pass a COCO detection results json")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"person boxes file {path} is not valid json ({type(err).__name__})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"person boxes file {path} holds a json {type(results).__name__}, not a list of detections")
+    known = {image["id"]: image for image in images}
+    problems, people = [], []
+    for index, result in enumerate(results):
+        if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
+            problems.append(f"entry {index} lacks image_id, category_id, bbox or score")
+            continue
+        if result["category_id"] != category_id or not float(result["score"]) >= min_score:
+            continue
+        if result["image_id"] not in coco.imgs:
+            problems.append(f"entry {index} names image {result['image_id']!r}, which the annotations lack")
+            continue
+        image = known.get(result["image_id"])
+        if image is None:
+            continue  # its file is missing, and was reported so
+        box = _box_of(result, int(image["width"]), int(image["height"]))
+        if box is None:
+            problems.append(f"entry {index} has bbox {result['bbox']!r}, which holds no pixel of the image")
+            continue
+        people.append(Person(image["id"], str(images_dir / image["file_name"]), int(image["width"]),
+                             int(image["height"]), box, np.zeros((num_joints, 3), np.float32),
+                             box[2] * box[3], float(result["score"])))
+    _raise_problems(problems, str(path), "detections")
+    return people
+
+
+class CocoKeypoints(torch.utils.data.Dataset):
+    """Person crops of a COCO keypoints file: ``dataset[i]`` is ``(image, target)``, a normalised
+    (3, H, W) crop of ``input_size`` and a dict of ``heatmaps`` (K, H/4, W/4), ``weights`` (K,),
+    ``index`` (the sample's position) and ``inverse`` (2, 3), the affine map from crop back to
+    image coordinates. ``augmentation`` (training) jitters and mirrors the crop."""
+
+    def __init__(self, ann_file: str | os.PathLike, images_dir: str | os.PathLike, input_size: tuple[int, int],
+                 *, augmentation: Augmentation | None = None, person_boxes: str | os.PathLike | None = None,
+                 min_box_score: float = 0.0, check_files: bool = True):
+        self.ann_file, self.images_dir = Path(ann_file), Path(images_dir)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.augmentation = augmentation
+        self.coco = load_coco(self.ann_file)
+        self.category_id, self.skeleton = person_category(self.coco, str(self.ann_file))
+        images = self.coco.dataset["images"]
+        if not images:
+            raise ValueError(f"annotation file {self.ann_file} lists no images")
+        if check_files:
+            images = drop_missing_files(images, self.images_dir, self.ann_file)
+            images = keep_readable(images, [self.images_dir / im["file_name"] for im in images],
+                                   [(int(im["width"]), int(im["height"])) for im in images],
+                                   source=f"{self.ann_file} in {self.images_dir}", stacklevel=3)
+        self.image_ids = sorted(im["id"] for im in images)
+        if person_boxes is None:
+            self.people = ground_truth_people(self.coco, self.category_id, self.skeleton, images, self.images_dir,
+                                              str(self.ann_file))
+        else:
+            self.people = detected_people(person_boxes, self.coco, self.category_id, self.skeleton.num_joints,
+                                          images, self.images_dir, min_box_score)
+        if not self.people:
+            raise ValueError(f"{person_boxes or self.ann_file} gives no person to crop in {self.images_dir}")
+        self.class_names = ["person"]
+
+    @property
+    def num_joints(self) -> int:
+        return self.skeleton.num_joints
+
+    def __len__(self) -> int:
+        return len(self.people)
+
+    def read_image(self, person: Person) -> np.ndarray:
+        try:
+            with Image.open(person.path) as image:
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise UnreadableImage(f"cannot read image {person.path}: {err}") from err
+        if pixels.shape[:2] != (person.height, person.width):
+            raise UnreadableImage(f"image {person.path} is {pixels.shape[1]}x{pixels.shape[0]} but its annotation "
+                                  f"says {person.width}x{person.height}")
+        return pixels
+
+    def crop_of(self, person: Person) -> Crop:
+        return box_crop(person.box, self.input_size[1] / self.input_size[0])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        person = self.people[index]
+        image, joints, crop = self.read_image(person), person.joints, self.crop_of(person)
+        if self.augmentation is not None:
+            factor, degrees, mirror = self.augmentation.draw()
+            crop = crop.scaled(factor).rotated(degrees)
+            if mirror:
+                image = image[:, ::-1]
+                joints = flip_keypoints(joints[None], person.width, self.skeleton.flip_pairs)[0]
+                crop = mirrored_crop(crop, person.width)
+        matrix = crop_matrix(crop, self.input_size)
+        pixels = warp(np.ascontiguousarray(image), matrix, self.input_size)
+        on_heatmap = to_heatmap_coordinates(apply_affine(joints[:, :2].astype(np.float64), matrix))
+        heatmaps, weights = gaussian_heatmaps(on_heatmap, joints[:, 2] > 0, heatmap_size(self.input_size))
+        return normalize(pixels), {"heatmaps": torch.from_numpy(heatmaps), "weights": torch.from_numpy(weights),
+                                   "index": torch.tensor(index),
+                                   "inverse": torch.from_numpy(invert_affine(matrix))}
+
+    def __repr__(self) -> str:
+        return (f"CocoKeypoints({self.ann_file}, {len(self)} people in {len(self.image_ids)} images, "
+                f"{self.num_joints} joints)")
+
+
+def collate_keypoints(batch: list[tuple[torch.Tensor, dict]]) -> tuple[torch.Tensor, dict]:
+    if not batch:
+        raise ValueError("collate_keypoints: empty batch")
+    images, targets = zip(*batch)
+    return torch.stack(images), {key: torch.stack([t[key] for t in targets]) for key in targets[0]}
