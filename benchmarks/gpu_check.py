@@ -243,7 +243,9 @@ def junit_counts(path: Path) -> dict | None:
 def stage_pytest(ctx: Context, limit: float) -> dict:
     xml = fresh(ctx.out / "pytest_cuda.xml")
     files = [str(p.relative_to(REPO)) for p in cuda_test_files()]
-    run = ctx.run([ctx.python, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "--junitxml", str(xml),
+    # -o addopts=: the GPU machine has no pytest-xdist, and the cuda tests are few
+    run = ctx.run([ctx.python, "-m", "pytest", "-o", "addopts=", "-m", "cuda", "-q", "-p", "no:cacheprovider",
+                   "--junitxml", str(xml),
                    *files], "pytest.log", limit)
     counts = junit_counts(xml)
     record = {"files": files, "counts": counts, "rc": run.rc}

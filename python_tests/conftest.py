@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -10,3 +12,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each of the two workers gets one core's worth of threads, so they do not
+    # fight over the cores (subprocesses a test starts choose their own).
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from PIL import Image
 
 # headers are small reads: threads overlap the waits of a network disk
@@ -58,3 +59,19 @@ def keep_readable(items: list, paths: Sequence[str | Path], sizes=None, *, sourc
     warnings.warn(f"{len(items) - len(kept)} of {len(items)} images of {source} cannot be used and are "
                   f"skipped (e.g. {example})", stacklevel=stacklevel)
     return kept
+
+
+def read_rgb(path: str | Path, width: int, height: int) -> np.ndarray:
+    """The (height, width, 3) uint8 RGB pixels of ``path``; UnreadableImage when the file cannot be
+    decoded or is not the size its annotation says (its header was checked when the dataset was
+    built, so the rest of the file is damaged, or it was replaced since)."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"cannot read image {path}: {err}") from err
+    if pixels.shape[:2] != (height, width):
+        # annotations are in the json's coordinates; another size would misplace every one of them
+        raise UnreadableImage(f"image {path} is {pixels.shape[1]}x{pixels.shape[0]} but its annotation says "
+                              f"{width}x{height}")
+    return pixels

@@ -630,31 +630,38 @@ def _coco_json(split_images: list[dict], annotations: list[dict], description: s
     return json.dumps(document, separators=(",", ":"))
 
 
-def _write_detection(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
+def _write_coco(root: Path, images: int, size: int, seed: int, val_fraction: float, *, kind: str, what: str,
+                file_prefix: str, draw: Callable, annotate: Callable, categories: list[dict] | None = None) -> None:
+    """A COCO-layout dataset: ``draw(rng, size)`` gives each image and its objects,
+    ``annotate(obj)`` each object's annotation fields beside its ids."""
     train, _ = split_sizes(images, val_fraction)
     (root / "annotations").mkdir()
-    description = f"fna_ext synthetic shapes: images={images} size={size} seed={seed}"
+    description = f"fna_ext synthetic {what}: images={images} size={size} seed={seed}"
     splits = {"train2017": range(0, train), "val2017": range(train, images)}
     next_annotation_id = 1
-    with _progress(images, "synthetic detection") as bar:
+    with _progress(images, f"synthetic {kind}") as bar:
         for split, indices in splits.items():
             (root / split).mkdir()
             entries, annotations = [], []
             for index in indices:
-                image, objects = draw_detection_image(np.random.default_rng([seed, index]), size)
+                image, objects = draw(np.random.default_rng([seed, index]), size)
                 image_id, file_name = index + 1, f"{index + 1:012d}.jpg"
                 Image.fromarray(image).save(root / split / file_name, "JPEG", quality=JPEG_QUALITY)
                 entries.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
                 for obj in objects:
-                    annotations.append({"id": next_annotation_id, "image_id": image_id,
-                                        "category_id": obj.label + 1, "bbox": list(obj.bbox),
-                                        "area": obj.area, "iscrowd": 0,
-                                        "segmentation": [obj.polygon]})
+                    annotations.append({"id": next_annotation_id, "image_id": image_id, **annotate(obj)})
                     next_annotation_id += 1
                 bar.update()
             # Plain writes are safe here: the whole folder is renamed into place at the end.
-            path = root / "annotations" / f"instances_{split}.json"
-            path.write_text(_coco_json(entries, annotations, description), encoding="utf-8")
+            path = root / "annotations" / f"{file_prefix}_{split}.json"
+            path.write_text(_coco_json(entries, annotations, description, categories), encoding="utf-8")
+
+
+def _write_detection(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
+    _write_coco(root, images, size, seed, val_fraction, kind="detection", what="shapes", file_prefix="instances",
+                draw=draw_detection_image,
+                annotate=lambda obj: {"category_id": obj.label + 1, "bbox": list(obj.bbox), "area": obj.area,
+                                      "iscrowd": 0, "segmentation": [obj.polygon]})
 
 
 def _keypoints_category() -> dict:
@@ -664,31 +671,11 @@ def _keypoints_category() -> dict:
 
 
 def _write_keypoints(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:
-    train, _ = split_sizes(images, val_fraction)
-    (root / "annotations").mkdir()
-    description = f"fna_ext synthetic persons: images={images} size={size} seed={seed}"
-    splits = {"train2017": range(0, train), "val2017": range(train, images)}
-    next_annotation_id = 1
-    with _progress(images, "synthetic keypoints") as bar:
-        for split, indices in splits.items():
-            (root / split).mkdir()
-            entries, annotations = [], []
-            for index in indices:
-                image, people = draw_keypoints_image(np.random.default_rng([seed, index]), size)
-                image_id, file_name = index + 1, f"{index + 1:012d}.jpg"
-                Image.fromarray(image).save(root / split / file_name, "JPEG", quality=JPEG_QUALITY)
-                entries.append({"id": image_id, "file_name": file_name, "width": size, "height": size})
-                for person in people:
-                    annotations.append({"id": next_annotation_id, "image_id": image_id, "category_id": 1,
-                                        "bbox": list(person.bbox), "area": person.area, "iscrowd": 0,
-                                        "segmentation": person.polygons, "keypoints": person.keypoints,
-                                        "num_keypoints": person.num_keypoints})
-                    next_annotation_id += 1
-                bar.update()
-            # Plain writes are safe here: the whole folder is renamed into place at the end.
-            path = root / "annotations" / f"person_keypoints_{split}.json"
-            path.write_text(_coco_json(entries, annotations, description, [_keypoints_category()]),
-                            encoding="utf-8")
+    _write_coco(root, images, size, seed, val_fraction, kind="keypoints", what="persons", file_prefix="person_keypoints",
+                draw=draw_keypoints_image, categories=[_keypoints_category()],
+                annotate=lambda person: {"category_id": 1, "bbox": list(person.bbox), "area": person.area,
+                                         "iscrowd": 0, "segmentation": person.polygons,
+                                         "keypoints": person.keypoints, "num_keypoints": person.num_keypoints})
 
 
 def _write_classification(root: Path, images: int, size: int, seed: int, val_fraction: float) -> None:

@@ -23,10 +23,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ...data.coco import drop_missing_files, load_coco
-from ...data.images import UnreadableImage, keep_readable
+from ...data.images import keep_readable, read_rgb
 from ...data.transforms import default_eval_transform
 
 # why an annotation was skipped, in the order the warning lists them
@@ -228,7 +227,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         record = self.records[index]
-        image = _read_rgb(record)
+        image = read_rgb(record.path, record.width, record.height)
         target = {"boxes": record.boxes.copy(), "labels": record.labels.copy(),
                   "iscrowd": record.iscrowd.copy(), "scale": np.ones(2, dtype=np.float32)}
         image, target = self.transform(image, target)
@@ -237,20 +236,6 @@ class CocoDetection(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"CocoDetection({self.ann_file}, {len(self)} images, {self.num_classes} classes, "
                 f"transform={self.transform!r})")
-
-
-def _read_rgb(record: ImageRecord) -> np.ndarray:
-    try:
-        with Image.open(record.path) as image:
-            pixels = np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        # its header was read when the dataset was built: the rest of the file is damaged
-        raise UnreadableImage(f"cannot read image {record.path}: {err}") from err
-    if pixels.shape[:2] != (record.height, record.width):
-        # the boxes are in the json's coordinates; another size would misplace every one of them
-        raise UnreadableImage(f"image {record.path} is {pixels.shape[1]}x{pixels.shape[0]} but its "
-                         f"annotation says {record.width}x{record.height}")
-    return pixels
 
 
 def _as_tensors(image, target: dict, record: ImageRecord) -> tuple[torch.Tensor, dict]:

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ...data.coco import drop_missing_files, load_coco
-from ...data.images import UnreadableImage, keep_readable
+from ...data.images import keep_readable, read_rgb
 from ...data.transforms import flip_keypoints
 from .skeleton import Skeleton, skeleton_of_category
 from .transforms import (Augmentation, Crop, apply_affine, box_crop, crop_matrix, gaussian_heatmaps, heatmap_size,
@@ -207,23 +206,13 @@ class CocoKeypoints(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.people)
 
-    def read_image(self, person: Person) -> np.ndarray:
-        try:
-            with Image.open(person.path) as image:
-                pixels = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise UnreadableImage(f"cannot read image {person.path}: {err}") from err
-        if pixels.shape[:2] != (person.height, person.width):
-            raise UnreadableImage(f"image {person.path} is {pixels.shape[1]}x{pixels.shape[0]} but its annotation "
-                                  f"says {person.width}x{person.height}")
-        return pixels
-
     def crop_of(self, person: Person) -> Crop:
         return box_crop(person.box, self.input_size[1] / self.input_size[0])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         person = self.people[index]
-        image, joints, crop = self.read_image(person), person.joints, self.crop_of(person)
+        image = read_rgb(person.path, person.width, person.height)
+        joints, crop = person.joints, self.crop_of(person)
         if self.augmentation is not None:
             factor, degrees, mirror = self.augmentation.draw()
             crop = crop.scaled(factor).rotated(degrees)

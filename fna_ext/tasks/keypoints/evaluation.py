@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...data.coco_eval import KEYPOINT_STAT_NAMES, evaluate_coco
+from ...data.coco_eval import evaluate_coco
 from .data import CocoKeypoints, collate_keypoints
 from .decode import decode, predict_heatmaps
 

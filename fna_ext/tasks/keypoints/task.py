@@ -12,7 +12,8 @@ from ...nas.search_space import SearchSpace
 from ..base import Task, TaskData, load_trained_weights
 from . import presets
 from .data import CocoKeypoints, collate_keypoints, standard_paths
-from .evaluation import KEYPOINT_STAT_NAMES, evaluate_pose
+from ...data.coco_eval import KEYPOINT_STAT_NAMES
+from .evaluation import evaluate_pose
 from .model import MODELS, SimpleBaselineConfig, build_simplebaseline
 from .skeleton import COCO_KEYPOINT_NAMES, Skeleton
 from .transforms import Augmentation
