@@ -107,8 +107,10 @@ def test_torchscript_export_runs_without_fna_ext_and_matches(adapted, tmp_path):
         # the dense outputs hold the detector's own detections: its best one is a decoded box
         best = detector.predict(((images / 255) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
                                 / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))[0]
-    torch.testing.assert_close(got["boxes"], boxes, atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(got["scores"], scores, atol=1e-5, rtol=1e-4)
+    # within what the export itself checks: two processes may sum in other orders (threads)
+    box_tolerance, score_tolerance = DecodedDetector.tolerances
+    torch.testing.assert_close(got["boxes"], boxes, atol=box_tolerance, rtol=1e-4)
+    torch.testing.assert_close(got["scores"], scores, atol=score_tolerance, rtol=1e-4)
     assert scores.shape[-1] == 5 and (scores.sum(-1) <= 1 + 1e-5).all()  # softmax minus background
     if len(best["scores"]):
         top = best["scores"].argmax()

@@ -167,6 +167,8 @@ def test_unknown_images_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         evaluate_coco(tmp_path / "absent.json", [])
     with pytest.raises(ValueError, match="iou_type"):
+        evaluate_coco(gt, [], iou_type="masks")
+    with pytest.raises(ValueError, match="no keypoint category"):
         evaluate_coco(gt, [], iou_type="keypoints")
 
 

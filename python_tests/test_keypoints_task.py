@@ -188,3 +188,12 @@ def test_the_commands_refuse_bad_settings_in_one_line(tiny):
     refused = run("fna_ext.train", "--task", "coco-keypoints", "--data", str(data), "--set", "data.input_size=[100, 64]")
     assert refused.returncode == 2 and refused.stderr.startswith("error:") and "multiples of 32" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_the_onnx_export_runs_under_onnxruntime(trained, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    _, _, result = trained
+    report = export_model(result.weights, tmp_path / "pose.onnx", "onnx")
+    assert report["matches"] and report["outputs"] == {"heatmaps": [1, 13, 16, 16]}

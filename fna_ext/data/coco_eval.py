@@ -177,6 +177,9 @@ def evaluate_coco(coco_gt, results: list[dict] | str | os.PathLike, *, iou_type:
 def _set_sigmas(evaluator, gt, sigmas: Sequence[float] | None) -> None:
     """The OKS sigmas, one per joint of the ground truth's keypoint category."""
     joints = {len(c["keypoints"]) for c in gt.dataset.get("categories", []) if c.get("keypoints")}
+    if not joints:
+        raise ValueError("the ground truth has no keypoint category (one with a 'keypoints' list of joint names); "
+                         "keypoint results are scored against a person_keypoints file")
     if sigmas is not None:
         evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
     if len(joints) != 1 or joints != {len(evaluator.params.kpt_oks_sigmas)}:

@@ -85,8 +85,13 @@ KEYPOINT_SKELETON = ((11, 9), (9, 7), (12, 10), (10, 8), (7, 8), (1, 7), (2, 8),
 MAX_PERSONS = 3
 # Figure height (head top to feet, standing straight) as a fraction of the image side, log-uniform.
 PERSON_SCALE = (0.4, 0.95)
+# A person keeps at least this fraction of its pixels in the image and uncovered: at most 30%
+# hidden, where shapes may lose 60%. Top-down pose crops each person's box, and two stick figures
+# of one build that cover each other more than that leave a crop no one could read (people in
+# COCO's keypoint annotations are mostly less occluded).
+PERSON_MIN_VISIBLE_FRACTION = 0.7
 # A figure is drawn only with at least this many joints inside the image (and, as for the shapes,
-# MIN_VISIBLE_FRACTION of its pixels visible), so none is annotated from a sliver.
+# PERSON_MIN_VISIBLE_FRACTION of its pixels visible), so none is annotated from a sliver.
 MIN_LABELLED_KEYPOINTS = 4
 
 IfExists = Literal["error", "replace", "keep"]
@@ -484,7 +489,7 @@ def _joint_pixels(joints: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray
 
 def _place_persons(rng: np.random.Generator, size: int, count: int) -> list[tuple[Figure, np.ndarray]]:
     """Up to ``count`` figures in drawing order, each with its parts map (:func:`_rasterize_figure`).
-    Each keeps MIN_VISIBLE_FRACTION of its pixels inside the image and uncovered by later ones, and
+    Each keeps PERSON_MIN_VISIBLE_FRACTION of its pixels inside the image and uncovered by later ones, and
     MIN_LABELLED_KEYPOINTS joints inside the image; a figure that finds no such place is dropped."""
     owner = np.full((size, size), -1, dtype=np.int16)  # which figure each pixel shows
     full_area: list[int] = []
@@ -497,8 +502,8 @@ def _place_persons(rng: np.random.Generator, size: int, count: int) -> list[tupl
             mask = parts > 0
             covered = owner[mask]
             lost = np.bincount(covered[covered >= 0], minlength=count)
-            keeps = visible[:len(placed)] - lost[:len(placed)] >= MIN_VISIBLE_FRACTION * np.array(full_area)
-            shown = np.count_nonzero(mask) >= MIN_VISIBLE_FRACTION * area
+            keeps = visible[:len(placed)] - lost[:len(placed)] >= PERSON_MIN_VISIBLE_FRACTION * np.array(full_area)
+            shown = np.count_nonzero(mask) >= PERSON_MIN_VISIBLE_FRACTION * area
             labelled = np.count_nonzero(_joint_pixels(figure.joints, size)[0]) >= MIN_LABELLED_KEYPOINTS
             if shown and labelled and keeps.all():
                 break

@@ -147,9 +147,13 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
         if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
             problems.append(f"entry {index} lacks image_id, category_id, bbox or score")
             continue
-        if result["category_id"] != category_id or not float(result["score"]) >= min_score:
+        score = result["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            problems.append(f"entry {index} has score {score!r}, not a number")
             continue
-        if result["image_id"] not in coco.imgs:
+        if result["category_id"] != category_id or score < min_score:
+            continue
+        if not isinstance(result["image_id"], int) or result["image_id"] not in coco.imgs:
             problems.append(f"entry {index} names image {result['image_id']!r}, which the annotations lack")
             continue
         image = known.get(result["image_id"])
@@ -161,7 +165,7 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
             continue
         people.append(Person(image["id"], str(images_dir / image["file_name"]), int(image["width"]),
                              int(image["height"]), box, np.zeros((num_joints, 3), np.float32),
-                             box[2] * box[3], float(result["score"])))
+                             box[2] * box[3], float(score)))
     _raise_problems(problems, str(path), "detections")
     return people
 

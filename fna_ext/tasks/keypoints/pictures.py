@@ -50,6 +50,10 @@ def write_predictions(model: nn.Module, dataset: CocoKeypoints, path: str | os.P
             picture = np.asarray(Image.open(dataset.people[indices[0]].path).convert("RGB"))
             for ax, title in zip(row, ("ground truth", "prediction")):
                 ax.imshow(picture)
+                # joints predicted off the image must not rescale the axes
+                ax.set_xlim(-0.5, picture.shape[1] - 0.5)
+                ax.set_ylim(picture.shape[0] - 0.5, -0.5)
+                ax.set_autoscale_on(False)
                 ax.set_title(f"image {image_id}: {title}", fontsize=9)
                 ax.set_axis_off()
             for index, person_joints, person_peaks in zip(indices, joints.numpy(), peaks.numpy()):
