@@ -124,5 +124,6 @@ def test_oks_nms_keeps_the_best_of_near_duplicates_and_distinct_people():
 def test_a_persons_score_is_its_box_score_times_its_confident_joints_mean():
     assert person_score(np.array([0.9, 0.5, 0.1, 0.7]), 0.8) == pytest.approx(0.8 * (0.9 + 0.5 + 0.7) / 3)
     assert person_score(np.array([0.1, 0.05]), 1.0) == 0.0
+    # predictions are continuous coordinates; results go back to COCO's pixel indices
     (entry,) = to_results([prediction(JOINTS, 0.75)], category_id=1)
-    assert entry["keypoints"][:3] == [50.0, 40.0, 1.0] and len(entry["keypoints"]) == 12 and entry["score"] == 0.75
+    assert entry["keypoints"][:3] == [49.5, 39.5, 1.0] and len(entry["keypoints"]) == 12 and entry["score"] == 0.75

@@ -117,6 +117,13 @@ def test_flip_keypoints_matches_the_flip_pairs_of_coco_names():
     assert flipped[0, 6].tolist() == [90, 20, 2] and not flipped[0, 5].any()
 
 
+def test_left_and_right_pair_up_by_prefix_or_suffix_in_any_case():
+    names = ("Left_eye", "Right_eye", "wrist_l", "wrist_r", "LShoulder", "RShoulder", "nose")
+    assert Skeleton(names, (0.1,) * 7).flip_pairs == ((0, 1), (2, 3), (4, 5))
+    with pytest.raises(ValueError, match="'left_hand' names a side"):
+        skeleton_of_category({"id": 1, "keypoints": ["left_hand", "right_foot"], "sigmas": [0.1, 0.1]}, "f.json")
+
+
 def test_a_category_without_sigmas_is_refused_unless_it_is_cocos():
     assert skeleton_of_category({"id": 1, "keypoints": list(COCO_KEYPOINT_NAMES)}, "f.json").sigmas == COCO_SIGMAS
     with pytest.raises(ValueError, match="f.json.*sigmas"):
@@ -124,6 +131,9 @@ def test_a_category_without_sigmas_is_refused_unless_it_is_cocos():
     with pytest.raises(ValueError, match="skeleton"):
         skeleton_of_category({"id": 1, "keypoints": ["a", "b"], "sigmas": [0.1, 0.1], "skeleton": [[1, 3]]}, "f.json")
     assert COCO_SIGMAS[0] == pytest.approx(0.026) and COCO_SIGMAS[-1] == pytest.approx(0.089)
+    for bad in ({"sigmas": [0.1, 10 ** 400]}, {"sigmas": [0.1, float("inf")]}, {"sigmas": [0.1, 0.1], "skeleton": 5}):
+        with pytest.raises(ValueError, match="f.json"):
+            skeleton_of_category({"id": 1, "keypoints": ["a", "b"], **bad}, "f.json")
 
 
 def test_simplebaseline_on_resnet50_has_the_published_parameter_count():

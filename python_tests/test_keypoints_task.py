@@ -65,6 +65,10 @@ def test_a_training_sample_has_heatmaps_that_peak_at_its_joints(tiny):
     assert image.shape == (3, 64, 48) and target["heatmaps"].shape == (13, 16, 12)
     person = dataset.people[0]
     labelled = person.joints[:, 2] > 0
+    # COCO's pixel indices, read as continuous coordinates: half a pixel further on
+    first = json.loads((data / VAL_JSON).read_text())["annotations"][0]
+    written = np.asarray(first["keypoints"], dtype=np.float32).reshape(-1, 3)
+    assert person.joints[labelled, :2] == pytest.approx(written[labelled, :2] + 0.5)
     weighted = target["weights"].numpy().astype(bool)
     assert weighted.any() and not (weighted & ~labelled).any()  # only labelled joints (inside the crop) count
     peaks = target["heatmaps"].flatten(1).max(1).values
@@ -86,6 +90,11 @@ def _edited(data, tmp_path, edit):
     (lambda d: d["annotations"][0].update(keypoints=d["annotations"][0]["keypoints"][:-3]), "holds 36 values, not 3 x 13"),
     (lambda d: [a["keypoints"].__setitem__(2, 3) for a in d["annotations"][:2]], "2 person annotations.*visibility flags \\[3\\]"),
     (lambda d: d["categories"][0].pop("sigmas"), "sigmas"),
+    (lambda d: d["annotations"][0].pop("num_keypoints"), "'num_keypoints' is None"),
+    (lambda d: d["annotations"][1].update(area=None), "'area' is None"),
+    (lambda d: d["annotations"][1].update(iscrowd=[0]), "'iscrowd' is \\[0\\]"),
+    (lambda d: d["annotations"][0]["keypoints"].__setitem__(0, 10 ** 400), "not a finite number"),
+    (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "ids must be unique"),
 ])
 def test_bad_keypoints_are_found_when_the_dataset_is_built(tiny, tmp_path, edit, message):
     data, _, _ = tiny

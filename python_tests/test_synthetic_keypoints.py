@@ -95,7 +95,7 @@ def test_annotations_are_consistent(keypoints_root):
         assert all(round(v, 2) == v for v in ann["keypoints"])
         assert (keypoints[visibility == 0, :2] == 0).all()
         labelled = keypoints[visibility > 0, :2]
-        assert ((labelled >= 0.5) & (labelled <= size - 0.5)).all()  # continuous: pixel i spans [i, i+1)
+        assert ((labelled >= 0) & (labelled <= size - 1)).all()  # pixel indices, as COCO's
         # A visible joint lies on the person's drawn pixels: inside the box, up to rounding to a pixel.
         shown = keypoints[visibility == 2, :2]
         assert ((shown >= [x - 1, y - 1]) & (shown <= [x + w, y + h])).all()

@@ -35,8 +35,10 @@ def main(argv=None) -> int:
         parser.add_argument(flag, metavar="VALUE", help=f"{text} (sets {setting})")
     parser.add_argument("--device", default="cpu", choices=DEVICES)
     args = parser.parse_args(argv)
-    args.assignments += [f"{setting}={getattr(args, flag[2:].replace('-', '_'))}" for flag, (setting, _) in flags.items()
-                         if getattr(args, flag[2:].replace("-", "_")) is not None]
+    for flag, (setting, _) in flags.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:  # as a JSON string, which the YAML of --set reads back unchanged
+            args.assignments.append(f"{setting}={json.dumps(value)}")
     check_device(args.device)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")

@@ -176,7 +176,8 @@ def evaluate_coco(coco_gt, results: list[dict] | str | os.PathLike, *, iou_type:
 
 def _set_sigmas(evaluator, gt, sigmas: Sequence[float] | None) -> None:
     """The OKS sigmas, one per joint of the ground truth's keypoint category."""
-    joints = {len(c["keypoints"]) for c in gt.dataset.get("categories", []) if c.get("keypoints")}
+    keypoint_categories = [c for c in gt.dataset.get("categories", []) if c.get("keypoints")]
+    joints = {len(c["keypoints"]) for c in keypoint_categories}
     if not joints:
         raise ValueError("the ground truth has no keypoint category (one with a 'keypoints' list of joint names); "
                          "keypoint results are scored against a person_keypoints file")
@@ -185,6 +186,8 @@ def _set_sigmas(evaluator, gt, sigmas: Sequence[float] | None) -> None:
     if len(joints) != 1 or joints != {len(evaluator.params.kpt_oks_sigmas)}:
         raise ValueError(f"the ground truth's keypoint categories have {sorted(joints)} joints but there are "
                          f"{len(evaluator.params.kpt_oks_sigmas)} OKS sigmas; pass one sigma per joint")
+    # only the categories with joints: COCOeval would read num_keypoints of any other's annotations
+    evaluator.params.catIds = sorted(c["id"] for c in keypoint_categories)
 
 
 def evaluate_detections(dataset, detections: Iterable[Mapping[str, Any]], *,

@@ -565,9 +565,8 @@ def _describe_person(figure: Figure, index: int, owner: np.ndarray) -> DrawnPers
         if not is_inside:
             keypoints += [0.0, 0.0, 0]
             continue
-        # COCO's coordinates are continuous (pixel i spans [i, i + 1), so a mirror maps x to
-        # width - x); Pillow draws with pixel i's centre at i
-        keypoints += [round(float(x) + 0.5, 2), round(float(y) + 0.5, 2), 1 if owner[py, px] > index else 2]
+        # COCO's keypoints are pixel indices (a joint on pixel i is at i), as Pillow draws
+        keypoints += [round(float(x), 2), round(float(y), 2), 1 if owner[py, px] > index else 2]
     mask = owner == index
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     x0, y0, x1, y1 = int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -39,7 +39,7 @@ MAX_EXAMPLES = 3  # problems quoted in an error, beside their count
 @dataclass(frozen=True)
 class Person:
     """One sample: a person's box [x, y, w, h] in image ``image_id``, its joints (K, 3) as
-    (x, y, visibility) (zeros for a detected box), its area (for the OKS) and its box score."""
+    (x, y, visibility) in continuous coordinates (zeros for a detected box) and its box score."""
 
     image_id: int
     path: str
@@ -47,7 +47,6 @@ class Person:
     height: int
     box: tuple[float, float, float, float]
     joints: np.ndarray
-    area: float
     score: float = 1.0
 
 
@@ -70,25 +69,50 @@ def person_category(coco, source: str) -> tuple[int, Skeleton]:
     return categories[0]["id"], skeleton_of_category(categories[0], source)
 
 
+def is_finite_number(value) -> bool:
+    """A JSON number that is neither a bool, an infinity, NaN, nor too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a 400-digit integer
+        return False
+
+
 def _joint_problem(annotation: dict, num_joints: int) -> str | None:
     """Why an annotation's keypoints cannot be used, or None."""
     values = annotation.get("keypoints")
     if not isinstance(values, list) or len(values) != 3 * num_joints:
         size = len(values) if isinstance(values, list) else type(values).__name__
         return f"annotation {annotation['id']}: 'keypoints' holds {size} values, not 3 x {num_joints}"
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+    if not all(is_finite_number(v) for v in values):
         return f"annotation {annotation['id']}: 'keypoints' holds a value that is not a finite number"
     flags = set(values[2::3])
     if not flags <= set(VISIBILITIES):
         return f"annotation {annotation['id']}: visibility flags {sorted(flags - set(VISIBILITIES))}, not 0, 1 or 2"
+    return _scoring_problem(annotation)
+
+
+def _scoring_problem(annotation: dict) -> str | None:
+    """Why pycocotools' keypoint evaluation could not score an annotation, or None: it reads
+    ``num_keypoints``, ``iscrowd``, ``area`` and ``bbox`` of every one, labelled or not."""
+    ann_id = annotation["id"]
+    if isinstance(annotation.get("num_keypoints"), bool) or not isinstance(annotation.get("num_keypoints"), int):
+        return f"annotation {ann_id}: 'num_keypoints' is {annotation.get('num_keypoints')!r}, not a count"
+    if annotation.get("iscrowd", 0) not in (0, 1) or isinstance(annotation.get("iscrowd"), bool):
+        return f"annotation {ann_id}: 'iscrowd' is {annotation.get('iscrowd')!r}, not 0 or 1"
+    if not is_finite_number(annotation.get("area")) or annotation["area"] <= 0:
+        return f"annotation {ann_id}: 'area' is {annotation.get('area')!r}, not a positive number"
+    box = annotation.get("bbox")
+    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) for v in box):
+        return f"annotation {ann_id}: 'bbox' is {box!r}, not four numbers [x, y, w, h]"
     return None
 
 
 def _box_of(annotation: dict, width: int, height: int) -> tuple[float, float, float, float] | None:
     """The annotation's box clipped to the image, or None when nothing of it is left."""
     box = annotation.get("bbox")
-    if (not isinstance(box, list) or len(box) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) for v in box):
         return None
     x, y, w, h = (float(v) for v in box)
     x0, y0, x1, y1 = max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h)
@@ -105,10 +129,17 @@ def _raise_problems(problems: list[str], source: str, what: str) -> None:
 
 def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list[dict], images_dir: Path,
                         source: str) -> list[Person]:
-    """Every non-crowd person with a labelled joint and a box, in image order."""
-    problems = [problem for ann in coco.dataset.get("annotations", []) if ann["category_id"] == category_id
+    """Every non-crowd person with a labelled joint and a box, in image order, its joints moved from
+    COCO's pixel indices (a joint on pixel i is at i, detectron2's reading) to continuous
+    coordinates (i + 0.5), in which crops and mirrors are exact."""
+    annotations = coco.dataset.get("annotations", [])
+    problems = [problem for ann in annotations if ann["category_id"] == category_id
                 for problem in [_joint_problem(ann, skeleton.num_joints)] if problem]
     _raise_problems(problems, source, "person annotations")
+    ids = [ann["id"] for ann in annotations]
+    if 0 in ids or len(set(ids)) != len(ids):
+        raise ValueError(f"{source}: annotation ids must be unique and not 0 (pycocotools reads 0 as 'unmatched'); "
+                         "number them from 1")
     people, unboxed = [], []
     for image in images:
         width, height = int(image["width"]), int(image["height"])
@@ -116,14 +147,14 @@ def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list
             if ann["category_id"] != category_id or ann.get("iscrowd", 0) == 1:
                 continue
             joints = np.asarray(ann["keypoints"], dtype=np.float32).reshape(-1, 3)
+            joints[joints[:, 2] > 0, :2] += 0.5
             if not (joints[:, 2] > 0).any():
                 continue  # SimpleBaseline trains and evaluates only people with a labelled joint
             box = _box_of(ann, width, height)
             if box is None:
                 unboxed.append(f"annotation {ann['id']}: bbox {ann.get('bbox')!r} holds no pixel of the image")
                 continue
-            area = float(ann.get("area", box[2] * box[3]))
-            people.append(Person(image["id"], str(images_dir / image["file_name"]), width, height, box, joints, area))
+            people.append(Person(image["id"], str(images_dir / image["file_name"]), width, height, box, joints))
     _raise_problems(unboxed, source, "person boxes")
     return people
 
@@ -134,7 +165,8 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
     least ``min_score``, in the images of the split."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"person boxes file {path} not found; pass a COCO detection results json")
+        raise FileNotFoundError(f"person boxes file {path} (eval.person_boxes, evaluate's --person-boxes) not found; "
+                                "pass a COCO detection results json")
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
@@ -148,7 +180,7 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
             problems.append(f"entry {index} lacks image_id, category_id, bbox or score")
             continue
         score = result["score"]
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        if not is_finite_number(score):
             problems.append(f"entry {index} has score {score!r}, not a number")
             continue
         if result["category_id"] != category_id or score < min_score:
@@ -164,8 +196,7 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
             problems.append(f"entry {index} has bbox {result['bbox']!r}, which holds no pixel of the image")
             continue
         people.append(Person(image["id"], str(images_dir / image["file_name"]), int(image["width"]),
-                             int(image["height"]), box, np.zeros((num_joints, 3), np.float32),
-                             box[2] * box[3], float(score)))
+                             int(image["height"]), box, np.zeros((num_joints, 3), np.float32), float(score)))
     _raise_problems(problems, str(path), "detections")
     return people
 

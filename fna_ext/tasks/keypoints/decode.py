@@ -24,7 +24,8 @@ def argmax_joints(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         rows, cols = (yi + dy).clamp(0, h - 1), (xi + dx).clamp(0, w - 1)
         return flat.gather(-1, (rows * w + cols).unsqueeze(-1)).squeeze(-1)
 
-    # only where both neighbours exist, as SimpleBaseline's get_final_preds
+    # along each axis only where both neighbours exist (SimpleBaseline's get_final_preds asks it
+    # of both axes at once; the two differ only on a heatmap's border rows and columns)
     shift_x = torch.sign(at(0, 1) - at(0, -1)) * ((xi > 0) & (xi < w - 1))
     shift_y = torch.sign(at(1, 0) - at(-1, 0)) * ((yi > 0) & (yi < h - 1))
     return torch.stack([x + 0.25 * shift_x, y + 0.25 * shift_y], dim=-1), peaks

@@ -23,9 +23,9 @@ OKS_NMS_THRESHOLD = 0.9
 @dataclass
 class PosePrediction:
     image_id: int
-    joints: np.ndarray       # (K, 2) image coordinates
+    joints: np.ndarray       # (K, 2) continuous image coordinates
     confidences: np.ndarray  # (K,)
-    area: float              # of the box it was cropped from
+    area: float              # of its crop, the OKS scale of the duplicate suppression (SimpleBaseline's)
     score: float             # box score x mean confident joint confidence
 
 
@@ -46,7 +46,7 @@ def object_keypoint_similarity(joints: np.ndarray, others: np.ndarray, sigmas: n
 def oks_nms(predictions: list[PosePrediction], sigmas: np.ndarray,
             threshold: float = OKS_NMS_THRESHOLD) -> list[PosePrediction]:
     """The predictions of one image, highest score first, without those whose OKS with a kept
-    one exceeds ``threshold`` (at the mean of the two boxes' areas)."""
+    one exceeds ``threshold`` (at the mean of the two crops' areas)."""
     order = sorted(range(len(predictions)), key=lambda i: -predictions[i].score)
     kept = []
     while order:
@@ -76,18 +76,20 @@ def predict_people(model: nn.Module, dataset: CocoKeypoints, *, batch_size: int 
             joints, peaks = decode(heatmaps.cpu(), targets["inverse"])
             for index, person_joints, person_peaks in zip(targets["index"].tolist(), joints.numpy(), peaks.numpy()):
                 person = dataset.people[index]
+                crop = dataset.crop_of(person)
                 predictions.append(PosePrediction(person.image_id, person_joints, person_peaks,
-                                                  person.box[2] * person.box[3], person_score(person_peaks, person.score)))
+                                                  crop.size[0] * crop.size[1], person_score(person_peaks, person.score)))
     finally:
         model.train(was_training)
     return predictions
 
 
 def to_results(predictions: list[PosePrediction], category_id: int) -> list[dict]:
-    """COCO keypoint results: ``keypoints`` as [x, y, confidence] per joint."""
+    """COCO keypoint results: ``keypoints`` as [x, y, confidence] per joint, in COCO's pixel
+    indices (the continuous coordinates less 0.5, as the loader added it)."""
     results = []
     for p in predictions:
-        values = np.concatenate([p.joints, p.confidences[:, None]], axis=1).reshape(-1)
+        values = np.concatenate([p.joints - 0.5, p.confidences[:, None]], axis=1).reshape(-1)
         results.append({"image_id": int(p.image_id), "category_id": int(category_id),
                         "keypoints": [round(float(v), 3) for v in values], "score": round(p.score, 5)})
     return results

@@ -1,5 +1,5 @@
 """A picture of a pose model's predictions: a few validation images, each drawn twice, with the
-ground-truth skeletons and with the predicted ones (joints below the confidence that counts
+ground-truth skeletons (every person the file annotates) and with the predicted ones (joints below the confidence that counts
 towards a person's score are left out, as a viewer would want)."""
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ def write_predictions(model: nn.Module, dataset: CocoKeypoints, path: str | os.P
         for row, image_id in zip(axes, chosen):
             indices = [i for i, person in enumerate(dataset.people) if person.image_id == image_id]
             images, targets = collate_keypoints([dataset[i] for i in indices])
-            heatmaps = predict_heatmaps(model, images.to(device), dataset.skeleton.flip_permutation())
+            flip = dataset.skeleton.flip_permutation() if getattr(dataset, "eval_flip", True) else None
+            heatmaps = predict_heatmaps(model, images.to(device), flip)
             joints, peaks = decode(heatmaps.cpu(), targets["inverse"])
             picture = np.asarray(Image.open(dataset.people[indices[0]].path).convert("RGB"))
             for ax, title in zip(row, ("ground truth", "prediction")):
@@ -56,9 +57,12 @@ def write_predictions(model: nn.Module, dataset: CocoKeypoints, path: str | os.P
                 ax.set_autoscale_on(False)
                 ax.set_title(f"image {image_id}: {title}", fontsize=9)
                 ax.set_axis_off()
-            for index, person_joints, person_peaks in zip(indices, joints.numpy(), peaks.numpy()):
-                truth = dataset.people[index].joints
-                _draw_skeleton(row[0], truth[:, :2], truth[:, 2] > 0, edges, "lime")
+            # the truth from the file: with detected boxes, the crops carry none
+            for annotation in dataset.coco.imgToAnns.get(image_id, []):
+                if annotation["category_id"] == dataset.category_id and annotation.get("keypoints"):
+                    truth = np.asarray(annotation["keypoints"], dtype=np.float64).reshape(-1, 3)
+                    _draw_skeleton(row[0], truth[:, :2] + 0.5, truth[:, 2] > 0, edges, "lime")
+            for person_joints, person_peaks in zip(joints.numpy(), peaks.numpy()):
                 _draw_skeleton(row[1], person_joints, person_peaks > CONFIDENT_JOINT, edges, "red")
     finally:
         model.train(was_training)

@@ -9,6 +9,7 @@ sigmas are used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # COCO's person keypoints and their OKS sigmas (pycocotools' COCOeval.Params.kpt_oks_sigmas)
@@ -18,6 +19,11 @@ COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear",
 COCO_SIGMAS = (0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87,
                0.89, 0.89)
 COCO_SIGMAS = tuple(s / 10 for s in COCO_SIGMAS)
+
+
+# left/right markers a joint's name may start or end with (lower case), tried in order
+_SIDE_PREFIXES = (("left_", "right_"), ("left", "right"), ("l_", "r_"), ("l", "r"))
+_SIDE_SUFFIXES = (("_left", "_right"), ("left", "right"), ("_l", "_r"))
 
 
 @dataclass(frozen=True)
@@ -34,15 +40,27 @@ class Skeleton:
 
     @property
     def flip_pairs(self) -> tuple[tuple[int, int], ...]:
-        """(left, right) index pairs: joints whose names differ only in ``left``/``right``."""
-        index = {name: i for i, name in enumerate(self.names)}
+        """(left, right) index pairs: joints whose names differ only in a left/right marker
+        (``left_eye``/``right_eye``, ``eye_left``/``eye_right``, ``LShoulder``/``RShoulder``...,
+        in any case)."""
         pairs = []
         for i, name in enumerate(self.names):
-            for left, right in (("left_", "right_"), ("l_", "r_"), ("left", "right")):
-                if name.startswith(left) and right + name[len(left):] in index:
-                    pairs.append((i, index[right + name[len(left):]]))
-                    break
+            partner = self._partner(name)
+            if partner is not None:
+                pairs.append((i, partner))
         return tuple(pairs)
+
+    def _partner(self, name: str) -> int | None:
+        """The index of the right joint of ``name`` when ``name`` is a left one."""
+        index = {n.lower(): i for i, n in enumerate(self.names)}
+        lower = name.lower()
+        for left, right in _SIDE_PREFIXES:
+            if lower.startswith(left) and right + lower[len(left):] in index:
+                return index[right + lower[len(left):]]
+        for left, right in _SIDE_SUFFIXES:
+            if lower.endswith(left) and lower[:-len(left)] + right in index:
+                return index[lower[:-len(left)] + right]
+        return None
 
     def flip_permutation(self) -> list[int]:
         """Joint ``i`` of a mirrored image is joint ``permutation[i]`` of the original."""
@@ -76,13 +94,32 @@ def skeleton_of_category(category: dict, source: str) -> Skeleton:
                              "are unknown; add a 'sigmas' list (one per joint) to the category")
         sigmas = COCO_SIGMAS
     if (not isinstance(sigmas, (list, tuple)) or len(sigmas) != len(names)
-            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and s > 0 for s in sigmas)):
+            or not all(_positive_finite(s) for s in sigmas)):
         raise ValueError(f"{source}: the category's 'sigmas' must be {len(names)} positive numbers, one per joint")
+    pairs = category.get("skeleton") or []
+    if not isinstance(pairs, list):
+        raise ValueError(f"{source}: the category's 'skeleton' is {pairs!r}, not a list of joint pairs")
     edges = []
-    for pair in category.get("skeleton") or []:
+    for pair in pairs:
         if (not isinstance(pair, list) or len(pair) != 2
                 or not all(isinstance(j, int) and 1 <= j <= len(names) for j in pair)):
             raise ValueError(f"{source}: the category's 'skeleton' holds {pair!r}; each entry is a pair of "
                              f"1-based joint numbers up to {len(names)}")
         edges.append((pair[0] - 1, pair[1] - 1))
-    return Skeleton(tuple(names), tuple(float(s) for s in sigmas), tuple(edges))
+    skeleton = Skeleton(tuple(names), tuple(float(s) for s in sigmas), tuple(edges))
+    paired = {joint for pair in skeleton.flip_pairs for joint in pair}
+    unpaired = [name for i, name in enumerate(names) if i not in paired and ("left" in name.lower()
+                                                                               or "right" in name.lower())]
+    if unpaired:
+        raise ValueError(f"{source}: the joint {unpaired[0]!r} names a side but no joint of the other side matches "
+                         "it, so a mirror image would keep its label; name the pair like left_X and right_X")
+    return skeleton
+
+
+def _positive_finite(value) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:
+        return False

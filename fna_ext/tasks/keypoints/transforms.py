@@ -2,8 +2,9 @@
 enlarged by 1.25; training jitters the crop's scale and rotation and mirrors it; the joints become
 Gaussian heatmaps at a quarter of the input's resolution.
 
-Coordinates are continuous, as COCO's keypoints and :func:`fna_ext.data.transforms.flip_keypoints`
-take them: pixel ``i`` spans ``[i, i + 1)``, so a mirror maps ``x`` to ``width - x``. Pillow's
+Coordinates are continuous, as :func:`fna_ext.data.transforms.flip_keypoints` takes them: pixel
+``i`` spans ``[i, i + 1)``, so a mirror maps ``x`` to ``width - x`` (the loader moves COCO's pixel
+indices there by adding 0.5). Pillow's
 affine warp samples at pixel centres in the same convention, so the crop, its heatmaps and the
 map back to the image agree exactly, and a mirrored crop needs no one-pixel shift of its heatmaps
 (which SimpleBaseline's code applies to undo its own half-pixel offset).
@@ -139,9 +140,10 @@ def mirrored_crop(crop: Crop, width: int) -> Crop:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """SimpleBaseline's training jitter: a scale factor from N(1, ``scale``) clipped to 1 +- scale
-    (so +-35%), with probability ``rotation_p`` a rotation from N(0, ``rotation`` / 2) clipped to
-    +- ``rotation`` degrees, and a mirror with probability ``flip_p``."""
+    """The training jitter, drawn as SimpleBaseline draws it but within +-35% and +-45 degrees (its
+    COCO configs use 0.3 and 40, and clip the rotation at twice that): a scale factor from
+    N(1, ``scale``) clipped to 1 +- scale, with probability ``rotation_p`` a rotation from
+    N(0, ``rotation`` / 2) clipped to +- ``rotation`` degrees, and a mirror with probability ``flip_p``."""
 
     scale: float = 0.35
     rotation: float = 45.0
