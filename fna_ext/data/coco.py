@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
+from .images import keep_readable
+
 
 def load_coco(ann_file: str | os.PathLike) -> COCO:
     """pycocotools' COCO index of ``ann_file``, without its prints; a file that is not COCO json
@@ -89,7 +91,7 @@ def _image_exists(file_name: str, images_dir: Path, listing: set[str]) -> bool:
         return False
 
 
-def drop_missing_files(images: list[dict], images_dir: Path, ann_file: Path) -> list[dict]:
+def drop_missing_files(images: list[dict], images_dir: Path, ann_file: Path, *, stacklevel: int = 4) -> list[dict]:
     listing = set(os.listdir(images_dir))
     found = [_image_exists(str(im["file_name"]), images_dir, listing) for im in images]
     present = [im for im, ok in zip(images, found) if ok]
@@ -100,5 +102,21 @@ def drop_missing_files(images: list[dict], images_dir: Path, ann_file: Path) -> 
         raise ValueError(f"none of the {len(images)} images listed in {ann_file} are in {images_dir} "
                          f"(e.g. {example}); check img_dir")
     warnings.warn(f"{len(images) - len(present)} of {len(images)} images listed in {ann_file} are "
-                  f"missing from {images_dir} (e.g. {example}); they are skipped", stacklevel=4)
+                  f"missing from {images_dir} (e.g. {example}); they are skipped", stacklevel=stacklevel)
     return present
+
+
+def usable_images(coco: COCO, images_dir: Path, ann_file: Path, *, check_files: bool = True,
+                  stacklevel: int = 3) -> list[dict]:
+    """The images ``coco`` lists; with ``check_files``, those whose file is in ``images_dir`` and
+    readable at the listed size, the others skipped with one warning per kind of problem (at
+    ``stacklevel`` from this function's caller, as ``warnings.warn`` counts)."""
+    images = coco.dataset["images"]
+    if not images:
+        raise ValueError(f"annotation file {ann_file} lists no images")
+    if check_files:
+        images = drop_missing_files(images, images_dir, ann_file, stacklevel=stacklevel + 1)
+        images = keep_readable(images, [images_dir / im["file_name"] for im in images],
+                               [(int(im["width"]), int(im["height"])) for im in images],
+                               source=f"{ann_file} in {images_dir}", stacklevel=stacklevel + 1)
+    return images

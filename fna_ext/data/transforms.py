@@ -435,3 +435,15 @@ class RawImageInput(torch.nn.Module):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
+
+
+class NormalizedModel(RawImageInput):
+    """``model`` behind the normalisation it was trained with, its one output returned as a tuple
+    (the export wrappers of models with a single dense output name it and its tolerance)."""
+
+    def __init__(self, model: torch.nn.Module, input_size: Sequence[int]):
+        super().__init__(input_size)
+        self.model = model.eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        return (self.model(self.normalize(images)),)

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...data.coco import drop_missing_files, load_coco
-from ...data.images import keep_readable, read_rgb
+from ...data.coco import load_coco, usable_images
+from ...data.images import read_rgb
 from ...data.transforms import default_eval_transform
 
 # why an annotation was skipped, in the order the warning lists them
@@ -195,14 +195,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.cat_of_label: list[int] = list(self.cat_ids)
 
     def _build_records(self, check_files: bool, skip_empty: bool) -> list[ImageRecord]:
-        images = self.coco.dataset["images"]
-        if not images:
-            raise ValueError(f"annotation file {self.ann_file} lists no images")
-        if check_files:
-            images = drop_missing_files(images, self.images_dir, self.ann_file)
-            images = keep_readable(images, [self.images_dir / im["file_name"] for im in images],
-                                   [(int(im["width"]), int(im["height"])) for im in images],
-                                   source=f"{self.ann_file} in {self.images_dir}", stacklevel=4)
+        images = usable_images(self.coco, self.images_dir, self.ann_file, check_files=check_files, stacklevel=4)
         skipped = Counter()
         known = self.coco.imgs.keys()
         skipped[SKIP_UNKNOWN_IMAGE] = sum(1 for ann in self.coco.dataset.get("annotations", [])

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...data.coco import drop_missing_files, load_coco
-from ...data.images import keep_readable, read_rgb
+from ...data.coco import load_coco, usable_images
+from ...data.images import read_rgb
 from ...data.transforms import flip_keypoints
 from .skeleton import Skeleton, skeleton_of_category
 from .transforms import (Augmentation, Crop, apply_affine, box_crop, crop_matrix, gaussian_heatmaps, heatmap_size,
@@ -215,14 +215,7 @@ class CocoKeypoints(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.coco = load_coco(self.ann_file)
         self.category_id, self.skeleton = person_category(self.coco, str(self.ann_file))
-        images = self.coco.dataset["images"]
-        if not images:
-            raise ValueError(f"annotation file {self.ann_file} lists no images")
-        if check_files:
-            images = drop_missing_files(images, self.images_dir, self.ann_file)
-            images = keep_readable(images, [self.images_dir / im["file_name"] for im in images],
-                                   [(int(im["width"]), int(im["height"])) for im in images],
-                                   source=f"{self.ann_file} in {self.images_dir}", stacklevel=3)
+        images = usable_images(self.coco, self.images_dir, self.ann_file, check_files=check_files)
         self.image_ids = sorted(im["id"] for im in images)
         if person_boxes is None:
             self.people = ground_truth_people(self.coco, self.category_id, self.skeleton, images, self.images_dir,

@@ -4,23 +4,13 @@ softmax the probabilities). Sliding windows, flips and scales are left to the ru
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from ...data.transforms import RawImageInput
+from ...data.transforms import NormalizedModel
 
 
-class SegmentationLogits(RawImageInput):
+class SegmentationLogits(NormalizedModel):
     """``model`` behind the normalisation it was trained with: images (N, 3, H, W) float RGB in
     0..255 -> logits (N, classes, H, W)."""
 
     output_names = ("logits",)
     # the largest difference an exported file may show against the original, in logits
     tolerances = (1e-3,)
-
-    def __init__(self, model: nn.Module, input_size: tuple[int, int]):
-        super().__init__(input_size)
-        self.model = model.eval()
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
-        return (self.model(self.normalize(images)),)
