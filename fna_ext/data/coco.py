@@ -13,7 +13,20 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
+from ..config import Str
 from .images import keep_readable
+
+# The settings that say where a COCO-format dataset is: the standard layout under data.root,
+# or explicit annotation files and image folders per split (relative ones under the root)
+COCO_PATH_RULES = {
+    "data.root": Str(nullable=True),
+    "data.train_split": Str(),
+    "data.val_split": Str(),
+    "data.ann_file": Str(nullable=True),
+    "data.img_dir": Str(nullable=True),
+    "data.val_ann_file": Str(nullable=True),
+    "data.val_img_dir": Str(nullable=True),
+}
 
 
 def load_coco(ann_file: str | os.PathLike) -> COCO:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import copy
 
-from ...config import Int, List, Number, Rule, Str
+from ...config import Int, List, Number, Rule
+from ...data.coco import COCO_PATH_RULES
 from ...engine.settings import TRAIN_DEFAULTS
 from ...nas.settings import SEARCH_DEFAULTS
 
@@ -14,13 +15,7 @@ from ...nas.settings import SEARCH_DEFAULTS
 MIN_IMAGE_SIZE = 64
 
 RULES: dict[str, Rule] = {
-    "data.root": Str(nullable=True),
-    "data.train_split": Str(),
-    "data.val_split": Str(),
-    "data.ann_file": Str(nullable=True),
-    "data.img_dir": Str(nullable=True),
-    "data.val_ann_file": Str(nullable=True),
-    "data.val_img_dir": Str(nullable=True),
+    **COCO_PATH_RULES,
     "data.input_size": List(Int(MIN_IMAGE_SIZE), 2),
     "data.expand_max_ratio": Number(1),
     "data.short_side": Int(MIN_IMAGE_SIZE),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 from ...config import Bool, Int, List, Number, Rule, Str
+from ...data.coco import COCO_PATH_RULES
 from ...engine.settings import TRAIN_DEFAULTS
 from ...nas.settings import SEARCH_DEFAULTS
 from .model import MODELS
@@ -20,13 +21,7 @@ from .model import MODELS
 MIN_INPUT = 32  # the backbone's stride-32 feature keeps a pixel
 
 RULES: dict[str, Rule] = {
-    "data.root": Str(nullable=True),
-    "data.train_split": Str(),
-    "data.val_split": Str(),
-    "data.ann_file": Str(nullable=True),
-    "data.img_dir": Str(nullable=True),
-    "data.val_ann_file": Str(nullable=True),
-    "data.val_img_dir": Str(nullable=True),
+    **COCO_PATH_RULES,
     "data.input_size": List(Int(MIN_INPUT), 2),
     "data.scale": Number(0, 0.99),
     "data.rotation": Number(0, 180),
