@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 # COCO's person keypoints and their OKS sigmas (pycocotools' COCOeval.Params.kpt_oks_sigmas)
 COCO_KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -38,7 +39,7 @@ class Skeleton:
     def num_joints(self) -> int:
         return len(self.names)
 
-    @property
+    @cached_property  # read for every mirrored training sample
     def flip_pairs(self) -> tuple[tuple[int, int], ...]:
         """(left, right) index pairs: joints whose names differ only in a left/right marker
         (``left_eye``/``right_eye``, ``eye_left``/``eye_right``, ``LShoulder``/``RShoulder``...,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...data.transforms import IMAGENET_MEAN, IMAGENET_STD, _coin
+from ...data.transforms import ToNormalizedTensor, _coin
 
 # SimpleBaseline: the box is enlarged by 1.25 so a person's limbs stay in the crop
 BOX_PADDING = 1.25
@@ -125,12 +125,12 @@ def gaussian_heatmaps(joints: np.ndarray, visible: np.ndarray, size: tuple[int, 
     return heatmaps * weights[:, None, None], weights
 
 
+# the other tasks' last step: uint8 (H, W, 3) -> ImageNet-normalised float32 (3, H, W)
+_TO_TENSOR = ToNormalizedTensor()
+
+
 def normalize(image: np.ndarray) -> torch.Tensor:
-    """uint8 (H, W, 3) -> float32 (3, H, W), ImageNet-normalised."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    return _TO_TENSOR(image, None)[0]
 
 
 def mirrored_crop(crop: Crop, width: int) -> Crop:
