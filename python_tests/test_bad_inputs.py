@@ -341,3 +341,12 @@ def test_as_real_processes_errors_are_one_line_and_entry_points_do_not_warn(file
     assert not files["marker"].exists()
     made = _module("fna_ext.data.synthetic", "--out", str(tmp_path / "syn"), "--images", "2", "--size", "32")
     assert made.returncode == 0 and made.stderr == "", made.stderr
+
+
+def test_a_commands_warning_is_one_line_without_the_source():
+    # in a real process: pytest records warnings in-process, which would hide the printing
+    message = "3 of 10 images are missing from img/ (e.g. img/a.jpg); they are skipped"
+    script = ("import warnings\nfrom fna_ext import cli\n"
+              f"cli.run(lambda argv: warnings.warn({message!r}), [])")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == f"warning: {message}\n", done.stderr

@@ -95,6 +95,11 @@ def _edited(data, tmp_path, edit):
     (lambda d: d["annotations"][1].update(iscrowd=[0]), "'iscrowd' is \\[0\\]"),
     (lambda d: d["annotations"][0]["keypoints"].__setitem__(0, 10 ** 400), "not a finite number"),
     (lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]), "ids must be unique"),
+    # each of these would otherwise be scored, or dropped, without a word
+    (lambda d: d["annotations"][1].update(image_id=999999), "image_id 999999 is not in 'images'"),
+    (lambda d: d["annotations"][0].update(num_keypoints=d["annotations"][0]["num_keypoints"] + 1),
+     "'num_keypoints' is \\d+, but \\d+ joints are labelled"),
+    (lambda d: d["annotations"][0]["keypoints"].__setitem__(slice(0, 3), [5000, 10, 2]), "\\(5000, 10\\) is outside"),
 ])
 def test_bad_keypoints_are_found_when_the_dataset_is_built(tiny, tmp_path, edit, message):
     data, _, _ = tiny
@@ -178,6 +183,28 @@ def test_validation_can_crop_detected_people(trained, tiny, tmp_path):
         CocoKeypoints(data / VAL_JSON, data / "val2017", (64, 64), person_boxes=tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize("boxes, message", [
+    ([{"image_id": 1, "category_id": "1", "bbox": [0, 0, 9, 9], "score": 1.0}], "category_id '1', not an integer id"),
+    ([{"image_id": 1, "category_id": 1, "bbox": ["0", "0", "9", "9"], "score": 1.0}], "not four numbers"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [500, 500, 9, 9], "score": 1.0}], "holds no pixel of its"),
+    ([], "holds no detections"),
+    ([{"image_id": 1, "category_id": 7, "bbox": [0, 0, 9, 9], "score": 1.0}], "no detection of the person category \\(id 1\\), only of \\[7\\]"),
+    ([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 9, 9], "score": 0.1}], "score under eval.min_box_score 0.5"),
+    ("folder", "is a folder"),
+])
+def test_bad_person_boxes_are_named_for_what_they_are(tiny, tmp_path, boxes, message):
+    data, _, _ = tiny
+    path = tmp_path / "boxes.json"
+    if boxes == "folder":
+        path.mkdir()
+    else:
+        for box in boxes:
+            box["image_id"] = json.loads((data / VAL_JSON).read_text())["images"][0]["id"]
+        path.write_text(json.dumps(boxes))
+    with pytest.raises(ValueError, match=message):
+        CocoKeypoints(data / VAL_JSON, data / "val2017", (64, 64), person_boxes=path, min_box_score=0.5)
+
+
 def test_the_torchscript_export_gives_the_models_heatmaps(trained, tmp_path):
     _, _, result = trained
     report = export_model(result.weights, tmp_path / "pose.torchscript.pt", "torchscript")
@@ -197,6 +224,8 @@ def test_the_commands_refuse_bad_settings_in_one_line(tiny):
     refused = run("fna_ext.train", "--task", "coco-keypoints", "--data", str(data), "--set", "data.input_size=[100, 64]")
     assert refused.returncode == 2 and refused.stderr.startswith("error:") and "multiples of 32" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+    few = run("fna_ext.train", "--task", "coco-keypoints", "--data", str(data), "--set", "train.batch_size=4096")
+    assert few.returncode == 2 and "people, fewer than one batch of 4096" in few.stderr, few.stderr
 
 
 def test_the_onnx_export_runs_under_onnxruntime(trained, tmp_path):

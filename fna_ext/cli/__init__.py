@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -85,8 +86,15 @@ def one_line(err: BaseException) -> str:
     return " ".join(lines) if lines else type(err).__name__
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    # a warning is a message to the user: one line, without the file and source line Python quotes
+    return f"warning: {one_line(Warning(str(message)))}\n"
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
-    """Runs ``main(argv)`` and exits: 0 (or its return value) on success, 2 on bad input."""
+    """Runs ``main(argv)`` and exits: 0 (or its return value) on success, 2 on bad input.
+    Warnings print as one ``warning:`` line each."""
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
     try:
         code = main(argv)
     # FloatingPointError: a loss that became NaN or inf; its message says what to change and
@@ -97,6 +105,8 @@ def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        warnings.formatwarning = formatwarning
     sys.exit(code or 0)
 
 

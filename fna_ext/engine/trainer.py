@@ -105,6 +105,14 @@ def epoch_order(num_items: int, seed: int, epoch: int, shuffle: bool = True) -> 
     return torch.randperm(num_items, generator=generator).tolist()
 
 
+def sample_noun(dataset) -> str:
+    """What a dataset's samples are, for messages that count them: ``images`` unless the dataset
+    (or the one a Subset takes from) says otherwise, as top-down pose's person crops do."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "sample_noun", "images")
+
+
 class ResumableSampler(torch.utils.data.Sampler):
     """Yields ``(index, sample_seed)`` for an epoch's order from ``start`` on, so a resumed epoch
     skips what was already seen. Each sample's augmentation is seeded from (seed, epoch,
@@ -257,8 +265,8 @@ class Trainer:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         self.iters_per_epoch = len(dataset) // self.batch_size
         if self.iters_per_epoch == 0:
-            raise ValueError(f"the training set has {len(dataset)} images, fewer than one batch of "
-                             f"{self.batch_size}; lower batch_size")
+            raise ValueError(f"the training set has {len(dataset)} {sample_noun(dataset)}, fewer than one batch "
+                             f"of {self.batch_size}; lower batch_size")
         self.epochs = int(config["epochs"])
         self.total_iters = self.epochs * self.iters_per_epoch
         params = [p for p in model.parameters() if p.requires_grad]

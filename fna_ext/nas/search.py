@@ -31,7 +31,7 @@ from ..atomic import atomic_write_text
 from ..config import dump
 from ..engine import distributed
 from ..engine.checkpoint import Progress
-from ..engine.trainer import (ResumableSampler, StepHooks, Trainer, build_optimizer, place_model,
+from ..engine.trainer import (ResumableSampler, sample_noun, StepHooks, Trainer, build_optimizer, place_model,
                               resumable_loader, to_device)
 from ..tasks import get_task
 from .cost_table import build_cost_table
@@ -93,7 +93,7 @@ class _Loader:
 
     def __init__(self, dataset, batch_size: int, seed: int, workers: int, collate, device: torch.device):
         if len(dataset) < batch_size:
-            raise ValueError(f"a search split has {len(dataset)} images, fewer than one batch of "
+            raise ValueError(f"a search split has {len(dataset)} {sample_noun(dataset)}, fewer than one batch of "
                              f"{batch_size}; lower train.batch_size or use more data")
         self.sampler = ResumableSampler(len(dataset), seed)
         self.per_epoch = len(dataset) // batch_size

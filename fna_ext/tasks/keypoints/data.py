@@ -3,10 +3,12 @@ box (:mod:`.transforms`). The standard layout is ``ROOT/annotations/person_keypo
 with the images in ``ROOT/{split}2017/``.
 
 Everything is checked once, when the dataset is built: a keypoint list that is not 3 x K numbers,
-visibility flags outside {0, 1, 2}, coordinates that are not finite numbers, and boxes that
-cannot be cropped are counted and reported in one ValueError naming the file (the annotation file
-is wrong, and a model trained on part of it would mislead); missing or unreadable images are
-skipped with one warning that counts them, as for detection.
+visibility flags outside {0, 1, 2}, coordinates that are not finite numbers, labelled joints off
+their image, a ``num_keypoints`` that does not count the labelled joints, an ``image_id`` the file
+does not list, and boxes that cannot be cropped are counted and reported in one ValueError naming
+the file (the annotation file is wrong, and a model trained or scored on part of it would
+mislead); missing or unreadable images are skipped with one warning that counts them, as for
+detection.
 
 Validation can crop around detected people instead of the ground-truth boxes:
 ``person_boxes`` is a COCO detection results file (``[{"image_id", "category_id", "bbox",
@@ -79,18 +81,41 @@ def is_finite_number(value) -> bool:
         return False
 
 
-def _joint_problem(annotation: dict, num_joints: int) -> str | None:
-    """Why an annotation's keypoints cannot be used, or None."""
+def _joint_problem(annotation: dict, num_joints: int, image: dict | None) -> str | None:
+    """Why an annotation's keypoints cannot be used, or None. ``image`` is the entry of its
+    ``image_id`` (None when the file lists no such image)."""
+    ann_id = annotation["id"]
+    if image is None:
+        return f"annotation {ann_id}: image_id {annotation['image_id']} is not in 'images'"
     values = annotation.get("keypoints")
     if not isinstance(values, list) or len(values) != 3 * num_joints:
         size = len(values) if isinstance(values, list) else type(values).__name__
-        return f"annotation {annotation['id']}: 'keypoints' holds {size} values, not 3 x {num_joints}"
+        return f"annotation {ann_id}: 'keypoints' holds {size} values, not 3 x {num_joints}"
     if not all(is_finite_number(v) for v in values):
-        return f"annotation {annotation['id']}: 'keypoints' holds a value that is not a finite number"
+        return f"annotation {ann_id}: 'keypoints' holds a value that is not a finite number"
     flags = set(values[2::3])
     if not flags <= set(VISIBILITIES):
-        return f"annotation {annotation['id']}: visibility flags {sorted(flags - set(VISIBILITIES))}, not 0, 1 or 2"
-    return _scoring_problem(annotation)
+        return f"annotation {ann_id}: visibility flags {sorted(flags - set(VISIBILITIES))}, not 0, 1 or 2"
+    return _placement_problem(annotation, image) or _scoring_problem(annotation)
+
+
+def _placement_problem(annotation: dict, image: dict) -> str | None:
+    """A labelled joint off its image, or a ``num_keypoints`` that does not count the labelled
+    joints: pycocotools ignores a person whose ``num_keypoints`` is 0 and scores the others
+    against their joints, so either would skew AP without a sign."""
+    values = annotation["keypoints"]
+    labelled = [(x, y) for x, y, v in zip(values[0::3], values[1::3], values[2::3]) if v > 0]
+    width, height = float(image["width"]), float(image["height"])
+    # pixel indices run 0..W-1; one pixel of slack keeps a joint marked on the border
+    outside = [(x, y) for x, y in labelled if not (-1 <= x <= width and -1 <= y <= height)]
+    if outside:
+        return (f"annotation {annotation['id']}: a labelled joint at {outside[0]} is outside its "
+                f"{image['width']}x{image['height']} image {image['id']}")
+    count = annotation.get("num_keypoints")
+    if is_finite_number(count) and not isinstance(count, float) and count != len(labelled):
+        return (f"annotation {annotation['id']}: 'num_keypoints' is {count}, but {len(labelled)} joints are "
+                "labelled (visibility 1 or 2)")
+    return None
 
 
 def _scoring_problem(annotation: dict) -> str | None:
@@ -134,7 +159,8 @@ def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list
     coordinates (i + 0.5), in which crops and mirrors are exact."""
     annotations = coco.dataset.get("annotations", [])
     problems = [problem for ann in annotations if ann["category_id"] == category_id
-                for problem in [_joint_problem(ann, skeleton.num_joints)] if problem]
+                for problem in [_joint_problem(ann, skeleton.num_joints, coco.imgs.get(ann["image_id"]))]
+                if problem]
     _raise_problems(problems, source, "person annotations")
     ids = [ann["id"] for ann in annotations]
     if 0 in ids or len(set(ids)) != len(ids):
@@ -163,42 +189,78 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
                     images_dir: Path, min_score: float = 0.0) -> list[Person]:
     """People from a COCO detection results file: its boxes of the person category that score at
     least ``min_score``, in the images of the split."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"person boxes file {path} (eval.person_boxes, evaluate's --person-boxes) not found; "
-                                "pass a COCO detection results json")
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"person boxes file {path} is not valid json ({type(err).__name__})") from None
-    if not isinstance(results, list):
-        raise ValueError(f"person boxes file {path} holds a json {type(results).__name__}, not a list of detections")
+    results = _read_detections(Path(path))
     known = {image["id"]: image for image in images}
     problems, people = [], []
     for index, result in enumerate(results):
-        if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
-            problems.append(f"entry {index} lacks image_id, category_id, bbox or score")
+        problem = _detection_problem(index, result, coco)
+        if problem:
+            problems.append(problem)
             continue
-        score = result["score"]
-        if not is_finite_number(score):
-            problems.append(f"entry {index} has score {score!r}, not a number")
-            continue
-        if result["category_id"] != category_id or score < min_score:
-            continue
-        if not isinstance(result["image_id"], int) or result["image_id"] not in coco.imgs:
-            problems.append(f"entry {index} names image {result['image_id']!r}, which the annotations lack")
+        if result["category_id"] != category_id or result["score"] < min_score:
             continue
         image = known.get(result["image_id"])
         if image is None:
             continue  # its file is missing, and was reported so
         box = _box_of(result, int(image["width"]), int(image["height"]))
         if box is None:
-            problems.append(f"entry {index} has bbox {result['bbox']!r}, which holds no pixel of the image")
+            problems.append(f"entry {index} has bbox {result['bbox']!r}, which holds no pixel of "
+                            f"its {image['width']}x{image['height']} image")
             continue
         people.append(Person(image["id"], str(images_dir / image["file_name"]), int(image["width"]),
-                             int(image["height"]), box, np.zeros((num_joints, 3), np.float32), float(score)))
+                             int(image["height"]), box, np.zeros((num_joints, 3), np.float32), float(result["score"])))
     _raise_problems(problems, str(path), "detections")
+    if not people:
+        raise ValueError(_no_people_reason(path, results, category_id, min_score))
     return people
+
+
+def _read_detections(path: Path) -> list:
+    what = "person boxes file"
+    if path.is_dir():
+        raise ValueError(f"{what} {path} (eval.person_boxes, evaluate's --person-boxes) is a folder; "
+                         "pass the COCO detection results json inside it")
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} (eval.person_boxes, evaluate's --person-boxes) not found; "
+                                "pass a COCO detection results json")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise ValueError(f"{what} {path} is not valid json ({type(err).__name__})") from None
+    if not isinstance(results, list):
+        raise ValueError(f"{what} {path} holds a json {type(results).__name__}, not a list of detections")
+    return results
+
+
+def _detection_problem(index: int, result, coco) -> str | None:
+    """Why entry ``index`` of a detection results file cannot be read, or None."""
+    if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
+        return f"entry {index} lacks image_id, category_id, bbox or score"
+    for key in ("image_id", "category_id"):
+        if isinstance(result[key], bool) or not isinstance(result[key], int):
+            return f"entry {index} has {key} {result[key]!r}, not an integer id"
+    if not is_finite_number(result["score"]):
+        return f"entry {index} has score {result['score']!r}, not a number"
+    box = result["bbox"]
+    if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) for v in box):
+        return f"entry {index} has bbox {box!r}, not four numbers [x, y, w, h]"
+    if result["image_id"] not in coco.imgs:
+        return f"entry {index} names image {result['image_id']}, which the annotations lack"
+    return None
+
+
+def _no_people_reason(path: Path, results: list, category_id: int, min_score: float) -> str:
+    if not results:
+        return f"person boxes file {path} holds no detections; it needs the person detector's results"
+    of_person = [r for r in results if r["category_id"] == category_id]
+    if not of_person:
+        found = sorted({r["category_id"] for r in results})
+        return (f"person boxes file {path} has no detection of the person category (id {category_id}), "
+                f"only of {found}; pass the person detector's results")
+    if all(r["score"] < min_score for r in of_person):
+        return (f"person boxes file {path}: all {len(of_person)} person detections score under "
+                f"eval.min_box_score {min_score}; lower it")
+    return f"person boxes file {path} has no person detection in an image of the split whose file is present"
 
 
 class CocoKeypoints(torch.utils.data.Dataset):
@@ -224,8 +286,10 @@ class CocoKeypoints(torch.utils.data.Dataset):
             self.people = detected_people(person_boxes, self.coco, self.category_id, self.skeleton.num_joints,
                                           images, self.images_dir, min_box_score)
         if not self.people:
-            raise ValueError(f"{person_boxes or self.ann_file} gives no person to crop in {self.images_dir}")
+            raise ValueError(f"{self.ann_file} has no non-crowd person with a labelled joint in the images of "
+                             f"{self.images_dir}; a keypoints file needs at least one")
         self.class_names = ["person"]
+        self.sample_noun = "people"  # a sample is a person crop, for messages that count them
 
     @property
     def num_joints(self) -> int:
