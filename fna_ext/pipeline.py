@@ -47,10 +47,11 @@ def pipeline_configs(options: AdaptOptions) -> tuple[dict, dict]:
     """(search config, fine-tuning config): the presets, then the options, then the overrides."""
     synthetic = options.data is None
     task = get_task(options.task)
-    model = task.model_name(options.model, Arch.from_arg(options.seed_arch, "--seed-arch") if options.seed_arch else None)
+    seed_arch = Arch.from_arg(options.seed_arch, "--seed-arch") if options.seed_arch else None
+    model = task.model_name(options.model, seed_arch)
     common = [f"data.root={options.data}"] if options.data else []
     common.append(f"train.seed={options.seed}")
-    search_config = task.resolve_config(task.search_preset(model, synthetic), None,
+    search_config = task.resolve_config(task.search_preset(model, synthetic, seed_arch), None,
                                         [*common, f"search.init={options.search_init}", *options.search_overrides])
     train_config = task.resolve_config(task.finetune_preset(model, synthetic), None,
                                        [*common, *options.train_overrides])

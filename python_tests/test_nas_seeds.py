@@ -337,6 +337,29 @@ def test_mobilenet_v2_keeps_fnas_space():
     assert [s.candidates for s in specs if s.stage == 5 and s.layer == 0] == [("k3_e6", "k5_e6", "k7_e6")]
 
 
+@pytest.mark.parametrize("task_name", ["coco", "cityscapes", "coco-keypoints"])
+def test_the_embedded_default_eases_the_cost_term_for_nas_seeds_only(task_name):
+    from fna_ext.pipeline import AdaptOptions, pipeline_configs
+    from fna_ext.tasks import get_task
+
+    task = get_task(task_name)
+    plain = task.search_preset("ssdlite" if task_name == "coco" else None, True, Arch.parse("mobilenet_v2"))["search"]
+    assert plain == task.search_preset("ssdlite" if task_name == "coco" else None, True)["search"]
+    for name in ("mobilenet_v3_large", "mnasnet_b1", "fbnet_c", "efficientnet_b0", "spnasnet_100"):
+        nas = task.search_preset(None, True, Arch.parse(name))["search"]
+        assert nas["lambda"] == pytest.approx(plain["lambda"] / 3, rel=1e-5), name
+        assert nas["weight_steps_per_alpha_step"] == 2 * plain["weight_steps_per_alpha_step"]
+        assert {k: v for k, v in nas.items() if k not in ("lambda", "weight_steps_per_alpha_step")} == \
+            {k: v for k, v in plain.items() if k not in ("lambda", "weight_steps_per_alpha_step")}
+    published = task.search_preset(None, False, Arch.parse("mobilenet_v3_large"))["search"]
+    assert published == task.search_preset(None, False)["search"]  # the published settings stay
+    # what the commands resolve: the adjustment, then the user's settings over it
+    search_config, _ = pipeline_configs(AdaptOptions(task=task_name, seed_arch="mobilenet_v3_large",
+                                                     search_overrides=["search.lambda=0.7"]))
+    assert search_config["search"]["lambda"] == 0.7
+    assert search_config["search"]["weight_steps_per_alpha_step"] == 2 * plain["weight_steps_per_alpha_step"]
+
+
 @pytest.mark.parametrize("mode", ["shared", "independent"])
 def test_a_sampled_path_of_a_nas_seed_equals_the_remapped_target(mode):
     supernet = SuperNetwork(NARROW_V3, SPACE, seed=SEED, weight_sharing=mode, affine_bn=True).double()

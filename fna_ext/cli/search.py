@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed
 
+from ..arch import Arch
 from . import ArgumentParser, check_output_folder, removed_if_failed, run
 from .common import add_common_arguments, check_device, config_from_preset, task_and_model
 from ..engine import distributed
@@ -36,7 +37,9 @@ def build_config(args) -> dict:
                  if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    return config_from_preset(task, task.search_preset(model, synthetic=args.data is None), args, overrides)
+    seed_arch = Arch.from_arg(args.seed_arch, "--seed-arch") if args.seed_arch else None
+    preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch)
+    return config_from_preset(task, preset, args, overrides)
 
 
 def summary(result, seed_path: Path, seconds: dict, args) -> str:

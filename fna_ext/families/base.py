@@ -146,6 +146,13 @@ class Family:
         space's own depths by default (FNA's, written for MobileNetV2)."""
         return tuple(space.max_depths)
 
+    def adjust_embedded_search(self, search: dict, seed_arch) -> dict:
+        """The ``search`` section of a task's embedded-default preset, adjusted for a seed of
+        ``seed_arch`` (the presets are sized on the task's default seed): a new dict, or
+        ``search`` itself when the seed needs nothing else. Published presets are not adjusted,
+        and the user's settings come after."""
+        return search
+
     def widest_op(self, candidates) -> str:
         """The candidate whose weights hold every other's (the shared max-size weight)."""
         raise NotImplementedError

@@ -73,8 +73,15 @@ class Task:
         embedded default's when ``synthetic``. Both carry ``task`` and ``model.name``."""
         raise NotImplementedError
 
-    def search_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
-        return copy.deepcopy(self.presets(self.model_name(model), synthetic)[0])
+    def search_preset(self, model: str | None = None, synthetic: bool = True, seed_arch: Arch | None = None) -> dict:
+        """The search preset; the embedded default's as ``seed_arch``'s family adjusts it
+        (:meth:`~fna_ext.families.base.Family.adjust_embedded_search`)."""
+        preset = copy.deepcopy(self.presets(self.model_name(model, seed_arch), synthetic)[0])
+        if synthetic and seed_arch is not None:
+            from ..families import get_family
+
+            preset["search"] = get_family(seed_arch.family).adjust_embedded_search(preset["search"], seed_arch)
+        return preset
 
     def finetune_preset(self, model: str | None = None, synthetic: bool = True) -> dict:
         """The fine-tuning preset, its ``adaptation`` section completed from the engine's defaults."""

@@ -38,6 +38,13 @@ def seed_expansions(seed_arch: Arch | None) -> tuple[int | float, ...]:
     return tuple(sorted(found))
 
 
+def is_nas_seed(seed_arch: Arch) -> bool:
+    """Whether a searched layer of the seed speaks more than FNA's MobileNetV2 vocabulary (SE,
+    another activation than ReLU6, an expansion other than 3 and 6): a network found by NAS."""
+    ops = [Op.parse(name) for stage in seed_arch.stages[1:] for name in stage.ops if name != "skip"]
+    return any(not op.uses_relu6_only or op.expansion not in FNA_EXPANSIONS for op in ops)
+
+
 def layer_candidates(first_layer: bool, keep_inner_width: bool, stage, layer, kernels, expansions,
                      seed_arch) -> tuple[str, ...]:
     """The ops of one searched layer (see the module docstring). ``keep_inner_width``: only the

@@ -8,6 +8,12 @@ from ..base import Family, FeatureInfo
 from .op import Op
 
 
+# the embedded default's search settings for NAS seeds, relative to the task's (see
+# MBConvFamily.adjust_embedded_search)
+NAS_SEED_LAMBDA_FACTOR = 1 / 3
+NAS_SEED_ALPHA_INTERVAL = 2
+
+
 class MBConvFamily(Family):
     name = "mbconv"
     op_type, archs_module = Op, ".archs"
@@ -91,6 +97,20 @@ class MBConvFamily(Family):
         if len(searched) != len(space.max_depths):
             return tuple(len(stage.ops) + space.depth_margin for stage in searched)
         return tuple(space.max_depths)
+
+    def adjust_embedded_search(self, search: dict, seed_arch) -> dict:
+        """A NAS seed's embedded-default search: a third of the task's lambda, and an alpha step
+        every other weight step. Those presets were sized on MobileNetV2, a hand-made network the
+        cost term may halve; a network found by NAS under a cost already sits near its task's
+        trade-off, and the same push cut MobileNetV3-Large's backbone to a third of its MAdds and
+        cost 0.15 AP50 on the synthetic detection task. Its mixtures are also twice as many
+        candidates, each with an SE, so alpha steps cost twice as much (benchmarks/RESULTS.md)."""
+        from .candidates import is_nas_seed
+
+        if not is_nas_seed(seed_arch):
+            return search
+        return {**search, "lambda": float(f"{search['lambda'] * NAS_SEED_LAMBDA_FACTOR:.6g}"),
+                "weight_steps_per_alpha_step": search["weight_steps_per_alpha_step"] * NAS_SEED_ALPHA_INTERVAL}
 
     def widest_op(self, candidates) -> str:
         from .candidates import widest_op
