@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -135,10 +136,11 @@ def searched_arch(options: AdaptOptions, seed_network, out: Path, fixed: Arch | 
         report = count_task(model, fixed, task.input_size(pipeline_configs(options)[0]))
         params, madds = report.grouped()["backbone"]
         return fixed, {"params": params, "madds": madds}
+    search_config, _ = pipeline_configs(options)
     if (out / "arch.json").exists():
+        check_same_settings(out, search_config, ("search", "train"))
         arch = Arch.load(out / "arch.json")
         return arch, arch.meta["search"]["adapted"]
-    search_config, _ = pipeline_configs(options)
     found = search(search_config, seed_network, out, device=options.device)
     return found.arch, found.record["adapted"]
 
@@ -152,10 +154,23 @@ def retrained_weights(arch: Arch, seed: int, out: Path, args) -> Path:
     return path
 
 
+def check_same_settings(out: Path, config: dict, sections: tuple[str, ...]) -> None:
+    """A finished phase in ``out`` is reused only when it ran with these settings: a rerun with
+    other epochs or another lambda must not report the old run as its own."""
+    stored = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    changed = [name for name in sections if stored.get(name) != json.loads(json.dumps(config[name]))]
+    if changed:
+        raise ValueError(f"{out} holds a finished run with other {' and '.join(changed)} settings than this "
+                         "command's; remove it or pass another --work")
+
+
 def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Path, seed_arch=None) -> dict:
-    if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
+    """The metrics of ``arch`` fine-tuned into ``out``; a finished run there is reused when it
+    was trained with the same settings (another ``--train-epochs`` is another run)."""
     _, train_config = pipeline_configs(options)
+    if (out / "metrics.json").exists():
+        check_same_settings(out, train_config, ("train",))
+        return json.loads((out / "metrics.json").read_text())
     return finetune(get_task(options.task), train_config, arch, out, seed_weights=weights,
                     seed_arch=seed_arch,  # None for a retrained file, which embeds its arch
                     init=options.train_init, device=options.device).metrics
