@@ -83,12 +83,20 @@ def main(argv=None) -> int:
         return 2
 
 
+def seed_arch_of(args: argparse.Namespace):
+    """``--seed-arch`` as an Arch: the embedded default adjusts its search to a NAS seed, as the
+    commands do, so the probe measures the lambda a search runs with."""
+    from fna_ext.arch import Arch
+
+    return Arch.from_arg(args.seed_arch, "--seed-arch") if getattr(args, "seed_arch", None) else None
+
+
 def probe(args: argparse.Namespace) -> int:
     task, model = task_and_model(args)
     # a run's own config is the whole resolved config: it replaces the preset (an older run may
     # use another optimiser, whose keys the current preset would refuse)
     preset = (yaml.safe_load((Path(args.resume) / "config.yaml").read_text()) if args.resume
-              else task.search_preset(model, synthetic=True))
+              else task.search_preset(model, synthetic=True, seed_arch=seed_arch_of(args)))
     config = config_from_preset(task, preset, args)
     seed = load_seed_network(seed_weights_path(args.seed_weights, None, args.seed_arch), args.seed_arch)
     with tempfile.TemporaryDirectory() as scratch:

@@ -138,7 +138,7 @@ def searched_arch(options: AdaptOptions, seed_network, out: Path, fixed: Arch | 
         return fixed, {"params": params, "madds": madds}
     search_config, _ = pipeline_configs(options)
     if (out / "arch.json").exists():
-        check_same_settings(out, search_config, ("search", "train"))
+        check_same_settings(out, search_config, SEARCH_SECTIONS)
         arch = Arch.load(out / "arch.json")
         return arch, arch.meta["search"]["adapted"]
     found = search(search_config, seed_network, out, device=options.device)
@@ -157,11 +157,17 @@ def retrained_weights(arch: Arch, seed: int, out: Path, args) -> Path:
 def check_same_settings(out: Path, config: dict, sections: tuple[str, ...]) -> None:
     """A finished phase in ``out`` is reused only when it ran with these settings: a rerun with
     other epochs or another lambda must not report the old run as its own."""
-    stored = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    changed = [name for name in sections if stored.get(name) != json.loads(json.dumps(config[name]))]
+    stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
+    changed = [name for name in sections if (stored or {}).get(name) != json.loads(json.dumps(config.get(name)))]
     if changed:
-        raise ValueError(f"{out} holds a finished run with other {' and '.join(changed)} settings than this "
-                         "command's; remove it or pass another --work")
+        raise ValueError(f"{out} holds a finished run with other {', '.join(changed)} settings than this "
+                         "command's (or none recorded); remove that folder or pass another --work")
+
+
+# the sections that decide a phase's result (besides the architecture a fine-tuning trains)
+SEARCH_SECTIONS = ("task", "model", "data", "search", "train")
+FINETUNE_SECTIONS = ("task", "model", "data", "train", "adaptation", "eval")
+ARCH_RECORD = "arch.txt"  # the architecture a fine-tuning folder trained
 
 
 def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Path, seed_arch=None) -> dict:
@@ -169,11 +175,17 @@ def fine_tuned_metrics(options: AdaptOptions, arch: Arch, weights: Path, out: Pa
     was trained with the same settings (another ``--train-epochs`` is another run)."""
     _, train_config = pipeline_configs(options)
     if (out / "metrics.json").exists():
-        check_same_settings(out, train_config, ("train",))
+        check_same_settings(out, train_config, FINETUNE_SECTIONS)
+        trained = (out / ARCH_RECORD).read_text().strip() if (out / ARCH_RECORD).is_file() else None
+        if trained != str(arch):
+            raise ValueError(f"{out} holds a fine-tuning of another architecture (or of one not recorded) than "
+                             f"{arch}; remove that folder or pass another --work")
         return json.loads((out / "metrics.json").read_text())
-    return finetune(get_task(options.task), train_config, arch, out, seed_weights=weights,
-                    seed_arch=seed_arch,  # None for a retrained file, which embeds its arch
-                    init=options.train_init, device=options.device).metrics
+    metrics = finetune(get_task(options.task), train_config, arch, out, seed_weights=weights,
+                       seed_arch=seed_arch,  # None for a retrained file, which embeds its arch
+                       init=options.train_init, device=options.device).metrics
+    atomic_write_text(out / ARCH_RECORD, f"{arch}\n")
+    return metrics
 
 
 def kept_top1(seed_path: Path, arch: Arch, row: Row) -> float | None:

@@ -358,6 +358,14 @@ def test_the_embedded_default_eases_the_cost_term_for_nas_seeds_only(task_name):
                                                      search_overrides=["search.lambda=0.7"]))
     assert search_config["search"]["lambda"] == 0.7
     assert search_config["search"]["weight_steps_per_alpha_step"] == 2 * plain["weight_steps_per_alpha_step"]
+    # and the search command, the main job, through its own arguments
+    import argparse
+
+    from fna_ext.cli.search import build_config
+
+    args = argparse.Namespace(task=task_name, model=None, seed_arch="mobilenet_v3_large", data=None, config=None,
+                              set=[], epochs=None, weight_sharing=None, strategy=None, cost=None, no_fused=False)
+    assert build_config(args)["search"]["lambda"] == pytest.approx(plain["lambda"] / 3, rel=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["shared", "independent"])

@@ -3,12 +3,13 @@ box (:mod:`.transforms`). The standard layout is ``ROOT/annotations/person_keypo
 with the images in ``ROOT/{split}2017/``.
 
 Everything is checked once, when the dataset is built: a keypoint list that is not 3 x K numbers,
-visibility flags outside {0, 1, 2}, coordinates that are not finite numbers, labelled joints off
-their image, a ``num_keypoints`` that does not count the labelled joints, an ``image_id`` the file
-does not list, and boxes that cannot be cropped are counted and reported in one ValueError naming
-the file (the annotation file is wrong, and a model trained or scored on part of it would
-mislead); missing or unreadable images are skipped with one warning that counts them, as for
-detection.
+visibility flags outside {0, 1, 2}, coordinates that are not finite numbers, a ``num_keypoints``
+of 0 on a labelled person (or the reverse), an ``image_id`` the file does not list, and boxes that
+cannot be cropped are counted and reported in one ValueError naming the file (the annotation file
+is wrong, and a model trained or scored on part of it would mislead); labelled joints off their
+image, which converted datasets hold, are kept with one warning; missing or unreadable images are
+skipped with one warning that counts them, as for detection. The person annotations are checked
+on validation with detected boxes too, since OKS still scores against them.
 
 Validation can crop around detected people instead of the ground-truth boxes:
 ``person_boxes`` is a COCO detection results file (``[{"image_id", "category_id", "bbox",
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,22 +101,29 @@ def _joint_problem(annotation: dict, num_joints: int, image: dict | None) -> str
     return _placement_problem(annotation, image) or _scoring_problem(annotation)
 
 
-def _placement_problem(annotation: dict, image: dict) -> str | None:
-    """A labelled joint off its image, or a ``num_keypoints`` that does not count the labelled
-    joints: pycocotools ignores a person whose ``num_keypoints`` is 0 and scores the others
-    against their joints, so either would skew AP without a sign."""
+def _labelled(annotation: dict) -> list[tuple]:
     values = annotation["keypoints"]
-    labelled = [(x, y) for x, y, v in zip(values[0::3], values[1::3], values[2::3]) if v > 0]
+    return [(x, y) for x, y, v in zip(values[0::3], values[1::3], values[2::3]) if v > 0]
+
+
+def _placement_problem(annotation: dict, image: dict) -> str | None:
+    """A ``num_keypoints`` of 0 on a person with labelled joints, or the reverse: pycocotools
+    ignores a person whose ``num_keypoints`` is 0, so either would skew AP without a sign (other
+    miscounts change nothing, since OKS counts the labelled joints itself)."""
+    count, labelled = annotation.get("num_keypoints"), len(_labelled(annotation))
+    if is_finite_number(count) and not isinstance(count, float) and (count == 0) != (labelled == 0):
+        return (f"annotation {annotation['id']}: 'num_keypoints' is {count}, but {labelled} joints are "
+                "labelled (visibility 1 or 2); pycocotools ignores a person counted 0")
+    return None
+
+
+def _off_image(annotation: dict, image: dict) -> str | None:
+    """Where a labelled joint lies off its image (one pixel of slack: indices run 0..W-1), or None."""
     width, height = float(image["width"]), float(image["height"])
-    # pixel indices run 0..W-1; one pixel of slack keeps a joint marked on the border
-    outside = [(x, y) for x, y in labelled if not (-1 <= x <= width and -1 <= y <= height)]
+    outside = [(x, y) for x, y in _labelled(annotation) if not (-1 <= x <= width and -1 <= y <= height)]
     if outside:
-        return (f"annotation {annotation['id']}: a labelled joint at {outside[0]} is outside its "
-                f"{image['width']}x{image['height']} image {image['id']}")
-    count = annotation.get("num_keypoints")
-    if is_finite_number(count) and not isinstance(count, float) and count != len(labelled):
-        return (f"annotation {annotation['id']}: 'num_keypoints' is {count}, but {len(labelled)} joints are "
-                "labelled (visibility 1 or 2)")
+        return (f"annotation {annotation['id']}: joint at {outside[0]} in the "
+                f"{int(width)}x{int(height)} image {image['id']}")
     return None
 
 
@@ -152,20 +161,30 @@ def _raise_problems(problems: list[str], source: str, what: str) -> None:
         raise ValueError(f"{source}: {len(problems)} {what} cannot be used ({examples}); fix the file")
 
 
-def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list[dict], images_dir: Path,
-                        source: str) -> list[Person]:
-    """Every non-crowd person with a labelled joint and a box, in image order, its joints moved from
-    COCO's pixel indices (a joint on pixel i is at i, detectron2's reading) to continuous
-    coordinates (i + 0.5), in which crops and mirrors are exact."""
+def check_person_annotations(coco, category_id: int, num_joints: int, source: str) -> None:
+    """Every person annotation usable for training and for pycocotools' scoring (ValueError
+    counting the problems); labelled joints off their image are kept with one warning. Run
+    whichever boxes are cropped: validation on detected people still scores against these."""
     annotations = coco.dataset.get("annotations", [])
-    problems = [problem for ann in annotations if ann["category_id"] == category_id
-                for problem in [_joint_problem(ann, skeleton.num_joints, coco.imgs.get(ann["image_id"]))]
-                if problem]
+    people = [ann for ann in annotations if ann["category_id"] == category_id]
+    problems = [problem for ann in people
+                for problem in [_joint_problem(ann, num_joints, coco.imgs.get(ann["image_id"]))] if problem]
     _raise_problems(problems, source, "person annotations")
     ids = [ann["id"] for ann in annotations]
     if 0 in ids or len(set(ids)) != len(ids):
         raise ValueError(f"{source}: annotation ids must be unique and not 0 (pycocotools reads 0 as 'unmatched'); "
                          "number them from 1")
+    off = [message for ann in people for message in [_off_image(ann, coco.imgs[ann["image_id"]])] if message]
+    if off:
+        warnings.warn(f"{source}: {len(off)} person annotations have a labelled joint off their image "
+                      f"({off[0]}); they are kept, and OKS scores against them as written", stacklevel=4)
+
+
+def ground_truth_people(coco, category_id: int, skeleton: Skeleton, images: list[dict], images_dir: Path,
+                        source: str) -> list[Person]:
+    """Every non-crowd person with a labelled joint and a box, in image order, its joints moved from
+    COCO's pixel indices (a joint on pixel i is at i, detectron2's reading) to continuous
+    coordinates (i + 0.5), in which crops and mirrors are exact."""
     people, unboxed = [], []
     for image in images:
         width, height = int(image["width"]), int(image["height"])
@@ -193,7 +212,7 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
     known = {image["id"]: image for image in images}
     problems, people = [], []
     for index, result in enumerate(results):
-        problem = _detection_problem(index, result, coco)
+        problem = _detection_problem(index, result, coco, category_id)
         if problem:
             problems.append(problem)
             continue
@@ -232,7 +251,7 @@ def _read_detections(path: Path) -> list:
     return results
 
 
-def _detection_problem(index: int, result, coco) -> str | None:
+def _detection_problem(index: int, result, coco, category_id: int) -> str | None:
     """Why entry ``index`` of a detection results file cannot be read, or None."""
     if not isinstance(result, dict) or not {"image_id", "category_id", "bbox", "score"} <= result.keys():
         return f"entry {index} lacks image_id, category_id, bbox or score"
@@ -244,7 +263,7 @@ def _detection_problem(index: int, result, coco) -> str | None:
     box = result["bbox"]
     if not isinstance(box, list) or len(box) != 4 or not all(is_finite_number(v) for v in box):
         return f"entry {index} has bbox {box!r}, not four numbers [x, y, w, h]"
-    if result["image_id"] not in coco.imgs:
+    if result["category_id"] == category_id and result["image_id"] not in coco.imgs:
         return f"entry {index} names image {result['image_id']}, which the annotations lack"
     return None
 
@@ -279,6 +298,7 @@ class CocoKeypoints(torch.utils.data.Dataset):
         self.category_id, self.skeleton = person_category(self.coco, str(self.ann_file))
         images = usable_images(self.coco, self.images_dir, self.ann_file, check_files=check_files)
         self.image_ids = sorted(im["id"] for im in images)
+        check_person_annotations(self.coco, self.category_id, self.num_joints, str(self.ann_file))
         if person_boxes is None:
             self.people = ground_truth_people(self.coco, self.category_id, self.skeleton, images, self.images_dir,
                                               str(self.ann_file))
