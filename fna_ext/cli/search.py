@@ -37,7 +37,8 @@ def build_config(args) -> dict:
                  if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    seed_arch = Arch.from_arg(args.seed_arch, "--seed-arch") if args.seed_arch else None
+    seed_arch = getattr(args, "seed_arch", None)  # programmatic callers may leave it out
+    seed_arch = Arch.from_arg(seed_arch, "--seed-arch") if seed_arch else None
     preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch)
     return config_from_preset(task, preset, args, overrides)
 
