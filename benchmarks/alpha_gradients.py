@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fna_ext.cli.common import config_from_preset, task_and_model  # noqa: E402
+from fna_ext.cli.common import config_from_preset, seed_arch_of, task_and_model  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch, cost_term  # noqa: E402
 from fna_ext.pretrain import seed_weights_path  # noqa: E402
 from fna_ext.remap import load_seed_network  # noqa: E402
@@ -83,19 +83,12 @@ def main(argv=None) -> int:
         return 2
 
 
-def seed_arch_of(args: argparse.Namespace):
-    """``--seed-arch`` as an Arch: the embedded default adjusts its search to a NAS seed, as the
-    commands do, so the probe measures the lambda a search runs with."""
-    from fna_ext.arch import Arch
-
-    return Arch.from_arg(args.seed_arch, "--seed-arch") if getattr(args, "seed_arch", None) else None
-
-
 def probe(args: argparse.Namespace) -> int:
     task, model = task_and_model(args)
     # a run's own config is the whole resolved config: it replaces the preset (an older run may
     # use another optimiser, whose keys the current preset would refuse)
     preset = (yaml.safe_load((Path(args.resume) / "config.yaml").read_text()) if args.resume
+              # the embedded default as the commands adjust it to a NAS seed: the lambda a search runs with
               else task.search_preset(model, synthetic=True, seed_arch=seed_arch_of(args)))
     config = config_from_preset(task, preset, args)
     seed = load_seed_network(seed_weights_path(args.seed_weights, None, args.seed_arch), args.seed_arch)

@@ -157,8 +157,8 @@ def retrained_weights(arch: Arch, seed: int, out: Path, args) -> Path:
 def check_same_settings(out: Path, config: dict, sections: tuple[str, ...]) -> None:
     """A finished phase in ``out`` is reused only when it ran with these settings: a rerun with
     other epochs or another lambda must not report the old run as its own."""
-    stored = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
-    changed = [name for name in sections if (stored or {}).get(name) != json.loads(json.dumps(config.get(name)))]
+    stored = (yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None) or {}
+    changed = [name for name in sections if stored.get(name) != json.loads(json.dumps(config.get(name)))]
     if changed:
         raise ValueError(f"{out} holds a finished run with other {', '.join(changed)} settings than this "
                          "command's (or none recorded); remove that folder or pass another --work")

@@ -37,10 +37,13 @@ def task_and_model(args, backbone: Arch | None = None) -> tuple[Task, str]:
     ``--model``, the task's default for ``backbone`` (the arch a command trains), else for
     ``--seed-arch``: a ResNet backbone gets RetinaNet, not SSDLite."""
     task = get_task(args.task)
-    seed_arch = getattr(args, "seed_arch", None)
-    if backbone is None and seed_arch:
-        backbone = Arch.from_arg(seed_arch, "--seed-arch")
-    return task, task.model_name(args.model, backbone)
+    return task, task.model_name(args.model, backbone if backbone is not None else seed_arch_of(args))
+
+
+def seed_arch_of(args) -> Arch | None:
+    """``--seed-arch`` as an Arch, or None where the command has no such flag or it is not given."""
+    name = getattr(args, "seed_arch", None)
+    return Arch.from_arg(name, "--seed-arch") if name else None
 
 
 def config_from_preset(task: Task, preset: dict, args, extra: list[str] = ()) -> dict:

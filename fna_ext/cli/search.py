@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 import torch.distributed
 
-from ..arch import Arch
 from . import ArgumentParser, check_output_folder, removed_if_failed, run
-from .common import add_common_arguments, check_device, config_from_preset, task_and_model
+from .common import add_common_arguments, check_device, config_from_preset, seed_arch_of, task_and_model
 from ..engine import distributed
 from ..nas.search import search
 from ..nas.settings import COSTS, STRATEGIES
@@ -37,9 +36,7 @@ def build_config(args) -> dict:
                  if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    seed_arch = getattr(args, "seed_arch", None)  # programmatic callers may leave it out
-    seed_arch = Arch.from_arg(seed_arch, "--seed-arch") if seed_arch else None
-    preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch)
+    preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch_of(args))
     return config_from_preset(task, preset, args, overrides)
 
 

@@ -98,7 +98,7 @@ def _joint_problem(annotation: dict, num_joints: int, image: dict | None) -> str
     flags = set(values[2::3])
     if not flags <= set(VISIBILITIES):
         return f"annotation {ann_id}: visibility flags {sorted(flags - set(VISIBILITIES))}, not 0, 1 or 2"
-    return _placement_problem(annotation, image) or _scoring_problem(annotation)
+    return _count_problem(annotation) or _scoring_problem(annotation)
 
 
 def _labelled(annotation: dict) -> list[tuple]:
@@ -106,7 +106,7 @@ def _labelled(annotation: dict) -> list[tuple]:
     return [(x, y) for x, y, v in zip(values[0::3], values[1::3], values[2::3]) if v > 0]
 
 
-def _placement_problem(annotation: dict, image: dict) -> str | None:
+def _count_problem(annotation: dict) -> str | None:
     """A ``num_keypoints`` of 0 on a person with labelled joints, or the reverse: pycocotools
     ignores a person whose ``num_keypoints`` is 0, so either would skew AP without a sign (other
     miscounts change nothing, since OKS counts the labelled joints itself)."""
@@ -208,7 +208,8 @@ def detected_people(path: str | os.PathLike, coco, category_id: int, num_joints:
                     images_dir: Path, min_score: float = 0.0) -> list[Person]:
     """People from a COCO detection results file: its boxes of the person category that score at
     least ``min_score``, in the images of the split."""
-    results = _read_detections(Path(path))
+    path = Path(path)
+    results = _read_detections(path)
     known = {image["id"]: image for image in images}
     problems, people = [], []
     for index, result in enumerate(results):
