@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from fna_ext.config import merge, parse_assignment, resolve
-from fna_ext.engine.checkpoint import load_checkpoint
+from fna_ext.engine.checkpoint import changed_settings, load_checkpoint
 from fna_ext.engine.trainer import Trainer, epoch_order, lr_factor
 
 
@@ -95,6 +95,26 @@ def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path):
     resumed_log = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in resumed_log] == list(range(1, 19))
     assert [r["loss"] for r in resumed_log] == losses
+
+
+def test_resume_refuses_other_settings_but_allows_a_longer_run(tmp_path):
+    _trainer(tmp_path, epochs=1).fit()
+    longer = _trainer(tmp_path, epochs=3)
+    assert longer.resume() and longer.iteration == 6  # more epochs: the same run, continued
+    other = _trainer(tmp_path, epochs=3)
+    other.checkpoint.config = {**other.config, "optimizer": {**other.config["optimizer"], "lr": 0.2}}
+    with pytest.raises(ValueError, match=r"train.optimizer.lr: 0.1 -> 0.2.*only the epochs"):
+        other.resume()
+
+
+def test_changed_settings_names_each_difference_and_reads_train_only_checkpoints():
+    run = {"train": {"epochs": 2, "seed": 1, "optimizer": {"betas": (0.9, 0.99)}}, "search": {"lambda": 1.5}}
+    assert changed_settings(run, {**run, "train": {**run["train"], "epochs": 9,
+                                                   "optimizer": {"betas": [0.9, 0.99]}}}) == []
+    assert changed_settings(run, {**run, "search": {"lambda": 0.5, "tau": 10}}) == [
+        "search.lambda: 1.5 -> 0.5", "search.tau: 'unset' -> 10"]
+    # a checkpoint written before the whole run's settings were kept holds the train section alone
+    assert changed_settings(run["train"], {"train": {**run["train"], "seed": 2}}) == ["train.seed: 1 -> 2"]
 
 
 def test_a_new_run_removes_what_a_killed_checkpoint_write_left(tmp_path):

@@ -55,6 +55,18 @@ def test_train_cli_writes_weights_metrics_and_log(tiny_coco, tmp_path):
                   if "eval" not in r]
     assert iterations == sorted(iterations) and iterations[-1] == 2 * 4  # 16 training images / 4
 
+    # a resume with another learning rate or another architecture would continue as a mixture of
+    # two runs: it stops before touching the folder, naming what changed
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for changed, named in ((["--set", "train.optimizer.lr=0.3"], "train.optimizer.lr: 0.2 -> 0.3"),
+                           (["--arch", SMALL_ARCH.replace("k3_e6", "k5_e6")], "arch: the checkpoint's differs")):
+        argv = ["--data", str(tiny_coco), "--arch", SMALL_ARCH, "--out", str(out), "--epochs", "3", "--resume",
+                *TINY_SETTINGS, *changed]
+        result = run_train(*argv)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith("error: --resume:") and named in result.stderr, result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "train.optimizer.momentun=0.9"], "unknown config key 'train.optimizer.momentun'"),

@@ -19,6 +19,13 @@ from .rng import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "fna_ext.checkpoint"
 CHECKPOINT_VERSION = 2
+# Settings a resumed run may change: how long it runs, how it reports, and where its files lie,
+# but not what it computes. Anything else that differs from the checkpoint's settings stops the
+# resume, since the run would silently continue as a mixture of two configurations.
+RESUMABLE_CHANGES = frozenset({
+    "train.epochs", "train.eval_every", "train.checkpoint_every", "train.log_every", "train.num_workers",
+    "train.channels_last", "eval.batch_size", "search.fused", "search.recompute", "search.alpha_log_every",
+    "data.root", "data.ann_file", "data.img_dir", "data.val_ann_file", "data.val_img_dir"})
 
 
 class Stateful(Protocol):
@@ -59,6 +66,34 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     return payload
 
 
+def _flat(settings, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``, tuples as lists (YAML and torch.save disagree on them)."""
+    if isinstance(settings, dict):
+        return {k: v for key, value in settings.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: _as_lists(settings)}
+
+
+def _as_lists(value):
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
+
+def changed_settings(stored: dict | None, current: dict | None) -> list[str]:
+    """The settings (dotted keys, ``key: then -> now``) that differ between the checkpoint's
+    run and this one, leaving out :data:`RESUMABLE_CHANGES`. Settings without a ``train``
+    section are one (a bare trainer's, or a checkpoint written before the whole run's settings
+    were kept)."""
+    stored, current = ({"train": s} if "train" not in s else s for s in (stored or {}, current or {}))
+    then, now = _flat(stored), _flat(current)
+    missing = object()
+    return [f"{key}: {then.get(key, 'unset')!r} -> {now.get(key, 'unset')!r}"
+            for key in sorted(set(then) | set(now))
+            if key not in RESUMABLE_CHANGES and then.get(key, missing) != now.get(key, missing)]
+
+
 class CheckpointManager:
     """Saves and restores ``components`` (name -> Stateful) as one file at ``path``."""
 
@@ -85,6 +120,15 @@ class CheckpointManager:
         if payload["kind"] != self.kind or set(payload["components"]) != set(self.components):
             raise ValueError(f"{path} is a {payload['kind']} checkpoint with the parts {sorted(payload['components'])}, "
                              f"not one of this {self.kind} run; start without --resume or use another --out")
+        changed = changed_settings(payload.get("config"), self.config)
+        changed += [f"{key}: the checkpoint's differs from this run's" for key in sorted(self.extra)
+                    if key in (payload.get("extra") or {})
+                    and _as_lists(payload["extra"][key]) != _as_lists(self.extra[key])]
+        if changed:
+            raise ValueError(f"--resume: {path} was written with other settings ({'; '.join(changed)}); resume "
+                             "with the settings it was started with (only the epochs, the logging, evaluation and "
+                             "checkpoint intervals, the workers and the data paths may change), or start without "
+                             "--resume in another --out")
         progress = payload["components"].get("progress", {})
         for key, value in (must_match or {}).items():
             if progress.get(key) != value:

@@ -84,7 +84,7 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
             return task.evaluate(m, data.val, batch_size=config["eval"]["batch_size"], device=device)
 
     trainer = Trainer(model, task.loss, data.train, data.collate, train_cfg, out_dir, device=device,
-                      evaluate=evaluate, description=model_name,
+                      evaluate=evaluate, description=model_name, settings=config,
                       extra_state={"arch": arch.to_json(), "task": task.name, "model_name": model_name})
     if resume and not trainer.resume():
         raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}; start without --resume")

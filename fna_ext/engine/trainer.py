@@ -241,7 +241,9 @@ class Trainer:
     0 = only at the end), ``checkpoint_every`` (iterations; 0 = each epoch end), ``log_every``,
     ``num_workers``, ``seed``, ``channels_last`` (:func:`place_model`; default null: the family's preference). Writes
     ``metrics.jsonl`` and ``checkpoint.pt`` into ``out_dir``.
-    ``extra_state`` goes into every checkpoint (the arch, class names, ...).
+    ``extra_state`` goes into every checkpoint (the arch, class names, ...), and so do
+    ``settings``, the whole run's configuration (default: ``config``): a resume refuses a
+    checkpoint written with other settings or extra state (:func:`changed_settings`).
 
     The search runs on the same loop: ``hooks`` (:class:`StepHooks`) add its steps, ``components``
     its parts of the checkpoint (alphas, their optimiser), ``kind`` and ``log_name`` its files, and
@@ -253,7 +255,7 @@ class Trainer:
                  evaluate: Callable[[nn.Module], dict] | None = None, extra_state: dict | None = None,
                  description: str = "train", hooks: StepHooks | None = None, components: dict | None = None,
                  kind: str = "train", log_name: str = "metrics.jsonl",
-                 optimizer: torch.optim.Optimizer | None = None):
+                 optimizer: torch.optim.Optimizer | None = None, settings: dict | None = None):
         self.model, self.loss_fn, self.dataset, self.config = model, loss_fn, dataset, config
         self.device = torch.device(device)
         self.evaluate, self.extra_state, self.description = evaluate, extra_state or {}, description
@@ -283,7 +285,7 @@ class Trainer:
         self.checkpoint = CheckpointManager(
             self.checkpoint_path, kind,
             {"model": model, "optimizer": self.optimizer, "progress": self.progress, **(components or {})},
-            config=config, extra=self.extra_state)
+            config=config if settings is None else settings, extra=self.extra_state)
         self.history: list[dict] = []
         self._saved_at: int | None = None  # the iteration of the last checkpoint written or resumed
         self._evaluated_at_checkpoint = False  # whether the resumed checkpoint's evaluation is logged

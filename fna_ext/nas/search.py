@@ -180,7 +180,8 @@ class ArchitectureSearch:
                                device=self.device, description="search", hooks=SearchHooks(self),
                                components={"alphas": self.alphas, "alpha_optimizer": self.alpha_optimizer,
                                            "search": self.search_progress},
-                               kind="search", log_name="search_log.jsonl", optimizer=self.weight_optimizer)
+                               kind="search", log_name="search_log.jsonl", optimizer=self.weight_optimizer,
+                               settings=config)
         self.steps_per_epoch = self.trainer.iters_per_epoch
         self.total_steps = self.trainer.total_iters
         self.log_path, self.checkpoint_path = self.trainer.metrics_path, self.trainer.checkpoint_path

@@ -280,7 +280,7 @@ def _make_trainer(model: nn.Module, train_set, val_set, config: dict, run_dir: P
     evaluate = lambda m: {"top1": top1_accuracy(m, val_set, device=device)}
     return Trainer(model, cross_entropy_loss(float(train_cfg["label_smoothing"])), train_set,
                    torch.utils.data.default_collate, train_cfg, run_dir, device=device,
-                   evaluate=evaluate, description="pretrain",
+                   evaluate=evaluate, description="pretrain", settings=config,
                    extra_state={"arch": model.arch.to_json(), "width_mult": width_mult,
                                 "class_names": list(train_set.classes)})
 
