@@ -14,13 +14,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from .arch import Arch
 from .atomic import atomic_write_text
 from .engine.finetune import INITS, finetune
 from .nas.report import decisions_markdown
 from .nas.search import search
 from .pretrain import seed_weights_path
-from .remap import load_seed_network
+from .remap import declared_seed_arch, load_seed_network
 from .tasks import DEFAULT_TASK, get_task
 
 SUMMARY_FORMAT = "fna_ext.adapt_summary"
@@ -47,7 +46,7 @@ def pipeline_configs(options: AdaptOptions) -> tuple[dict, dict]:
     """(search config, fine-tuning config): the presets, then the options, then the overrides."""
     synthetic = options.data is None
     task = get_task(options.task)
-    seed_arch = Arch.from_arg(options.seed_arch, "--seed-arch") if options.seed_arch else None
+    seed_arch = declared_seed_arch(options.seed_arch, options.seed_weights)
     model = task.model_name(options.model, seed_arch)
     common = [f"data.root={options.data}"] if options.data else []
     common.append(f"train.seed={options.seed}")

@@ -22,6 +22,7 @@ from fna_ext.nas.search import step_inside
 from fna_ext.nas.search_space import SearchSpace, layer_specs
 from fna_ext.nas.supernet import SuperNetwork
 from fna_ext.remap import plan_network, remap_network
+from fna_ext.tasks import get_task
 from fna_ext.tasks.detection.task import RETINANET_SPACE, SSDLITE_SPACE
 
 LAYOUTS = json.loads((Path(__file__).parent / "data" / "nas_seed_layouts.json").read_text())["layouts"]
@@ -366,6 +367,28 @@ def test_the_embedded_default_eases_the_cost_term_for_nas_seeds_only(task_name):
     args = argparse.Namespace(task=task_name, model=None, seed_arch="mobilenet_v3_large", data=None, config=None,
                               set=[], epochs=None, weight_sharing=None, strategy=None, cost=None, no_fused=False)
     assert build_config(args)["search"]["lambda"] == pytest.approx(plain["lambda"] / 3, rel=1e-5)
+
+
+
+def test_a_seed_file_that_embeds_a_nas_arch_gets_the_nas_seed_presets_without_seed_arch(tmp_path):
+    import argparse
+
+    from fna_ext.cli.search import build_config
+    from fna_ext.pipeline import AdaptOptions, pipeline_configs
+
+    weights = tmp_path / "v3_seed.pt"  # what `fna_ext.pretrain --arch mobilenet_v3_large` writes, less weights
+    torch.save({"format": "fna_ext.weights", "arch": Arch.parse("mobilenet_v3_large").to_dict(), "state_dict": {}},
+               weights)
+    plain = get_task("coco").search_preset("ssdlite", True)["search"]
+    search_config, _ = pipeline_configs(AdaptOptions(task="coco", seed_weights=str(weights)))
+    assert search_config["search"]["lambda"] == pytest.approx(plain["lambda"] / 3, rel=1e-5)
+    args = argparse.Namespace(task="coco", model=None, seed_arch=None, seed_weights=str(weights), data=None,
+                              config=None, set=[], epochs=None, weight_sharing=None, strategy=None, cost=None,
+                              no_fused=False)
+    assert build_config(args)["search"]["lambda"] == pytest.approx(plain["lambda"] / 3, rel=1e-5)
+    # --seed-arch, when given, is what the seed is
+    assert pipeline_configs(AdaptOptions(task="coco", seed_weights=str(weights), seed_arch="mobilenet_v2"))[0][
+        "search"]["lambda"] == pytest.approx(plain["lambda"])
 
 
 @pytest.mark.parametrize("mode", ["shared", "independent"])

@@ -41,9 +41,11 @@ def task_and_model(args, backbone: Arch | None = None) -> tuple[Task, str]:
 
 
 def seed_arch_of(args) -> Arch | None:
-    """``--seed-arch`` as an Arch, or None where the command has no such flag or it is not given."""
-    name = getattr(args, "seed_arch", None)
-    return Arch.from_arg(name, "--seed-arch") if name else None
+    """``--seed-arch`` as an Arch, else the arch embedded in ``--seed-weights`` (an fna_ext file),
+    else None (the command has neither flag, or they name no arch)."""
+    from ..remap import declared_seed_arch  # torch: not needed for --help
+
+    return declared_seed_arch(getattr(args, "seed_arch", None), getattr(args, "seed_weights", None))
 
 
 def config_from_preset(task: Task, preset: dict, args, extra: list[str] = ()) -> dict:

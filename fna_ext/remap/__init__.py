@@ -6,5 +6,5 @@ from .core import (  # noqa: F401
     WIDTH_MODES, KERNEL_MODES, GROUP_MODES, FILL,
 )
 from .io import (  # noqa: F401
-    save_weights, load_seed_network,
+    save_weights, load_seed_network, declared_seed_arch,
 )

@@ -28,6 +28,15 @@ def _embedded_arch(path) -> Arch | None:
     return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
 
 
+def declared_seed_arch(seed_arch: str | None, weights) -> Arch | None:
+    """The seed's arch as the user gave it: ``--seed-arch``, else the one an fna_ext weight file
+    embeds (a seed pretrained with ``--arch``), else None (the default seed, or a foreign file
+    whose arch only ``--seed-arch`` can name). Presets that adjust to the seed read it."""
+    if seed_arch:
+        return Arch.from_arg(seed_arch, "--seed-arch")
+    return _embedded_arch(weights) if weights else None
+
+
 def load_seed_network(path, seed_arch: Arch | str | None = None) -> nn.Module:
     """The seed network of a weight file, without classifier: its arch is ``seed_arch``, else the
     one embedded in the file (fna_ext files), else MobileNetV2."""
