@@ -4,8 +4,24 @@ Adapts a pretrained seed network's architecture and parameters to a dense task (
 segmentation, pose) through parameter remapping and differentiable architecture search.
 """
 
+import sys
+
 from ._version import __version__
 from . import _extension
+
+
+def _started_as_a_command() -> bool:
+    """``python -m fna_ext.X``: the package is imported before the command's module runs, and so
+    before :func:`fna_ext.cli.run` installs the one-line warning format. A command's process is
+    fna_ext's own, so the format is installed now, for the warnings of the import below."""
+    argv = list(getattr(sys, "orig_argv", ()))
+    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("fna_ext.")
+
+
+if _started_as_a_command():
+    from .cli import one_line_warnings
+
+    one_line_warnings()
 
 # Load an installed extension now (cheap), so a torch mismatch warns at import; a missing one is
 # compiled only when an op first needs it.

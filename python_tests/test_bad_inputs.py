@@ -350,3 +350,16 @@ def test_a_commands_warning_is_one_line_without_the_source():
               f"cli.run(lambda argv: warnings.warn({message!r}), [])")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == f"warning: {message}\n", done.stderr
+
+
+def test_a_warning_while_a_command_imports_fna_ext_is_one_line_too():
+    # `python -m fna_ext.X` imports the package (whose extension checks may warn) before the
+    # command's cli.run; a library import elsewhere keeps Python's own format
+    message = "fna_ext: the compiled extension was built against torch 0.0"
+    script = ("import sys, warnings\n{argv}import fna_ext\n"
+              f"warnings.warn({message!r}, RuntimeWarning)")
+    as_command = script.format(argv="sys.orig_argv[:] = [sys.executable, '-m', 'fna_ext.search']\n")
+    done = subprocess.run([sys.executable, "-c", as_command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == f"warning: {message}\n", done.stderr
+    done = subprocess.run([sys.executable, "-c", script.format(argv="")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "RuntimeWarning: " + message in done.stderr, done.stderr

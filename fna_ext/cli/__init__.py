@@ -91,10 +91,16 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {one_line(Warning(str(message)))}\n"
 
 
+def one_line_warnings() -> Callable:
+    """Makes warnings print as one ``warning:`` line each; returns the format it replaced."""
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
+    return formatwarning
+
+
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Runs ``main(argv)`` and exits: 0 (or its return value) on success, 2 on bad input.
     Warnings print as one ``warning:`` line each."""
-    formatwarning, warnings.formatwarning = warnings.formatwarning, _format_warning
+    formatwarning = one_line_warnings()
     try:
         code = main(argv)
     # FloatingPointError: a loss that became NaN or inf; its message says what to change and
