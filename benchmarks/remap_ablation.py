@@ -65,6 +65,7 @@ from fna_ext.data.synthetic import default_dataset  # noqa: E402
 from fna_ext.families import get_family  # noqa: E402
 from fna_ext.pretrain.core import top1_accuracy  # noqa: E402
 from fna_ext.remap import remap_network  # noqa: E402
+from fna_ext.engine.checkpoint import changed_settings  # noqa: E402
 from fna_ext.engine.finetune import finetune  # noqa: E402
 from fna_ext.nas.search import search  # noqa: E402
 from fna_ext.pipeline import AdaptOptions, device_description, pipeline_configs  # noqa: E402
@@ -158,10 +159,12 @@ def check_same_settings(out: Path, config: dict, sections: tuple[str, ...]) -> N
     """A finished phase in ``out`` is reused only when it ran with these settings: a rerun with
     other epochs or another lambda must not report the old run as its own."""
     stored = (yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None) or {}
-    changed = [name for name in sections if stored.get(name) != json.loads(json.dumps(config.get(name)))]
+    changed = [f"{name} not recorded" for name in sections if name not in stored]
+    changed += changed_settings({name: stored.get(name) for name in sections},
+                                {name: config.get(name) for name in sections}, may_change=frozenset())
     if changed:
-        raise ValueError(f"{out} holds a finished run with other {', '.join(changed)} settings than this "
-                         "command's (or none recorded); remove that folder or pass another --work")
+        raise ValueError(f"{out} holds a finished run with other settings than this command's "
+                         f"({'; '.join(changed)}); remove that folder or pass another --work")
 
 
 # the sections that decide a phase's result (besides the architecture a fine-tuning trains)

@@ -126,3 +126,22 @@ def test_search_cli_bad_input_exits_2(tiny, tmp_path, args, message):
                         *[arg for item in TINY for arg in ("--set", item)])
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("weight_paths", ["alpha", "uniform"])
+def test_weight_paths_follow_alpha_or_stay_uniform_once_alpha_starts(tiny, tmp_path, weight_paths):
+    from fna_ext.nas.search import ArchitectureSearch
+
+    data, seed, _ = tiny
+    runner = ArchitectureSearch(_config(data, f"search.weight_paths={weight_paths}"), seed, tmp_path)
+    with torch.no_grad():
+        for alpha in runner.alphas.alphas:  # alpha all but certain of each layer's first candidate
+            alpha.zero_()[0] = 20.0
+    started = runner.steps_per_epoch  # alpha_start_epoch=1
+    firsts = [runner.sample_path(step)[0] == runner.layers[0].spec.candidates[0] for step in range(started, started + 40)]
+    before = {runner.sample_path(step)[0] for step in range(started)}
+    assert len(before) > 1  # uniform before alpha starts, either way
+    if weight_paths == "alpha":
+        assert all(firsts)
+    else:  # 40 uniform draws of 7 candidates: the first candidate about 6 times, never all 40
+        assert 1 <= sum(firsts) <= 20

@@ -81,17 +81,17 @@ def _as_lists(value):
     return value
 
 
-def changed_settings(stored: dict | None, current: dict | None) -> list[str]:
+def changed_settings(stored: dict | None, current: dict | None,
+                     may_change: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
     """The settings (dotted keys, ``key: then -> now``) that differ between the checkpoint's
-    run and this one, leaving out :data:`RESUMABLE_CHANGES`. Settings without a ``train``
-    section are one (a bare trainer's, or a checkpoint written before the whole run's settings
-    were kept)."""
+    run and this one, leaving out ``may_change`` (default :data:`RESUMABLE_CHANGES`), and settings the checkpoint does not
+    have: a later version's new setting, whose default keeps the old behaviour. Settings without a
+    ``train`` section are one (a bare trainer's, or a checkpoint written before the whole run's
+    settings were kept)."""
     stored, current = ({"train": s} if "train" not in s else s for s in (stored or {}, current or {}))
     then, now = _flat(stored), _flat(current)
-    missing = object()
-    return [f"{key}: {then.get(key, 'unset')!r} -> {now.get(key, 'unset')!r}"
-            for key in sorted(set(then) | set(now))
-            if key not in RESUMABLE_CHANGES and then.get(key, missing) != now.get(key, missing)]
+    return [f"{key}: {then[key]!r} -> {now[key]!r}" if key in now else f"{key}: {then[key]!r} -> unset"
+            for key in sorted(then) if key not in may_change and (key not in now or then[key] != now[key])]
 
 
 class CheckpointManager:

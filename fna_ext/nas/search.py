@@ -211,10 +211,11 @@ class ArchitectureSearch:
 
     def sample_path(self, step: int) -> list[str]:
         """The path weight step ``step`` trains: uniform before alpha starts, then drawn from
-        softmax(alpha); rank 0's draw, broadcast, so every process trains the same path."""
+        softmax(alpha) (``search.weight_paths: uniform``: uniform throughout); rank 0's draw,
+        broadcast, so every process trains the same path."""
         self._path_step = step
-        indices = distributed.broadcast_ints(self.alphas.sample(self._path_generator(),
-                                                                uniform=not self.alpha_active(step)))
+        uniform = not self.alpha_active(step) or self.config["search"]["weight_paths"] == "uniform"
+        indices = distributed.broadcast_ints(self.alphas.sample(self._path_generator(), uniform=uniform))
         self._ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
         self.supernet.set_path(self._ops)
         return self._ops

@@ -20,6 +20,9 @@ COSTS = ("madds", "latency")
 # false trades the memory back for the time.
 SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
                    "strategy": "diff", "cost": "madds",
+                   # the paths weight steps train once alpha has started: "alpha" draws them from
+                   # softmax(alpha) (published), "uniform" keeps drawing every candidate alike
+                   "weight_paths": "alpha",
                    "split_fraction": 0.5, "random_candidates": 8, "remap_width": "first",
                    "remap_kernel": "center", "remap_groups": "diagonal", "alpha_log_every": 5,
                    "alpha_batch_size": None,
@@ -36,6 +39,7 @@ SEARCH_RULES: dict[str, Rule] = {
     "search.fused": Bool(),
     "search.recompute": Bool(),
     "search.strategy": Choice(*STRATEGIES),
+    "search.weight_paths": Choice("alpha", "uniform"),
     "search.cost": Choice(*COSTS),
     "search.split_fraction": Number(0, 1, open_low=True, open_high=True),
     "search.random_candidates": Int(1),
