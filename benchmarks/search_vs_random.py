@@ -138,8 +138,13 @@ def convergence(records: dict[int, dict]) -> dict:
     seeds = list(records)
     winners = [[layer["winner"] for layer in records[seed]["layers"]] for seed in seeds]
     agreed = [len(set(column)) == 1 for column in zip(*winners)]
+    # what a user sees rerunning with another seed: the layers two runs share, over every pair
+    pairs = [sum(a == b for a, b in zip(winners[i], winners[j]))
+             for i in range(len(seeds)) for j in range(i + 1, len(seeds))]
     return {"layers": len(agreed), "decided": {seed: records[seed]["decided_layers"] for seed in seeds},
             "agreed_layers": sum(agreed),
+            "pairwise_agreed": ({"mean": statistics.fmean(pairs), "min": min(pairs), "max": max(pairs)} if pairs
+                                else None),
             "per_layer": [{"layer": layer["layer"], "winners": [w[i] for w in winners], "agreed": agreed[i],
                            "winner_probabilities": [records[seed]["layers"][i]["winner_probability"] for seed in seeds]}
                           for i, layer in enumerate(records[seeds[0]]["layers"])]}
@@ -201,13 +206,22 @@ def verdict(result: dict) -> dict:
     first = result["metrics"][0]
     gap = result["searched"][f"mean_{first}"] - result["random"][f"mean_{first}"]
     spread = result["random"][f"std_{first}"]
-    return {"metric": first, "gap": gap, "random_spread": spread, "beats_random_by_more_than_spread": gap > spread}
+    per_seed = []
+    for entry in result["searched"]["per_arch"]:  # each search against the random draws at its own cost
+        own = [r[first] for r in result["random"]["per_arch"] if r["seed"] == entry["seed"]]
+        per_seed.append({"seed": entry["seed"], "searched": entry[first], "random_mean": statistics.fmean(own),
+                         "beats_all_its_random": all(entry[first] > value for value in own)})
+    return {"metric": first, "gap": gap, "random_spread": spread, "beats_random_by_more_than_spread": gap > spread,
+            "per_seed": per_seed, "seeds_beating_all_their_random": sum(e["beats_all_its_random"] for e in per_seed)}
 
 
 def convergence_markdown(c: dict) -> list[str]:
     decided = ", ".join(f"seed {seed}: {n}" for seed, n in c["decided"].items())
     lines = [f"Searched layers decided (winner >= 0.5 of softmax(alpha)), of {c['layers']}: {decided}. "
-             f"Layers on which every seed's search picked the same op: {c['agreed_layers']} of {c['layers']}.", "",
+             f"Layers on which every seed's search picked the same op: {c['agreed_layers']} of {c['layers']}."
+             + (f" Two seeds' searches pick the same op in {c['pairwise_agreed']['mean']:.1f} layers on average "
+                f"(from {c['pairwise_agreed']['min']} to {c['pairwise_agreed']['max']} over the pairs)."
+                if c.get("pairwise_agreed") else ""), "",
              "| layer | winner per seed | p(winner) per seed | agreed |", "| --- | --- | --- | :---: |"]
     for layer in c["per_layer"]:
         lines.append(f"| {layer['layer']} | {', '.join(layer['winners'])} | "
@@ -232,6 +246,11 @@ def markdown(result: dict, args) -> str:
               f"{v['random_spread']:.3f}: the searched architecture "
               + ("beats the random mean by more than the spread." if v["beats_random_by_more_than_spread"]
                  else "does **not** beat the random mean by more than the spread."),
+              "", f"Per run seed, the searched architecture against the random ones at its cost ({v['metric']}): "
+              + "; ".join(f"seed {e['seed']}: {e['searched']:.3f} against {e['random_mean']:.3f}"
+                          for e in v["per_seed"])
+              + f". It beats every one of its random architectures for {v['seeds_beating_all_their_random']} of "
+              f"{len(v['per_seed'])} seeds.",
               "", f"Task {args.task}; run seeds {args.seeds}; {args.random} random architectures per seed; "
               f"fine-tuning {args.train_epochs} epochs each; data: {args.data or 'the embedded synthetic default'}; "
               f"{device_description(args.device)}; command: "
