@@ -214,7 +214,7 @@ class ArchitectureSearch:
         softmax(alpha) (``search.weight_paths: uniform``: uniform throughout); rank 0's draw,
         broadcast, so every process trains the same path."""
         self._path_step = step
-        uniform = not self.alpha_active(step) or self.config["search"]["weight_paths"] == "uniform"
+        uniform = not self.alpha_active(step) or self.config["search"].get("weight_paths", "alpha") == "uniform"
         indices = distributed.broadcast_ints(self.alphas.sample(self._path_generator(), uniform=uniform))
         self._ops = [layer.spec.candidates[i] for layer, i in zip(self.layers, indices)]
         self.supernet.set_path(self._ops)
