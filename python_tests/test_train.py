@@ -66,6 +66,13 @@ def test_train_cli_writes_weights_metrics_and_log(tiny_coco, tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith("error: --resume:") and named in result.stderr, result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    # the same arch from a search's arch.json, with its record, is the same run
+    from fna_ext.arch import Arch
+
+    searched = Arch.parse(SMALL_ARCH).with_meta(search={"alpha": [[0.1, 0.9]]}).save(tmp_path / "arch.json")
+    result = run_train("--data", str(tiny_coco), "--arch", str(searched), "--out", str(out), "--epochs", "2",
+                       "--resume", *TINY_SETTINGS)
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
