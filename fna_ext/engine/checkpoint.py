@@ -127,9 +127,8 @@ class CheckpointManager:
         if changed:
             raise ValueError(f"--resume: {path} was written with other settings ({'; '.join(changed)}); resume "
                              "with the settings it was started with (only the epochs, the logging, evaluation and "
-                             "checkpoint intervals, the workers, the fused and recompute switches and the data paths may change), "
-                             "or start without "
-                             "--resume in another --out")
+                             "checkpoint intervals, the workers, the fused and recompute switches and the data "
+                             "paths may change), or start without --resume in another --out")
         progress = payload["components"].get("progress", {})
         for key, value in (must_match or {}).items():
             if progress.get(key) != value:
