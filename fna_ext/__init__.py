@@ -13,9 +13,17 @@ from . import _extension
 def _started_as_a_command() -> bool:
     """``python -m fna_ext.X``: the package is imported before the command's module runs, and so
     before :func:`fna_ext.cli.run` installs the one-line warning format. A command's process is
-    fna_ext's own, so the format is installed now, for the warnings of the import below."""
+    fna_ext's own, so the format is installed now, for the warnings of the import below. While
+    ``-m`` locates its module, ``sys.argv[0]`` is ``"-m"``; the module's name is in
+    ``sys.orig_argv`` (``-m NAME`` or ``-mNAME``)."""
+    if sys.argv[:1] != ["-m"]:
+        return False
     argv = list(getattr(sys, "orig_argv", ()))
-    return "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith("fna_ext.")
+    for i, arg in enumerate(argv[1:], start=1):
+        if arg.startswith("-m"):
+            name = arg[2:] or (argv[i + 1] if i + 1 < len(argv) else "")
+            return name.startswith("fna_ext.")
+    return False
 
 
 if _started_as_a_command():

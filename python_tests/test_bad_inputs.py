@@ -358,7 +358,9 @@ def test_a_warning_while_a_command_imports_fna_ext_is_one_line_too():
     message = "fna_ext: the compiled extension was built against torch 0.0"
     script = ("import sys, warnings\n{argv}import fna_ext\n"
               f"warnings.warn({message!r}, RuntimeWarning)")
-    as_command = script.format(argv="sys.orig_argv[:] = [sys.executable, '-m', 'fna_ext.search']\n")
+    # what `python -m fna_ext.search` shows while it locates the module
+    as_command = script.format(argv="sys.argv[:] = ['-m']; sys.orig_argv[:] = [sys.executable, '-m', "
+                                    "'fna_ext.search']\n")
     done = subprocess.run([sys.executable, "-c", as_command], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stderr == f"warning: {message}\n", done.stderr
     done = subprocess.run([sys.executable, "-c", script.format(argv="")], capture_output=True, text=True, timeout=120)

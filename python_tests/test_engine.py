@@ -111,9 +111,15 @@ def test_changed_settings_names_each_difference_and_reads_train_only_checkpoints
     run = {"train": {"epochs": 2, "seed": 1, "optimizer": {"betas": (0.9, 0.99)}}, "search": {"lambda": 1.5}}
     assert changed_settings(run, {**run, "train": {**run["train"], "epochs": 9,
                                                    "optimizer": {"betas": [0.9, 0.99]}}}) == []
-    # a setting the checkpoint lacks is a later version's, at the default that kept the old behaviour
-    assert changed_settings(run, {**run, "search": {"lambda": 0.5, "tau": 10}}) == ["search.lambda: 1.5 -> 0.5"]
+    assert changed_settings(run, {**run, "search": {"lambda": 0.5, "tau": 10}}) == [
+        "search.lambda: 1.5 -> 0.5", "search.tau: unset -> 10"]
     assert changed_settings(run, {"train": run["train"]}) == ["search.lambda: 1.5 -> unset"]
+    # a setting added later counts as the default that kept the behaviour the run had
+    assert changed_settings(run, {**run, "search": {"lambda": 1.5, "weight_paths": "alpha"}}) == []
+    assert changed_settings(run, {**run, "search": {"lambda": 1.5, "weight_paths": "uniform"}}) == [
+        "search.weight_paths: 'alpha' -> 'uniform'"]
+    # evaluation settings do not change what is trained
+    assert changed_settings({**run, "eval": {"flip": False}}, {**run, "eval": {"flip": True}}) == []
     # a checkpoint written before the whole run's settings were kept holds the train section alone
     assert changed_settings(run["train"], {"train": {**run["train"], "seed": 2}}) == ["train.seed: 1 -> 2"]
 

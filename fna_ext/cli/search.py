@@ -30,13 +30,14 @@ PHASES = ("data", "seed", "remap", "cost table", "search", "derive")
 
 
 def build_config(args) -> dict:
-    task, model = task_and_model(args)
+    seed_arch = seed_arch_of(args)  # reads --seed-weights once for the model and the preset
+    task, model = task_and_model(args, seed_arch)
     overrides = [f"{key}={flag}" for flag, key in ((args.weight_sharing, "search.weight_sharing"),
                                                    (args.strategy, "search.strategy"), (args.cost, "search.cost"))
                  if flag is not None]
     if getattr(args, "no_fused", False):
         overrides.append("search.fused=false")
-    preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch_of(args))
+    preset = task.search_preset(model, synthetic=args.data is None, seed_arch=seed_arch)
     return config_from_preset(task, preset, args, overrides)
 
 

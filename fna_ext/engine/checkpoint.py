@@ -9,8 +9,11 @@ from a fine-tuning checkpoint or the reverse."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
+
+from ..arch import JSON_FORMAT as ARCH_JSON_FORMAT, Arch
 
 
 from ..atomic import atomic_torch_save
@@ -19,13 +22,17 @@ from .rng import rng_state, set_rng_state
 
 CHECKPOINT_FORMAT = "fna_ext.checkpoint"
 CHECKPOINT_VERSION = 2
-# Settings a resumed run may change: how long it runs, how it reports, and where its files lie,
-# but not what it computes. Anything else that differs from the checkpoint's settings stops the
-# resume, since the run would silently continue as a mixture of two configurations.
+# Settings a resumed run may change: how long it runs, how it reports and evaluates, and where its
+# files lie, but not what it trains. Anything else that differs from the checkpoint's settings
+# stops the resume, since the run would silently continue as a mixture of two configurations. A
+# key ending in "." stands for every setting under it.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.eval_every", "train.checkpoint_every", "train.log_every", "train.num_workers",
-    "train.channels_last", "eval.batch_size", "search.fused", "search.recompute", "search.alpha_log_every",
+    "train.channels_last", "eval.", "search.fused", "search.recompute", "search.alpha_log_every",
     "data.root", "data.ann_file", "data.img_dir", "data.val_ann_file", "data.val_img_dir"})
+# Settings added after checkpoints (and benchmark runs) were first written, with the default that
+# keeps the behaviour those runs had: a run that lacks one ran as if set to this.
+ADDED_LATER = {"search.weight_paths": "alpha"}
 
 
 class Stateful(Protocol):
@@ -81,17 +88,42 @@ def _as_lists(value):
     return value
 
 
+def _may_change(key: str, may_change: frozenset[str]) -> bool:
+    return key in may_change or any(p.endswith(".") and key.startswith(p) for p in may_change)
+
+
 def changed_settings(stored: dict | None, current: dict | None,
                      may_change: frozenset[str] = RESUMABLE_CHANGES) -> list[str]:
-    """The settings (dotted keys, ``key: then -> now``) that differ between the checkpoint's
-    run and this one, leaving out ``may_change`` (default :data:`RESUMABLE_CHANGES`), and settings the checkpoint does not
-    have: a later version's new setting, whose default keeps the old behaviour. Settings without a
-    ``train`` section are one (a bare trainer's, or a checkpoint written before the whole run's
-    settings were kept)."""
+    """The settings (dotted keys, ``key: then -> now``) that differ between a finished or
+    checkpointed run and this one, leaving out ``may_change`` (default :data:`RESUMABLE_CHANGES`).
+    A setting the run lacks counts as its :data:`ADDED_LATER` default where it has one. Settings
+    without a ``train`` section are one (a bare trainer's), and a section the stored settings
+    lack entirely is not compared (a checkpoint written before the whole run's settings were
+    kept holds ``train`` alone)."""
     stored, current = ({"train": s} if "train" not in s else s for s in (stored or {}, current or {}))
+    current = {name: section for name, section in current.items() if name in stored}
     then, now = _flat(stored), _flat(current)
-    return [f"{key}: {then[key]!r} -> {now[key]!r}" if key in now else f"{key}: {then[key]!r} -> unset"
-            for key in sorted(then) if key not in may_change and (key not in now or then[key] != now[key])]
+    unset = object()
+    changes = []
+    for key in sorted(set(then) | set(now)):
+        before, after = then.get(key, ADDED_LATER.get(key, unset)), now.get(key, unset)
+        if before != after and not _may_change(key, may_change):
+            changes.append(f"{key}: {'unset' if before is unset else repr(before)} -> "
+                           f"{'unset' if after is unset else repr(after)}")
+    return changes
+
+
+def _comparable(value):
+    """An extra-state value as a resume compares it: an arch's JSON as the Arch (whose equality
+    leaves out the search record it may carry), anything else with tuples as lists."""
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        try:
+            data = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(data, dict) and data.get("format") == ARCH_JSON_FORMAT:
+            return Arch.from_dict(data)
+    return _as_lists(value)
 
 
 class CheckpointManager:
@@ -123,12 +155,12 @@ class CheckpointManager:
         changed = changed_settings(payload.get("config"), self.config)
         changed += [f"{key}: the checkpoint's differs from this run's" for key in sorted(self.extra)
                     if key in (payload.get("extra") or {})
-                    and _as_lists(payload["extra"][key]) != _as_lists(self.extra[key])]
+                    and _comparable(payload["extra"][key]) != _comparable(self.extra[key])]
         if changed:
             raise ValueError(f"--resume: {path} was written with other settings ({'; '.join(changed)}); resume "
-                             "with the settings it was started with (only the epochs, the logging, evaluation and "
-                             "checkpoint intervals, the workers, the fused and recompute switches and the data "
-                             "paths may change), or start without --resume in another --out")
+                             "with the settings it was started with (only the epochs, the eval settings, the logging "
+                             "and checkpoint intervals, the workers, channels_last, the fused and recompute "
+                             "switches and the data paths may change), or start without --resume in another --out")
         progress = payload["components"].get("progress", {})
         for key, value in (must_match or {}).items():
             if progress.get(key) != value:

@@ -21,11 +21,18 @@ def save_weights(path, network: nn.Module, **record) -> Path:
 
 
 def _embedded_arch(path) -> Arch | None:
+    """The arch an fna_ext weight file (``format: fna_ext.weights``) names; None for any other
+    file, including other tools' checkpoints whose ``arch`` is a model name."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return None  # load_seed_weights reports unreadable files with the reason
-    return Arch.from_dict(payload["arch"]) if isinstance(payload, dict) and "arch" in payload else None
+    if not isinstance(payload, dict) or payload.get("format") != "fna_ext.weights" or "arch" not in payload:
+        return None
+    try:
+        return Arch.from_dict(payload["arch"])
+    except ValueError as err:
+        raise ValueError(f"{path}: its embedded arch is not valid: {err}") from None
 
 
 def declared_seed_arch(seed_arch: str | None, weights) -> Arch | None:
