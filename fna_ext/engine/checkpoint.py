@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Protocol
 
 from ..arch import JSON_FORMAT as ARCH_JSON_FORMAT, Arch
-
-
 from ..atomic import atomic_torch_save
 from ..safe_load import load_plain
 from .rng import rng_state, set_rng_state

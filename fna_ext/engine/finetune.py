@@ -85,9 +85,7 @@ def finetune(task, config: dict, arch: Arch, out_dir: str | Path, *, seed_weight
 
     trainer = Trainer(model, task.loss, data.train, data.collate, train_cfg, out_dir, device=device,
                       evaluate=evaluate, description=model_name, settings=config,
-                      # the arch without its record (a search's alpha): a resume compares it
-                      extra_state={"arch": arch.with_stages(arch.stages).to_json(), "task": task.name,
-                                   "model_name": model_name})
+                      extra_state={"arch": arch.to_json(), "task": task.name, "model_name": model_name})
     if resume and not trainer.resume():
         raise FileNotFoundError(f"--resume: no checkpoint in {out_dir}; start without --resume")
     if not resume:

@@ -281,7 +281,7 @@ def _make_trainer(model: nn.Module, train_set, val_set, config: dict, run_dir: P
     return Trainer(model, cross_entropy_loss(float(train_cfg["label_smoothing"])), train_set,
                    torch.utils.data.default_collate, train_cfg, run_dir, device=device,
                    evaluate=evaluate, description="pretrain", settings=config,
-                   extra_state={"arch": model.arch.with_stages(model.arch.stages).to_json(), "width_mult": width_mult,
+                   extra_state={"arch": model.arch.to_json(), "width_mult": width_mult,
                                 "class_names": list(train_set.classes)})
 
 

@@ -13,9 +13,12 @@ from ..atomic import atomic_torch_save
 from ..families import get_family
 
 
+WEIGHTS_FORMAT = "fna_ext.weights"
+
+
 def save_weights(path, network: nn.Module, **record) -> Path:
     """Writes ``network``'s weights with its arch embedded (loads with weights_only=True)."""
-    payload = {"format": "fna_ext.weights", "arch": network.arch.to_dict(),
+    payload = {"format": WEIGHTS_FORMAT, "arch": network.arch.to_dict(),
                "state_dict": network.state_dict(), **record}
     return atomic_torch_save(payload, path)
 
@@ -27,7 +30,7 @@ def _embedded_arch(path) -> Arch | None:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return None  # load_seed_weights reports unreadable files with the reason
-    if not isinstance(payload, dict) or payload.get("format") != "fna_ext.weights" or "arch" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or "arch" not in payload:
         return None
     try:
         return Arch.from_dict(payload["arch"])
