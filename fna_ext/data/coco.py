@@ -10,11 +10,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-
-from pycocotools.coco import COCO
+from typing import TYPE_CHECKING
 
 from ..config import Str
 from .images import keep_readable
+
+if TYPE_CHECKING:  # imported where a COCO file is read, so fna_ext imports without pycocotools
+    from pycocotools.coco import COCO
 
 # The settings that say where a COCO-format dataset is: the standard layout under data.root,
 # or explicit annotation files and image folders per split (relative ones under the root)
@@ -43,6 +45,8 @@ def load_coco(ann_file: str | os.PathLike) -> COCO:
         raise ValueError(f"annotation file {path} is not valid json: {type(err).__name__}: "
                          f"{str(err)[:200]}") from None
     _check_structure(dataset, path)
+    from pycocotools.coco import COCO
+
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
