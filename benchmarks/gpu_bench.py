@@ -3,7 +3,10 @@
 1. bench_mbconv at its search shapes, forward+backward, fused vs eager vs torch.compile, per dtype;
 2. the copy bandwidth of the device and the fused op at the bandwidth-bound shape (forward and
    forward+backward), as a fraction of it, per dtype;
-3. bench_search_step in memory: whole search cycles, fused vs reference.
+3. a profile of the fused op (torch.profiler, float32, forward+backward) at the bandwidth shape and
+   the first search shape: the ops and kernels that take its time, and how many kernels it launches,
+   so that a GPU session that finds a target missed also finds where the time went;
+4. bench_search_step in memory: whole search cycles, fused vs reference.
 
 Every part is measured by the benchmark's own functions (interleaved medians, CUDA events on
 CUDA). The JSON is rewritten after each part, so a run killed at its time limit keeps the parts it
@@ -28,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 import bench_mbconv  # noqa: E402
 from gpu_parity import tiny, write_json  # noqa: E402
+from timing import synchronize  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 TINY_COPY_NUMEL = 1 << 20
@@ -54,6 +58,47 @@ def bandwidth_part(device: str, dtype: str, repeats: int, tiny_run: bool) -> dic
                             copy_numel=TINY_COPY_NUMEL if tiny_run else bench_mbconv.COPY_NUMEL)
 
 
+PROFILE_ITERATIONS = 3
+PROFILE_ROWS = 15
+
+
+def _profile_row(event, iterations: int) -> dict:
+    return {"name": event.key, "calls_per_iteration": event.count / iterations,
+            "self_device_ms_per_iteration": getattr(event, "self_device_time_total", 0.0) / 1e3 / iterations,
+            "self_cpu_ms_per_iteration": event.self_cpu_time_total / 1e3 / iterations}
+
+
+def profile_shape(shape, device: str) -> dict:
+    """torch.profiler over PROFILE_ITERATIONS fused forward+backward passes (after one warm-up)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
+    step = bench_mbconv.versions(shape, x, weights, grad, backward=True, with_compile=False)["fused"]
+    step()
+    synchronize(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILE_ITERATIONS):
+            step()
+        synchronize(device)
+    events = prof.key_averages()
+    on_device = [e for e in events if e.device_type == DeviceType.CUDA]
+    key = "self_device_time_total" if on_device else "self_cpu_time_total"
+    top = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:PROFILE_ROWS]
+    print(f"-- {shape.name}: top {PROFILE_ROWS} by {key}, {PROFILE_ITERATIONS} iterations", flush=True)
+    print(events.table(sort_by=key, row_limit=PROFILE_ROWS), flush=True)
+    return {"iterations": PROFILE_ITERATIONS, "sorted_by": key,
+            "kernels_per_iteration": sum(e.count for e in on_device) / PROFILE_ITERATIONS,
+            "device_ms_per_iteration": sum(e.self_device_time_total for e in on_device) / 1e3 / PROFILE_ITERATIONS,
+            "rows": [_profile_row(e, PROFILE_ITERATIONS) for e in top]}
+
+
+def profile_part(device: str, tiny_run: bool) -> dict:
+    shapes = [bench_mbconv.BANDWIDTH_SHAPE, bench_mbconv.SHAPES[0]]
+    return {"shapes": {s.name: profile_shape(s, device) for s in (map(tiny, shapes) if tiny_run else shapes)}}
+
+
 def search_step_part(device: str, repeats: int, tiny_run: bool) -> dict:
     overrides = TINY_SEARCH_OVERRIDES if tiny_run else []
     try:
@@ -74,6 +119,8 @@ def parts(device: str, repeats: int, tiny_run: bool) -> list[tuple[str, object]]
             continue
         found.append((f"mbconv {dtype}", lambda d=dtype: search_shapes_part(device, d, repeats, tiny_run)))
         found.append((f"bandwidth {dtype}", lambda d=dtype: bandwidth_part(device, d, repeats, tiny_run)))
+        if dtype == "float32":  # the most telling, right after the float32 figures
+            found.append(("profile", lambda: profile_part(device, tiny_run)))
     found.append(("search step", lambda: search_step_part(device, max(1, repeats // 2), tiny_run)))
     return found
 

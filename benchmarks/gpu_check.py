@@ -6,7 +6,7 @@
            (TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=<cores> FORCE_CUDA=1 python setup.py build_ext --inplace);
 2. info    ``python -m fna_ext.info --json``: the extension loaded and every op has a CUDA kernel;
 3. pytest  the tests marked ``cuda`` (pytest -m cuda), counts from the JUnit XML;
-4. parity  every op and dtype on the GPU against a float64 CPU reference (benchmarks/gpu_parity.py);
+4. parity  every op and dtype on the GPU against a float64 reference (PyTorch's, on the GPU; gpu_parity.py);
 5. memcheck  compute-sanitizer --tool memcheck over a small run of every kernel;
 6. bench   bench_mbconv (fused vs eager vs torch.compile), the copy bandwidth and the fused op's share
            of it, and whole search steps (benchmarks/gpu_bench.py);
@@ -497,7 +497,7 @@ def add_versions(results: dict) -> None:
 # ---- summary -----------------------------------------------------------------------------------
 
 STAGE_TITLES = {"build": "1. build", "info": "2. extension info", "pytest": "3. pytest -m cuda",
-                "parity": "4. parity vs float64 CPU", "memcheck": "5. compute-sanitizer memcheck",
+                "parity": "4. parity vs float64", "memcheck": "5. compute-sanitizer memcheck",
                 "bench": "6. benchmarks", "summary": "7. summary"}
 
 
@@ -542,8 +542,9 @@ def parity_table(results: dict) -> list[str]:
     if not cases:
         return []
     lines = ["## Parity cases", "",
-             "Errors against the float64 CPU reference; \"eager\": the op's pure-PyTorch reference in the same "
-             "dtype and device (benchmarks/gpu_parity.py explains the tolerances).", "",
+             "Errors against the float64 reference (PyTorch's own ops in float64 on the same device); \"eager\": "
+             "the op's pure-PyTorch reference in the same dtype and device (benchmarks/gpu_parity.py explains the "
+             "tolerances).", "",
              "| op | case | dtype | status | max abs err | max rel err | rel L2 err | eager rel L2 | tolerance "
              "| of tolerance |", "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- | ---: |"]
     for c in cases:
@@ -585,9 +586,27 @@ def bench_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def profile_table(results: dict) -> list[str]:
+    part = _bench_part(results, "profile")
+    if not part or part.get("status") != "passed":
+        return []
+    lines = ["## Where the fused op's time goes (torch.profiler, float32, forward+backward)", ""]
+    for name, prof in part["shapes"].items():
+        lines += [f"{name}: {prof['device_ms_per_iteration']:.3f} ms on the device in "
+                  f"{prof['kernels_per_iteration']:.0f} kernels per iteration. Top ops and kernels by "
+                  f"{prof['sorted_by']}, per iteration:", "",
+                  "| op or kernel | calls | self device ms | self CPU ms |", "| --- | ---: | ---: | ---: |"]
+        lines += [f"| {_cell(row['name'][:100])} | {row['calls_per_iteration']:.0f} | "
+                  f"{row['self_device_ms_per_iteration']:.3f} | {row['self_cpu_ms_per_iteration']:.3f} |"
+                  for row in prof["rows"]]
+        lines.append("")
+    return lines
+
+
 def write_summary(results: dict) -> None:
     logs = sorted(p.name for p in results_dir(results).iterdir() if p.suffix in (".log", ".json", ".xml"))
     text = "\n".join(header_lines(results) + main_table(results) + parity_table(results) + bench_table(results)
+                     + profile_table(results)
                      + [f"Logs and raw results in this folder: {', '.join(logs)}.", ""])
     (results_dir(results) / "summary.md").write_text(text)
 

@@ -1,11 +1,12 @@
-"""Parity sweeps of the compiled ops on one device against references on the CPU, for every dtype:
+"""Parity sweeps of the compiled ops on one device against float64 references, for every dtype:
 
 - the fused sampled MBConv (``sampled_mbconv``: forward and the gradients of x and the three
   weights), ``depthwise_project`` and the two mixture ops (``mbconv_mixture``,
   ``depthwise_project_mixture``: forward and the gradients of x, hidden and the mixture weights)
   at every search shape of benchmarks/bench_mbconv.py, and dilated (DeepLab's output stride) at
   the first stride-1 one, against their pure-PyTorch references in float64 computed from the
-  same (rounded) inputs;
+  same (rounded) inputs, on the same device (PyTorch's own float64 kernels, cuDNN's on a GPU:
+  independent of fna_ext's, and on an H200 a few seconds where the CPU took minutes);
 - ``remap_copy`` (one call for a whole network) against the pure-PyTorch remap in float64, and
   bit for bit against it in the same dtype (a copy rounds nothing of its own);
 - ``nms`` and ``batched_nms`` against torchvision.ops and against fna_ext's own reference:
@@ -127,8 +128,8 @@ def compare_mbconv(fused: list, eager: list, reference: list, dtype: torch.dtype
             "status": "passed" if passed else "failed"}
 
 
-def as_float64_cpu(t: torch.Tensor) -> torch.Tensor:
-    leaf = t.detach().cpu().double()
+def as_float64(t: torch.Tensor) -> torch.Tensor:
+    leaf = t.detach().double()
     return leaf.requires_grad_() if t.requires_grad else leaf
 
 
@@ -160,14 +161,16 @@ def output_and_gradients(fn: Callable, inputs: list, grad: torch.Tensor) -> list
 def fused_eager_float64(op: Callable, reference: Callable, inputs: list, grad: torch.Tensor, dtype,
                         kernels_only: bool) -> dict:
     """The op fused, its reference in the same dtype and device, and its reference in float64 on
-    the CPU, compared. The mixture references call the public ops per candidate: they run unfused."""
+    the same device, compared. The mixture references call the public ops per candidate: they run
+    unfused."""
     with ops.fused(True):
         fused = output_and_gradients(op, inputs, grad)
     if kernels_only:
         return RAN
     with ops.fused(False):
         eager = output_and_gradients(reference, inputs, grad)
-        float64 = output_and_gradients(reference, [as_float64_cpu(t) for t in inputs], grad.cpu().double())
+        float64 = [t if t is None else t.cpu() for t in
+                   output_and_gradients(reference, [as_float64(t) for t in inputs], grad.double())]
     return compare_mbconv(fused, eager, float64, dtype)
 
 

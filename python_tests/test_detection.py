@@ -117,6 +117,15 @@ def test_matcher_thresholds_low_quality_and_crowd():
     assert matches.tolist() == [0, 0, BACKGROUND, IGNORE, BACKGROUND, BACKGROUND]
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_an_anchor_that_is_two_objects_best_goes_to_the_later_one(device):
+    """The low-quality rule writes one anchor twice here; the later object wins on every device."""
+    anchors = torch.tensor([[0.0, 0, 10, 10], [100.0, 100, 110, 110]], device=device)
+    boxes = torch.tensor([[0.0, 0, 20, 20], [0.0, 0, 30, 30], [0.0, 0, 25, 25]], device=device)  # all IoU < 0.5
+    matches = Matcher(pos_iou=0.5, neg_iou=0.05)(anchors, boxes, torch.zeros(3, dtype=torch.bool))
+    assert matches.tolist() == [2, BACKGROUND]
+
+
 def test_matcher_without_objects_gives_background():
     anchors = torch.tensor([[0.0, 0, 10, 10]])
     assert Matcher()(anchors, torch.zeros(0, 4)).tolist() == [BACKGROUND]

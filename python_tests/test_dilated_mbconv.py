@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from fna_ext import _extension, ops
 
+from precision import assert_matches_reference
+
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("mixture_mbconv_forward", "cpu"),
                                 reason="the extension has no fused MBConv kernels")
 
@@ -336,11 +338,9 @@ def test_cuda_sampled_mbconv_matches_a_float64_reference(dtype, k, dilation, lay
     x64 = _as64(x)
     ref = _output_and_grads(False, lambda: ops.sampled_mbconv_reference(x64, *w64.values(), **kwargs, **b64),
                             [x64, *w64.values(), *b64.values()], grad.cpu().double())
-    tol = {"rtol": 1e-3, "atol": 1e-3} if dtype == torch.float32 else {"rtol": 1e-1, "atol": 1e-1}
-    torch.testing.assert_close(y.cpu().double(), ref[0], **tol)
-    for a, b in zip(grads, ref[1]):
-        scale = b.abs().max().clamp(min=1)  # gradients compared relative to their size
-        torch.testing.assert_close(a.cpu().double() / scale, b / scale, **tol)
+    eager = (_output_and_grads(False, lambda: ops.sampled_mbconv_reference(x, *weights.values(), **kwargs, **bns),
+                               leaves, grad) if dtype != torch.float32 else None)
+    assert_matches_reference((y, grads), ref, dtype, eager)
 
 
 @pytest.mark.cuda

@@ -68,22 +68,25 @@ def _loss(model, batch):
     return {"loss": nn.functional.cross_entropy(nn.functional.dropout(model(x), 0.2), y.flatten())}
 
 
-def _trainer(out, epochs=3, lr=0.1):
+def _trainer(out, epochs=3, lr=0.1, device="cpu"):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     config = {"epochs": epochs, "batch_size": 4, "seed": 1, "log_every": 1, "checkpoint_every": 4,
               "grad_clip": 1.0, "optimizer": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 1e-4},
               "schedule": {"name": "step", "milestones": [2], "warmup_iters": 3, "warmup_ratio": 0.1}}
-    return Trainer(model, _loss, _Noisy(), None, config, out)
+    return Trainer(model, _loss, _Noisy(), None, config, out, device=device)
 
 
-def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path):
-    straight = _trainer(tmp_path / "a")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_resume_from_mid_epoch_matches_an_uninterrupted_run(tmp_path, device):
+    """On CUDA too: the optimizer's resumed momentum lands on the GPU, and dropout's CUDA RNG
+    continues where it was."""
+    straight = _trainer(tmp_path / "a", device=device)
     straight.fit()
-    interrupted = _trainer(tmp_path / "b")
+    interrupted = _trainer(tmp_path / "b", device=device)
     interrupted.fit(stop_at=10)  # killed part-way through epoch 2 (6 iterations per epoch)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["components"]["progress"]["iteration"] == 8  # every 4 iterations
-    resumed = _trainer(tmp_path / "b")
+    resumed = _trainer(tmp_path / "b", device=device)
     assert resumed.resume()
     assert resumed.iteration == 8
     resumed.fit()

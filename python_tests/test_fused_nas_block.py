@@ -8,6 +8,8 @@ import torch
 from fna_ext import _extension, ops
 from fna_ext.ops.sampled_mbconv import SqueezeExcite
 
+from precision import assert_matches_reference
+
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"),
                                 reason="the extension has no fused sampled-MBConv kernel")
 
@@ -178,8 +180,6 @@ def test_the_python_wrapper_names_an_unknown_activation():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("activation, se_kind", [("hardswish", "hse"), ("swish", "se"), ("relu", None)])
 def test_cuda_nas_block_matches_a_float64_reference(dtype, activation, se_kind):
-    from test_fused_mbconv import CUDA_TOLERANCES
-
     torch.manual_seed(5)
     weights, se_tensors = _block(16, 16, e_max=96, s_max=24, dtype=dtype, device="cuda")
     se = _se(se_tensors, se_kind, activation, channels=20)
@@ -195,11 +195,8 @@ def test_cuda_nas_block_matches_a_float64_reference(dtype, activation, se_kind):
     se_tensors64 = [as64(t) for t in se_tensors]
     ref = _run(False, as64(x), {n: as64(w) for n, w in weights.items()}, se_tensors64, grad.double(),
                _se(se_tensors64, se_kind, activation, channels=20), **kwargs)
-    tol = CUDA_TOLERANCES[dtype]
-    torch.testing.assert_close(y.double(), ref[0], **tol)
-    for a, b in zip(grads, ref[1], strict=True):
-        scale = b.abs().max().clamp(min=1)
-        torch.testing.assert_close(a.double() / scale, b / scale, **tol)
+    eager = _run(False, x, weights, se_tensors, grad, se, **kwargs) if dtype != torch.float32 else None
+    assert_matches_reference((y, grads), ref, dtype, eager)
 
 
 @pytest.mark.cuda

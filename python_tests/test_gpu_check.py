@@ -51,6 +51,11 @@ def test_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     for title in gpu_check.STAGE_TITLES.values():
         assert f"| {title} |" in summary
     assert "target: search cycle >= 2x the reference" in summary and "## Parity cases" in summary
+    # the profile names the fused op's own steps (their RECORD_FUNCTION names) among its top rows
+    profiled = bench["profile"]["shapes"]
+    assert len(profiled) == 2 and all(p["rows"] for p in profiled.values())
+    assert any(r["name"].startswith("fna_ext::") for p in profiled.values() for r in p["rows"])
+    assert "## Where the fused op's time goes" in summary
     assert (out / "pytest_cuda.xml").exists()
 
 

@@ -577,7 +577,9 @@ def test_a_nas_seed_layer_runs_on_cuda_as_on_the_cpu():
             layer.choice = choice
             outs.append(layer(x.to(device)))
         sum(o.square().mean() for o in outs).backward()
-        results[device] = [o.cpu() for o in outs] + [p.grad.cpu() for p in layer.parameters() if p.grad is not None]
+        # copies: moving the layer to the next device moves its .grad tensors in place
+        results[device] = [t.to("cpu", copy=True) for t in
+                           [*outs, *(p.grad for p in layer.parameters() if p.grad is not None)]]
     for cpu, cuda in zip(results["cpu"], results["cuda"], strict=True):
         torch.testing.assert_close(cuda, cpu)
 

@@ -145,3 +145,17 @@ def test_weight_paths_follow_alpha_or_stay_uniform_once_alpha_starts(tiny, tmp_p
         assert all(firsts)
     else:  # 40 uniform draws of 7 candidates: the first candidate about 6 times, never all 40
         assert 1 <= sum(firsts) <= 20
+
+
+@pytest.mark.cuda
+def test_a_search_on_cuda_runs_and_draws_the_cpu_paths(tiny, tmp_path):
+    """The whole search loop on the GPU (weight and alpha steps, derivation): paths are drawn on
+    the CPU, so a seed trains the same paths on either device."""
+    from fna_ext.nas.search import ArchitectureSearch
+
+    data, seed, _ = tiny
+    result = search(_config(data), seed, tmp_path / "cuda", device="cuda")
+    assert Arch.load(tmp_path / "cuda" / "arch.json") == result.arch
+    paths = [ArchitectureSearch(_config(data), seed, tmp_path / f"paths_{device}", device=device).sample_path(0)
+             for device in ("cpu", "cuda")]
+    assert paths[0] == paths[1]

@@ -149,7 +149,8 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         mean, var = _GlobalStats.apply(x)
         if self.track_running_stats:
             with torch.no_grad():
-                n = global_sum(torch.tensor(float(x.numel() // x.shape[1])))
+                # on x's device: NCCL reduces only CUDA tensors
+                n = global_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
                 unbiased = var * n / max(n - 1, 1)
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(unbiased, self.momentum)

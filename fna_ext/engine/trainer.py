@@ -271,6 +271,8 @@ class Trainer:
                              f"of {self.batch_size}; lower batch_size")
         self.epochs = int(config["epochs"])
         self.total_iters = self.epochs * self.iters_per_epoch
+        # on the device before the optimizer exists, so a resumed optimizer state lands there too
+        place_model(model, self.device, config.get("channels_last"))
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = optimizer or build_optimizer(params, config["optimizer"])
         self.schedule = Schedule(self.optimizer, config["schedule"], self.iters_per_epoch, self.total_iters)

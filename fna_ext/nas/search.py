@@ -52,9 +52,11 @@ class ArchParameters(nn.Module):
         return [a.softmax(dim=0) for a in self.alphas]
 
     def sample(self, generator: torch.Generator, uniform: bool) -> list[int]:
-        """One candidate index per layer: uniform, or drawn from softmax(alpha)."""
+        """One candidate index per layer: uniform, or drawn from softmax(alpha). Drawn on the CPU
+        (``generator`` is a CPU generator), so a seed gives the same paths on every device."""
         with torch.no_grad():
-            return [int(torch.multinomial(torch.ones_like(a) if uniform else a.softmax(0), 1, generator=generator))
+            return [int(torch.multinomial(torch.ones(len(a)) if uniform else a.detach().cpu().float().softmax(0), 1,
+                                          generator=generator))
                     for a in self.alphas]
 
     def argmax(self) -> list[int]:

@@ -31,7 +31,7 @@ class Matcher:
                  iscrowd: torch.Tensor | None = None) -> torch.Tensor:
         """Per anchor: the index into ``boxes`` it matches, BACKGROUND or IGNORE."""
         matches = anchors.new_full((len(anchors),), BACKGROUND, dtype=torch.long)
-        crowd = (iscrowd.bool() if iscrowd is not None
+        crowd = (iscrowd.to(boxes.device).bool() if iscrowd is not None
                  else torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device))
         objects = torch.nonzero(~crowd).flatten()
         if len(objects):
@@ -43,7 +43,10 @@ class Matcher:
             if self.allow_low_quality:
                 best_anchor = iou.argmax(dim=0)
                 has_overlap = iou[best_anchor, torch.arange(len(objects), device=iou.device)] > 0
-                matches[best_anchor[has_overlap]] = objects[has_overlap]
+                # an anchor that is two objects' best goes to the later one; index_put_ leaves which
+                # to chance on CUDA, so the rule is written out
+                matches.scatter_reduce_(0, best_anchor[has_overlap], objects[has_overlap], reduce="amax",
+                                        include_self=False)
         if crowd.any():
             covered = box_ioa(anchors, boxes[crowd]).max(dim=1).values > self.crowd_ioa
             matches[covered & (matches < 0)] = IGNORE
