@@ -68,13 +68,9 @@ def _profile_row(event, iterations: int) -> dict:
             "self_cpu_ms_per_iteration": event.self_cpu_time_total / 1e3 / iterations}
 
 
-def profile_shape(shape, device: str) -> dict:
-    """torch.profiler over PROFILE_ITERATIONS fused forward+backward passes (after one warm-up)."""
-    from torch.autograd import DeviceType
+def _profiled(step, device: str):
     from torch.profiler import ProfilerActivity, profile
 
-    x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
-    step = bench_mbconv.versions(shape, x, weights, grad, backward=True, with_compile=False)["fused"]
     step()
     synchronize(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
@@ -82,15 +78,34 @@ def profile_shape(shape, device: str) -> dict:
         for _ in range(PROFILE_ITERATIONS):
             step()
         synchronize(device)
-    events = prof.key_averages()
+    return prof.key_averages()
+
+
+def _counts(events) -> dict:
+    """Per iteration: kernels launched and time on the device (CUDA), and ATen ops called (each a
+    kernel launch on a GPU unless it only makes a view or an empty tensor)."""
+    from torch.autograd import DeviceType
+
     on_device = [e for e in events if e.device_type == DeviceType.CUDA]
-    key = "self_device_time_total" if on_device else "self_cpu_time_total"
-    top = sorted(events, key=lambda e: getattr(e, key, 0.0), reverse=True)[:PROFILE_ROWS]
-    print(f"-- {shape.name}: top {PROFILE_ROWS} by {key}, {PROFILE_ITERATIONS} iterations", flush=True)
-    print(events.table(sort_by=key, row_limit=PROFILE_ROWS), flush=True)
-    return {"iterations": PROFILE_ITERATIONS, "sorted_by": key,
-            "kernels_per_iteration": sum(e.count for e in on_device) / PROFILE_ITERATIONS,
+    return {"kernels_per_iteration": sum(e.count for e in on_device) / PROFILE_ITERATIONS,
             "device_ms_per_iteration": sum(e.self_device_time_total for e in on_device) / 1e3 / PROFILE_ITERATIONS,
+            "aten_ops_per_iteration": sum(e.count for e in events if e.key.startswith("aten::")) / PROFILE_ITERATIONS}
+
+
+def profile_shape(shape, device: str) -> dict:
+    """torch.profiler over PROFILE_ITERATIONS forward+backward passes (after one warm-up): the
+    fused op's top rows, and the counts of both versions."""
+    x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
+    steps = bench_mbconv.versions(shape, x, weights, grad, backward=True, with_compile=False)
+    fused, eager = _profiled(steps["fused"], device), _profiled(steps["eager"], device)
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    top = sorted(fused, key=lambda e: getattr(e, key, 0.0), reverse=True)[:PROFILE_ROWS]
+    counts = {"fused": _counts(fused), "eager": _counts(eager)}
+    print(f"-- {shape.name}: top {PROFILE_ROWS} by {key}, {PROFILE_ITERATIONS} iterations; per iteration "
+          + "; ".join(f"{name}: {c['kernels_per_iteration']:.0f} kernels, {c['aten_ops_per_iteration']:.0f} ATen ops"
+                      for name, c in counts.items()), flush=True)
+    print(fused.table(sort_by=key, row_limit=PROFILE_ROWS), flush=True)
+    return {"iterations": PROFILE_ITERATIONS, "sorted_by": key, **counts["fused"], "eager": counts["eager"],
             "rows": [_profile_row(e, PROFILE_ITERATIONS) for e in top]}
 
 

@@ -592,8 +592,11 @@ def profile_table(results: dict) -> list[str]:
         return []
     lines = ["## Where the fused op's time goes (torch.profiler, float32, forward+backward)", ""]
     for name, prof in part["shapes"].items():
-        lines += [f"{name}: {prof['device_ms_per_iteration']:.3f} ms on the device in "
-                  f"{prof['kernels_per_iteration']:.0f} kernels per iteration. Top ops and kernels by "
+        eager = prof["eager"]
+        lines += [f"{name}: per iteration, {prof['device_ms_per_iteration']:.3f} ms on the device in "
+                  f"{prof['kernels_per_iteration']:.0f} kernels from {prof['aten_ops_per_iteration']:.0f} ATen ops "
+                  f"(eager: {eager['device_ms_per_iteration']:.3f} ms, {eager['kernels_per_iteration']:.0f} kernels, "
+                  f"{eager['aten_ops_per_iteration']:.0f} ATen ops). The fused op's top ops and kernels by "
                   f"{prof['sorted_by']}, per iteration:", "",
                   "| op or kernel | calls | self device ms | self CPU ms |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {_cell(row['name'][:100])} | {row['calls_per_iteration']:.0f} | "

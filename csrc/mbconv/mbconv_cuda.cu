@@ -186,6 +186,37 @@ __global__ void __launch_bounds__(kThreads) grad_apply_kernel(GradApplyArgs p) {
   }
 }
 
+// ---- a BN's per-channel coefficients ------------------------------------------------------------
+
+template <typename G>
+__device__ __forceinline__ double parameter_or(const void* p, int64_t j, double absent) {
+  return p != nullptr ? static_cast<double>(to_acc(static_cast<const G*>(p)[j])) : absent;
+}
+
+template <typename G, typename A>
+__global__ void __launch_bounds__(kThreads) bn_coefficients_kernel(BnCoefficientsArgs p) {
+  const int64_t j = thread_channel();  // 1-D blocks: a thread per channel
+  if (j >= p.c) return;
+  if (p.sum != nullptr) bn_statistics(p.sum[j], p.sumsq[j], p.count, p.eps, p.mean + j, p.invstd + j);
+  double scale, shift;
+  bn_affine(p.mean[j], p.invstd[j], parameter_or<G>(p.gamma, j, 1.0), parameter_or<G>(p.beta, j, 0.0), &scale,
+            &shift);
+  static_cast<A*>(p.scale)[j] = static_cast<A>(scale);
+  static_cast<A*>(p.shift)[j] = static_cast<A>(shift);
+}
+
+template <typename G, typename A>
+__global__ void __launch_bounds__(kThreads) bn_backward_kernel(BnBackwardArgs p) {
+  const int64_t j = thread_channel();  // 1-D blocks: a thread per channel
+  if (j >= p.c) return;
+  double a, b, c;
+  bn_backward(p.sum_g[j], p.sum_gh[j], p.mean[j], p.invstd[j], parameter_or<G>(p.gamma, j, 1.0), p.count, &a, &b, &c,
+              p.dgamma + j);
+  static_cast<A*>(p.a)[j] = static_cast<A>(a);
+  static_cast<A*>(p.b)[j] = static_cast<A>(b);
+  static_cast<A*>(p.cc)[j] = static_cast<A>(c);
+}
+
 // ---- depthwise convolution ---------------------------------------------------------------------
 
 // The depthwise input as the conv sees it: BN1 + its activation applied on load when scale is given.
@@ -469,7 +500,47 @@ bool bad_shape(const DwShape& s) {
          s.w > INT32_MAX;  // coordinates are int
 }
 
+// One thread per channel; G is the BN parameters' dtype, A the coefficients' (float or double).
+template <template <typename, typename> class Kernel, typename Args>
+cudaError_t per_channel_launch(const Args& args, MbconvDtype param_dtype, bool double_opmath, cudaStream_t stream) {
+  if (args.c == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>((args.c + kThreads - 1) / kThreads);
+  return with_dtype(param_dtype, [&](auto tag) {
+    using G = typename decltype(tag)::type;
+    if (double_opmath) {
+      Kernel<G, double>::launch(blocks, stream, args);
+    } else {
+      Kernel<G, float>::launch(blocks, stream, args);
+    }
+    return cudaGetLastError();
+  });
+}
+
+template <typename G, typename A>
+struct BnCoefficientsKernel {
+  static void launch(unsigned blocks, cudaStream_t stream, const BnCoefficientsArgs& args) {
+    bn_coefficients_kernel<G, A><<<blocks, kThreads, 0, stream>>>(args);
+  }
+};
+
+template <typename G, typename A>
+struct BnBackwardKernel {
+  static void launch(unsigned blocks, cudaStream_t stream, const BnBackwardArgs& args) {
+    bn_backward_kernel<G, A><<<blocks, kThreads, 0, stream>>>(args);
+  }
+};
+
 }  // namespace
+
+cudaError_t bn_coefficients_launch(const BnCoefficientsArgs& args, MbconvDtype param_dtype, bool double_opmath,
+                                   cudaStream_t stream) {
+  return per_channel_launch<BnCoefficientsKernel>(args, param_dtype, double_opmath, stream);
+}
+
+cudaError_t bn_backward_launch(const BnBackwardArgs& args, MbconvDtype param_dtype, bool double_opmath,
+                               cudaStream_t stream) {
+  return per_channel_launch<BnBackwardKernel>(args, param_dtype, double_opmath, stream);
+}
 
 cudaError_t row_stats_launch(const RowStatsArgs& args, MbconvDtype dtype, cudaStream_t stream) {
   if (args.m == 0 || args.c == 0) return cudaSuccess;

@@ -18,6 +18,7 @@
 #include <cuda_runtime_api.h>
 
 #include "activation.h"
+#include "bn_coefficients.h"
 
 namespace fna_ext {
 namespace mbconv {
@@ -132,6 +133,43 @@ struct DwBackwardArgs {
   double* sum_gh;
 };
 
+// One BN's per-channel coefficients (bn_coefficients.h), a thread per channel. With sum not null,
+// mean and invstd are computed from sum and sumsq over `count` rows and written; else they are
+// read. scale and shift (opmath) follow from them and gamma, beta (of param_dtype; null: 1, 0).
+struct BnCoefficientsArgs {
+  int64_t c;
+  const double* sum;
+  const double* sumsq;
+  double count, eps;
+  double* mean;
+  double* invstd;
+  const void* gamma;
+  const void* beta;
+  void* scale;
+  void* shift;
+};
+
+// A BN's backward coefficients a, b, c (opmath) and dgamma (float64) from sum_g, sum_gh, its
+// statistics and gamma (of param_dtype; null: 1).
+struct BnBackwardArgs {
+  int64_t c;
+  const double* sum_g;
+  const double* sum_gh;
+  const double* mean;
+  const double* invstd;
+  const void* gamma;
+  double count;
+  void* a;
+  void* b;
+  void* cc;
+  double* dgamma;
+};
+
+// double_opmath: the coefficients are float64 (else float32), whatever param_dtype is.
+cudaError_t bn_coefficients_launch(const BnCoefficientsArgs& args, MbconvDtype param_dtype, bool double_opmath,
+                                   cudaStream_t stream);
+cudaError_t bn_backward_launch(const BnBackwardArgs& args, MbconvDtype param_dtype, bool double_opmath,
+                               cudaStream_t stream);
 cudaError_t row_stats_launch(const RowStatsArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t affine_act_launch(const AffineActArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t grad_sums_launch(const GradSumsArgs& args, MbconvDtype dtype, cudaStream_t stream);

@@ -113,6 +113,33 @@ void check_dense(const at::Tensor& t, int64_t rows, int64_t e, const at::Tensor&
               "input, got ", t.sizes());
 }
 
+// A BN's gamma and beta as the per-channel kernels read them: contiguous, one dtype, on the
+// statistics' device; absent ones are null (gamma 1, beta 0).
+struct BnParameters {
+  at::Tensor gamma, beta;
+  MbconvDtype dtype = MbconvDtype::kFloat32;  // any, when both are absent
+  BnParameters(const at::Tensor& g, const at::Tensor& b, int64_t channels, const at::Tensor& like, const char* step) {
+    for (const at::Tensor* t : {&g, &b}) {
+      if (!t->defined()) continue;
+      TORCH_CHECK(t->numel() >= channels && t->device() == like.device(), "fna_ext::mbconv::", step,
+                  ": a BN parameter must hold ", channels, " values on ", like.device());
+      TORCH_CHECK(!g.defined() || !b.defined() || g.scalar_type() == b.scalar_type(), "fna_ext::mbconv::", step,
+                  ": the BN's weight and bias must have one dtype");
+      dtype = to_mbconv_dtype(t->scalar_type());
+    }
+    gamma = g.defined() ? g.contiguous() : at::Tensor();
+    beta = b.defined() ? b.contiguous() : at::Tensor();
+  }
+};
+
+// Coefficients a per-channel kernel writes: contiguous float32 or float64 on the data's device.
+void check_coefficients_out(const at::Tensor& t, int64_t channels, const at::Tensor& like, const char* step) {
+  TORCH_CHECK(t.is_contiguous() && t.numel() == channels && t.device() == like.device() &&
+                  (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble),
+              "fna_ext::mbconv::", step, ": per-channel coefficients must be ", channels,
+              " contiguous float32 or float64 values on ", like.device());
+}
+
 // Every step sets the data's device first (the coefficient copies and scratch tensors below are
 // made on it), launches on the current stream, and reports a failed launch as a torch error.
 struct CudaBackend {
@@ -131,6 +158,51 @@ struct CudaBackend {
     const RowStatsArgs args{rows.data_ptr(), rows.size(0), c, rows.stride(0), sum.data_ptr<double>(),
                             sumsq.data_ptr<double>()};
     check_launch(row_stats_launch(args, to_mbconv_dtype(rows.scalar_type()), c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void bn_coefficients(const at::Tensor& sum, const at::Tensor& sumsq, double count, double eps,
+                              const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& gamma,
+                              const at::Tensor& beta, const at::Tensor& scale, const at::Tensor& shift) {
+    FNA_MBCONV_STEP("bn_coefficients");
+    const char* step = "bn_coefficients";
+    const c10::cuda::CUDAGuard device_guard(mean.device());
+    const int64_t c = mean.numel();
+    const bool computed = sum.defined();
+    if (computed) {
+      check_sums(sum, c, mean, step);
+      check_sums(sumsq, c, mean, step);
+    }
+    check_sums(mean, c, mean, step);
+    check_sums(invstd, c, mean, step);
+    const BnParameters params(gamma, beta, c, mean, step);
+    const at::ScalarType opmath = scale.scalar_type();
+    check_coefficients_out(scale, c, mean, step);
+    check_coefficients_out(shift, c, mean, step);
+    const BnCoefficientsArgs args{c, computed ? sum.data_ptr<double>() : nullptr,
+                                  computed ? sumsq.data_ptr<double>() : nullptr, count, eps, mean.data_ptr<double>(),
+                                  invstd.data_ptr<double>(), ptr_or_null(params.gamma), ptr_or_null(params.beta),
+                                  scale.data_ptr(), shift.data_ptr()};
+    check_launch(bn_coefficients_launch(args, params.dtype, opmath == at::kDouble, c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
+  static void bn_backward_coefficients(const at::Tensor& sum_g, const at::Tensor& sum_gh, const at::Tensor& mean,
+                                       const at::Tensor& invstd, const at::Tensor& gamma, double count,
+                                       const at::Tensor& a, const at::Tensor& b, const at::Tensor& c,
+                                       const at::Tensor& dgamma) {
+    FNA_MBCONV_STEP("bn_backward_coefficients");
+    const char* step = "bn_backward_coefficients";
+    const c10::cuda::CUDAGuard device_guard(sum_g.device());
+    const int64_t channels = sum_g.numel();
+    for (const at::Tensor* t : {&sum_g, &sum_gh, &mean, &invstd, &dgamma}) check_sums(*t, channels, sum_g, step);
+    const BnParameters params(gamma, at::Tensor(), channels, sum_g, step);
+    for (const at::Tensor* t : {&a, &b, &c}) check_coefficients_out(*t, channels, sum_g, step);
+    const BnBackwardArgs args{channels, sum_g.data_ptr<double>(), sum_gh.data_ptr<double>(), mean.data_ptr<double>(),
+                              invstd.data_ptr<double>(), ptr_or_null(params.gamma), count, a.data_ptr(), b.data_ptr(),
+                              c.data_ptr(), dgamma.data_ptr<double>()};
+    check_launch(bn_backward_launch(args, params.dtype, a.scalar_type() == at::kDouble,
+                                    c10::cuda::getCurrentCUDAStream()),
                  step);
   }
 

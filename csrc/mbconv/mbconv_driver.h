@@ -21,10 +21,12 @@
 #include <ATen/record_function.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <tuple>
 #include <vector>
 
 #include "activation.h"
+#include "bn_coefficients.h"
 
 // Each backend kernel starts with this, so its step shows under its own name in torch.profiler.
 #define FNA_MBCONV_STEP(name) RECORD_FUNCTION("fna_ext::mbconv::" name, std::vector<c10::IValue>())
@@ -88,23 +90,32 @@ inline at::Tensor slice_or_undefined(const c10::optional<at::Tensor>& t, int64_t
   return t.has_value() && t->defined() ? t->narrow(0, 0, channels) : at::Tensor();
 }
 
-// Batch statistics of one BN: mean and 1/sqrt(var + eps) from the sums over `count` rows.
-inline void finish_stats(const at::Tensor& sum, const at::Tensor& sumsq, int64_t count, double eps,
-                         at::Tensor mean, at::Tensor invstd) {
-  const at::Tensor m = sum / static_cast<double>(count);
-  const at::Tensor var = (sumsq / static_cast<double>(count) - m * m).clamp_min(0);
-  mean.copy_(m);
-  invstd.copy_((var + eps).rsqrt());
+// ---- a BN's per-channel coefficients (bn_coefficients.h) ---------------------------------------
+//
+// Each is one backend step (a loop on the CPU, one kernel on a GPU) rather than a chain of small
+// tensor ops: at the search shapes those launches were most of the fused op's time on a GPU.
+
+// BN as y = h * scale + shift (in `opmath`) for the kernels that apply it on load. With `sum`
+// defined, the batch statistics are first computed from sum and sumsq over `count` rows and
+// written to mean and invstd (slices of the op's stats); otherwise mean and invstd are read.
+template <class Backend>
+std::pair<at::Tensor, at::Tensor> bn_forward_coefficients(const at::Tensor& sum, const at::Tensor& sumsq,
+                                                          int64_t count, double eps, const at::Tensor& mean,
+                                                          const at::Tensor& invstd, const at::Tensor& gamma,
+                                                          const at::Tensor& beta, at::ScalarType opmath) {
+  // separate allocations: cheaper on the host than views of one (select is a dispatched op too)
+  const at::TensorOptions options = mean.options().dtype(opmath);
+  at::Tensor scale = at::empty({mean.numel()}, options), shift = at::empty({mean.numel()}, options);
+  Backend::bn_coefficients(sum, sumsq, static_cast<double>(count), eps, mean, invstd, gamma, beta, scale, shift);
+  return {scale, shift};
 }
 
-// BN as y = h * scale + shift (in the opmath type) for the kernels that apply it on load.
-inline std::pair<at::Tensor, at::Tensor> affine_coefficients(const at::Tensor& mean, const at::Tensor& invstd,
-                                                             const at::Tensor& gamma, const at::Tensor& beta,
-                                                             at::ScalarType opmath) {
-  at::Tensor scale = gamma.defined() ? invstd * gamma.to(at::kDouble) : invstd.clone();
-  at::Tensor shift = -mean * scale;
-  if (beta.defined()) shift = shift + beta.to(at::kDouble);
-  return {scale.to(opmath), shift.to(opmath)};
+// The same from statistics already computed.
+template <class Backend>
+std::pair<at::Tensor, at::Tensor> affine_coefficients(const at::Tensor& mean, const at::Tensor& invstd,
+                                                      const at::Tensor& gamma, const at::Tensor& beta,
+                                                      at::ScalarType opmath) {
+  return bn_forward_coefficients<Backend>(at::Tensor(), at::Tensor(), 0, 0.0, mean, invstd, gamma, beta, opmath);
 }
 
 // Backward of a batch-statistics BN, from sum_g = sum(gz) and sum_gh = sum(gz * h) over the rows
@@ -115,18 +126,116 @@ struct BnGrad {
   at::Tensor a, b, c, dgamma, dbeta;  // a, b, c in opmath; dgamma, dbeta in double
 };
 
-inline BnGrad bn_grad(const at::Tensor& sum_g, const at::Tensor& sum_gh, const at::Tensor& mean,
-                      const at::Tensor& invstd, const at::Tensor& gamma, int64_t count, at::ScalarType opmath) {
-  const double m = static_cast<double>(count);
+template <class Backend>
+BnGrad bn_grad(const at::Tensor& sum_g, const at::Tensor& sum_gh, const at::Tensor& mean, const at::Tensor& invstd,
+               const at::Tensor& gamma, int64_t count, at::ScalarType opmath) {
   BnGrad g;
   g.dbeta = sum_g;
-  g.dgamma = invstd * (sum_gh - mean * sum_g);
-  const at::Tensor gr = gamma.defined() ? invstd * gamma.to(at::kDouble) : invstd;
-  const at::Tensor b = -gr * invstd * g.dgamma / m;
-  g.a = gr.to(opmath);
-  g.b = b.to(opmath);
-  g.c = (-gr * g.dbeta / m - b * mean).to(opmath);
+  g.dgamma = at::empty_like(sum_g);
+  const at::TensorOptions options = sum_g.options().dtype(opmath);
+  g.a = at::empty({sum_g.numel()}, options);
+  g.b = at::empty({sum_g.numel()}, options);
+  g.c = at::empty({sum_g.numel()}, options);
+  Backend::bn_backward_coefficients(sum_g, sum_gh, mean, invstd, gamma, static_cast<double>(count), g.a, g.b, g.c,
+                                    g.dgamma);
   return g;
+}
+
+// The CPU backend's two steps (the CUDA backend's are kernels in mbconv_cuda.cu): one pass over
+// the channels. A BN without parameters counts as gamma = 1, beta = 0.
+inline std::vector<double> bn_parameter_values(const at::Tensor& t, int64_t channels, double absent) {
+  std::vector<double> values(channels, absent);
+  if (!t.defined()) return values;
+  const at::Tensor dense = t.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dense.scalar_type(), "fna_ext_bn_parameter", [&] {
+    const scalar_t* p = dense.data_ptr<scalar_t>();
+    for (int64_t j = 0; j < channels; ++j) values[j] = static_cast<double>(p[j]);
+  });
+  return values;
+}
+
+// Writes double values into a contiguous float or double tensor.
+class CoefficientWriter {
+ public:
+  explicit CoefficientWriter(const at::Tensor& t) {
+    TORCH_CHECK(t.is_contiguous() && (t.scalar_type() == at::kDouble || t.scalar_type() == at::kFloat),
+                "fna_ext::mbconv: per-channel coefficients must be contiguous float or double");
+    if (t.scalar_type() == at::kDouble) {
+      d_ = t.data_ptr<double>();
+    } else {
+      f_ = t.data_ptr<float>();
+    }
+  }
+  void set(int64_t j, double v) const {
+    if (d_ != nullptr) {
+      d_[j] = v;
+    } else {
+      f_[j] = static_cast<float>(v);
+    }
+  }
+
+ private:
+  double* d_ = nullptr;
+  float* f_ = nullptr;
+};
+
+inline const double* contiguous_doubles(const at::Tensor& t, int64_t channels, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kDouble && t.is_contiguous() && t.numel() >= channels,
+              "fna_ext::mbconv: ", name, " must hold ", channels, " contiguous float64 values");
+  return t.data_ptr<double>();
+}
+
+inline void host_bn_coefficients(const at::Tensor& sum, const at::Tensor& sumsq, double count, double eps,
+                                 const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& gamma,
+                                 const at::Tensor& beta, const at::Tensor& scale, const at::Tensor& shift) {
+  const int64_t c = mean.numel();
+  const std::vector<double> g = bn_parameter_values(gamma, c, 1.0), b = bn_parameter_values(beta, c, 0.0);
+  double* m = const_cast<double*>(contiguous_doubles(mean, c, "mean"));
+  double* is = const_cast<double*>(contiguous_doubles(invstd, c, "invstd"));
+  const double* s1 = sum.defined() ? contiguous_doubles(sum, c, "sum") : nullptr;
+  const double* s2 = sum.defined() ? contiguous_doubles(sumsq, c, "sumsq") : nullptr;
+  const CoefficientWriter to_scale(scale), to_shift(shift);
+  for (int64_t j = 0; j < c; ++j) {
+    if (s1 != nullptr) bn_statistics(s1[j], s2[j], count, eps, m + j, is + j);
+    double sc, sh;
+    bn_affine(m[j], is[j], g[j], b[j], &sc, &sh);
+    to_scale.set(j, sc);
+    to_shift.set(j, sh);
+  }
+}
+
+inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Tensor& sum_gh, const at::Tensor& mean,
+                                          const at::Tensor& invstd, const at::Tensor& gamma, double count,
+                                          const at::Tensor& a, const at::Tensor& b, const at::Tensor& cc,
+                                          const at::Tensor& dgamma) {
+  const int64_t c = sum_g.numel();
+  const std::vector<double> g = bn_parameter_values(gamma, c, 1.0);
+  const double *sg = contiguous_doubles(sum_g, c, "sum_g"), *sgh = contiguous_doubles(sum_gh, c, "sum_gh");
+  const double *m = contiguous_doubles(mean, c, "mean"), *is = contiguous_doubles(invstd, c, "invstd");
+  double* dg = const_cast<double*>(contiguous_doubles(dgamma, c, "dgamma"));
+  const CoefficientWriter to_a(a), to_b(b), to_c(cc);
+  for (int64_t j = 0; j < c; ++j) {
+    double va, vb, vc;
+    bn_backward(sg[j], sgh[j], m[j], is[j], g[j], count, &va, &vb, &vc, dg + j);
+    to_a.set(j, va);
+    to_b.set(j, vb);
+    to_c.set(j, vc);
+  }
+}
+
+// Zeroed float64 sums of `sizes` channels each, from one allocation (one fill kernel on a GPU,
+// where the kernels add into them with atomics).
+inline std::vector<at::Tensor> zeroed_sums(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
+  int64_t total = 0;
+  for (const int64_t n : sizes) total += n;
+  const at::Tensor all = at::zeros({total}, like.options().dtype(at::kDouble));
+  std::vector<at::Tensor> parts;
+  int64_t offset = 0;
+  for (const int64_t n : sizes) {
+    parts.push_back(all.narrow(0, offset, n));
+    offset += n;
+  }
+  return parts;
 }
 
 inline at::Tensor double_zeros(int64_t n, const at::Tensor& like) {
@@ -138,7 +247,7 @@ inline at::Tensor double_zeros(int64_t n, const at::Tensor& like) {
 inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value, bool wanted) {
   if (!wanted || !param.has_value() || !param->defined()) return at::empty({0}, value.options());
   at::Tensor grad = at::zeros_like(*param);
-  grad.narrow(0, 0, value.numel()).copy_(value);
+  grad.narrow(0, 0, value.numel()).copy_(value);  // converts from double
   return grad;
 }
 
@@ -369,11 +478,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
     const SqueezeExcite& se, double eps, const at::Tensor& stats) {
   const auto opmath = opmath_type(in.scalar_type());
   const TailStats s = tail_stats(stats, g);
-  at::Tensor sum = double_zeros(g.e, stats), sumsq = double_zeros(g.e, stats);
+  const std::vector<at::Tensor> sums = zeroed_sums({g.e, g.e, g.c_out, g.c_out}, stats);
+  const at::Tensor &sum = sums[0], &sumsq = sums[1], &sum3 = sums[2], &sumsq3 = sums[3];
   at::Tensor h2 = Backend::empty({g.rows_out(), g.e}, in.options());
   Backend::depthwise_forward(g, in, scale1, shift1, dw_weight.contiguous(), h2, sum, sumsq);
-  finish_stats(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2);
-  auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
+  auto [scale2, shift2] =
+      bn_forward_coefficients<Backend>(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, in.options());
   Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
   if (se.defined()) apply_gate(a2, se_forward(se, a2, g).gate, g);
@@ -381,10 +491,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
   at::mm_out(h3, a2, wp.t());
-  at::Tensor sum3 = double_zeros(g.c_out, stats), sumsq3 = double_zeros(g.c_out, stats);
   Backend::row_stats(h3, sum3, sumsq3);
-  finish_stats(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3);
-  auto [scale3, shift3] = affine_coefficients(s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
+  auto [scale3, shift3] =
+      bn_forward_coefficients<Backend>(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
   at::Tensor out = Backend::empty({g.rows_out(), g.c_out}, in.options());
   Backend::affine_act(h3, scale3, shift3, kIdentity, has_residual(g) ? x_rows : at::Tensor(), out);
   return {out, h2, h3};
@@ -408,9 +517,10 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   const TailStats s = tail_stats(stats, g);
   TailGrads r;
   // BN3 (no activation after it)
-  at::Tensor sg = double_zeros(g.c_out, stats), sgh = double_zeros(g.c_out, stats);
+  const std::vector<at::Tensor> sums = zeroed_sums({g.c_out, g.c_out, g.e, g.e, g.e, g.e}, stats);
+  const at::Tensor &sg = sums[0], &sgh = sums[1], &sg2 = sums[2], &sgh2 = sums[3];
   Backend::grad_sums(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
-  r.bn3 = bn_grad(sg, sgh, s.mean3, s.invstd3, bn3_w, g.rows_out(), opmath);
+  r.bn3 = bn_grad<Backend>(sg, sgh, s.mean3, s.invstd3, bn3_w, g.rows_out(), opmath);
   at::Tensor gh3 = Backend::empty({g.rows_out(), g.c_out}, h3.options());
   Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, r.bn3.a, r.bn3.b, r.bn3.c, gh3);
 
@@ -419,9 +529,8 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   at::mm_out(ga2, gh3, wp);
-  auto [scale2, shift2] = affine_coefficients(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
+  auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
-  at::Tensor sg2 = double_zeros(g.e, stats), sgh2 = double_zeros(g.e, stats);
   if (se.defined()) {
     Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
     r.se = se_backward(se, ga2, a2, g, weight_grads);
@@ -429,7 +538,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   } else {
     Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
   }
-  r.bn2 = bn_grad(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
+  r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
     at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
     grad_project.narrow(1, 0, g.e).copy_(at::mm(gh3.t(), a2));
@@ -439,8 +548,8 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
 
   // depthwise: both gradients, BN2's backward applied on load, BN1's mask and sums on store
   r.grad_in = Backend::empty({g.rows_in(), g.e}, h2.options());
-  r.sum_g1 = double_zeros(g.e, stats);
-  r.sum_gh1 = double_zeros(g.e, stats);
+  r.sum_g1 = sums[4];
+  r.sum_gh1 = sums[5];
   Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
                               dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1);
   return r;
@@ -449,8 +558,8 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
 // Appends an affine BN's two parameter gradients (see param_grad).
 inline void add_bn_grads(std::vector<at::Tensor>& grads, const c10::optional<at::Tensor>& weight,
                          const c10::optional<at::Tensor>& bias, const BnGrad& bn, const at::Tensor& x, bool wanted) {
-  grads.push_back(param_grad(weight, bn.dgamma.to(x.scalar_type()), wanted));
-  grads.push_back(param_grad(bias, bn.dbeta.to(x.scalar_type()), wanted));
+  grads.push_back(param_grad(weight, bn.dgamma, wanted));
+  grads.push_back(param_grad(bias, bn.dbeta, wanted));
 }
 
 // A weight gradient, or an empty tensor where it was not computed.
@@ -489,12 +598,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
   at::mm_out(h1, x_rows, we.t());
-  at::Tensor sum = double_zeros(g.e, stats), sumsq = double_zeros(g.e, stats);
-  Backend::row_stats(h1, sum, sumsq);
+  const std::vector<at::Tensor> sums = zeroed_sums({g.e, g.e}, stats);
+  Backend::row_stats(h1, sums[0], sums[1]);
   at::Tensor mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
-  finish_stats(sum, sumsq, g.rows_in(), eps, mean1, invstd1);
-  auto [scale1, shift1] = affine_coefficients(mean1, invstd1, slice_or_undefined(bn1_w, g.e),
-                                              slice_or_undefined(bn1_b, g.e), opmath);
+  auto [scale1, shift1] = bn_forward_coefficients<Backend>(sums[0], sums[1], g.rows_in(), eps, mean1, invstd1,
+                                                           slice_or_undefined(bn1_w, g.e),
+                                                           slice_or_undefined(bn1_b, g.e), opmath);
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, h1.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
@@ -550,13 +659,14 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor h1_rows = as_rows(h1), mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
   const at::Tensor gamma1 = slice_or_undefined(bn1_w, g.e);
-  auto [scale1, shift1] = affine_coefficients(mean1, invstd1, gamma1, slice_or_undefined(bn1_b, g.e), opmath);
+  auto [scale1, shift1] =
+      affine_coefficients<Backend>(mean1, invstd1, gamma1, slice_or_undefined(bn1_b, g.e), opmath);
   TailGrads t = tail_backward<Backend>(g, grad_rows, h1_rows.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
                                        slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out), se,
                                        as_rows(h2), as_rows(h3), stats, weight_grads);
   // BN1's backward (t.grad_in already carries the activation's gradient), then the expansion GEMMs
-  const BnGrad bn1 = bn_grad(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
+  const BnGrad bn1 = bn_grad<Backend>(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
   Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, t.grad_in);
   const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
   at::Tensor grad_expand = at::empty({0}, x.options());

@@ -183,8 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
     at::mm_out(h1, x_rows, a.we.narrow(0, 0, plan.width).t());
     at::Tensor sum = double_zeros(plan.width, s.all), sumsq = double_zeros(plan.width, s.all);
     Backend::row_stats(h1, sum, sumsq);
-    finish_stats(sum, sumsq, g0.rows_in(), eps, s.mean1(), s.invstd1());
-    std::tie(scale1, shift1) = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+    std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sum, sumsq, g0.rows_in(), eps, s.mean1(), s.invstd1(),
+                                                                a.gamma1, a.beta1, a.opmath);
     in = h1.view({g0.n, g0.h, g0.w, plan.width});
   } else {
     in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
@@ -195,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   std::vector<at::Tensor> sums = mixture_depthwise<Backend>(a, x, dw_weight, project_weight, in, scale1, shift1, h2);
   for (int64_t ki = 0; ki < nk; ++ki) {
     at::Tensor h2k = h2[ki];
-    finish_stats(sums[ki][0], sums[ki][1], g0.rows_out(), eps, s.mean2(ki), s.invstd2(ki));
-    auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
+    auto [scale2, shift2] = bn_forward_coefficients<Backend>(sums[ki][0], sums[ki][1], g0.rows_out(), eps,
+                                                             s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
     Backend::affine_act(h2k, scale2, shift2, kRelu6, at::Tensor(), a2);
     // the nested projections: each candidate adds its column block to the narrower one's result
     int64_t done = 0;
@@ -222,8 +222,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   for (int64_t i = 0; i < plan.candidates; ++i) {
     at::Tensor sum = double_zeros(g0.c_out, s.all), sumsq = double_zeros(g0.c_out, s.all);
     Backend::row_stats(h3[i], sum, sumsq);
-    finish_stats(sum, sumsq, g0.rows_out(), eps, s.mean3(i), s.invstd3(i));
-    auto [scale3, shift3] = affine_coefficients(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
+    auto [scale3, shift3] = bn_forward_coefficients<Backend>(sum, sumsq, g0.rows_out(), eps, s.mean3(i), s.invstd3(i),
+                                                             a.gamma3, a.beta3, at::kDouble);
     const at::Tensor coefficient = (scale3 * w[i]).to(a.opmath);
     out = i == 0 ? h3[i] * coefficient : out.addcmul_(h3[i], coefficient);
     shift_total.add_(shift3 * w[i]);
@@ -260,7 +260,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
     at::Tensor scale1, shift1, in;
     if (plan.expand) {
-      std::tie(scale1, shift1) = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+      std::tie(scale1, shift1) = affine_coefficients<Backend>(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
       in = as_rows(h1).view({g0.n, g0.h, g0.w, plan.width});
     } else {
       in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
@@ -284,9 +284,9 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   for (int64_t i = 0; i < plan.candidates; ++i) {
     at::Tensor sg = double_zeros(g0.c_out, stats), sgh = double_zeros(g0.c_out, stats);
     Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
-    auto [scale3, shift3] = affine_coefficients(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
+    auto [scale3, shift3] = affine_coefficients<Backend>(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
     grad_weights[i].add_((scale3 * sgh + shift3 * sg).sum());
-    bn3[i] = bn_grad(sg * w[i], sgh * w[i], s.mean3(i), s.invstd3(i), a.gamma3, g0.rows_out(), a.opmath);
+    bn3[i] = bn_grad<Backend>(sg * w[i], sgh * w[i], s.mean3(i), s.invstd3(i), a.gamma3, g0.rows_out(), a.opmath);
     bn3[i].a = bn3[i].a * w[i].to(a.opmath);
   }
 
@@ -315,10 +315,10 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
       }
     }
     const at::Tensor h2k = h2[ki];
-    auto [scale2, shift2] = affine_coefficients(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
+    auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
     at::Tensor sg2 = double_zeros(plan.width, stats), sgh2 = double_zeros(plan.width, stats);
     Backend::grad_sums(gak, h2k, scale2, shift2, kRelu6, sg2, sgh2, at::Tensor());
-    const BnGrad bn2 = bn_grad(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g0.rows_out(), a.opmath);
+    const BnGrad bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g0.rows_out(), a.opmath);
     ga2s.push_back(gak), h2s.push_back(h2k), scale2s.push_back(scale2), shift2s.push_back(shift2);
     as.push_back(bn2.a), bs.push_back(bn2.b), cs.push_back(bn2.c);
   }
@@ -351,10 +351,10 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   }
   // the expansion: ReLU6's mask and BN1's backward, then the GEMM back to x
   const at::Tensor h1_rows = as_rows(h1);
-  auto [scale1, shift1] = affine_coefficients(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
+  auto [scale1, shift1] = affine_coefficients<Backend>(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
   at::Tensor sg1 = double_zeros(plan.width, stats), sgh1 = double_zeros(plan.width, stats);
   Backend::grad_sums(grad_in, h1_rows, scale1, shift1, kRelu6, sg1, sgh1, at::Tensor());
-  const BnGrad bn1 = bn_grad(sg1, sgh1, s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
+  const BnGrad bn1 = bn_grad<Backend>(sg1, sgh1, s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
   Backend::grad_apply(grad_in, h1_rows, scale1, shift1, kRelu6, bn1.a, bn1.b, bn1.c, grad_in);
   at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
   at::mm_out(grad_x, grad_in, a.we.narrow(0, 0, plan.width));
