@@ -6,7 +6,10 @@
 3. a profile of the fused op (torch.profiler, float32, forward+backward) at the bandwidth shape and
    the first search shape: the ops and kernels that take its time, and how many kernels it launches,
    so that a GPU session that finds a target missed also finds where the time went;
-4. bench_search_step in memory: whole search cycles, fused vs reference.
+4. the fused op's forward with each CUDA depthwise kernel (FNA_EXT_CUDA_DEPTHWISE: the tiled one,
+   the default since 2026-12-04, written without a GPU, and the simple one it replaces): times
+   and how far apart their outputs are;
+5. bench_search_step in memory: whole search cycles, fused vs reference.
 
 Every part is measured by the benchmark's own functions (interleaved medians, CUDA events on
 CUDA). The JSON is rewritten after each part, so a run killed at its time limit keeps the parts it
@@ -20,6 +23,7 @@ kernels have no 16-bit versions) and a search step on 2 images of 64x64.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -114,6 +118,42 @@ def profile_part(device: str, tiny_run: bool) -> dict:
     return {"shapes": {s.name: profile_shape(s, device) for s in (map(tiny, shapes) if tiny_run else shapes)}}
 
 
+DEPTHWISE_ENV = "FNA_EXT_CUDA_DEPTHWISE"
+DEPTHWISE_VARIANTS = ("simple", "tiled")
+
+
+def depthwise_variants_part(device: str, repeats: int) -> dict:
+    if device != "cuda":
+        return {"status": "skipped", "reason": "the depthwise kernel variants are CUDA's"}
+    from timing import interleaved_medians
+
+    shapes = []
+    previous = os.environ.get(DEPTHWISE_ENV)
+    try:
+        for shape in (bench_mbconv.BANDWIDTH_SHAPE, bench_mbconv.SHAPES[0]):
+            x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
+            forward = bench_mbconv.versions(shape, x, weights, grad, backward=False, with_compile=False)["fused"]
+
+            def run(variant, forward=forward):
+                os.environ[DEPTHWISE_ENV] = variant  # read by every launch
+                return forward()
+
+            outputs = {v: run(v).float() for v in DEPTHWISE_VARIANTS}
+            difference = ((outputs["tiled"] - outputs["simple"]).abs().max() / outputs["simple"].abs().max()).item()
+            ms = {v: t * 1e3 for v, t in interleaved_medians({v: (lambda v=v: run(v)) for v in DEPTHWISE_VARIANTS},
+                                                            repeats, device).items()}
+            shapes.append({"shape": shape.name, "mode": "forward", "ms": ms, "tiled_speedup": ms["simple"] / ms["tiled"],
+                           "max_relative_difference": difference})
+            print(f"{shape.name:<30} forward  simple {ms['simple']:8.3f} ms  tiled {ms['tiled']:8.3f} ms  "
+                  f"({ms['simple'] / ms['tiled']:.2f}x), outputs {difference:.1e} apart", flush=True)
+    finally:
+        if previous is None:
+            os.environ.pop(DEPTHWISE_ENV, None)
+        else:
+            os.environ[DEPTHWISE_ENV] = previous
+    return {"variants": shapes}
+
+
 def search_step_part(device: str, repeats: int, tiny_run: bool) -> dict:
     overrides = TINY_SEARCH_OVERRIDES if tiny_run else []
     try:
@@ -136,6 +176,7 @@ def parts(device: str, repeats: int, tiny_run: bool) -> list[tuple[str, object]]
         found.append((f"bandwidth {dtype}", lambda d=dtype: bandwidth_part(device, d, repeats, tiny_run)))
         if dtype == "float32":  # the most telling, right after the float32 figures
             found.append(("profile", lambda: profile_part(device, tiny_run)))
+    found.append(("depthwise variants", lambda: depthwise_variants_part(device, repeats)))
     found.append(("search step", lambda: search_step_part(device, max(1, repeats // 2), tiny_run)))
     return found
 

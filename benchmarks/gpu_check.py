@@ -586,6 +586,18 @@ def bench_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def depthwise_table(results: dict) -> list[str]:
+    part = _bench_part(results, "depthwise variants")
+    if not part or part.get("status") != "passed":
+        return []
+    lines = ["## The CUDA depthwise kernels (the fused op's forward; FNA_EXT_CUDA_DEPTHWISE)", "",
+             "| shape | simple ms | tiled ms | tiled speedup | outputs apart (max, relative) |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {row['shape']} | {row['ms']['simple']:.3f} | {row['ms']['tiled']:.3f} | {row['tiled_speedup']:.2f}x | "
+              f"{row['max_relative_difference']:.1e} |" for row in part["variants"]]
+    return lines + [""]
+
+
 def profile_table(results: dict) -> list[str]:
     part = _bench_part(results, "profile")
     if not part or part.get("status") != "passed":
@@ -609,7 +621,7 @@ def profile_table(results: dict) -> list[str]:
 def write_summary(results: dict) -> None:
     logs = sorted(p.name for p in results_dir(results).iterdir() if p.suffix in (".log", ".json", ".xml"))
     text = "\n".join(header_lines(results) + main_table(results) + parity_table(results) + bench_table(results)
-                     + profile_table(results)
+                     + profile_table(results) + depthwise_table(results)
                      + [f"Logs and raw results in this folder: {', '.join(logs)}.", ""])
     (results_dir(results) / "summary.md").write_text(text)
 

@@ -207,7 +207,12 @@ def test_no_fused_flag_reaches_the_search_config():
                               cost=None, epochs=None, no_fused=True)
     assert build_config(args)["search"]["fused"] is False
     args.no_fused = False
-    assert build_config(args)["search"]["fused"] is True
+    assert build_config(args)["search"]["fused"] == "auto"
+
+
+def test_auto_fuses_where_the_kernels_were_measured_faster():
+    assert ops.fused_setting("auto", "cpu") and not ops.fused_setting("auto", "cuda")
+    assert ops.fused_setting(True, "cuda") and not ops.fused_setting(False, "cpu")
 
 
 def test_large_outputs_come_from_the_block_cache():

@@ -14,6 +14,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
 #include "mbconv_cuda.h"
 
 namespace fna_ext {
@@ -312,6 +316,133 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
   block_add_sums(acc, c, valid, p.sum, p.sumsq);
 }
 
+// ---- the same convolution, tiled through shared memory ----------------------------------------
+//
+// The kernel above reads every tap from global memory and applies BN1 and its activation to each
+// tap again: K * K times per input value. This one gives a block 32 channels (threadIdx.x) of one
+// image's TILE_H x TILE_W output pixels at a time: the block first loads the input window those
+// pixels need into shared memory, BN1 and the activation applied once per value and zero padding
+// written in, then each thread slides its channel's K x K taps over a row of TILE_W outputs held
+// in registers. Blocks loop over tiles (grid-stride), so the BN2 sums cost one atomic per channel
+// per block. Shapes whose window does not fit in shared memory run the kernel above. Selected by
+// FNA_EXT_CUDA_DEPTHWISE (tiled, the default, or simple).
+
+constexpr int kTileChannels = 32;    // threadIdx.x: one warp's row of channels, 128 bytes of float
+constexpr int kTileRows = 8;         // threadIdx.y
+constexpr int kTileSharedBytes = 46 * 1024;  // under the 48 KiB a block may take without opting in,
+                                             // beside block_add_sums' 2 KiB
+
+// Output columns per thread (a register row): fewer at stride 2, whose window is twice as wide.
+template <int S>
+struct TileWidth {
+  static constexpr int value = S == 1 ? 8 : 4;
+};
+
+// The tile of a shape: output rows per tile (16 or 8, whichever fits in shared memory and pads the
+// map's height less) and the input window's extent; rows == 0 when not even 8 rows fit.
+struct DwTile {
+  int rows = 0;      // output rows per tile (a multiple of kTileRows, at most 2 * kTileRows)
+  int cols = 0;      // output columns per tile
+  int in_rows = 0;   // the input window
+  int in_cols = 0;
+  int64_t tiles_h = 0, tiles_w = 0;
+};
+
+__host__ __device__ inline int window(int outputs, int stride, int extent) { return (outputs - 1) * stride + extent; }
+
+inline DwTile dw_tile(const DwShape& s, int cols, int value_bytes) {
+  DwTile t;
+  const int extent = static_cast<int>(s.dilation * (s.k - 1) + 1);
+  t.cols = cols;
+  t.in_cols = window(cols, static_cast<int>(s.stride), extent);
+  int64_t best_padded = 0;
+  for (int rows = 2 * kTileRows; rows >= kTileRows; rows -= kTileRows) {
+    const int in_rows = window(rows, static_cast<int>(s.stride), extent);
+    const int64_t padded = (s.ho + rows - 1) / rows * rows;  // output rows the tiles cover
+    const bool fits = static_cast<int64_t>(in_rows) * t.in_cols * kTileChannels * value_bytes <= kTileSharedBytes;
+    if (fits && (t.rows == 0 || padded < best_padded)) {
+      t.rows = rows;
+      t.in_rows = in_rows;
+      best_padded = padded;
+    }
+  }
+  if (t.rows > 0) {
+    t.tiles_h = (s.ho + t.rows - 1) / t.rows;
+    t.tiles_w = (s.wo + t.cols - 1) / t.cols;
+  }
+  return t;
+}
+
+template <typename T, int K, int S, int D>
+__global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArgs p, DwTile t) {
+  using A = Acc<T>;
+  constexpr int TW = TileWidth<S>::value;
+  extern __shared__ unsigned char shared_bytes[];
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
+  const DwShape& s = p.s;
+  const int lane = threadIdx.x, row = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + lane;
+  const bool valid = c < s.e;
+  A w[K * K];
+  if (valid) {
+    load_taps<T, K>(s, p.weight, c, w);
+  } else {
+#pragma unroll
+    for (int i = 0; i < K * K; ++i) w[i] = A(0);
+  }
+  const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
+  T* __restrict__ out = static_cast<T*>(p.out);
+  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
+  const int dil = dilation_of<D>(s);
+  const int window_pixels = t.in_rows * t.in_cols;
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  SumPair<A> acc;
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const int64_t n = index / (t.tiles_h * t.tiles_w);
+    const int64_t rest = index - n * t.tiles_h * t.tiles_w;
+    const int oh0 = static_cast<int>(rest / t.tiles_w) * t.rows, ow0 = static_cast<int>(rest % t.tiles_w) * TW;
+    const int ih0 = oh0 * S - pad, iw0 = ow0 * S - pad;
+    __syncthreads();  // the previous tile's reads are done
+    for (int pixel = row; pixel < window_pixels; pixel += kTileRows) {
+      const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
+      const int ih = ih0 + r, iw = iw0 + col;
+      A v = A(0);  // zero padding, after the activation, as the convolution pads
+      if (valid && ih >= 0 && ih < h && iw >= 0 && iw < wd) v = in((n * h + ih) * wd + iw, c);
+      tile[pixel * kTileChannels + lane] = v;
+    }
+    __syncthreads();
+    for (int oy = row; oy < t.rows; oy += kTileRows) {
+      const int oh = oh0 + oy;
+      if (oh >= ho) break;
+      A sum[TW];
+#pragma unroll
+      for (int ox = 0; ox < TW; ++ox) sum[ox] = A(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + lane;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const A tap = w[kh * K + kw];
+#pragma unroll
+          for (int ox = 0; ox < TW; ++ox) sum[ox] += line[(ox * S + kw * dil) * kTileChannels] * tap;
+        }
+      }
+      if (!valid) continue;
+      const int64_t first = (n * ho + oh) * wo;
+#pragma unroll
+      for (int ox = 0; ox < TW; ++ox) {
+        if (ow0 + ox >= wo) break;
+        const T stored = from_acc<T>(sum[ox]);
+        out[(first + ow0 + ox) * s.e + c] = stored;
+        const A r = to_acc(stored);
+        acc.add(r, r * r);
+      }
+    }
+  }
+  block_add_sums(acc, c, valid, p.sum, p.sumsq);
+}
+
 // dL/dh2 at output element (q, c): BN2's activation gradient and backward applied as ga2 and h2 load.
 template <typename T>
 struct DwOutputGrad {
@@ -542,6 +673,41 @@ cudaError_t bn_backward_launch(const BnBackwardArgs& args, MbconvDtype param_dty
   return per_channel_launch<BnBackwardKernel>(args, param_dtype, double_opmath, stream);
 }
 
+namespace {
+
+// FNA_EXT_CUDA_DEPTHWISE=simple runs the untiled forward kernel (to compare); read at every
+// launch, so a benchmark can switch it between runs.
+bool tiled_depthwise_wanted() {
+  const char* choice = std::getenv("FNA_EXT_CUDA_DEPTHWISE");
+  return choice == nullptr || std::strcmp(choice, "simple") != 0;
+}
+
+cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
+                                    int value_bytes, cudaStream_t stream) {
+  const DwShape& s = args.s;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int64_t groups = (s.e + kTileChannels - 1) / kTileChannels;
+  const int64_t tiles = s.n * tile.tiles_h * tile.tiles_w;
+  // two waves of blocks at 2048 threads per multiprocessor; more only adds atomics
+  const int64_t budget = std::max<int64_t>(1, static_cast<int64_t>(std::max(sms, 1)) * (2048 / kThreads) * 2 / groups);
+  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(std::min<int64_t>({tiles, budget, 65535})));
+  const dim3 block(kTileChannels, kTileRows);
+  const size_t shared = static_cast<size_t>(tile.in_rows) * tile.in_cols * kTileChannels * value_bytes;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
+      using Sh = decltype(shape);
+      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D><<<grid, block, shared, stream>>>(args, tile);
+      return cudaGetLastError();
+    });
+  });
+}
+
+}  // namespace
+
 cudaError_t row_stats_launch(const RowStatsArgs& args, MbconvDtype dtype, cudaStream_t stream) {
   if (args.m == 0 || args.c == 0) return cudaSuccess;
   Plan plan;
@@ -587,6 +753,11 @@ cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtyp
   if (bad_shape(s)) return cudaErrorInvalidValue;
   const int64_t pixels = s.n * s.ho * s.wo;
   if (pixels == 0 || s.e == 0) return cudaSuccess;
+  if (tiled_depthwise_wanted()) {
+    const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;  // the tile holds the opmath type
+    const DwTile tile = dw_tile(s, s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
+    if (tile.rows > 0) return depthwise_forward_tiled(args, dtype, tile, value_bytes, stream);
+  }
   Plan plan;
   if (const cudaError_t err = plan_rows(s.e, pixels, 4, 2, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {

@@ -473,7 +473,7 @@ def search(config: dict, seed_network: nn.Module, out_dir: str | Path, *, resume
         runner.log_path.unlink(missing_ok=True)
     if _is_main():  # written once the run is known to start: a refused --resume changes nothing
         atomic_write_text(runner.out_dir / "config.yaml", dump(runner.config))
-    with ops.fused(bool(config["search"].get("fused", True))):
+    with ops.fused(ops.fused_setting(config["search"].get("fused", "auto"), device)):
         runner.run(stop_at)
         if runner.step < runner.total_steps:
             return None

@@ -12,13 +12,15 @@ COSTS = ("madds", "latency")
 
 # Search settings every task's presets start from (each adds lambda, tau, its schedule, alpha).
 # init: how the super network starts, "remap" (the seed remapped into it, FNA) or "random".
-# fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them
-# (false: the pure-PyTorch reference, e.g. to compare; the CLIs' --no-fused).
+# fused: the sampled MBConv through the fused C++/CUDA kernels where the extension has them:
+# "auto" where they are measured faster than PyTorch's own (CPUs; not yet GPUs, see
+# fna_ext.ops.FUSED_BY_DEFAULT), true on every device, false never (the pure-PyTorch
+# reference, e.g. to compare; the CLIs' --no-fused).
 # recompute: an architecture step keeps neither the expansions nor the depthwise outputs of the
 # fused mixtures and computes them again in the backward, bit for bit: its peak drops by about
 # 40% above the process's baseline for about 13% more time per alpha step (benchmarks/RESULTS.md);
 # false trades the memory back for the time.
-SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": True, "recompute": True,
+SEARCH_DEFAULTS = {"init": "remap", "weight_sharing": "shared", "affine_bn": False, "fused": "auto", "recompute": True,
                    "strategy": "diff", "cost": "madds",
                    # the paths weight steps train once alpha has started: "alpha" draws them from
                    # softmax(alpha) (published), "uniform" keeps drawing every candidate alike
@@ -36,7 +38,7 @@ SEARCH_RULES: dict[str, Rule] = {
     "search.init": Choice(*INITS),
     "search.weight_sharing": Choice("shared", "independent"),
     "search.affine_bn": Bool(),
-    "search.fused": Bool(),
+    "search.fused": Choice("auto", True, False),
     "search.recompute": Bool(),
     "search.strategy": Choice(*STRATEGIES),
     "search.weight_paths": Choice("alpha", "uniform"),

@@ -94,6 +94,20 @@ def set_fused(enabled: bool) -> None:
     _fused_enabled = bool(enabled)
 
 
+# The devices whose fused kernels beat eager PyTorch, measured (benchmarks/RESULTS.md): CPUs (up to
+# 2.4x). On an H200 the CUDA kernels ran at 0.44-0.59x eager at the search shapes (2026-12-04),
+# so a GPU search runs eager unless told otherwise (search.fused: true).
+FUSED_BY_DEFAULT = frozenset({"cpu"})
+
+
+def fused_setting(value, device: str | torch.device) -> bool:
+    """The fused switch a run on ``device`` uses for the setting ``search.fused`` ("auto", true or
+    false)."""
+    if value == "auto":
+        return torch.device(device).type in FUSED_BY_DEFAULT
+    return bool(value)
+
+
 def fused_enabled() -> bool:
     return _fused_enabled
 
