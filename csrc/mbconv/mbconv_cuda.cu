@@ -324,8 +324,9 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
 // pixels need into shared memory, BN1 and the activation applied once per value and zero padding
 // written in, then each thread slides its channel's K x K taps over a row of TILE_W outputs held
 // in registers. Blocks loop over tiles (grid-stride), so the BN2 sums cost one atomic per channel
-// per block. Shapes whose window does not fit in shared memory run the kernel above. Selected by
-// FNA_EXT_CUDA_DEPTHWISE (tiled, the default, or simple).
+// per block. Shapes whose window does not fit in shared memory run the kernel above. The stride-1
+// input gradient below is tiled the same way. Both are written without a GPU to run them on;
+// FNA_EXT_CUDA_DEPTHWISE=simple selects the untiled kernels (tiled is the default).
 
 constexpr int kTileChannels = 32;    // threadIdx.x: one warp's row of channels, 128 bytes of float
 constexpr int kTileRows = 8;         // threadIdx.y
@@ -350,15 +351,18 @@ struct DwTile {
 
 __host__ __device__ inline int window(int outputs, int stride, int extent) { return (outputs - 1) * stride + extent; }
 
-inline DwTile dw_tile(const DwShape& s, int cols, int value_bytes) {
+inline int extent_of(const DwShape& s) { return static_cast<int>(s.dilation * (s.k - 1) + 1); }
+
+// Tiles of height x width pixels (the forward's outputs, the input gradient's inputs) whose
+// window spans (tile - 1) * stride + extent pixels.
+inline DwTile dw_tile(int64_t height, int64_t width, int stride, int extent, int cols, int value_bytes) {
   DwTile t;
-  const int extent = static_cast<int>(s.dilation * (s.k - 1) + 1);
   t.cols = cols;
-  t.in_cols = window(cols, static_cast<int>(s.stride), extent);
+  t.in_cols = window(cols, stride, extent);
   int64_t best_padded = 0;
   for (int rows = 2 * kTileRows; rows >= kTileRows; rows -= kTileRows) {
-    const int in_rows = window(rows, static_cast<int>(s.stride), extent);
-    const int64_t padded = (s.ho + rows - 1) / rows * rows;  // output rows the tiles cover
+    const int in_rows = window(rows, stride, extent);
+    const int64_t padded = (height + rows - 1) / rows * rows;  // the rows the tiles cover
     const bool fits = static_cast<int64_t>(in_rows) * t.in_cols * kTileChannels * value_bytes <= kTileSharedBytes;
     if (fits && (t.rows == 0 || padded < best_padded)) {
       t.rows = rows;
@@ -367,8 +371,8 @@ inline DwTile dw_tile(const DwShape& s, int cols, int value_bytes) {
     }
   }
   if (t.rows > 0) {
-    t.tiles_h = (s.ho + t.rows - 1) / t.rows;
-    t.tiles_w = (s.wo + t.cols - 1) / t.cols;
+    t.tiles_h = (height + t.rows - 1) / t.rows;
+    t.tiles_w = (width + t.cols - 1) / t.cols;
   }
   return t;
 }
@@ -507,6 +511,90 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
       grad_in[q * s.e + c] = stored;
       const A gz = to_acc(stored);
       acc.add(gz, gz * raw);
+    }
+  }
+  if (bn1) block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
+}
+
+// The input gradient of a stride-1 conv, tiled like the forward: a block loads the window of
+// output gradients G (BN2's activation gradient and backward applied once per value, zero outside
+// the map) that its tile of input pixels needs, and each thread correlates its channel's taps,
+// flipped, over a register row of input pixels; then BN1's activation gradient and sums, as
+// dw_grad_input_kernel does per element.
+template <typename T, int K, int D>
+__global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwardArgs p, DwTile t) {
+  using A = Acc<T>;
+  constexpr int TW = TileWidth<1>::value;
+  extern __shared__ unsigned char shared_bytes[];
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of G
+  const DwShape& s = p.s;
+  const int lane = threadIdx.x, row = threadIdx.y;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + lane;
+  const bool valid = c < s.e;
+  const bool bn1 = p.scale1 != nullptr;  // uniform over the grid
+  A w[K * K];
+  if (valid) {
+    load_taps<T, K>(s, p.weight, c, w);
+  } else {
+#pragma unroll
+    for (int i = 0; i < K * K; ++i) w[i] = A(0);
+  }
+  const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
+  const DwOutputGrad<T> grad(p, cv);
+  const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
+  T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
+  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
+  const int dil = dilation_of<D>(s);
+  const int reach = (K - 1) * dil;  // the window starts this many output rows (columns) before
+  const int window_pixels = t.in_rows * t.in_cols;
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  SumPair<A> acc;
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const int64_t n = index / (t.tiles_h * t.tiles_w);
+    const int64_t rest = index - n * t.tiles_h * t.tiles_w;
+    const int ih0 = static_cast<int>(rest / t.tiles_w) * t.rows, iw0 = static_cast<int>(rest % t.tiles_w) * TW;
+    const int oh0 = ih0 + pad - reach, ow0 = iw0 + pad - reach;
+    __syncthreads();  // the previous tile's reads are done
+    for (int pixel = row; pixel < window_pixels; pixel += kTileRows) {
+      const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
+      const int oh = oh0 + r, ow = ow0 + col;
+      A v = A(0);
+      if (valid && oh >= 0 && oh < ho && ow >= 0 && ow < wo) v = grad((n * ho + oh) * wo + ow, c);
+      tile[pixel * kTileChannels + lane] = v;
+    }
+    __syncthreads();
+    for (int iy = row; iy < t.rows; iy += kTileRows) {
+      const int ih = ih0 + iy;
+      if (ih >= h) break;
+      A sum[TW];
+#pragma unroll
+      for (int ix = 0; ix < TW; ++ix) sum[ix] = A(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const A* line = tile + ((iy + reach - kh * dil) * t.in_cols) * kTileChannels + lane;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const A tap = w[kh * K + kw];
+#pragma unroll
+          for (int ix = 0; ix < TW; ++ix) sum[ix] += line[(ix + reach - kw * dil) * kTileChannels] * tap;
+        }
+      }
+      if (!valid) continue;
+#pragma unroll
+      for (int ix = 0; ix < TW; ++ix) {
+        if (iw0 + ix >= wd) break;
+        const int64_t q = (n * h + ih) * wd + iw0 + ix;
+        if (!bn1) {
+          grad_in[q * s.e + c] = from_acc<T>(sum[ix]);
+          continue;
+        }
+        const A raw = in.raw(q, c);
+        const T stored = from_acc<T>(activation_grad(raw * in.scale + in.shift, sum[ix], in.kind));
+        grad_in[q * s.e + c] = stored;
+        const A gz = to_acc(stored);
+        acc.add(gz, gz * raw);
+      }
     }
   }
   if (bn1) block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
@@ -682,25 +770,37 @@ bool tiled_depthwise_wanted() {
   return choice == nullptr || std::strcmp(choice, "simple") != 0;
 }
 
-cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
-                                    int value_bytes, cudaStream_t stream) {
-  const DwShape& s = args.s;
+struct TiledPlan {
+  dim3 grid, block;
+  size_t shared = 0;
+};
+
+// Channel groups on x, tiles on y: two waves of blocks at 2048 threads per multiprocessor (more
+// only adds atomics), each block looping over its tiles.
+cudaError_t plan_tiles(const DwShape& s, const DwTile& tile, int value_bytes, TiledPlan* plan) {
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
   const int64_t groups = (s.e + kTileChannels - 1) / kTileChannels;
   const int64_t tiles = s.n * tile.tiles_h * tile.tiles_w;
-  // two waves of blocks at 2048 threads per multiprocessor; more only adds atomics
   const int64_t budget = std::max<int64_t>(1, static_cast<int64_t>(std::max(sms, 1)) * (2048 / kThreads) * 2 / groups);
-  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>(std::min<int64_t>({tiles, budget, 65535})));
-  const dim3 block(kTileChannels, kTileRows);
-  const size_t shared = static_cast<size_t>(tile.in_rows) * tile.in_cols * kTileChannels * value_bytes;
+  plan->grid = dim3(static_cast<unsigned>(groups), static_cast<unsigned>(std::min<int64_t>({tiles, budget, 65535})));
+  plan->block = dim3(kTileChannels, kTileRows);
+  plan->shared = static_cast<size_t>(tile.in_rows) * tile.in_cols * kTileChannels * value_bytes;
+  return cudaSuccess;
+}
+
+cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
+                                    int value_bytes, cudaStream_t stream) {
+  const DwShape& s = args.s;
+  TiledPlan plan;
+  if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D><<<grid, block, shared, stream>>>(args, tile);
+      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
       return cudaGetLastError();
     });
   });
@@ -755,7 +855,8 @@ cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtyp
   if (pixels == 0 || s.e == 0) return cudaSuccess;
   if (tiled_depthwise_wanted()) {
     const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;  // the tile holds the opmath type
-    const DwTile tile = dw_tile(s, s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
+    const DwTile tile = dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
+                                s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
     if (tile.rows > 0) return depthwise_forward_tiled(args, dtype, tile, value_bytes, stream);
   }
   Plan plan;
@@ -779,11 +880,27 @@ cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dt
   if (const cudaError_t err = plan_rows(s.e, pixels_in, 4, 2, &in_plan)) return err;
   // the weight gradient ends with K * K block reductions: more pixels per thread amortise them
   if (const cudaError_t err = plan_rows(s.e, pixels_out, 16, 1, &w_plan)) return err;
+  const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;
+  const DwTile tile = s.stride == 1 && tiled_depthwise_wanted()
+                          ? dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, value_bytes)
+                          : DwTile();
+  TiledPlan tiled;
+  if (tile.rows > 0) {
+    if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &tiled)) return err;
+  }
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
+      if constexpr (Sh::S == 1) {
+        if (tile.rows > 0) {
+          dw_grad_input_tiled_kernel<T, Sh::K, Sh::D><<<tiled.grid, tiled.block, tiled.shared, stream>>>(args, tile);
+        } else {
+          dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
+        }
+      } else {
+        dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
+      }
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess || pixels_out == 0 || args.grad_weight == nullptr) return err;
       dw_grad_weight_kernel<T, Sh::K, Sh::S, Sh::D><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
