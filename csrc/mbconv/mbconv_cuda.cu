@@ -377,6 +377,62 @@ inline DwTile dw_tile(int64_t height, int64_t width, int stride, int extent, int
   return t;
 }
 
+// The tile `index` (of tiles_h x tiles_w per image): its image, and its first pixel's row and column.
+struct TileAt {
+  int64_t n;
+  int row, col;
+};
+
+__device__ __forceinline__ TileAt tile_at(int64_t index, const DwTile& t) {
+  const int64_t per_image = t.tiles_h * t.tiles_w;
+  const int64_t n = index / per_image, rest = index - n * per_image;
+  return {n, static_cast<int>(rest / t.tiles_w) * t.rows, static_cast<int>(rest % t.tiles_w) * t.cols};
+}
+
+// Fills this lane's channel of the block's window (in_rows x in_cols pixels whose first is
+// (row0, col0) of a height x width map) with value(y, x), and zero outside the map.
+template <typename A, typename Value>
+__device__ __forceinline__ void fill_window(A* tile, const DwTile& t, int row0, int col0, int height, int width,
+                                            bool valid, Value value) {
+  for (int pixel = threadIdx.y; pixel < t.in_rows * t.in_cols; pixel += kTileRows) {
+    const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
+    const int y = row0 + r, x = col0 + col;
+    A v = A(0);
+    if (valid && y >= 0 && y < height && x >= 0 && x < width) v = value(y, x);
+    tile[pixel * kTileChannels + threadIdx.x] = v;
+  }
+}
+
+// sum[o] = sum over the taps of window(r * S + kh * dil, o * S + kw * dil) * w[kh * K + kw], for the
+// TW pixels of window row r, in this lane's channel.
+template <typename A, int K, int S, int TW>
+__device__ __forceinline__ void correlate_row(const A* tile, int in_cols, int r, int dil, const A* w, A* sum) {
+#pragma unroll
+  for (int o = 0; o < TW; ++o) sum[o] = A(0);
+#pragma unroll
+  for (int kh = 0; kh < K; ++kh) {
+    const A* line = tile + ((r * S + kh * dil) * in_cols) * kTileChannels + threadIdx.x;
+#pragma unroll
+    for (int kw = 0; kw < K; ++kw) {
+      const A tap = w[kh * K + kw];
+#pragma unroll
+      for (int o = 0; o < TW; ++o) sum[o] += line[(o * S + kw * dil) * kTileChannels] * tap;
+    }
+  }
+}
+
+// This lane's channel's taps, or zeros past the last channel.
+template <typename T, int K>
+__device__ __forceinline__ void load_taps_or_zero(const DwShape& s, const void* weight, int64_t c, bool valid,
+                                                  Acc<T>* w) {
+  if (valid) {
+    load_taps<T, K>(s, weight, c, w);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) w[i] = Acc<T>(0);
+}
+
 template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArgs p, DwTile t) {
   using A = Acc<T>;
@@ -384,61 +440,36 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArg
   extern __shared__ unsigned char shared_bytes[];
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
   const DwShape& s = p.s;
-  const int lane = threadIdx.x, row = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + lane;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
   const bool valid = c < s.e;
   A w[K * K];
-  if (valid) {
-    load_taps<T, K>(s, p.weight, c, w);
-  } else {
-#pragma unroll
-    for (int i = 0; i < K * K; ++i) w[i] = A(0);
-  }
+  load_taps_or_zero<T, K>(s, p.weight, c, valid, w);
   const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
   T* __restrict__ out = static_cast<T*>(p.out);
   const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
-  const int window_pixels = t.in_rows * t.in_cols;
   const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
   SumPair<A> acc;
   for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const int64_t n = index / (t.tiles_h * t.tiles_w);
-    const int64_t rest = index - n * t.tiles_h * t.tiles_w;
-    const int oh0 = static_cast<int>(rest / t.tiles_w) * t.rows, ow0 = static_cast<int>(rest % t.tiles_w) * TW;
-    const int ih0 = oh0 * S - pad, iw0 = ow0 * S - pad;
+    const TileAt at = tile_at(index, t);
     __syncthreads();  // the previous tile's reads are done
-    for (int pixel = row; pixel < window_pixels; pixel += kTileRows) {
-      const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
-      const int ih = ih0 + r, iw = iw0 + col;
-      A v = A(0);  // zero padding, after the activation, as the convolution pads
-      if (valid && ih >= 0 && ih < h && iw >= 0 && iw < wd) v = in((n * h + ih) * wd + iw, c);
-      tile[pixel * kTileChannels + lane] = v;
-    }
+    // zero padding after the activation, as the convolution pads
+    fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
+                [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
     __syncthreads();
-    for (int oy = row; oy < t.rows; oy += kTileRows) {
-      const int oh = oh0 + oy;
+    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
+      const int oh = at.row + oy;
       if (oh >= ho) break;
       A sum[TW];
-#pragma unroll
-      for (int ox = 0; ox < TW; ++ox) sum[ox] = A(0);
-#pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + lane;
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const A tap = w[kh * K + kw];
-#pragma unroll
-          for (int ox = 0; ox < TW; ++ox) sum[ox] += line[(ox * S + kw * dil) * kTileChannels] * tap;
-        }
-      }
+      correlate_row<A, K, S, TW>(tile, t.in_cols, oy, dil, w, sum);
       if (!valid) continue;
-      const int64_t first = (n * ho + oh) * wo;
+      const int64_t first = (at.n * ho + oh) * wo + at.col;
 #pragma unroll
       for (int ox = 0; ox < TW; ++ox) {
-        if (ow0 + ox >= wo) break;
+        if (at.col + ox >= wo) break;
         const T stored = from_acc<T>(sum[ox]);
-        out[(first + ow0 + ox) * s.e + c] = stored;
+        out[(first + ox) * s.e + c] = stored;
         const A r = to_acc(stored);
         acc.add(r, r * r);
       }
@@ -528,17 +559,15 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwar
   extern __shared__ unsigned char shared_bytes[];
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of G
   const DwShape& s = p.s;
-  const int lane = threadIdx.x, row = threadIdx.y;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + lane;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
   const bool valid = c < s.e;
   const bool bn1 = p.scale1 != nullptr;  // uniform over the grid
-  A w[K * K];
-  if (valid) {
-    load_taps<T, K>(s, p.weight, c, w);
-  } else {
+  // The input gradient is the correlation of G with the taps flipped in both directions, over a
+  // window that starts (K - 1) * dil pixels before the tile's first input pixel (+ pad).
+  A taps[K * K], flipped[K * K];
+  load_taps_or_zero<T, K>(s, p.weight, c, valid, taps);
 #pragma unroll
-    for (int i = 0; i < K * K; ++i) w[i] = A(0);
-  }
+  for (int i = 0; i < K * K; ++i) flipped[i] = taps[K * K - 1 - i];
   const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
   const DwOutputGrad<T> grad(p, cv);
   const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
@@ -546,45 +575,25 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwar
   const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
-  const int reach = (K - 1) * dil;  // the window starts this many output rows (columns) before
-  const int window_pixels = t.in_rows * t.in_cols;
+  const int reach = (K - 1) * dil;
   const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
   SumPair<A> acc;
   for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const int64_t n = index / (t.tiles_h * t.tiles_w);
-    const int64_t rest = index - n * t.tiles_h * t.tiles_w;
-    const int ih0 = static_cast<int>(rest / t.tiles_w) * t.rows, iw0 = static_cast<int>(rest % t.tiles_w) * TW;
-    const int oh0 = ih0 + pad - reach, ow0 = iw0 + pad - reach;
+    const TileAt at = tile_at(index, t);
     __syncthreads();  // the previous tile's reads are done
-    for (int pixel = row; pixel < window_pixels; pixel += kTileRows) {
-      const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
-      const int oh = oh0 + r, ow = ow0 + col;
-      A v = A(0);
-      if (valid && oh >= 0 && oh < ho && ow >= 0 && ow < wo) v = grad((n * ho + oh) * wo + ow, c);
-      tile[pixel * kTileChannels + lane] = v;
-    }
+    fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
+                [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
     __syncthreads();
-    for (int iy = row; iy < t.rows; iy += kTileRows) {
-      const int ih = ih0 + iy;
+    for (int iy = threadIdx.y; iy < t.rows; iy += kTileRows) {
+      const int ih = at.row + iy;
       if (ih >= h) break;
       A sum[TW];
-#pragma unroll
-      for (int ix = 0; ix < TW; ++ix) sum[ix] = A(0);
-#pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const A* line = tile + ((iy + reach - kh * dil) * t.in_cols) * kTileChannels + lane;
-#pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const A tap = w[kh * K + kw];
-#pragma unroll
-          for (int ix = 0; ix < TW; ++ix) sum[ix] += line[(ix + reach - kw * dil) * kTileChannels] * tap;
-        }
-      }
+      correlate_row<A, K, 1, TW>(tile, t.in_cols, iy, dil, flipped, sum);
       if (!valid) continue;
 #pragma unroll
       for (int ix = 0; ix < TW; ++ix) {
-        if (iw0 + ix >= wd) break;
-        const int64_t q = (n * h + ih) * wd + iw0 + ix;
+        if (at.col + ix >= wd) break;
+        const int64_t q = (at.n * h + ih) * wd + at.col + ix;
         if (!bn1) {
           grad_in[q * s.e + c] = from_acc<T>(sum[ix]);
           continue;
