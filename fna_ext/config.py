@@ -44,7 +44,7 @@ class Rule:
 
     def _describe_value(self) -> str:
         if self.choices:
-            return f"one of {', '.join(map(str, self.choices))}"
+            return f"one of {', '.join(_yaml_text(c) for c in self.choices)}"
         if self.kind == "list":
             count = f"{self.length} " if self.length is not None else ""
             items = self.item.describe() if self.item else "values"
@@ -131,6 +131,11 @@ def Choice(*choices) -> Rule:
 
 def List(item: Rule | None = None, length: int | None = None, *, nullable: bool = False) -> Rule:
     return Rule("list", item=item, length=length, nullable=nullable)
+
+
+def _yaml_text(value: Any) -> str:
+    """A choice as a user writes it in YAML or --set: true and false in lower case."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _as_number(value: Any) -> float:

@@ -118,6 +118,7 @@ def test_search_cli_prints_the_summary_and_next_command(tiny, tmp_path):
     (["--seed-weights", "missing.pt"], "missing.pt"),
     (["--seed-weights", "SEED", "--set", "search.lamda=1"], "unknown config key 'search.lamda'"),
     (["--seed-weights", "SEED", "--resume"], "no checkpoint"),
+    (["--seed-weights", "SEED", "--set", "search.fused=maybe"], "search.fused must be one of auto, true, false"),
 ])
 def test_search_cli_bad_input_exits_2(tiny, tmp_path, args, message):
     data, _, seed_path = tiny
