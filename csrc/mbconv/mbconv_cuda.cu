@@ -324,8 +324,8 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
 // pixels need into shared memory, BN1 and the activation applied once per value and zero padding
 // written in, then each thread slides its channel's K x K taps over a row of TILE_W outputs held
 // in registers. Blocks loop over tiles (grid-stride), so the BN2 sums cost one atomic per channel
-// per block. Shapes whose window does not fit in shared memory run the kernel above. The stride-1
-// input gradient below is tiled the same way. Both are written without a GPU to run them on;
+// per block. Shapes whose window does not fit in shared memory run the kernel above. The weight
+// gradient and the stride-1 input gradient below are tiled the same way. Both are written without a GPU to run them on;
 // FNA_EXT_CUDA_DEPTHWISE=simple selects the untiled kernels (tiled is the default).
 
 constexpr int kTileChannels = 32;    // threadIdx.x: one warp's row of channels, 128 bytes of float
@@ -652,6 +652,63 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs
   }
 }
 
+// The weight gradient, tiled like the forward: a block loads the activated input window of its
+// output tile into shared memory once, each thread reads G once per output pixel of its register
+// row and adds G * window into its channel's K x K taps, and the block sums the taps once, after
+// all its tiles.
+template <typename T, int K, int S, int D>
+__global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwardArgs p, DwTile t) {
+  using A = Acc<T>;
+  constexpr int TW = TileWidth<S>::value;
+  extern __shared__ unsigned char shared_bytes[];
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of in'
+  __shared__ A buf[kThreads];
+  const DwShape& s = p.s;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
+  const bool valid = c < s.e;
+  const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
+  const DwOutputGrad<T> grad(p, cv);
+  const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
+  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
+  const int dil = dilation_of<D>(s);
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  A taps[K * K];
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) taps[i] = A(0);
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const TileAt at = tile_at(index, t);
+    __syncthreads();  // the previous tile's reads are done
+    fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
+                [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
+    __syncthreads();
+    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
+      const int oh = at.row + oy;
+      if (oh >= ho) break;
+      A g[TW];
+      const int64_t first = (at.n * ho + oh) * wo + at.col;
+#pragma unroll
+      for (int ox = 0; ox < TW; ++ox) g[ox] = valid && at.col + ox < wo ? grad(first + ox, c) : A(0);
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          A sum = A(0);
+#pragma unroll
+          for (int ox = 0; ox < TW; ++ox) sum += line[(ox * S + kw * dil) * kTileChannels] * g[ox];
+          taps[kh * K + kw] += sum;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) {
+    const A total = block_column_sum(taps[i], buf);
+    if (threadIdx.y == 0 && valid) atomicAdd(p.grad_weight + c * K * K + i, static_cast<double>(total));
+  }
+}
+
 // ---- launches ---------------------------------------------------------------------------------
 
 struct Plan {
@@ -890,12 +947,21 @@ cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dt
   // the weight gradient ends with K * K block reductions: more pixels per thread amortise them
   if (const cudaError_t err = plan_rows(s.e, pixels_out, 16, 1, &w_plan)) return err;
   const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;
-  const DwTile tile = s.stride == 1 && tiled_depthwise_wanted()
+  const bool tiled_wanted = tiled_depthwise_wanted();
+  // the input gradient's tiles cover the input (stride 1 only); the weight gradient's the output
+  const DwTile tile = s.stride == 1 && tiled_wanted
                           ? dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, value_bytes)
                           : DwTile();
-  TiledPlan tiled;
+  const DwTile w_tile = tiled_wanted ? dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
+                                               s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value,
+                                               value_bytes)
+                                     : DwTile();
+  TiledPlan tiled, w_tiled;
   if (tile.rows > 0) {
     if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &tiled)) return err;
+  }
+  if (w_tile.rows > 0) {
+    if (const cudaError_t err = plan_tiles(s, w_tile, value_bytes, &w_tiled)) return err;
   }
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -912,7 +978,12 @@ cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dt
       }
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess || pixels_out == 0 || args.grad_weight == nullptr) return err;
-      dw_grad_weight_kernel<T, Sh::K, Sh::S, Sh::D><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
+      if (w_tile.rows > 0) {
+        dw_grad_weight_tiled_kernel<T, Sh::K, Sh::S, Sh::D>
+            <<<w_tiled.grid, w_tiled.block, w_tiled.shared, stream>>>(args, w_tile);
+      } else {
+        dw_grad_weight_kernel<T, Sh::K, Sh::S, Sh::D><<<w_plan.grid, w_plan.block, 0, stream>>>(args);
+      }
       return cudaGetLastError();
     });
   });
