@@ -6,9 +6,9 @@
 3. a profile of the fused op (torch.profiler, float32, forward+backward) at the bandwidth shape and
    the first search shape: the ops and kernels that take its time, and how many kernels it launches,
    so that a GPU session that finds a target missed also finds where the time went;
-4. the fused op's forward with each CUDA depthwise kernel (FNA_EXT_CUDA_DEPTHWISE: the tiled one,
-   the default since 2026-12-04, written without a GPU, and the simple one it replaces): times
-   and how far apart their outputs are;
+4. the fused op with each set of CUDA depthwise kernels (FNA_EXT_CUDA_DEPTHWISE: the tiled ones,
+   the default since 2026-12-04, written without a GPU, and the simple ones they replace):
+   forward and forward+backward times, and how far apart the output and gradients are;
 5. bench_search_step in memory: whole search cycles, fused vs reference.
 
 Every part is measured by the benchmark's own functions (interleaved medians, CUDA events on
@@ -122,36 +122,57 @@ DEPTHWISE_ENV = "FNA_EXT_CUDA_DEPTHWISE"
 DEPTHWISE_VARIANTS = ("simple", "tiled")
 
 
+def _relative_difference(a: list, b: list) -> float:
+    return max(((x.float() - y.float()).abs().max() / y.float().abs().max().clamp_min(1e-30)).item()
+               for x, y in zip(a, b))
+
+
 def depthwise_variants_part(device: str, repeats: int) -> dict:
+    """The fused op with each CUDA depthwise kernel, forward and forward+backward: interleaved
+    times, and how far apart the output and the gradients of x and the weights are."""
     if device != "cuda":
         return {"status": "skipped", "reason": "the depthwise kernel variants are CUDA's"}
+    from fna_ext import ops
     from timing import interleaved_medians
 
-    shapes = []
+    rows = []
     previous = os.environ.get(DEPTHWISE_ENV)
     try:
-        for shape in (bench_mbconv.BANDWIDTH_SHAPE, bench_mbconv.SHAPES[0]):
+        for shape in (bench_mbconv.BANDWIDTH_SHAPE, bench_mbconv.SHAPES[0], bench_mbconv.SHAPES[3]):
             x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
-            forward = bench_mbconv.versions(shape, x, weights, grad, backward=False, with_compile=False)["fused"]
+            kwargs = dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride)
 
-            def run(variant, forward=forward):
+            def results(variant):
                 os.environ[DEPTHWISE_ENV] = variant  # read by every launch
-                return forward()
+                with ops.fused(True):
+                    y = ops.sampled_mbconv(x, *weights, **kwargs)
+                return [y, *torch.autograd.grad(y, [x, *weights], grad)]
 
-            outputs = {v: run(v).float() for v in DEPTHWISE_VARIANTS}
-            difference = ((outputs["tiled"] - outputs["simple"]).abs().max() / outputs["simple"].abs().max()).item()
-            ms = {v: t * 1e3 for v, t in interleaved_medians({v: (lambda v=v: run(v)) for v in DEPTHWISE_VARIANTS},
-                                                            repeats, device).items()}
-            shapes.append({"shape": shape.name, "mode": "forward", "ms": ms, "tiled_speedup": ms["simple"] / ms["tiled"],
-                           "max_relative_difference": difference})
-            print(f"{shape.name:<30} forward  simple {ms['simple']:8.3f} ms  tiled {ms['tiled']:8.3f} ms  "
-                  f"({ms['simple'] / ms['tiled']:.2f}x), outputs {difference:.1e} apart", flush=True)
+            found = {v: results(v) for v in DEPTHWISE_VARIANTS}
+            difference = _relative_difference(found["tiled"], found["simple"])
+            del found
+            for mode in ("forward", "forward+backward"):
+                steps = bench_mbconv.versions(shape, x, weights, grad, backward=mode != "forward", with_compile=False)
+
+                def run(variant, step=steps["fused"]):
+                    os.environ[DEPTHWISE_ENV] = variant
+                    return step()
+
+                ms = {v: t * 1e3 for v, t in interleaved_medians({v: (lambda v=v: run(v)) for v in DEPTHWISE_VARIANTS},
+                                                                repeats, device).items()}
+                rows.append({"shape": shape.name, "mode": mode, "ms": ms, "tiled_speedup": ms["simple"] / ms["tiled"],
+                             "max_relative_difference": difference})
+                print(f"{shape.name:<30} {mode:<17} simple {ms['simple']:8.3f} ms  tiled {ms['tiled']:8.3f} ms  "
+                      f"({ms['simple'] / ms['tiled']:.2f}x); output and gradients {difference:.1e} apart", flush=True)
+            x.grad = None
+            for w in weights:
+                w.grad = None
     finally:
         if previous is None:
             os.environ.pop(DEPTHWISE_ENV, None)
         else:
             os.environ[DEPTHWISE_ENV] = previous
-    return {"variants": shapes}
+    return {"variants": rows}
 
 
 def search_step_part(device: str, repeats: int, tiny_run: bool) -> dict:

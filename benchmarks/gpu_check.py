@@ -590,11 +590,11 @@ def depthwise_table(results: dict) -> list[str]:
     part = _bench_part(results, "depthwise variants")
     if not part or part.get("status") != "passed":
         return []
-    lines = ["## The CUDA depthwise kernels (the fused op's forward; FNA_EXT_CUDA_DEPTHWISE)", "",
-             "| shape | simple ms | tiled ms | tiled speedup | outputs apart (max, relative) |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {row['shape']} | {row['ms']['simple']:.3f} | {row['ms']['tiled']:.3f} | {row['tiled_speedup']:.2f}x | "
-              f"{row['max_relative_difference']:.1e} |" for row in part["variants"]]
+    lines = ["## The CUDA depthwise kernels (the fused op, float32; FNA_EXT_CUDA_DEPTHWISE)", "",
+             "| shape | mode | simple ms | tiled ms | tiled speedup | output and gradients apart (max, relative) |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {row['shape']} | {row['mode']} | {row['ms']['simple']:.3f} | {row['ms']['tiled']:.3f} | "
+              f"{row['tiled_speedup']:.2f}x | {row['max_relative_difference']:.1e} |" for row in part["variants"]]
     return lines + [""]
 
 
