@@ -195,9 +195,10 @@ def parts(device: str, repeats: int, tiny_run: bool) -> list[tuple[str, object]]
             continue
         found.append((f"mbconv {dtype}", lambda d=dtype: search_shapes_part(device, d, repeats, tiny_run)))
         found.append((f"bandwidth {dtype}", lambda d=dtype: bandwidth_part(device, d, repeats, tiny_run)))
-        if dtype == "float32":  # the most telling, right after the float32 figures
+        if dtype == "float32":  # the most telling, right after the float32 figures (a stage cut
+            # short at its time limit loses the parts after them)
             found.append(("profile", lambda: profile_part(device, tiny_run)))
-    found.append(("depthwise variants", lambda: depthwise_variants_part(device, repeats)))
+            found.append(("depthwise variants", lambda: depthwise_variants_part(device, repeats)))
     found.append(("search step", lambda: search_step_part(device, max(1, repeats // 2), tiny_run)))
     return found
 
