@@ -149,13 +149,14 @@ def test_weight_paths_follow_alpha_or_stay_uniform_once_alpha_starts(tiny, tmp_p
 
 
 @pytest.mark.cuda
-def test_a_search_on_cuda_runs_and_draws_the_cpu_paths(tiny, tmp_path):
+@pytest.mark.parametrize("fused", ["auto", "true"])  # auto: eager on a GPU; true: the CUDA kernels
+def test_a_search_on_cuda_runs_and_draws_the_cpu_paths(tiny, tmp_path, fused):
     """The whole search loop on the GPU (weight and alpha steps, derivation): paths are drawn on
     the CPU, so a seed trains the same paths on either device."""
     from fna_ext.nas.search import ArchitectureSearch
 
     data, seed, _ = tiny
-    result = search(_config(data), seed, tmp_path / "cuda", device="cuda")
+    result = search(_config(data, f"search.fused={fused}"), seed, tmp_path / "cuda", device="cuda")
     assert Arch.load(tmp_path / "cuda" / "arch.json") == result.arch
     paths = [ArchitectureSearch(_config(data), seed, tmp_path / f"paths_{device}", device=device).sample_path(0)
              for device in ("cpu", "cuda")]
