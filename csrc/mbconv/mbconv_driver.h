@@ -238,10 +238,6 @@ inline std::vector<at::Tensor> zeroed_sums(std::initializer_list<int64_t> sizes,
   return parts;
 }
 
-inline at::Tensor double_zeros(int64_t n, const at::Tensor& like) {
-  return at::zeros({n}, like.options().dtype(at::kDouble));
-}
-
 // An affine BN's parameter gradient: the max-size vector, the first `channels` set; empty when
 // the BN has no parameters or no weight gradients are wanted.
 inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value, bool wanted) {

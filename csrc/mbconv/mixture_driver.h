@@ -148,8 +148,9 @@ std::vector<at::Tensor> mixture_depthwise(const MixtureArgs& a, const at::Tensor
                                           const at::Tensor& project_weight, const at::Tensor& in,
                                           const at::Tensor& scale1, const at::Tensor& shift1, at::Tensor& h2) {
   const int64_t nk = static_cast<int64_t>(a.plan.kernels.size());
+  const at::Tensor zeroed = at::zeros({nk, 2, a.plan.width}, x.options().dtype(at::kDouble));  // one fill
   std::vector<at::Tensor> sums;
-  for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(at::zeros({2, a.plan.width}, x.options().dtype(at::kDouble)));
+  for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(zeroed[ki]);
   if constexpr (has_nested_depthwise<Backend>::value) {
     std::vector<at::Tensor> outs;
     for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
@@ -181,10 +182,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   if (plan.expand) {
     h1 = Backend::empty({g0.rows_in(), plan.width}, x.options());
     at::mm_out(h1, x_rows, a.we.narrow(0, 0, plan.width).t());
-    at::Tensor sum = double_zeros(plan.width, s.all), sumsq = double_zeros(plan.width, s.all);
-    Backend::row_stats(h1, sum, sumsq);
-    std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sum, sumsq, g0.rows_in(), eps, s.mean1(), s.invstd1(),
-                                                                a.gamma1, a.beta1, a.opmath);
+    const std::vector<at::Tensor> sums1 = zeroed_sums({plan.width, plan.width}, s.all);
+    Backend::row_stats(h1, sums1[0], sums1[1]);
+    std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sums1[0], sums1[1], g0.rows_in(), eps, s.mean1(),
+                                                                s.invstd1(), a.gamma1, a.beta1, a.opmath);
     in = h1.view({g0.n, g0.h, g0.w, plan.width});
   } else {
     in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
@@ -219,8 +220,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   const at::Tensor w = weights.to(at::kDouble);
   at::Tensor shift_total = at::zeros({g0.c_out}, s.all.options());
   at::Tensor out;
+  const at::Tensor sums3 = at::zeros({plan.candidates, 2, g0.c_out}, s.all.options());  // one fill
   for (int64_t i = 0; i < plan.candidates; ++i) {
-    at::Tensor sum = double_zeros(g0.c_out, s.all), sumsq = double_zeros(g0.c_out, s.all);
+    const at::Tensor sum = sums3[i][0], sumsq = sums3[i][1];
     Backend::row_stats(h3[i], sum, sumsq);
     auto [scale3, shift3] = bn_forward_coefficients<Backend>(sum, sumsq, g0.rows_out(), eps, s.mean3(i), s.invstd3(i),
                                                              a.gamma3, a.beta3, at::kDouble);
@@ -274,15 +276,16 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   // d out / d w_i = <grad, BN3_i(h3_i) (+ x)>, from per-channel sums of grad and grad * h3_i
   at::Tensor grad_weights = at::zeros({plan.candidates}, stats.options());
   if (residual) {
-    at::Tensor sum_g = double_zeros(g0.c_out, stats), sum_gx = double_zeros(g0.c_out, stats);
+    const std::vector<at::Tensor> sums = zeroed_sums({g0.c_out, g0.c_out}, stats);
     Backend::grad_sums(grad_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), at::Tensor(), at::Tensor(),
-                       kIdentity, sum_g, sum_gx, at::Tensor());
-    grad_weights.add_(sum_gx.sum());
+                       kIdentity, sums[0], sums[1], at::Tensor());
+    grad_weights.add_(sums[1].sum());
   }
   // BN3's backward per candidate, with the upstream gradient w_i * grad: gh3_i = a_i grad + b_i h3_i + c_i
   std::vector<BnGrad> bn3(plan.candidates);
+  const at::Tensor sums3 = at::zeros({plan.candidates, 2, g0.c_out}, stats.options());  // one fill
   for (int64_t i = 0; i < plan.candidates; ++i) {
-    at::Tensor sg = double_zeros(g0.c_out, stats), sgh = double_zeros(g0.c_out, stats);
+    const at::Tensor sg = sums3[i][0], sgh = sums3[i][1];
     Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
     auto [scale3, shift3] = affine_coefficients<Backend>(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
     grad_weights[i].add_((scale3 * sgh + shift3 * sg).sum());
@@ -295,6 +298,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   at::Tensor suffix = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
   at::Tensor term = Backend::empty({g0.rows_out(), g0.c_out}, x.options());
   std::vector<at::Tensor> ga2s, h2s, scale2s, shift2s, as, bs, cs;
+  const at::Tensor sums2 = at::zeros({nk, 2, plan.width}, stats.options());  // one fill
   for (int64_t ki = 0; ki < nk; ++ki) {
     // column block [e_(j-1), e_j) of the projection's input gradient takes the gradients of every
     // candidate at least e_j wide: walk the candidates from the widest, summing as we go
@@ -316,7 +320,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     }
     const at::Tensor h2k = h2[ki];
     auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2(ki), s.invstd2(ki), a.gamma2, a.beta2, a.opmath);
-    at::Tensor sg2 = double_zeros(plan.width, stats), sgh2 = double_zeros(plan.width, stats);
+    const at::Tensor sg2 = sums2[ki][0], sgh2 = sums2[ki][1];
     Backend::grad_sums(gak, h2k, scale2, shift2, kRelu6, sg2, sgh2, at::Tensor());
     const BnGrad bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2(ki), s.invstd2(ki), a.gamma2, g0.rows_out(), a.opmath);
     ga2s.push_back(gak), h2s.push_back(h2k), scale2s.push_back(scale2), shift2s.push_back(shift2);
@@ -331,11 +335,11 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     // the input is an argument of depthwise_backward, unread without weight gradients or BN1 on load
     const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
     at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
-    at::Tensor unused_g1 = double_zeros(plan.width, stats), unused_gh1 = double_zeros(plan.width, stats);
+    const std::vector<at::Tensor> unused = zeroed_sums({plan.width, plan.width}, stats);
     for (int64_t ki = 0; ki < nk; ++ki) {
       Backend::depthwise_backward(a.geometry(x, dw_weight, project_weight, ki), ga2s[ki], h2s[ki], scale2s[ki],
                                   shift2s[ki], as[ki], bs[ki], cs[ki], in, at::Tensor(), at::Tensor(), a.dw,
-                                  ki == 0 ? grad_in : grad_k, at::Tensor(), unused_g1, unused_gh1);
+                                  ki == 0 ? grad_in : grad_k, at::Tensor(), unused[0], unused[1]);
       if (ki > 0) grad_in.add_(grad_k);
     }
   }
@@ -352,9 +356,9 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   // the expansion: ReLU6's mask and BN1's backward, then the GEMM back to x
   const at::Tensor h1_rows = as_rows(h1);
   auto [scale1, shift1] = affine_coefficients<Backend>(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
-  at::Tensor sg1 = double_zeros(plan.width, stats), sgh1 = double_zeros(plan.width, stats);
-  Backend::grad_sums(grad_in, h1_rows, scale1, shift1, kRelu6, sg1, sgh1, at::Tensor());
-  const BnGrad bn1 = bn_grad<Backend>(sg1, sgh1, s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
+  const std::vector<at::Tensor> sums1 = zeroed_sums({plan.width, plan.width}, stats);
+  Backend::grad_sums(grad_in, h1_rows, scale1, shift1, kRelu6, sums1[0], sums1[1], at::Tensor());
+  const BnGrad bn1 = bn_grad<Backend>(sums1[0], sums1[1], s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
   Backend::grad_apply(grad_in, h1_rows, scale1, shift1, kRelu6, bn1.a, bn1.b, bn1.c, grad_in);
   at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
   at::mm_out(grad_x, grad_in, a.we.narrow(0, 0, plan.width));
