@@ -433,6 +433,19 @@ __device__ __forceinline__ void load_taps_or_zero(const DwShape& s, const void* 
   for (int i = 0; i < K * K; ++i) w[i] = Acc<T>(0);
 }
 
+// The activated input window of tile `at` of the outputs (zero padding after the activation, as
+// the convolution pads), between two barriers: the block's reads of the previous tile are done
+// before it, and its writes are visible after.
+template <typename T, int S>
+__device__ __forceinline__ void load_input_window(Acc<T>* tile, const DwTile& t, const TileAt& at, const DwShape& s,
+                                                  const DwInput<T>& in, int64_t c, bool valid) {
+  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  __syncthreads();
+  fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
+              [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
+  __syncthreads();
+}
+
 template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArgs p, DwTile t) {
   using A = Acc<T>;
@@ -446,18 +459,13 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArg
   load_taps_or_zero<T, K>(s, p.weight, c, valid, w);
   const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
   T* __restrict__ out = static_cast<T*>(p.out);
-  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
   const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
   SumPair<A> acc;
   for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
     const TileAt at = tile_at(index, t);
-    __syncthreads();  // the previous tile's reads are done
-    // zero padding after the activation, as the convolution pads
-    fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
-                [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
-    __syncthreads();
+    load_input_window<T, S>(tile, t, at, s, in, c, valid);
     for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
       const int oh = at.row + oy;
       if (oh >= ho) break;
@@ -669,7 +677,6 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwa
   const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
   const DwOutputGrad<T> grad(p, cv);
   const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
-  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
   const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
@@ -678,10 +685,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwa
   for (int i = 0; i < K * K; ++i) taps[i] = A(0);
   for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
     const TileAt at = tile_at(index, t);
-    __syncthreads();  // the previous tile's reads are done
-    fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
-                [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
-    __syncthreads();
+    load_input_window<T, S>(tile, t, at, s, in, c, valid);
     for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
       const int oh = at.row + oy;
       if (oh >= ho) break;
