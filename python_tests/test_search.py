@@ -155,6 +155,7 @@ def test_a_search_on_cuda_runs_and_draws_the_cpu_paths(tiny, tmp_path, fused):
     the CPU, so a seed trains the same paths on either device."""
     from fna_ext.nas.search import ArchitectureSearch
 
+    pytest.importorskip("pycocotools", reason="the search reads its COCO-format data with pycocotools")
     data, seed, _ = tiny
     result = search(_config(data, f"search.fused={fused}"), seed, tmp_path / "cuda", device="cuda")
     assert Arch.load(tmp_path / "cuda" / "arch.json") == result.arch
