@@ -1,6 +1,8 @@
 // The per-channel arithmetic of a batch-statistics BN, shared by the CPU backend's loop and the
 // CUDA backend's kernel (plain C++, so nvcc compiles it for the device too). Everything is in
-// double, in the order the ATen expressions it replaced evaluated, so results did not change:
+// double, in the order the ATen expressions it replaced evaluated: on the CPU the results did not
+// change; on CUDA they may differ from ATen's by a few ulp of double (nvcc contracts to FMAs, and
+// ATen multiplied by reciprocals), far below the opmath rounding that follows:
 //   statistics  mean = sum / M, invstd = 1 / sqrt(max(sumsq / M - mean^2, 0) + eps)
 //   affine      scale = invstd * gamma, shift = -mean * scale + beta   (y = h * scale + shift)
 //               (a BN without parameters passes gamma = 1 and beta = 0: the same values exactly)

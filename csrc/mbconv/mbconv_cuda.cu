@@ -325,7 +325,9 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
 // written in, then each thread slides its channel's K x K taps over a row of TILE_W outputs held
 // in registers. Blocks loop over tiles (grid-stride), so the BN2 sums cost one atomic per channel
 // per block. Shapes whose window does not fit in shared memory run the kernel above. The weight
-// gradient and the stride-1 input gradient below are tiled the same way. Both are written without a GPU to run them on;
+// gradient and the stride-1 input gradient below are tiled the same way. Unlike the untiled
+// kernels, they multiply the padding's zeros by the taps rather than skip them, so a non-finite
+// weight or gradient spreads NaN to the border, as cuDNN's convolutions do. Both are written without a GPU to run them on;
 // FNA_EXT_CUDA_DEPTHWISE=simple selects the untiled kernels (tiled is the default).
 
 constexpr int kTileChannels = 32;    // threadIdx.x: one warp's row of channels, 128 bytes of float
@@ -450,7 +452,7 @@ template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArgs p, DwTile t) {
   using A = Acc<T>;
   constexpr int TW = TileWidth<S>::value;
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
   const DwShape& s = p.s;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
@@ -564,7 +566,7 @@ template <typename T, int K, int D>
 __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwardArgs p, DwTile t) {
   using A = Acc<T>;
   constexpr int TW = TileWidth<1>::value;
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of G
   const DwShape& s = p.s;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
@@ -668,7 +670,7 @@ template <typename T, int K, int S, int D>
 __global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwardArgs p, DwTile t) {
   using A = Acc<T>;
   constexpr int TW = TileWidth<S>::value;
-  extern __shared__ unsigned char shared_bytes[];
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of in'
   __shared__ A buf[kThreads];
   const DwShape& s = p.s;
@@ -786,7 +788,8 @@ cudaError_t with_shape(int64_t k, int64_t stride, int64_t dilation, F&& f) {
 
 bool bad_shape(const DwShape& s) {
   return s.k < 1 || s.k > s.k_max || s.pad < 0 || s.dilation < 1 || s.dilation > INT32_MAX || s.h > INT32_MAX ||
-         s.w > INT32_MAX;  // coordinates are int
+         s.w > INT32_MAX || s.pad > INT32_MAX || s.ho > INT32_MAX || s.wo > INT32_MAX ||
+         s.dilation * (s.k - 1) + 1 > INT32_MAX;  // coordinates, windows and extents are int
 }
 
 // One thread per channel; G is the BN parameters' dtype, A the coefficients' (float or double).
