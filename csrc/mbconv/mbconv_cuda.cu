@@ -557,6 +557,82 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
   if (bn1) block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
 }
 
+// A mixture's kernel sizes in one pass, tiled like the forward over the widest kernel's window:
+// every tap adds into the output of each kernel size whose centred k x k holds it (tap ring
+// r = max(|kh - centre|, |kw - centre|) lies in kernel size 2 * i + 3 when i + 1 >= r). Each
+// kernel size's taps are visited in its own row-major order with the same multiply-adds, so every
+// output is the single-size kernel's, bit for bit, for one load of the window instead of three.
+template <typename T, int K, int S, int D>
+__global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedForwardArgs p, DwTile t) {
+  using A = Acc<T>;
+  constexpr int TW = TileWidth<S>::value;
+  constexpr int kSizes = (K - 1) / 2;  // kernel sizes 3 .. K
+  constexpr int kCentre = (K - 1) / 2;
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
+  const DwShape& s = p.s;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
+  const bool valid = c < s.e;
+  A w[K * K];
+  load_taps_or_zero<T, K>(s, p.weight, c, valid, w);
+  const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
+  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
+  const int dil = dilation_of<D>(s);
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  SumPair<A> acc[kSizes];
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const TileAt at = tile_at(index, t);
+    load_input_window<T, S>(tile, t, at, s, in, c, valid);
+    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
+      const int oh = at.row + oy;
+      if (oh >= ho) break;
+      A sum[kSizes][TW];
+#pragma unroll
+      for (int i = 0; i < kSizes; ++i) {
+#pragma unroll
+        for (int ox = 0; ox < TW; ++ox) sum[i][ox] = A(0);
+      }
+#pragma unroll
+      for (int kh = 0; kh < K; ++kh) {
+        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
+#pragma unroll
+        for (int kw = 0; kw < K; ++kw) {
+          const int dh = kh > kCentre ? kh - kCentre : kCentre - kh, dw = kw > kCentre ? kw - kCentre : kCentre - kw;
+          const int ring = dh > dw ? dh : dw;  // a constant once the loops unroll
+          const A tap = w[kh * K + kw];
+#pragma unroll
+          for (int ox = 0; ox < TW; ++ox) {
+            const A v = line[(ox * S + kw * dil) * kTileChannels];
+#pragma unroll
+            for (int i = 0; i < kSizes; ++i) {
+              if (i + 1 >= ring) sum[i][ox] += v * tap;
+            }
+          }
+        }
+      }
+      if (!valid) continue;
+      const int64_t first = (at.n * ho + oh) * wo + at.col;
+#pragma unroll
+      for (int i = 0; i < kSizes; ++i) {
+        T* __restrict__ out = static_cast<T*>(p.out[i]);
+        if (out == nullptr) continue;
+#pragma unroll
+        for (int ox = 0; ox < TW; ++ox) {
+          if (at.col + ox >= wo) break;
+          const T stored = from_acc<T>(sum[i][ox]);
+          out[(first + ox) * s.e + c] = stored;
+          const A r = to_acc(stored);
+          acc[i].add(r, r * r);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kSizes; ++i) {
+    if (p.out[i] != nullptr) block_add_sums(acc[i], c, valid, p.sum[i], p.sumsq[i]);  // uniform
+  }
+}
+
 // The input gradient of a stride-1 conv, tiled like the forward: a block loads the window of
 // output gradients G (BN2's activation gradient and backward applied once per value, zero outside
 // the map) that its tile of input pixels needs, and each thread correlates its channel's taps,
@@ -942,6 +1018,49 @@ cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtyp
       return cudaGetLastError();
     });
   });
+}
+
+cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {
+  const DwShape& s = args.s;
+  if (bad_shape(s) || (s.k != 3 && s.k != 5 && s.k != 7)) return cudaErrorInvalidValue;
+  for (int i = 0; i < 3; ++i) {
+    if (args.out[i] != nullptr && 2 * i + 3 > s.k) return cudaErrorInvalidValue;  // wider than the shape's
+  }
+  if (s.n * s.ho * s.wo == 0 || s.e == 0) return cudaSuccess;
+  if (tiled_depthwise_wanted()) {
+    const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;
+    const DwTile tile = dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
+                                s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
+    if (tile.rows > 0) {
+      TiledPlan plan;
+      if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &plan)) return err;
+      return with_dtype(dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
+          using Sh = decltype(shape);
+          dw_forward_nested_kernel<T, Sh::K, Sh::S, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+          return cudaGetLastError();
+        });
+      });
+    }
+  }
+  for (int i = 0; i < 3; ++i) {  // one launch per kernel size, each with its own padding
+    if (args.out[i] == nullptr) continue;
+    DwForwardArgs one{};
+    one.s = s;
+    one.s.k = 2 * i + 3;
+    one.s.pad = s.dilation * (one.s.k - 1) / 2;
+    one.in = args.in;
+    one.ld = args.ld;
+    one.scale = args.scale;
+    one.shift = args.shift;
+    one.weight = args.weight;
+    one.out = args.out[i];
+    one.sum = args.sum[i];
+    one.sumsq = args.sumsq[i];
+    if (const cudaError_t err = depthwise_forward_launch(one, dtype, stream)) return err;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {

@@ -107,6 +107,22 @@ struct DwForwardArgs {
   double* sumsq;
 };
 
+// The depthwise convs of a mixture's kernel sizes (3, 5 and 7, centred in one K_max x K_max
+// weight, each padded "same" so that their output pixels coincide) in one pass over the input:
+// `s` is the widest kernel's shape; out[i], sum[i] and sumsq[i] belong to kernel size 2 * i + 3,
+// null where the mixture has no such kernel. Each out[i] is as DwForwardArgs' out.
+struct DwNestedForwardArgs {
+  DwShape s;
+  const void* in;
+  int64_t ld;
+  const void* scale;
+  const void* shift;
+  const void* weight;
+  void* out[3];
+  double* sum[3];
+  double* sumsq[3];
+};
+
 // Both gradients of the depthwise conv. The output gradient is
 // G = activation_grad(h2 * scale2 + shift2, ga2, act_depthwise) * a + h2 * b + c.
 // grad_weight (float64, contiguous (e, k, k), ZERO on entry; null when not wanted) gets
@@ -175,6 +191,8 @@ cudaError_t affine_act_launch(const AffineActArgs& args, MbconvDtype dtype, cuda
 cudaError_t grad_sums_launch(const GradSumsArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t grad_apply_launch(const GradApplyArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
+// One tiled pass where the widest kernel's window fits in shared memory, else one launch per size.
+cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
 // Launches the input-gradient and the weight-gradient kernels.
 cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
 

@@ -338,6 +338,52 @@ struct CudaBackend {
                  step);
   }
 
+  // A mixture's depthwise convs, one per kernel size in `kernels` (into outs[i], with BN2's sums
+  // in sums[i], (2, e)), in one pass (mixture_driver.h). The input gradient stays per size.
+  static constexpr bool kNestedDepthwiseForward = true;
+
+  static void depthwise_forward_nested(const Geometry& g, const at::Tensor& in, const at::Tensor& scale,
+                                       const at::Tensor& shift, const at::Tensor& weight,
+                                       const std::vector<int64_t>& kernels, const std::vector<at::Tensor>& outs,
+                                       const std::vector<at::Tensor>& sums) {
+    FNA_MBCONV_STEP("depthwise_forward_nested");
+    const char* step = "depthwise_forward_nested";
+    const c10::cuda::CUDAGuard device_guard(in.device());
+    int64_t ld = 0;
+    const at::Tensor src = dw_input(g, in, step, &ld);
+    check_dw_weight(g, weight, in, step);
+    TORCH_CHECK(kernels.size() == outs.size() && outs.size() == sums.size(), "fna_ext::mbconv::", step,
+                ": one output and one pair of sums per kernel size");
+    const auto opmath = opmath_type(in.scalar_type());
+    const at::Tensor sc = optional_coefficients(scale, g.e, opmath, in, step);
+    const at::Tensor sh = sc.defined() ? coefficients(shift, g.e, opmath, in, step) : at::Tensor();
+    DwNestedForwardArgs args{};
+    args.s = dw_shape(g);
+    args.in = src.data_ptr();
+    args.ld = ld;
+    args.scale = ptr_or_null(sc);
+    args.shift = ptr_or_null(sh);
+    args.weight = weight.data_ptr();
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      const int64_t k = kernels[i];
+      TORCH_CHECK((k == 3 || k == 5 || k == 7) && k <= g.k, "fna_ext::mbconv::", step, ": kernel size ", k,
+                  " is not 3, 5 or 7 up to the widest, ", g.k);
+      const int64_t slot = (k - 3) / 2;
+      TORCH_CHECK(args.out[slot] == nullptr, "fna_ext::mbconv::", step, ": kernel size ", k, " given twice");
+      check_dense(outs[i], g.rows_out(), g.e, in, step, "out");
+      TORCH_CHECK(sums[i].dim() == 2 && sums[i].size(0) == 2, "fna_ext::mbconv::", step, ": sums must be (2, e)");
+      const at::Tensor sum = sums[i][0], sumsq = sums[i][1];
+      check_sums(sum, g.e, in, step);
+      check_sums(sumsq, g.e, in, step);
+      args.out[slot] = outs[i].data_ptr();
+      args.sum[slot] = sum.data_ptr<double>();
+      args.sumsq[slot] = sumsq.data_ptr<double>();
+    }
+    check_launch(depthwise_forward_nested_launch(args, to_mbconv_dtype(in.scalar_type()),
+                                                 c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
   static void depthwise_backward(const Geometry& g, const at::Tensor& ga2, const at::Tensor& h2,
                                  const at::Tensor& scale2, const at::Tensor& shift2, const at::Tensor& a,
                                  const at::Tensor& b, const at::Tensor& c, const at::Tensor& in,

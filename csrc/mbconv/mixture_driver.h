@@ -29,12 +29,18 @@
 namespace fna_ext {
 namespace mbconv {
 
-// Whether a Backend runs every kernel size of a mixture in one pass (depthwise_*_nested); the
-// others run one depthwise conv per kernel size.
+// Whether a Backend runs every kernel size of a mixture in one pass: the forward
+// (depthwise_forward_nested, kNestedDepthwiseForward) and the input gradient
+// (depthwise_backward_nested, kNestedDepthwise); the others run one depthwise conv per kernel size.
 template <class B, class = void>
 struct has_nested_depthwise : std::false_type {};
 template <class B>
 struct has_nested_depthwise<B, std::void_t<decltype(B::kNestedDepthwise)>> : std::bool_constant<B::kNestedDepthwise> {};
+template <class B, class = void>
+struct has_nested_depthwise_forward : std::false_type {};
+template <class B>
+struct has_nested_depthwise_forward<B, std::void_t<decltype(B::kNestedDepthwiseForward)>>
+    : std::bool_constant<B::kNestedDepthwiseForward> {};
 
 // The candidates grouped by kernel size, each group's expansions ascending: the column blocks
 // [e_(j-1), e_j) of the nested projections.
@@ -151,7 +157,7 @@ std::vector<at::Tensor> mixture_depthwise(const MixtureArgs& a, const at::Tensor
   const at::Tensor zeroed = at::zeros({nk, 2, a.plan.width}, x.options().dtype(at::kDouble));  // one fill
   std::vector<at::Tensor> sums;
   for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(zeroed[ki]);
-  if constexpr (has_nested_depthwise<Backend>::value) {
+  if constexpr (has_nested_depthwise_forward<Backend>::value) {
     std::vector<at::Tensor> outs;
     for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
     Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
