@@ -498,9 +498,11 @@ struct DwOutputGrad {
   int kind;
   A ms, mb, a, b, cc;
   __device__ __forceinline__ DwOutputGrad(const DwBackwardArgs& p, int64_t c)
-      : ga2(static_cast<const T*>(p.ga2)), h2(static_cast<const T*>(p.h2)), e(p.s.e), kind(p.s.act_depthwise),
-        ms(static_cast<const A*>(p.scale2)[c]), mb(static_cast<const A*>(p.shift2)[c]),
-        a(static_cast<const A*>(p.a)[c]), b(static_cast<const A*>(p.b)[c]), cc(static_cast<const A*>(p.c)[c]) {}
+      : DwOutputGrad(DwOutputGradArgs{p.ga2, p.h2, p.scale2, p.shift2, p.a, p.b, p.c}, p.s, c) {}
+  __device__ __forceinline__ DwOutputGrad(const DwOutputGradArgs& g, const DwShape& s, int64_t c)
+      : ga2(static_cast<const T*>(g.ga2)), h2(static_cast<const T*>(g.h2)), e(s.e), kind(s.act_depthwise),
+        ms(static_cast<const A*>(g.scale2)[c]), mb(static_cast<const A*>(g.shift2)[c]),
+        a(static_cast<const A*>(g.a)[c]), b(static_cast<const A*>(g.b)[c]), cc(static_cast<const A*>(g.c)[c]) {}
   __device__ __forceinline__ A operator()(int64_t q, int64_t c) const {
     const A hv = to_acc(h2[q * e + c]);
     const A gz = activation_grad(hv * ms + mb, to_acc(ga2[q * e + c]), kind);
@@ -735,6 +737,83 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs
   for (int t = 0; t < K * K; ++t) {
     const A total = block_column_sum(acc[t], buf);
     if (threadIdx.y == 0 && valid) atomicAdd(p.grad_weight + c * K * K + t, static_cast<double>(total));
+  }
+}
+
+// A mixture's stride-1 input gradient, summed over its kernel sizes, tiled like
+// dw_grad_input_tiled_kernel over the widest kernel's window: for each kernel size present the
+// block loads that size's G into the window and every thread adds its correlation with the taps
+// of that size's ring (the centred k x k of the flipped K x K taps) into its register rows. With
+// the widest window's origin, kernel size k's taps sit at the same window offsets as the widest
+// kernel's taps of the same ring, so one correlation rule serves them all.
+template <typename T, int K, int D>
+__global__ void __launch_bounds__(kThreads) dw_grad_input_nested_kernel(DwNestedBackwardArgs p, DwTile t) {
+  using A = Acc<T>;
+  constexpr int TW = TileWidth<1>::value;
+  constexpr int kSizes = (K - 1) / 2;
+  constexpr int kCentre = (K - 1) / 2;
+  constexpr int kRows = 2;  // register rows per thread: t.rows <= 2 * kTileRows
+  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of one size's G
+  const DwShape& s = p.s;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
+  const bool valid = c < s.e;
+  A taps[K * K], flipped[K * K];
+  load_taps_or_zero<T, K>(s, p.weight, c, valid, taps);
+#pragma unroll
+  for (int i = 0; i < K * K; ++i) flipped[i] = taps[K * K - 1 - i];
+  const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
+  T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
+  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
+  const int dil = dilation_of<D>(s);
+  const int reach = (K - 1) * dil;
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const TileAt at = tile_at(index, t);
+    A sum[kRows][TW];
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+#pragma unroll
+      for (int ix = 0; ix < TW; ++ix) sum[j][ix] = A(0);
+    }
+#pragma unroll
+    for (int size = 0; size < kSizes; ++size) {
+      if (p.go[size].ga2 == nullptr) continue;  // uniform over the grid
+      const DwOutputGrad<T> grad(p.go[size], s, cv);
+      __syncthreads();  // the previous window's reads are done
+      fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
+                  [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        const int iy = threadIdx.y + j * kTileRows;
+        if (iy >= t.rows) break;
+#pragma unroll
+        for (int kh = 0; kh < K; ++kh) {
+          const A* line = tile + ((iy + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
+#pragma unroll
+          for (int kw = 0; kw < K; ++kw) {
+            const int dh = kh > kCentre ? kh - kCentre : kCentre - kh, dw = kw > kCentre ? kw - kCentre : kCentre - kw;
+            if ((dh > dw ? dh : dw) > size + 1) continue;  // outside this size's centred k x k
+            const A tap = flipped[kh * K + kw];
+#pragma unroll
+            for (int ix = 0; ix < TW; ++ix) sum[j][ix] += line[(ix + kw * dil) * kTileChannels] * tap;
+          }
+        }
+      }
+    }
+    if (!valid) continue;
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int ih = at.row + threadIdx.y + j * kTileRows;
+      if (threadIdx.y + j * kTileRows >= t.rows || ih >= h) break;
+#pragma unroll
+      for (int ix = 0; ix < TW; ++ix) {
+        if (at.col + ix >= wd) break;
+        grad_in[((at.n * h + ih) * wd + at.col + ix) * s.e + c] = from_acc<T>(sum[j][ix]);
+      }
+    }
   }
 }
 
@@ -1061,6 +1140,40 @@ cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, Mbc
     if (const cudaError_t err = depthwise_forward_launch(one, dtype, stream)) return err;
   }
   return cudaSuccess;
+}
+
+namespace {
+
+DwTile nested_backward_tile(const DwShape& s, MbconvDtype dtype) {
+  if (s.stride != 1 || bad_shape(s) || !tiled_depthwise_wanted()) return DwTile();
+  return dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, dtype == MbconvDtype::kFloat64 ? 8 : 4);
+}
+
+}  // namespace
+
+bool depthwise_backward_nested_fits(const DwShape& s, MbconvDtype dtype) {
+  return (s.k == 3 || s.k == 5 || s.k == 7) && nested_backward_tile(s, dtype).rows > 0;
+}
+
+cudaError_t depthwise_backward_nested_launch(const DwNestedBackwardArgs& args, MbconvDtype dtype,
+                                             cudaStream_t stream) {
+  const DwShape& s = args.s;
+  if (!depthwise_backward_nested_fits(s, dtype)) return cudaErrorInvalidValue;  // the driver asks first
+  for (int i = 0; i < 3; ++i) {
+    if (args.go[i].ga2 != nullptr && 2 * i + 3 > s.k) return cudaErrorInvalidValue;
+  }
+  if (s.n * s.h * s.w == 0 || s.e == 0) return cudaSuccess;
+  const DwTile tile = nested_backward_tile(s, dtype);
+  TiledPlan plan;
+  if (const cudaError_t err = plan_tiles(s, tile, dtype == MbconvDtype::kFloat64 ? 8 : 4, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return with_shape(s.k, 1, s.dilation, [&](auto shape) {
+      using Sh = decltype(shape);
+      dw_grad_input_nested_kernel<T, Sh::K, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+      return cudaGetLastError();
+    });
+  });
 }
 
 cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {

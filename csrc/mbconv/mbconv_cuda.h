@@ -123,6 +123,28 @@ struct DwNestedForwardArgs {
   double* sumsq[3];
 };
 
+// One kernel size's output gradient in a nested input gradient, as DwBackwardArgs gives it:
+// G = activation_grad(h2 * scale2 + shift2, ga2, act_depthwise) * a + h2 * b + c.
+struct DwOutputGradArgs {
+  const void* ga2;  // contiguous (rows_out, e); null: the mixture has no such kernel size
+  const void* h2;
+  const void* scale2;
+  const void* shift2;
+  const void* a;
+  const void* b;
+  const void* c;
+};
+
+// The input gradient of a mixture's stride-1 depthwise convs, summed over its kernel sizes, in
+// one pass: `s` is the widest kernel's shape, go[i] kernel size 2 * i + 3's output gradient.
+// grad_in is contiguous (rows_in, e); nothing is applied for BN1 (the driver does that after).
+struct DwNestedBackwardArgs {
+  DwShape s;
+  const void* weight;
+  DwOutputGradArgs go[3];
+  void* grad_in;
+};
+
 // Both gradients of the depthwise conv. The output gradient is
 // G = activation_grad(h2 * scale2 + shift2, ga2, act_depthwise) * a + h2 * b + c.
 // grad_weight (float64, contiguous (e, k, k), ZERO on entry; null when not wanted) gets
@@ -191,6 +213,11 @@ cudaError_t affine_act_launch(const AffineActArgs& args, MbconvDtype dtype, cuda
 cudaError_t grad_sums_launch(const GradSumsArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t grad_apply_launch(const GradApplyArgs& args, MbconvDtype dtype, cudaStream_t stream);
 cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
+// Whether depthwise_backward_nested_launch takes this shape (stride 1, tiled kernels wanted, and
+// the window fits in shared memory); the driver runs one input gradient per size otherwise.
+bool depthwise_backward_nested_fits(const DwShape& s, MbconvDtype dtype);
+cudaError_t depthwise_backward_nested_launch(const DwNestedBackwardArgs& args, MbconvDtype dtype,
+                                             cudaStream_t stream);
 // One tiled pass where the widest kernel's window fits in shared memory, else one launch per size.
 cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, MbconvDtype dtype, cudaStream_t stream);
 // Launches the input-gradient and the weight-gradient kernels.

@@ -384,6 +384,54 @@ struct CudaBackend {
                  step);
   }
 
+  // The mixture's input gradient summed over its kernel sizes in one pass, where
+  // nested_depthwise_backward_fits says the kernel takes the shape (mixture_driver.h).
+  static bool nested_depthwise_backward_fits(const Geometry& g, at::ScalarType dtype) {
+    return depthwise_backward_nested_fits(dw_shape(g), to_mbconv_dtype(dtype));
+  }
+
+  static void depthwise_backward_nested(const Geometry& g, const std::vector<int64_t>& kernels,
+                                        const std::vector<at::Tensor>& ga2, const std::vector<at::Tensor>& h2,
+                                        const std::vector<at::Tensor>& scale2, const std::vector<at::Tensor>& shift2,
+                                        const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b,
+                                        const std::vector<at::Tensor>& c, const at::Tensor& weight,
+                                        at::Tensor grad_in) {
+    FNA_MBCONV_STEP("depthwise_backward_nested");
+    const char* step = "depthwise_backward_nested";
+    const c10::cuda::CUDAGuard device_guard(grad_in.device());
+    check_dw_weight(g, weight, grad_in, step);
+    check_dense(grad_in, g.rows_in(), g.e, grad_in, step, "grad_in");
+    TORCH_CHECK(kernels.size() == ga2.size() && ga2.size() == h2.size() && h2.size() == scale2.size() &&
+                    scale2.size() == shift2.size() && shift2.size() == a.size() && a.size() == b.size() &&
+                    b.size() == c.size(),
+                "fna_ext::mbconv::", step, ": one output gradient and its coefficients per kernel size");
+    const auto opmath = opmath_type(grad_in.scalar_type());
+    DwNestedBackwardArgs args{};
+    args.s = dw_shape(g);
+    args.weight = weight.data_ptr();
+    args.grad_in = grad_in.data_ptr();
+    std::vector<at::Tensor> kept;  // contiguous coefficient copies, alive until the launch is queued
+    for (size_t i = 0; i < kernels.size(); ++i) {
+      const int64_t k = kernels[i];
+      TORCH_CHECK((k == 3 || k == 5 || k == 7) && k <= g.k, "fna_ext::mbconv::", step, ": kernel size ", k,
+                  " is not 3, 5 or 7 up to the widest, ", g.k);
+      DwOutputGradArgs& go = args.go[(k - 3) / 2];
+      TORCH_CHECK(go.ga2 == nullptr, "fna_ext::mbconv::", step, ": kernel size ", k, " given twice");
+      check_dense(ga2[i], g.rows_out(), g.e, grad_in, step, "ga2");
+      check_dense(h2[i], g.rows_out(), g.e, grad_in, step, "h2");
+      for (const at::Tensor* t : {&scale2[i], &shift2[i], &a[i], &b[i], &c[i]}) {
+        kept.push_back(coefficients(*t, g.e, opmath, grad_in, step));
+      }
+      const size_t first = kept.size() - 5;
+      go = DwOutputGradArgs{ga2[i].data_ptr(),         h2[i].data_ptr(),         kept[first].data_ptr(),
+                            kept[first + 1].data_ptr(), kept[first + 2].data_ptr(), kept[first + 3].data_ptr(),
+                            kept[first + 4].data_ptr()};
+    }
+    check_launch(depthwise_backward_nested_launch(args, to_mbconv_dtype(grad_in.scalar_type()),
+                                                  c10::cuda::getCurrentCUDAStream()),
+                 step);
+  }
+
   static void depthwise_backward(const Geometry& g, const at::Tensor& ga2, const at::Tensor& h2,
                                  const at::Tensor& scale2, const at::Tensor& shift2, const at::Tensor& a,
                                  const at::Tensor& b, const at::Tensor& c, const at::Tensor& in,

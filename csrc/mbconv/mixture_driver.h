@@ -36,6 +36,14 @@ template <class B, class = void>
 struct has_nested_depthwise : std::false_type {};
 template <class B>
 struct has_nested_depthwise<B, std::void_t<decltype(B::kNestedDepthwise)>> : std::bool_constant<B::kNestedDepthwise> {};
+// A Backend whose nested input gradient takes only some shapes says which
+// (nested_depthwise_backward_fits(widest geometry, dtype)); elsewhere it runs one per kernel size.
+template <class B, class = void>
+struct has_nested_backward_check : std::false_type {};
+template <class B>
+struct has_nested_backward_check<
+    B, std::void_t<decltype(B::nested_depthwise_backward_fits(std::declval<const Geometry&>(), at::kFloat))>>
+    : std::true_type {};
 template <class B, class = void>
 struct has_nested_depthwise_forward : std::false_type {};
 template <class B>
@@ -334,10 +342,18 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   }
   // the gradient at the depthwise input, summed over the kernel sizes
   at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
-  if constexpr (has_nested_depthwise<Backend>::value) {  // reads only the output gradients
-    Backend::depthwise_backward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), plan.kernels, ga2s, h2s,
-                                       scale2s, shift2s, as, bs, cs, a.dw, grad_in);
-  } else {
+  const Geometry widest = a.geometry(x, dw_weight, project_weight, nk - 1);
+  bool nested = has_nested_depthwise<Backend>::value;
+  if constexpr (has_nested_backward_check<Backend>::value) {
+    nested = Backend::nested_depthwise_backward_fits(widest, x.scalar_type());
+  }
+  if constexpr (has_nested_depthwise<Backend>::value || has_nested_backward_check<Backend>::value) {
+    if (nested) {  // reads only the output gradients
+      Backend::depthwise_backward_nested(widest, plan.kernels, ga2s, h2s, scale2s, shift2s, as, bs, cs, a.dw,
+                                         grad_in);
+    }
+  }
+  if (!nested) {
     // the input is an argument of depthwise_backward, unread without weight gradients or BN1 on load
     const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
     at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
