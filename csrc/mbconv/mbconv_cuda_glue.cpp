@@ -339,7 +339,7 @@ struct CudaBackend {
   }
 
   // A mixture's depthwise convs, one per kernel size in `kernels` (into outs[i], with BN2's sums
-  // in sums[i], (2, e)), in one pass (mixture_driver.h). The input gradient stays per size.
+  // in sums[i], (2, e)), in one pass (mixture_driver.h).
   static constexpr bool kNestedDepthwiseForward = true;
 
   static void depthwise_forward_nested(const Geometry& g, const at::Tensor& in, const at::Tensor& scale,
@@ -410,22 +410,25 @@ struct CudaBackend {
     args.s = dw_shape(g);
     args.weight = weight.data_ptr();
     args.grad_in = grad_in.data_ptr();
-    std::vector<at::Tensor> kept;  // contiguous coefficient copies, alive until the launch is queued
+    std::vector<at::Tensor> kept;  // contiguous copies, alive until the launch is queued
     for (size_t i = 0; i < kernels.size(); ++i) {
       const int64_t k = kernels[i];
       TORCH_CHECK((k == 3 || k == 5 || k == 7) && k <= g.k, "fna_ext::mbconv::", step, ": kernel size ", k,
                   " is not 3, 5 or 7 up to the widest, ", g.k);
       DwOutputGradArgs& go = args.go[(k - 3) / 2];
       TORCH_CHECK(go.ga2 == nullptr, "fna_ext::mbconv::", step, ": kernel size ", k, " given twice");
-      check_dense(ga2[i], g.rows_out(), g.e, grad_in, step, "ga2");
-      check_dense(h2[i], g.rows_out(), g.e, grad_in, step, "h2");
+      for (const at::Tensor* t : {&ga2[i], &h2[i]}) {  // as depthwise_backward takes them: copied if strided
+        const at::Tensor dense = t->contiguous();
+        check_dense(dense, g.rows_out(), g.e, grad_in, step, "an output gradient or h2");
+        kept.push_back(dense);
+      }
       for (const at::Tensor* t : {&scale2[i], &shift2[i], &a[i], &b[i], &c[i]}) {
         kept.push_back(coefficients(*t, g.e, opmath, grad_in, step));
       }
-      const size_t first = kept.size() - 5;
-      go = DwOutputGradArgs{ga2[i].data_ptr(),         h2[i].data_ptr(),         kept[first].data_ptr(),
-                            kept[first + 1].data_ptr(), kept[first + 2].data_ptr(), kept[first + 3].data_ptr(),
-                            kept[first + 4].data_ptr()};
+      const size_t first = kept.size() - 7;
+      go = DwOutputGradArgs{kept[first].data_ptr(),     kept[first + 1].data_ptr(), kept[first + 2].data_ptr(),
+                            kept[first + 3].data_ptr(), kept[first + 4].data_ptr(), kept[first + 5].data_ptr(),
+                            kept[first + 6].data_ptr()};
     }
     check_launch(depthwise_backward_nested_launch(args, to_mbconv_dtype(grad_in.scalar_type()),
                                                   c10::cuda::getCurrentCUDAStream()),
