@@ -319,7 +319,8 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
 // ---- the same convolution, tiled through shared memory ----------------------------------------
 //
 // The kernel above reads every tap from global memory and applies BN1 and its activation to each
-// tap again: K * K times per input value. This one gives a block 32 channels (threadIdx.x) of one
+// tap again: K * K times per input value. dw_forward_tiled_kernel (below, after the untiled
+// backward kernels it shares helpers with) gives a block 32 channels (threadIdx.x) of one
 // image's TILE_H x TILE_W output pixels at a time: the block first loads the input window those
 // pixels need into shared memory, BN1 and the activation applied once per value and zero padding
 // written in, then each thread slides its channel's K x K taps over a row of TILE_W outputs held
@@ -327,8 +328,9 @@ __global__ void __launch_bounds__(kThreads) dw_forward_kernel(DwForwardArgs p) {
 // per block. Shapes whose window does not fit in shared memory run the kernel above. The weight
 // gradient and the stride-1 input gradient below are tiled the same way. Unlike the untiled
 // kernels, they multiply the padding's zeros by the taps rather than skip them, so a non-finite
-// weight or gradient spreads NaN to the border, as cuDNN's convolutions do. Both are written without a GPU to run them on;
-// FNA_EXT_CUDA_DEPTHWISE=simple selects the untiled kernels (tiled is the default).
+// weight or gradient spreads NaN to the border, as cuDNN's convolutions do. All were written
+// without a GPU to run them on; FNA_EXT_CUDA_DEPTHWISE=simple selects the untiled kernels (tiled
+// is the default).
 
 constexpr int kTileChannels = 32;    // threadIdx.x: one warp's row of channels, 128 bytes of float
 constexpr int kTileRows = 8;         // threadIdx.y
@@ -448,46 +450,6 @@ __device__ __forceinline__ void load_input_window(Acc<T>* tile, const DwTile& t,
   __syncthreads();
 }
 
-template <typename T, int K, int S, int D>
-__global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwForwardArgs p, DwTile t) {
-  using A = Acc<T>;
-  constexpr int TW = TileWidth<S>::value;
-  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
-  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
-  const DwShape& s = p.s;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
-  const bool valid = c < s.e;
-  A w[K * K];
-  load_taps_or_zero<T, K>(s, p.weight, c, valid, w);
-  const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
-  T* __restrict__ out = static_cast<T*>(p.out);
-  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
-  const int dil = dilation_of<D>(s);
-  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
-  SumPair<A> acc;
-  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const TileAt at = tile_at(index, t);
-    load_input_window<T, S>(tile, t, at, s, in, c, valid);
-    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
-      const int oh = at.row + oy;
-      if (oh >= ho) break;
-      A sum[TW];
-      correlate_row<A, K, S, TW>(tile, t.in_cols, oy, dil, w, sum);
-      if (!valid) continue;
-      const int64_t first = (at.n * ho + oh) * wo + at.col;
-#pragma unroll
-      for (int ox = 0; ox < TW; ++ox) {
-        if (at.col + ox >= wo) break;
-        const T stored = from_acc<T>(sum[ox]);
-        out[(first + ox) * s.e + c] = stored;
-        const A r = to_acc(stored);
-        acc.add(r, r * r);
-      }
-    }
-  }
-  block_add_sums(acc, c, valid, p.sum, p.sumsq);
-}
-
 // dL/dh2 at output element (q, c): BN2's activation gradient and backward applied as ga2 and h2 load.
 template <typename T>
 struct DwOutputGrad {
@@ -559,16 +521,18 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_kernel(DwBackwardArgs 
   if (bn1) block_add_sums(acc, c, valid, p.sum_g, p.sum_gh);
 }
 
-// A mixture's kernel sizes in one pass, tiled like the forward over the widest kernel's window:
-// every tap adds into the output of each kernel size whose centred k x k holds it (tap ring
-// r = max(|kh - centre|, |kw - centre|) lies in kernel size 2 * i + 3 when i + 1 >= r). Each
-// kernel size's taps are visited in its own row-major order with the same multiply-adds, so every
-// output is the single-size kernel's, bit for bit, for one load of the window instead of three.
-template <typename T, int K, int S, int D>
-__global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedForwardArgs p, DwTile t) {
+// The tiled forward: kernel sizes kSmallest .. K (odd) in one pass over the widest kernel's
+// window; a single conv is the case kSmallest = K. Every tap adds into the output of each kernel
+// size whose centred k x k holds it (tap ring r = max(|kh - centre|, |kw - centre|) lies in kernel
+// size 2 * i + 3 when i + 1 >= r). Each size's taps are visited in its own row-major order with the
+// same multiply-adds, so a mixture's outputs are its single convs', bit for bit, for one load of
+// the window instead of one per size.
+template <typename T, int K, int S, int D, int kSmallest>
+__global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwNestedForwardArgs p, DwTile t) {
   using A = Acc<T>;
   constexpr int TW = TileWidth<S>::value;
-  constexpr int kSizes = (K - 1) / 2;  // kernel sizes 3 .. K
+  constexpr int kSizes = (K - 1) / 2;          // slots of kernel sizes 3 .. K
+  constexpr int kFirst = (kSmallest - 3) / 2;  // the first slot computed
   constexpr int kCentre = (K - 1) / 2;
   extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
@@ -590,7 +554,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedFor
       if (oh >= ho) break;
       A sum[kSizes][TW];
 #pragma unroll
-      for (int i = 0; i < kSizes; ++i) {
+      for (int i = kFirst; i < kSizes; ++i) {
 #pragma unroll
         for (int ox = 0; ox < TW; ++ox) sum[i][ox] = A(0);
       }
@@ -606,7 +570,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedFor
           for (int ox = 0; ox < TW; ++ox) {
             const A v = line[(ox * S + kw * dil) * kTileChannels];
 #pragma unroll
-            for (int i = 0; i < kSizes; ++i) {
+            for (int i = kFirst; i < kSizes; ++i) {
               if (i + 1 >= ring) sum[i][ox] += v * tap;
             }
           }
@@ -615,7 +579,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedFor
       if (!valid) continue;
       const int64_t first = (at.n * ho + oh) * wo + at.col;
 #pragma unroll
-      for (int i = 0; i < kSizes; ++i) {
+      for (int i = kFirst; i < kSizes; ++i) {
         T* __restrict__ out = static_cast<T*>(p.out[i]);
         if (out == nullptr) continue;
 #pragma unroll
@@ -630,7 +594,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_nested_kernel(DwNestedFor
     }
   }
 #pragma unroll
-  for (int i = 0; i < kSizes; ++i) {
+  for (int i = kFirst; i < kSizes; ++i) {
     if (p.out[i] != nullptr) block_add_sums(acc[i], c, valid, p.sum[i], p.sumsq[i]);  // uniform
   }
 }
@@ -1019,6 +983,22 @@ cudaError_t plan_tiles(const DwShape& s, const DwTile& tile, int value_bytes, Ti
   return cudaSuccess;
 }
 
+// A single conv as the tiled kernel's arguments: its kernel size's slot only.
+DwNestedForwardArgs as_nested(const DwForwardArgs& a) {
+  DwNestedForwardArgs n{};
+  n.s = a.s;
+  n.in = a.in;
+  n.ld = a.ld;
+  n.scale = a.scale;
+  n.shift = a.shift;
+  n.weight = a.weight;
+  const int64_t slot = (a.s.k - 3) / 2;
+  n.out[slot] = a.out;
+  n.sum[slot] = a.sum;
+  n.sumsq[slot] = a.sumsq;
+  return n;
+}
+
 cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
                                     int value_bytes, cudaStream_t stream) {
   const DwShape& s = args.s;
@@ -1028,7 +1008,8 @@ cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype
     using T = typename decltype(tag)::type;
     return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, Sh::K><<<plan.grid, plan.block, plan.shared, stream>>>(
+          as_nested(args), tile);
       return cudaGetLastError();
     });
   });
@@ -1117,7 +1098,8 @@ cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, Mbc
         using T = typename decltype(tag)::type;
         return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
           using Sh = decltype(shape);
-          dw_forward_nested_kernel<T, Sh::K, Sh::S, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+          dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, 3><<<plan.grid, plan.block, plan.shared, stream>>>(args,
+                                                                                                        tile);
           return cudaGetLastError();
         });
       });

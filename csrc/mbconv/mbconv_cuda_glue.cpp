@@ -140,6 +140,31 @@ void check_coefficients_out(const at::Tensor& t, int64_t channels, const at::Ten
               " contiguous float32 or float64 values on ", like.device());
 }
 
+// The input side of a depthwise forward, checked: the input as the kernels address it (a copy
+// when its layout is not theirs) and BN1's coefficients, kept alive until the launch is queued.
+struct DwForwardInput {
+  at::Tensor src, scale, shift;
+  int64_t ld = 0;
+  DwForwardInput(const Geometry& g, const at::Tensor& in, const at::Tensor& scale1, const at::Tensor& shift1,
+                 const at::Tensor& weight, const char* step) {
+    src = dw_input(g, in, step, &ld);
+    check_dw_weight(g, weight, in, step);
+    const auto opmath = opmath_type(in.scalar_type());
+    scale = optional_coefficients(scale1, g.e, opmath, in, step);
+    shift = scale.defined() ? coefficients(shift1, g.e, opmath, in, step) : at::Tensor();
+  }
+  // the fields DwForwardArgs and DwNestedForwardArgs share
+  template <class Args>
+  void fill(Args& args, const Geometry& g, const at::Tensor& weight) const {
+    args.s = dw_shape(g);
+    args.in = src.data_ptr();
+    args.ld = ld;
+    args.scale = ptr_or_null(scale);
+    args.shift = ptr_or_null(shift);
+    args.weight = weight.data_ptr();
+  }
+};
+
 // Every step sets the data's device first (the coefficient copies and scratch tensors below are
 // made on it), launches on the current stream, and reports a failed launch as a torch error.
 struct CudaBackend {
@@ -315,22 +340,12 @@ struct CudaBackend {
     FNA_MBCONV_STEP("depthwise_forward");
     const char* step = "depthwise_forward";
     const c10::cuda::CUDAGuard device_guard(in.device());
-    int64_t ld = 0;
-    const at::Tensor src = dw_input(g, in, step, &ld);
-    check_dw_weight(g, weight, in, step);
+    const DwForwardInput input(g, in, scale, shift, weight, step);
     check_dense(out, g.rows_out(), g.e, in, step, "out");
     check_sums(sum, g.e, in, step);
     check_sums(sumsq, g.e, in, step);
-    const auto opmath = opmath_type(in.scalar_type());
-    const at::Tensor sc = optional_coefficients(scale, g.e, opmath, in, step);
-    const at::Tensor sh = sc.defined() ? coefficients(shift, g.e, opmath, in, step) : at::Tensor();
     DwForwardArgs args{};
-    args.s = dw_shape(g);
-    args.in = src.data_ptr();
-    args.ld = ld;
-    args.scale = ptr_or_null(sc);
-    args.shift = ptr_or_null(sh);
-    args.weight = weight.data_ptr();
+    input.fill(args, g, weight);
     args.out = out.data_ptr();
     args.sum = sum.data_ptr<double>();
     args.sumsq = sumsq.data_ptr<double>();
@@ -349,21 +364,11 @@ struct CudaBackend {
     FNA_MBCONV_STEP("depthwise_forward_nested");
     const char* step = "depthwise_forward_nested";
     const c10::cuda::CUDAGuard device_guard(in.device());
-    int64_t ld = 0;
-    const at::Tensor src = dw_input(g, in, step, &ld);
-    check_dw_weight(g, weight, in, step);
+    const DwForwardInput input(g, in, scale, shift, weight, step);
     TORCH_CHECK(kernels.size() == outs.size() && outs.size() == sums.size(), "fna_ext::mbconv::", step,
                 ": one output and one pair of sums per kernel size");
-    const auto opmath = opmath_type(in.scalar_type());
-    const at::Tensor sc = optional_coefficients(scale, g.e, opmath, in, step);
-    const at::Tensor sh = sc.defined() ? coefficients(shift, g.e, opmath, in, step) : at::Tensor();
     DwNestedForwardArgs args{};
-    args.s = dw_shape(g);
-    args.in = src.data_ptr();
-    args.ld = ld;
-    args.scale = ptr_or_null(sc);
-    args.shift = ptr_or_null(sh);
-    args.weight = weight.data_ptr();
+    input.fill(args, g, weight);
     for (size_t i = 0; i < kernels.size(); ++i) {
       const int64_t k = kernels[i];
       TORCH_CHECK((k == 3 || k == 5 || k == 7) && k <= g.k, "fna_ext::mbconv::", step, ": kernel size ", k,
