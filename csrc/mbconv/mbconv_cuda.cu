@@ -407,17 +407,26 @@ __device__ __forceinline__ void fill_window(A* tile, const DwTile& t, int row0, 
   }
 }
 
-// sum[o] = sum over the taps of window(r * S + kh * dil, o * S + kw * dil) * w[kh * K + kw], for the
-// TW pixels of window row r, in this lane's channel.
+// How far tap (kh, kw) of a K x K kernel lies from its centre: it belongs to the centred k x k
+// kernels with (k - 1) / 2 >= the ring. A constant once the tap loops unroll.
+template <int K>
+__device__ __forceinline__ int tap_ring(int kh, int kw) {
+  constexpr int kCentre = (K - 1) / 2;
+  const int dh = kh > kCentre ? kh - kCentre : kCentre - kh, dw = kw > kCentre ? kw - kCentre : kCentre - kw;
+  return dh > dw ? dh : dw;
+}
+
+// sum[o] += window(r * S + kh * dil, o * S + kw * dil) * w[kh * K + kw] over the taps within `ring`
+// of the centre, for the TW pixels of window row r, in this lane's channel.
 template <typename A, int K, int S, int TW>
-__device__ __forceinline__ void correlate_row(const A* tile, int in_cols, int r, int dil, const A* w, A* sum) {
-#pragma unroll
-  for (int o = 0; o < TW; ++o) sum[o] = A(0);
+__device__ __forceinline__ void correlate_row(const A* tile, int in_cols, int r, int dil, const A* w, int ring,
+                                              A* sum) {
 #pragma unroll
   for (int kh = 0; kh < K; ++kh) {
     const A* line = tile + ((r * S + kh * dil) * in_cols) * kTileChannels + threadIdx.x;
 #pragma unroll
     for (int kw = 0; kw < K; ++kw) {
+      if (tap_ring<K>(kh, kw) > ring) continue;
       const A tap = w[kh * K + kw];
 #pragma unroll
       for (int o = 0; o < TW; ++o) sum[o] += line[(o * S + kw * dil) * kTileChannels] * tap;
@@ -533,7 +542,6 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwNestedForw
   constexpr int TW = TileWidth<S>::value;
   constexpr int kSizes = (K - 1) / 2;          // slots of kernel sizes 3 .. K
   constexpr int kFirst = (kSmallest - 3) / 2;  // the first slot computed
-  constexpr int kCentre = (K - 1) / 2;
   extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
   A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels]
   const DwShape& s = p.s;
@@ -563,8 +571,7 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwNestedForw
         const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
 #pragma unroll
         for (int kw = 0; kw < K; ++kw) {
-          const int dh = kh > kCentre ? kh - kCentre : kCentre - kh, dw = kw > kCentre ? kw - kCentre : kCentre - kw;
-          const int ring = dh > dw ? dh : dw;  // a constant once the loops unroll
+          const int ring = tap_ring<K>(kh, kw);
           const A tap = w[kh * K + kw];
 #pragma unroll
           for (int ox = 0; ox < TW; ++ox) {
@@ -599,29 +606,32 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwNestedForw
   }
 }
 
-// The input gradient of a stride-1 conv, tiled like the forward: a block loads the window of
-// output gradients G (BN2's activation gradient and backward applied once per value, zero outside
-// the map) that its tile of input pixels needs, and each thread correlates its channel's taps,
-// flipped, over a register row of input pixels; then BN1's activation gradient and sums, as
-// dw_grad_input_kernel does per element.
+// The stride-1 input gradient, tiled like the forward, of one conv or summed over a mixture's
+// kernel sizes. The input gradient is the correlation of G with the taps flipped in both
+// directions, over a window that starts (K - 1) * dil - pad pixels before the tile's first input
+// pixel. For each kernel size present the block loads that size's G into the widest kernel's
+// window (BN2's activation gradient and backward applied once per value, zero outside the map),
+// and every thread adds its correlation with that size's ring of the flipped taps (its centred
+// k x k) into its register rows: with the widest window's origin, size k's taps sit at the same
+// offsets as the widest kernel's taps of the same ring. Then, with BN1, its activation gradient
+// and sums, as dw_grad_input_kernel does per element.
 template <typename T, int K, int D>
-__global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwardArgs p, DwTile t) {
+__global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwNestedBackwardArgs p, DwTile t) {
   using A = Acc<T>;
   constexpr int TW = TileWidth<1>::value;
+  constexpr int kSizes = (K - 1) / 2;
+  constexpr int kRows = 2;  // register rows per thread: t.rows <= 2 * kTileRows
   extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
-  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of G
+  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of one size's G
   const DwShape& s = p.s;
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
   const bool valid = c < s.e;
-  const bool bn1 = p.scale1 != nullptr;  // uniform over the grid
-  // The input gradient is the correlation of G with the taps flipped in both directions, over a
-  // window that starts (K - 1) * dil pixels before the tile's first input pixel (+ pad).
   A taps[K * K], flipped[K * K];
   load_taps_or_zero<T, K>(s, p.weight, c, valid, taps);
 #pragma unroll
   for (int i = 0; i < K * K; ++i) flipped[i] = taps[K * K - 1 - i];
   const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
-  const DwOutputGrad<T> grad(p, cv);
+  const bool bn1 = p.scale1 != nullptr;  // uniform over the grid
   const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
   T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
   const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
@@ -632,26 +642,42 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwBackwar
   SumPair<A> acc;
   for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
     const TileAt at = tile_at(index, t);
-    __syncthreads();  // the previous tile's reads are done
-    fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
-                [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
-    __syncthreads();
-    for (int iy = threadIdx.y; iy < t.rows; iy += kTileRows) {
-      const int ih = at.row + iy;
-      if (ih >= h) break;
-      A sum[TW];
-      correlate_row<A, K, 1, TW>(tile, t.in_cols, iy, dil, flipped, sum);
-      if (!valid) continue;
+    A sum[kRows][TW];
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+#pragma unroll
+      for (int ix = 0; ix < TW; ++ix) sum[j][ix] = A(0);
+    }
+#pragma unroll
+    for (int size = 0; size < kSizes; ++size) {
+      if (p.go[size].ga2 == nullptr) continue;  // uniform over the grid
+      const DwOutputGrad<T> grad(p.go[size], s, cv);
+      __syncthreads();  // the previous window's reads are done
+      fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
+                  [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        const int iy = threadIdx.y + j * kTileRows;
+        if (iy >= t.rows) break;
+        correlate_row<A, K, 1, TW>(tile, t.in_cols, iy, dil, flipped, size + 1, sum[j]);  // this size's k x k
+      }
+    }
+    if (!valid) continue;
+#pragma unroll
+    for (int j = 0; j < kRows; ++j) {
+      const int ih = at.row + threadIdx.y + j * kTileRows;
+      if (threadIdx.y + j * kTileRows >= t.rows || ih >= h) break;
 #pragma unroll
       for (int ix = 0; ix < TW; ++ix) {
         if (at.col + ix >= wd) break;
         const int64_t q = (at.n * h + ih) * wd + at.col + ix;
         if (!bn1) {
-          grad_in[q * s.e + c] = from_acc<T>(sum[ix]);
+          grad_in[q * s.e + c] = from_acc<T>(sum[j][ix]);
           continue;
         }
         const A raw = in.raw(q, c);
-        const T stored = from_acc<T>(activation_grad(raw * in.scale + in.shift, sum[ix], in.kind));
+        const T stored = from_acc<T>(activation_grad(raw * in.scale + in.shift, sum[j][ix], in.kind));
         grad_in[q * s.e + c] = stored;
         const A gz = to_acc(stored);
         acc.add(gz, gz * raw);
@@ -701,83 +727,6 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_kernel(DwBackwardArgs
   for (int t = 0; t < K * K; ++t) {
     const A total = block_column_sum(acc[t], buf);
     if (threadIdx.y == 0 && valid) atomicAdd(p.grad_weight + c * K * K + t, static_cast<double>(total));
-  }
-}
-
-// A mixture's stride-1 input gradient, summed over its kernel sizes, tiled like
-// dw_grad_input_tiled_kernel over the widest kernel's window: for each kernel size present the
-// block loads that size's G into the window and every thread adds its correlation with the taps
-// of that size's ring (the centred k x k of the flipped K x K taps) into its register rows. With
-// the widest window's origin, kernel size k's taps sit at the same window offsets as the widest
-// kernel's taps of the same ring, so one correlation rule serves them all.
-template <typename T, int K, int D>
-__global__ void __launch_bounds__(kThreads) dw_grad_input_nested_kernel(DwNestedBackwardArgs p, DwTile t) {
-  using A = Acc<T>;
-  constexpr int TW = TileWidth<1>::value;
-  constexpr int kSizes = (K - 1) / 2;
-  constexpr int kCentre = (K - 1) / 2;
-  constexpr int kRows = 2;  // register rows per thread: t.rows <= 2 * kTileRows
-  extern __shared__ __align__(16) unsigned char shared_bytes[];  // doubles too
-  A* tile = reinterpret_cast<A*>(shared_bytes);  // [in_rows][in_cols][kTileChannels] of one size's G
-  const DwShape& s = p.s;
-  const int64_t c = static_cast<int64_t>(blockIdx.x) * kTileChannels + threadIdx.x;
-  const bool valid = c < s.e;
-  A taps[K * K], flipped[K * K];
-  load_taps_or_zero<T, K>(s, p.weight, c, valid, taps);
-#pragma unroll
-  for (int i = 0; i < K * K; ++i) flipped[i] = taps[K * K - 1 - i];
-  const int64_t cv = valid ? c : 0;  // a channel whose coefficients exist, for the lanes past e
-  T* __restrict__ grad_in = static_cast<T*>(p.grad_in);
-  const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
-  const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
-  const int dil = dilation_of<D>(s);
-  const int reach = (K - 1) * dil;
-  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
-  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const TileAt at = tile_at(index, t);
-    A sum[kRows][TW];
-#pragma unroll
-    for (int j = 0; j < kRows; ++j) {
-#pragma unroll
-      for (int ix = 0; ix < TW; ++ix) sum[j][ix] = A(0);
-    }
-#pragma unroll
-    for (int size = 0; size < kSizes; ++size) {
-      if (p.go[size].ga2 == nullptr) continue;  // uniform over the grid
-      const DwOutputGrad<T> grad(p.go[size], s, cv);
-      __syncthreads();  // the previous window's reads are done
-      fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
-                  [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
-      __syncthreads();
-#pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        const int iy = threadIdx.y + j * kTileRows;
-        if (iy >= t.rows) break;
-#pragma unroll
-        for (int kh = 0; kh < K; ++kh) {
-          const A* line = tile + ((iy + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
-#pragma unroll
-          for (int kw = 0; kw < K; ++kw) {
-            const int dh = kh > kCentre ? kh - kCentre : kCentre - kh, dw = kw > kCentre ? kw - kCentre : kCentre - kw;
-            if ((dh > dw ? dh : dw) > size + 1) continue;  // outside this size's centred k x k
-            const A tap = flipped[kh * K + kw];
-#pragma unroll
-            for (int ix = 0; ix < TW; ++ix) sum[j][ix] += line[(ix + kw * dil) * kTileChannels] * tap;
-          }
-        }
-      }
-    }
-    if (!valid) continue;
-#pragma unroll
-    for (int j = 0; j < kRows; ++j) {
-      const int ih = at.row + threadIdx.y + j * kTileRows;
-      if (threadIdx.y + j * kTileRows >= t.rows || ih >= h) break;
-#pragma unroll
-      for (int ix = 0; ix < TW; ++ix) {
-        if (at.col + ix >= wd) break;
-        grad_in[((at.n * h + ih) * wd + at.col + ix) * s.e + c] = from_acc<T>(sum[j][ix]);
-      }
-    }
   }
 }
 
@@ -967,9 +916,25 @@ struct TiledPlan {
   size_t shared = 0;
 };
 
+int value_bytes_of(MbconvDtype dtype) { return dtype == MbconvDtype::kFloat64 ? 8 : 4; }  // the opmath type
+
+// Tiles over the output map (the forward and the weight gradient), or none when the tiled kernels
+// are not wanted or the window does not fit.
+DwTile output_tile(const DwShape& s, MbconvDtype dtype) {
+  if (!tiled_depthwise_wanted()) return DwTile();
+  return dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
+                 s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes_of(dtype));
+}
+
+// Tiles over the input map, for the stride-1 input gradient.
+DwTile input_tile(const DwShape& s, MbconvDtype dtype) {
+  if (s.stride != 1 || !tiled_depthwise_wanted()) return DwTile();
+  return dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, value_bytes_of(dtype));
+}
+
 // Channel groups on x, tiles on y: two waves of blocks at 2048 threads per multiprocessor (more
 // only adds atomics), each block looping over its tiles.
-cudaError_t plan_tiles(const DwShape& s, const DwTile& tile, int value_bytes, TiledPlan* plan) {
+cudaError_t plan_tiles(const DwShape& s, const DwTile& tile, MbconvDtype dtype, TiledPlan* plan) {
   int device = 0, sms = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -979,7 +944,7 @@ cudaError_t plan_tiles(const DwShape& s, const DwTile& tile, int value_bytes, Ti
   const int64_t budget = std::max<int64_t>(1, static_cast<int64_t>(std::max(sms, 1)) * (2048 / kThreads) * 2 / groups);
   plan->grid = dim3(static_cast<unsigned>(groups), static_cast<unsigned>(std::min<int64_t>({tiles, budget, 65535})));
   plan->block = dim3(kTileChannels, kTileRows);
-  plan->shared = static_cast<size_t>(tile.in_rows) * tile.in_cols * kTileChannels * value_bytes;
+  plan->shared = static_cast<size_t>(tile.in_rows) * tile.in_cols * kTileChannels * value_bytes_of(dtype);
   return cudaSuccess;
 }
 
@@ -999,20 +964,57 @@ DwNestedForwardArgs as_nested(const DwForwardArgs& a) {
   return n;
 }
 
-cudaError_t depthwise_forward_tiled(const DwForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
-                                    int value_bytes, cudaStream_t stream) {
+// The tiled forward of kernel sizes 3 .. K (a mixture) or of K alone (a single conv).
+cudaError_t depthwise_forward_tiled(const DwNestedForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
+                                    bool single, cudaStream_t stream) {
   const DwShape& s = args.s;
   TiledPlan plan;
-  if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &plan)) return err;
+  if (const cudaError_t err = plan_tiles(s, tile, dtype, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, Sh::K><<<plan.grid, plan.block, plan.shared, stream>>>(
-          as_nested(args), tile);
+      if (single) {
+        dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, Sh::K><<<plan.grid, plan.block, plan.shared, stream>>>(args,
+                                                                                                           tile);
+      } else {
+        dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, 3><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+      }
       return cudaGetLastError();
     });
   });
+}
+
+// The tiled input gradient (stride 1) of one conv or a mixture's kernel sizes.
+cudaError_t depthwise_input_grad_tiled(const DwNestedBackwardArgs& args, MbconvDtype dtype, const DwTile& tile,
+                                       cudaStream_t stream) {
+  const DwShape& s = args.s;
+  TiledPlan plan;
+  if (const cudaError_t err = plan_tiles(s, tile, dtype, &plan)) return err;
+  return with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    return with_shape(s.k, 1, s.dilation, [&](auto shape) {
+      using Sh = decltype(shape);
+      dw_grad_input_tiled_kernel<T, Sh::K, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+      return cudaGetLastError();
+    });
+  });
+}
+
+// A single conv's backward as the tiled input gradient's arguments: its kernel size's slot only.
+DwNestedBackwardArgs as_nested(const DwBackwardArgs& a) {
+  DwNestedBackwardArgs n{};
+  n.s = a.s;
+  n.weight = a.weight;
+  n.go[(a.s.k - 3) / 2] = DwOutputGradArgs{a.ga2, a.h2, a.scale2, a.shift2, a.a, a.b, a.c};
+  n.grad_in = a.grad_in;
+  n.in = a.in;
+  n.ld = a.ld;
+  n.scale1 = a.scale1;
+  n.shift1 = a.shift1;
+  n.sum_g = a.sum_g;
+  n.sum_gh = a.sum_gh;
+  return n;
 }
 
 }  // namespace
@@ -1062,12 +1064,8 @@ cudaError_t depthwise_forward_launch(const DwForwardArgs& args, MbconvDtype dtyp
   if (bad_shape(s)) return cudaErrorInvalidValue;
   const int64_t pixels = s.n * s.ho * s.wo;
   if (pixels == 0 || s.e == 0) return cudaSuccess;
-  if (tiled_depthwise_wanted()) {
-    const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;  // the tile holds the opmath type
-    const DwTile tile = dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
-                                s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
-    if (tile.rows > 0) return depthwise_forward_tiled(args, dtype, tile, value_bytes, stream);
-  }
+  const DwTile tile = output_tile(s, dtype);
+  if (tile.rows > 0) return depthwise_forward_tiled(as_nested(args), dtype, tile, true, stream);
   Plan plan;
   if (const cudaError_t err = plan_rows(s.e, pixels, 4, 2, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
@@ -1087,24 +1085,8 @@ cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, Mbc
     if (args.out[i] != nullptr && 2 * i + 3 > s.k) return cudaErrorInvalidValue;  // wider than the shape's
   }
   if (s.n * s.ho * s.wo == 0 || s.e == 0) return cudaSuccess;
-  if (tiled_depthwise_wanted()) {
-    const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;
-    const DwTile tile = dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
-                                s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value, value_bytes);
-    if (tile.rows > 0) {
-      TiledPlan plan;
-      if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &plan)) return err;
-      return with_dtype(dtype, [&](auto tag) {
-        using T = typename decltype(tag)::type;
-        return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
-          using Sh = decltype(shape);
-          dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, 3><<<plan.grid, plan.block, plan.shared, stream>>>(args,
-                                                                                                        tile);
-          return cudaGetLastError();
-        });
-      });
-    }
-  }
+  const DwTile tile = output_tile(s, dtype);
+  if (tile.rows > 0) return depthwise_forward_tiled(args, dtype, tile, false, stream);
   for (int i = 0; i < 3; ++i) {  // one launch per kernel size, each with its own padding
     if (args.out[i] == nullptr) continue;
     DwForwardArgs one{};
@@ -1124,17 +1106,8 @@ cudaError_t depthwise_forward_nested_launch(const DwNestedForwardArgs& args, Mbc
   return cudaSuccess;
 }
 
-namespace {
-
-DwTile nested_backward_tile(const DwShape& s, MbconvDtype dtype) {
-  if (s.stride != 1 || bad_shape(s) || !tiled_depthwise_wanted()) return DwTile();
-  return dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, dtype == MbconvDtype::kFloat64 ? 8 : 4);
-}
-
-}  // namespace
-
 bool depthwise_backward_nested_fits(const DwShape& s, MbconvDtype dtype) {
-  return (s.k == 3 || s.k == 5 || s.k == 7) && nested_backward_tile(s, dtype).rows > 0;
+  return !bad_shape(s) && (s.k == 3 || s.k == 5 || s.k == 7) && input_tile(s, dtype).rows > 0;
 }
 
 cudaError_t depthwise_backward_nested_launch(const DwNestedBackwardArgs& args, MbconvDtype dtype,
@@ -1145,17 +1118,7 @@ cudaError_t depthwise_backward_nested_launch(const DwNestedBackwardArgs& args, M
     if (args.go[i].ga2 != nullptr && 2 * i + 3 > s.k) return cudaErrorInvalidValue;
   }
   if (s.n * s.h * s.w == 0 || s.e == 0) return cudaSuccess;
-  const DwTile tile = nested_backward_tile(s, dtype);
-  TiledPlan plan;
-  if (const cudaError_t err = plan_tiles(s, tile, dtype == MbconvDtype::kFloat64 ? 8 : 4, &plan)) return err;
-  return with_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return with_shape(s.k, 1, s.dilation, [&](auto shape) {
-      using Sh = decltype(shape);
-      dw_grad_input_nested_kernel<T, Sh::K, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
-      return cudaGetLastError();
-    });
-  });
+  return depthwise_input_grad_tiled(args, dtype, input_tile(s, dtype), stream);
 }
 
 cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dtype, cudaStream_t stream) {
@@ -1167,34 +1130,20 @@ cudaError_t depthwise_backward_launch(const DwBackwardArgs& args, MbconvDtype dt
   if (const cudaError_t err = plan_rows(s.e, pixels_in, 4, 2, &in_plan)) return err;
   // the weight gradient ends with K * K block reductions: more pixels per thread amortise them
   if (const cudaError_t err = plan_rows(s.e, pixels_out, 16, 1, &w_plan)) return err;
-  const int value_bytes = dtype == MbconvDtype::kFloat64 ? 8 : 4;
-  const bool tiled_wanted = tiled_depthwise_wanted();
   // the input gradient's tiles cover the input (stride 1 only); the weight gradient's the output
-  const DwTile tile = s.stride == 1 && tiled_wanted
-                          ? dw_tile(s.h, s.w, 1, extent_of(s), TileWidth<1>::value, value_bytes)
-                          : DwTile();
-  const DwTile w_tile = tiled_wanted ? dw_tile(s.ho, s.wo, static_cast<int>(s.stride), extent_of(s),
-                                               s.stride == 1 ? TileWidth<1>::value : TileWidth<2>::value,
-                                               value_bytes)
-                                     : DwTile();
-  TiledPlan tiled, w_tiled;
+  const DwTile tile = input_tile(s, dtype), w_tile = output_tile(s, dtype);
   if (tile.rows > 0) {
-    if (const cudaError_t err = plan_tiles(s, tile, value_bytes, &tiled)) return err;
+    if (const cudaError_t err = depthwise_input_grad_tiled(as_nested(args), dtype, tile, stream)) return err;
   }
+  TiledPlan w_tiled;
   if (w_tile.rows > 0) {
-    if (const cudaError_t err = plan_tiles(s, w_tile, value_bytes, &w_tiled)) return err;
+    if (const cudaError_t err = plan_tiles(s, w_tile, dtype, &w_tiled)) return err;
   }
   return with_dtype(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
       using Sh = decltype(shape);
-      if constexpr (Sh::S == 1) {
-        if (tile.rows > 0) {
-          dw_grad_input_tiled_kernel<T, Sh::K, Sh::D><<<tiled.grid, tiled.block, tiled.shared, stream>>>(args, tile);
-        } else {
-          dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
-        }
-      } else {
+      if (tile.rows == 0) {
         dw_grad_input_kernel<T, Sh::K, Sh::S, Sh::D><<<in_plan.grid, in_plan.block, 0, stream>>>(args);
       }
       cudaError_t err = cudaGetLastError();

@@ -135,14 +135,22 @@ struct DwOutputGradArgs {
   const void* c;
 };
 
-// The input gradient of a mixture's stride-1 depthwise convs, summed over its kernel sizes, in
-// one pass: `s` is the widest kernel's shape, go[i] kernel size 2 * i + 3's output gradient.
-// grad_in is contiguous (rows_in, e); nothing is applied for BN1 (the driver does that after).
+// The input gradient of stride-1 depthwise convs summed over their kernel sizes (one, or a
+// mixture's), in one pass: `s` is the widest kernel's shape, go[i] kernel size 2 * i + 3's output
+// gradient. grad_in is contiguous (rows_in, e). With scale1 not null, BN1's activation gradient
+// is applied on store and sum_g / sum_gh get its sums against the raw input, as in
+// DwBackwardArgs; a mixture passes null (its driver applies BN1 after).
 struct DwNestedBackwardArgs {
   DwShape s;
   const void* weight;
   DwOutputGradArgs go[3];
   void* grad_in;
+  const void* in;  // read only with scale1
+  int64_t ld;
+  const void* scale1;
+  const void* shift1;
+  double* sum_g;
+  double* sum_gh;
 };
 
 // Both gradients of the depthwise conv. The output gradient is

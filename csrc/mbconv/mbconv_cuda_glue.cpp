@@ -355,8 +355,6 @@ struct CudaBackend {
 
   // A mixture's depthwise convs, one per kernel size in `kernels` (into outs[i], with BN2's sums
   // in sums[i], (2, e)), in one pass (mixture_driver.h).
-  static constexpr bool kNestedDepthwiseForward = true;
-
   static void depthwise_forward_nested(const Geometry& g, const at::Tensor& in, const at::Tensor& scale,
                                        const at::Tensor& shift, const at::Tensor& weight,
                                        const std::vector<int64_t>& kernels, const std::vector<at::Tensor>& outs,

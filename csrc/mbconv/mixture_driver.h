@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <limits>
 #include <map>
-#include <type_traits>
 #include <vector>
 
 #include "mbconv_driver.h"
@@ -29,26 +28,9 @@
 namespace fna_ext {
 namespace mbconv {
 
-// Whether a Backend runs every kernel size of a mixture in one pass: the forward
-// (depthwise_forward_nested, kNestedDepthwiseForward) and the input gradient
-// (depthwise_backward_nested, kNestedDepthwise); the others run one depthwise conv per kernel size.
-template <class B, class = void>
-struct has_nested_depthwise : std::false_type {};
-template <class B>
-struct has_nested_depthwise<B, std::void_t<decltype(B::kNestedDepthwise)>> : std::bool_constant<B::kNestedDepthwise> {};
-// A Backend whose nested input gradient takes only some shapes says which
-// (nested_depthwise_backward_fits(widest geometry, dtype)); elsewhere it runs one per kernel size.
-template <class B, class = void>
-struct has_nested_backward_check : std::false_type {};
-template <class B>
-struct has_nested_backward_check<
-    B, std::void_t<decltype(B::nested_depthwise_backward_fits(std::declval<const Geometry&>(), at::kFloat))>>
-    : std::true_type {};
-template <class B, class = void>
-struct has_nested_depthwise_forward : std::false_type {};
-template <class B>
-struct has_nested_depthwise_forward<B, std::void_t<decltype(B::kNestedDepthwiseForward)>>
-    : std::bool_constant<B::kNestedDepthwiseForward> {};
+// Every backend runs a mixture's kernel sizes in one pass: depthwise_forward_nested always, and
+// depthwise_backward_nested where nested_depthwise_backward_fits(widest geometry, dtype) says it
+// takes the shape; elsewhere the driver runs one input gradient per kernel size.
 
 // The candidates grouped by kernel size, each group's expansions ascending: the column blocks
 // [e_(j-1), e_j) of the nested projections.
@@ -165,17 +147,10 @@ std::vector<at::Tensor> mixture_depthwise(const MixtureArgs& a, const at::Tensor
   const at::Tensor zeroed = at::zeros({nk, 2, a.plan.width}, x.options().dtype(at::kDouble));  // one fill
   std::vector<at::Tensor> sums;
   for (int64_t ki = 0; ki < nk; ++ki) sums.push_back(zeroed[ki]);
-  if constexpr (has_nested_depthwise_forward<Backend>::value) {
-    std::vector<at::Tensor> outs;
-    for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
-    Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
-                                      a.plan.kernels, outs, sums);
-  } else {
-    for (int64_t ki = 0; ki < nk; ++ki) {
-      Backend::depthwise_forward(a.geometry(x, dw_weight, project_weight, ki), in, scale1, shift1, a.dw, h2[ki],
-                                 sums[ki][0], sums[ki][1]);
-    }
-  }
+  std::vector<at::Tensor> outs;
+  for (int64_t ki = 0; ki < nk; ++ki) outs.push_back(h2[ki]);
+  Backend::depthwise_forward_nested(a.geometry(x, dw_weight, project_weight, nk - 1), in, scale1, shift1, a.dw,
+                                    a.plan.kernels, outs, sums);
   return sums;
 }
 
@@ -343,17 +318,9 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   // the gradient at the depthwise input, summed over the kernel sizes
   at::Tensor grad_in = Backend::empty({g0.rows_in(), plan.width}, x.options());
   const Geometry widest = a.geometry(x, dw_weight, project_weight, nk - 1);
-  bool nested = has_nested_depthwise<Backend>::value;
-  if constexpr (has_nested_backward_check<Backend>::value) {
-    nested = Backend::nested_depthwise_backward_fits(widest, x.scalar_type());
-  }
-  if constexpr (has_nested_depthwise<Backend>::value || has_nested_backward_check<Backend>::value) {
-    if (nested) {  // reads only the output gradients
-      Backend::depthwise_backward_nested(widest, plan.kernels, ga2s, h2s, scale2s, shift2s, as, bs, cs, a.dw,
-                                         grad_in);
-    }
-  }
-  if (!nested) {
+  if (Backend::nested_depthwise_backward_fits(widest, x.scalar_type())) {  // reads only the output gradients
+    Backend::depthwise_backward_nested(widest, plan.kernels, ga2s, h2s, scale2s, shift2s, as, bs, cs, a.dw, grad_in);
+  } else {
     // the input is an argument of depthwise_backward, unread without weight gradients or BN1 on load
     const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
     at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();

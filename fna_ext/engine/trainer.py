@@ -412,7 +412,6 @@ class Trainer:
         """Trains to the configured number of epochs (from where a resume left off), or until
         iteration ``stop_at`` (a time budget; the last checkpoint stays resumable)."""
         log_every = max(int(self.config.get("log_every", 20)), 1)
-        place_model(self.model, self.device, self.config.get("channels_last"))
         stop_at = self.total_iters if stop_at is None else min(stop_at, self.total_iters)
         self._evaluate_pending()
         while self.iteration < stop_at:

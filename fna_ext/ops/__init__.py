@@ -12,4 +12,5 @@ from .sampled_mbconv import (FUSED_BY_DEFAULT, centre_kernel, depthwise_project,
 __all__ = ["nms", "batched_nms", "nms_reference", "batched_nms_reference", "sampled_mbconv", "sampled_mbconv_reference",
            "depthwise_project", "depthwise_project_reference", "centre_kernel", "fused", "set_fused",
            "fused_enabled", "fused_setting", "FUSED_BY_DEFAULT", "takes_fused_path", "mbconv_mixture",
-           "mbconv_mixture_reference", "depthwise_project_mixture", "depthwise_project_mixture_reference", "takes_fused_mixture"]
+           "mbconv_mixture_reference", "depthwise_project_mixture", "depthwise_project_mixture_reference",
+           "takes_fused_mixture"]
