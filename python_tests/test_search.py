@@ -10,9 +10,9 @@ import torch
 
 from fna_ext.arch import Arch, mobilenet_v2_arch
 from fna_ext.nas.search import search
-from fna_ext.config import resolve
 from fna_ext.data.synthetic import generate_detection
 from fna_ext.families.mbconv import build_network
+from fna_ext.tasks import get_task
 from fna_ext.tasks.detection.presets import search_preset
 from fna_ext.remap import save_weights
 
@@ -32,7 +32,9 @@ def tiny(tmp_path_factory):
 
 
 def _config(data, *extra):
-    return resolve(search_preset("ssdlite", synthetic=False), None, [f"data.root={data}", *TINY, *extra])
+    # the task's resolve_config: every rule the CLI applies (search.fused=true is a choice, not a string)
+    return get_task("coco").resolve_config(search_preset("ssdlite", synthetic=False), None,
+                                           [f"data.root={data}", *TINY, *extra])
 
 
 def test_search_writes_arch_json_and_plots(tiny, tmp_path):

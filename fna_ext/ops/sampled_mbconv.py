@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _extension
+from .autograd import register_autograd
 from .slices import kernel_window
 from ..engine import distributed
 from ..engine.distributed import batch_norm as global_batch_norm
@@ -105,7 +106,11 @@ def fused_setting(value, device: str | torch.device) -> bool:
     false)."""
     if value == "auto":
         return torch.device(device).type in FUSED_BY_DEFAULT
-    return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # a hand-built config's text
+        return value.lower() == "true"
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"search.fused must be auto, true or false, got {value!r}")
 
 
 def fused_enabled() -> bool:
@@ -416,8 +421,8 @@ def _register() -> None:
     lib.register_fake("fna_ext::sampled_mbconv_backward", _fake_sampled_backward)
     lib.register_fake("fna_ext::depthwise_project_forward", _fake_tail_forward)
     lib.register_fake("fna_ext::depthwise_project_backward", _fake_tail_backward)
-    lib.register_autograd("fna_ext::sampled_mbconv_forward", _backward_sampled, setup_context=_setup_sampled)
-    lib.register_autograd("fna_ext::depthwise_project_forward", _backward_tail, setup_context=_setup_tail)
+    register_autograd("fna_ext::sampled_mbconv_forward", _backward_sampled, setup_context=_setup_sampled)
+    register_autograd("fna_ext::depthwise_project_forward", _backward_tail, setup_context=_setup_tail)
 
 
 _extension.on_load(_register)
