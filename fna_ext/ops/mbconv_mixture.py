@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .autograd import register_autograd
 from .sampled_mbconv import (_channels_last, _like_x, _out_size, check_dilation, depthwise_project, expand_hidden,
                              takes_fused_path)
 
@@ -202,8 +203,8 @@ def _register() -> None:
     lib.register_fake("fna_ext::mixture_mbconv_backward", _fake_mbconv_backward)
     lib.register_fake("fna_ext::mixture_depthwise_project_forward", _fake_tail_forward)
     lib.register_fake("fna_ext::mixture_depthwise_project_backward", _fake_tail_backward)
-    lib.register_autograd("fna_ext::mixture_mbconv_forward", _backward_mbconv, setup_context=_setup)
-    lib.register_autograd("fna_ext::mixture_depthwise_project_forward", _backward_tail, setup_context=_setup)
+    register_autograd("fna_ext::mixture_mbconv_forward", _backward_mbconv, setup_context=_setup)
+    register_autograd("fna_ext::mixture_depthwise_project_forward", _backward_tail, setup_context=_setup)
 
 
 _extension.on_load(_register)
