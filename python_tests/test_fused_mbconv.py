@@ -7,7 +7,7 @@ import torch
 from fna_ext import _extension, ops
 from fna_ext.engine import distributed
 
-from precision import assert_matches_reference
+from precision import assert_matches_float64
 
 pytestmark = pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"),
                                 reason="the extension has no fused sampled-MBConv kernel")
@@ -161,6 +161,28 @@ def test_opcheck_sampled_mbconv_forward():
     torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (x, *weights, *bns, 5, 12, 2, 1e-5))
 
 
+def test_the_autograd_kernel_fills_defaults_without_torchs_per_call_fill(monkeypatch):
+    """fna_ext.ops.autograd fills the schema's defaults from a list read at registration: a call
+    that leaves them out (the dispatcher drops trailing defaults too) gets the same gradients as
+    one that spells them out, and torch's per-call fill_defaults (~100 us) is never reached."""
+    import torch._library.utils as library_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("register_autograd's per-call fill_defaults ran")
+
+    monkeypatch.setattr(library_utils, "fill_defaults", refuse)
+    x, weights, bns = _op_args()
+    op = torch.ops.fna_ext.sampled_mbconv_forward
+    results = []
+    for trailing in ((), (1, 0, None, None, None, None, 0, 1, 0)):  # dilation .. se_gate at their defaults
+        out = op(x, *weights, *bns, 5, 12, 2, 1e-5, *trailing)[0]
+        leaves = [x, *weights, *bns]
+        results.append([out, *torch.autograd.grad(out.square().sum(), leaves)])
+    for short, full in zip(*results):
+        torch.testing.assert_close(short, full, rtol=0, atol=0)
+    assert type(results[0][0].grad_fn).__name__.startswith("GeneratedBackwardFor_fna_ext_sampled_mbconv_forward")
+
+
 def test_opcheck_depthwise_project_forward():
     x, weights, bns = _op_args()
     hidden = torch.randn(2, 12, 5, 7, dtype=torch.float64, requires_grad=True)
@@ -251,25 +273,55 @@ def test_a_miss_frees_idle_blocks_of_other_sizes_first():
     torch.ops.fna_ext.host_cache_release()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_16bit_rule_passes_eager_and_refuses_a_wrong_channel(dtype):
+    """The rule the CUDA tests apply (precision.py), checked on the CPU with eager PyTorch as the
+    "fused" result: eager passes its own rule; a quarter of the hidden channels' gradient zeroed
+    (a kernel's channel group lost) does not. (One channel of 40 is within bfloat16's 4x-eager
+    bound: single elements are what the float32 comparison checks.)"""
+    def run(seed, broken=False):
+        torch.manual_seed(seed)
+        weights, bns = _block(8, 8, 48, affine=True, dtype=dtype)
+        x = torch.randn(2, 8, 9, 11, dtype=dtype).to(memory_format=torch.channels_last).requires_grad_()
+        grad = torch.randn(2, 8, 9, 11, dtype=dtype)
+        kwargs = dict(kernel_size=5, expand_channels=40)
+        eager = _run(False, x, weights, bns, grad, **kwargs)
+        fused = (eager[0], tuple(g.clone() for g in eager[1]))
+        if broken:
+            fused[1][2][:10].zero_()  # the depthwise weight's gradient, channels 0-9 of 40
+        def as64(t):
+            return t.detach().double().requires_grad_()
+        ref = _run(False, as64(x), {n: as64(w) for n, w in weights.items()}, {n: as64(b) for n, b in bns.items()},
+                   grad.double(), **kwargs)
+        return fused, ref, eager
+
+    assert_matches_float64(run, dtype, first_seed=1)
+    with pytest.raises(AssertionError, match="gradient 2"):
+        assert_matches_float64(lambda seed: run(seed, broken=True), dtype, first_seed=1)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("k, stride", [(3, 1), (5, 2), (7, 1)])
 def test_cuda_matches_a_float64_reference(dtype, k, stride):
-    torch.manual_seed(5)
-    weights, bns = _block(16, 16, 96, affine=True, dtype=dtype, device="cuda")
-    x = torch.randn(4, 16, 15, 17, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
-    x.requires_grad_()
-    grad = torch.randn(4, 16, (15 - 1) // stride + 1, (17 - 1) // stride + 1, device="cuda", dtype=dtype)
-    kwargs = dict(kernel_size=k, expand_channels=80, stride=stride)
-    assert ops.takes_fused_path(x, k)
-    y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    def run(seed):
+        torch.manual_seed(seed)
+        weights, bns = _block(16, 16, 96, affine=True, dtype=dtype, device="cuda")
+        x = torch.randn(4, 16, 15, 17, device="cuda", dtype=dtype).to(memory_format=torch.channels_last)
+        x.requires_grad_()
+        grad = torch.randn(4, 16, (15 - 1) // stride + 1, (17 - 1) // stride + 1, device="cuda", dtype=dtype)
+        kwargs = dict(kernel_size=k, expand_channels=80, stride=stride)
+        assert ops.takes_fused_path(x, k)
+        fused = _run(True, x, weights, bns, grad, **kwargs)
 
-    def as64(t):
-        return t.detach().double().requires_grad_()
-    ref = _run(False, as64(x), {n: as64(w) for n, w in weights.items()}, {n: as64(b) for n, b in bns.items()},
-               grad.double(), **kwargs)
-    eager = _run(False, x, weights, bns, grad, **kwargs) if dtype != torch.float32 else None
-    assert_matches_reference((y, grads), ref, dtype, eager)
+        def as64(t):
+            return t.detach().double().requires_grad_()
+        ref = _run(False, as64(x), {n: as64(w) for n, w in weights.items()}, {n: as64(b) for n, b in bns.items()},
+                   grad.double(), **kwargs)
+        eager = _run(False, x, weights, bns, grad, **kwargs) if dtype != torch.float32 else None
+        return fused, ref, eager
+
+    assert_matches_float64(run, dtype, first_seed=5)
 
 
 @pytest.mark.cuda
