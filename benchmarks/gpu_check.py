@@ -1,6 +1,6 @@
 """Everything to check on a CUDA machine that is lent for a few minutes, in one command:
 
-    python benchmarks/gpu_check.py --out DIR [--dry-run] [--cuda-arch 9.0]
+    python benchmarks/gpu_check.py --out DIR [--dry-run] [--cuda-arch 9.0] [--stages ...] [--bench-parts ...]
 
 1. build   builds the extension in place with CUDA for sm_90 (--cuda-arch) on every core
            (TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=<cores> FORCE_CUDA=1 python setup.py build_ext --inplace);
@@ -16,6 +16,10 @@ Each stage runs as a subprocess with its own time limit (a hang costs that stage
 results.json is rewritten after every stage, so a kill still leaves the stages before it. The
 limits add up to less than 8 minutes; time a stage leaves unused goes to the ones after it.
 Logs of every stage are in DIR.
+
+``--stages build,info,pytest,bench`` runs those stages only (the others are reported as not
+selected) and ``--bench-parts "mbconv float32,profile"`` those parts of the bench stage only
+(gpu_bench.py --parts): a rerun after a fix, in what is left of a session's device time.
 
 ``--dry-run`` runs every stage on the CPU with tiny shapes: it skips the build when fna_ext._C
 already imports (else builds without CUDA), skips memcheck (no GPU) and torch.compile.
@@ -78,6 +82,7 @@ class Context:
     cuda_arch: str = CUDA_ARCH
     python: str = sys.executable
     results: dict = field(default_factory=dict)
+    bench_parts: str | None = None  # gpu_bench.py --parts, or every part
 
     @property
     def device(self) -> str:
@@ -277,12 +282,13 @@ def parity_figures(result: dict) -> str:
     return ", ".join(f"{n} {s}" for s, n in counts.items()) + f" cases{worst}"
 
 
-def run_json_script(ctx: Context, script: str, name: str, limit: float) -> tuple[Run, dict | None]:
+def run_json_script(ctx: Context, script: str, name: str, limit: float,
+                    extra: list[str] = ()) -> tuple[Run, dict | None]:
     """Runs a benchmarks/ script that writes DIR/<name>.json (with --tiny in a dry run), logging to
     DIR/<name>.log; returns the run and what it wrote, or None."""
     path = fresh(ctx.out / f"{name}.json")
     run = ctx.run([ctx.python, str(HERE / script), "--device", ctx.device, "--out", str(path)]
-                  + (["--tiny"] if ctx.dry_run else []), f"{name}.log", limit)
+                  + (["--tiny"] if ctx.dry_run else []) + list(extra), f"{name}.log", limit)
     return run, read_json(path)
 
 
@@ -387,7 +393,8 @@ def bench_figures(result: dict) -> str:
 
 
 def stage_bench(ctx: Context, limit: float) -> dict:
-    run, result = run_json_script(ctx, "gpu_bench.py", "bench", limit)
+    extra = ["--parts", ctx.bench_parts] if ctx.bench_parts else []
+    run, result = run_json_script(ctx, "gpu_bench.py", "bench", limit, extra)
     if result is None:
         return nothing_written(ctx, run, "bench", "nothing measured")
     record = {"result": result}
@@ -598,6 +605,11 @@ def depthwise_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def _profile_rows(rows: list[dict]) -> list[str]:
+    return [f"| {_cell(row['name'][:100])} | {row['calls_per_iteration']:.0f} | "
+            f"{row['self_device_ms_per_iteration']:.3f} | {row['self_cpu_ms_per_iteration']:.3f} |" for row in rows]
+
+
 def profile_table(results: dict) -> list[str]:
     part = _bench_part(results, "profile")
     if not part or part.get("status") != "passed":
@@ -611,9 +623,14 @@ def profile_table(results: dict) -> list[str]:
                   f"{eager['aten_ops_per_iteration']:.0f} ATen ops). The fused op's top ops and kernels by "
                   f"{prof['sorted_by']}, per iteration:", "",
                   "| op or kernel | calls | self device ms | self CPU ms |", "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {_cell(row['name'][:100])} | {row['calls_per_iteration']:.0f} | "
-                  f"{row['self_device_ms_per_iteration']:.3f} | {row['self_cpu_ms_per_iteration']:.3f} |"
-                  for row in prof["rows"]]
+        lines += _profile_rows(prof["rows"])
+        if prof.get("host_rows"):
+            host = [f"{who} {p['host_ms_per_iteration']:.3f} ms" for who, p in (("fused", prof), ("eager", eager))
+                    if "host_ms_per_iteration" in p]
+            lines += ["", f"On the host (self CPU time under the profiler, per iteration: {', '.join(host)}), "
+                      "the fused op's top ops:", "",
+                      "| op or kernel | calls | self device ms | self CPU ms |", "| --- | ---: | ---: | ---: |"]
+            lines += _profile_rows(prof["host_rows"])
         lines.append("")
     return lines
 
@@ -673,15 +690,28 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="every stage on the CPU with tiny shapes")
     parser.add_argument("--cuda-arch", default=CUDA_ARCH,
                         help=f"TORCH_CUDA_ARCH_LIST of the build (default {CUDA_ARCH})")
+    parser.add_argument("--stages", help=f"comma-separated stages to run, of {','.join(STAGES)} (default: all)")
+    parser.add_argument("--bench-parts", help="comma-separated parts of the bench stage (gpu_bench.py --parts)")
     args = parser.parse_args(argv)
+    selected = list(STAGES) if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = [s for s in selected if s not in STAGES]
+    if unknown or not selected:
+        parser.exit(2, f"error: --stages {args.stages!r}: {', '.join(unknown) or 'none given'} is not a stage; "
+                       f"choose from {','.join(STAGES)}\n")
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(out=args.out.resolve(), dry_run=args.dry_run, cuda_arch=args.cuda_arch)
+    ctx = Context(out=args.out.resolve(), dry_run=args.dry_run, cuda_arch=args.cuda_arch,
+                  bench_parts=args.bench_parts)
     ctx.results = {"out": str(ctx.out), "dry_run": args.dry_run, "environment": environment(), "stages": {},
                    "targets": [], "passed": False}
     shares = DRY_RUN_SHARES if args.dry_run else GPU_SHARES
     deadline = time.monotonic()
     for number, name in enumerate(STAGES, 1):
+        # a stage not selected passes its share on, as one that finishes early does: a rerun of
+        # pytest alone gets the build's time too (the second GPU session's rerun was cut at 55 s)
         deadline += shares[name]
+        if name not in selected:
+            ctx.results["stages"][name] = {"status": "skipped", "detail": "not selected (--stages)"}
+            continue
         ctx.results["stages"][name] = run_stage(ctx, name, deadline, number)
         finish(ctx.results)
     ctx.results["stages"]["summary"] = {"status": "passed", "detail": "this file and results.json"}
