@@ -96,8 +96,9 @@ def set_fused(enabled: bool) -> None:
 
 
 # The devices whose fused kernels beat eager PyTorch, measured (benchmarks/RESULTS.md): CPUs (up to
-# 2.4x). On an H200 the CUDA kernels ran at 0.44-0.59x eager at the search shapes (2026-12-04),
-# so a GPU search runs eager unless told otherwise (search.fused: true).
+# 2.4x). On an H200 the CUDA kernels ran at 0.91-1.17x eager at the search shapes, forward and
+# backward (2026-12-04, second run; 2.0x at N=256), where the step waits on the host: a GPU
+# search runs eager unless told otherwise (search.fused: true).
 FUSED_BY_DEFAULT = frozenset({"cpu"})
 
 
