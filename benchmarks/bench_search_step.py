@@ -44,14 +44,13 @@ from timing import hardware, interleaved_medians  # noqa: E402
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
-from fna_ext.config import resolve  # noqa: E402
 from fna_ext.tasks import get_task, resolve as resolve_model  # noqa: E402
 
 
 def build_search(model: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
     """The embedded default's search of ``model`` (a model or task name: ssdlite, deeplabv3, ...)."""
     task, model = resolve_model(model)
-    config = resolve(task.search_preset(model, synthetic=True), None, list(overrides))
+    config = task.resolve_config(task.search_preset(model, synthetic=True), None, list(overrides))
     torch.manual_seed(0)
     seed = mobilenet_v2(num_classes=None)  # the timing does not depend on pretrained weights
     return ArchitectureSearch(config, seed, out_dir, device=device)
@@ -79,6 +78,22 @@ def weight_steps_in_memory(search: ArchitectureSearch, batches: int = HELD_BATCH
         calls[0] += 1
         return search.weight_step(held[calls[0] % len(held)])
     return step
+
+
+def warm_every_candidate(search: ArchitectureSearch, steps) -> None:
+    """Runs each of ``steps`` once per candidate index, every layer on that candidate (or its
+    last), before anything is timed. cuDNN and oneDNN build a plan the first time they meet a
+    convolution's shape; a weight step trains a newly drawn path, so a short benchmark of them
+    would time mostly that first use, which a long search pays once per shape. (On the H200 the
+    reference's weight step took 2511 ms against its alpha step's 205 ms, with no warm-up.)"""
+    counts = [len(a) for a in search.alphas.alphas]
+    try:
+        for index in range(max(counts)):
+            search.alphas.sample = lambda generator, uniform, i=index: [min(i, n - 1) for n in counts]
+            for step in steps:
+                step()
+    finally:
+        del search.alphas.sample  # back to ArchParameters.sample
 
 
 def with_fused(enabled: bool, step):
@@ -110,6 +125,8 @@ def measure(model: str, device: str, repeats: int, in_memory: bool, overrides: l
         search._path_generator = paired_path_generator
         for kind, step in (("weight step", weight_step), ("alpha step", search.alpha_step)):
             fns = {"fused": with_fused(True, step), "reference": with_fused(False, step)}
+            if kind == "weight step":
+                warm_every_candidate(search, fns.values())
             seconds[kind] = interleaved_medians(fns, repeats, device, warmup)
     rows = {}
     for version in ("fused", "reference"):

@@ -192,3 +192,27 @@ def test_only_test_files_with_cuda_tests_are_collected():
     files = {p.name for p in gpu_check.cuda_test_files()}
     assert {"test_fused_mbconv.py", "test_mbconv_mixture.py", "test_nms.py"} <= files
     assert "test_gpu_check.py" not in files and "test_eval_coco.py" not in files
+
+
+def test_the_search_step_benchmark_warms_every_candidate_first(tmp_path):
+    """bench_search_step times weight steps only after one step per candidate index, every layer
+    on it: cuDNN's and oneDNN's first use of a shape is not what a long search pays per step."""
+    pytest.importorskip("pycocotools", reason="the search reads its COCO-format data with pycocotools")
+    import bench_search_step
+    from gpu_bench import TINY_SEARCH_OVERRIDES
+
+    search = bench_search_step.build_search("ssdlite", "cpu", str(tmp_path), TINY_SEARCH_OVERRIDES)
+    layers = list(search.layers)
+    seen = [set() for _ in layers]
+    steps = []
+
+    def step():  # what a weight step does with the path, without the training
+        for names, op in zip(seen, search.sample_path(len(steps))):
+            names.add(op)
+        steps.append(None)
+
+    bench_search_step.warm_every_candidate(search, [step, step])
+    assert all(names == set(layer.spec.candidates) for names, layer in zip(seen, layers))
+    assert len(steps) == 2 * max(len(layer.spec.candidates) for layer in layers)
+    assert "sample" not in vars(search.alphas)  # sampling is the search's own again
+    assert len(search.sample_path(0)) == len(layers)
