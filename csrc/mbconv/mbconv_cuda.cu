@@ -238,10 +238,9 @@ struct DwInput {
         scale(act ? static_cast<const A*>(sc)[c] : A(0)), shift(act ? static_cast<const A*>(sh)[c] : A(0)) {}
   // pixel p = (n * h + ih) * w + iw, channel c
   __device__ __forceinline__ A raw(int64_t pixel, int64_t c) const { return to_acc(data[pixel * ld + c]); }
-  __device__ __forceinline__ A operator()(int64_t pixel, int64_t c) const {
-    const A v = raw(pixel, c);
-    return act ? activate(v * scale + shift, kind) : v;
-  }
+  __device__ __forceinline__ A operator()(int64_t pixel, int64_t c) const { return finish(raw(pixel, c)); }
+  // the value seen by the conv, from the stored one
+  __device__ __forceinline__ A finish(A v) const { return act ? activate(v * scale + shift, kind) : v; }
 };
 
 // The centre K x K taps of channel c of the (e_max, 1, k_max, k_max) weight.
@@ -394,16 +393,37 @@ __device__ __forceinline__ TileAt tile_at(int64_t index, const DwTile& t) {
 }
 
 // Fills this lane's channel of the block's window (in_rows x in_cols pixels whose first is
-// (row0, col0) of a height x width map) with value(y, x), and zero outside the map.
-template <typename A, typename Value>
+// (row0, col0) of a height x width map) from `source`, and zero outside the map. Two phases per
+// batch of Source::kBatch pixels (8 loads in flight per thread): source.load(y, x) only reads
+// memory, so the batch's loads issue back to back; source.finish(raw) then applies the activation
+// or BN arithmetic. In one loop, the activation's switch on its runtime kind put branches between
+// the loads, and the compiler issued one load, waited for it, and only then the next (the SASS of
+// the first GPU run's kernels, and of a one-loop batched version that the second run measured no
+// faster). Pixels outside the map load pixel (0, 0), a real element, so no load needs a branch;
+// source must read a valid channel for every lane (lanes past the last channel pass another
+// channel's index).
+template <typename A, typename Source>
 __device__ __forceinline__ void fill_window(A* tile, const DwTile& t, int row0, int col0, int height, int width,
-                                            bool valid, Value value) {
-  for (int pixel = threadIdx.y; pixel < t.in_rows * t.in_cols; pixel += kTileRows) {
-    const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
-    const int y = row0 + r, x = col0 + col;
-    A v = A(0);
-    if (valid && y >= 0 && y < height && x >= 0 && x < width) v = value(y, x);
-    tile[pixel * kTileChannels + threadIdx.x] = v;
+                                            bool valid, const Source& source) {
+  using Raw = typename Source::Raw;
+  constexpr int kBatch = Source::kBatch;
+  const int pixels = t.in_rows * t.in_cols;
+  for (int first = threadIdx.y; first < pixels; first += kTileRows * kBatch) {
+    Raw raw[kBatch];
+    bool inside[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int pixel = first + j * kTileRows;
+      const int r = pixel / t.in_cols, col = pixel - r * t.in_cols;
+      const int y = row0 + r, x = col0 + col;
+      inside[j] = valid && pixel < pixels && y >= 0 && y < height && x >= 0 && x < width;
+      raw[j] = source.load(inside[j] ? y : 0, inside[j] ? x : 0);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int pixel = first + j * kTileRows;
+      if (pixel < pixels) tile[pixel * kTileChannels + threadIdx.x] = inside[j] ? source.finish(raw[j]) : A(0);
+    }
   }
 }
 
@@ -446,6 +466,21 @@ __device__ __forceinline__ void load_taps_or_zero(const DwShape& s, const void* 
   for (int i = 0; i < K * K; ++i) w[i] = Acc<T>(0);
 }
 
+// fill_window's source for the depthwise input of image n: the stored value, then BN1 and its
+// activation when the input is pre-BN1.
+template <typename T>
+struct InputWindowSource {
+  using A = Acc<T>;
+  using Raw = A;
+  static constexpr int kBatch = 8;
+  const DwInput<T>& in;
+  int64_t first_row;  // n * h
+  int width;
+  int64_t c;
+  __device__ __forceinline__ Raw load(int y, int x) const { return in.raw((first_row + y) * width + x, c); }
+  __device__ __forceinline__ A finish(Raw v) const { return in.finish(v); }
+};
+
 // The activated input window of tile `at` of the outputs (zero padding after the activation, as
 // the convolution pads), between two barriers: the block's reads of the previous tile are done
 // before it, and its writes are visible after.
@@ -453,9 +488,9 @@ template <typename T, int S>
 __device__ __forceinline__ void load_input_window(Acc<T>* tile, const DwTile& t, const TileAt& at, const DwShape& s,
                                                   const DwInput<T>& in, int64_t c, bool valid) {
   const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
+  const InputWindowSource<T> source{in, at.n * h, wd, valid ? c : 0};
   __syncthreads();
-  fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid,
-              [&](int y, int x) { return in((at.n * h + y) * wd + x, c); });
+  fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid, source);
   __syncthreads();
 }
 
@@ -474,11 +509,30 @@ struct DwOutputGrad {
       : ga2(static_cast<const T*>(g.ga2)), h2(static_cast<const T*>(g.h2)), e(s.e), kind(s.act_depthwise),
         ms(static_cast<const A*>(g.scale2)[c]), mb(static_cast<const A*>(g.shift2)[c]),
         a(static_cast<const A*>(g.a)[c]), b(static_cast<const A*>(g.b)[c]), cc(static_cast<const A*>(g.c)[c]) {}
-  __device__ __forceinline__ A operator()(int64_t q, int64_t c) const {
-    const A hv = to_acc(h2[q * e + c]);
-    const A gz = activation_grad(hv * ms + mb, to_acc(ga2[q * e + c]), kind);
+  struct Raw {
+    T g, h;  // ga2 and h2 as stored
+  };
+  __device__ __forceinline__ Raw load(int64_t q, int64_t c) const { return {ga2[q * e + c], h2[q * e + c]}; }
+  __device__ __forceinline__ A finish(Raw r) const {
+    const A hv = to_acc(r.h);
+    const A gz = activation_grad(hv * ms + mb, to_acc(r.g), kind);
     return gz * a + hv * b + cc;
   }
+  __device__ __forceinline__ A operator()(int64_t q, int64_t c) const { return finish(load(q, c)); }
+};
+
+// fill_window's source for dL/dh2 over image n's output map.
+template <typename T>
+struct OutputGradWindowSource {
+  using A = Acc<T>;
+  using Raw = typename DwOutputGrad<T>::Raw;
+  static constexpr int kBatch = 4;  // two loads a pixel; more took the 7x7 kernel past 128 registers
+  const DwOutputGrad<T>& grad;
+  int64_t first_row;  // n * ho
+  int width;
+  int64_t c;
+  __device__ __forceinline__ Raw load(int y, int x) const { return grad.load((first_row + y) * width + x, c); }
+  __device__ __forceinline__ A finish(Raw r) const { return grad.finish(r); }
 };
 
 // Input gradient in gather form: one thread per input element sums G * w over the output pixels
@@ -653,8 +707,8 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwNestedB
       if (p.go[size].ga2 == nullptr) continue;  // uniform over the grid
       const DwOutputGrad<T> grad(p.go[size], s, cv);
       __syncthreads();  // the previous window's reads are done
-      fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid,
-                  [&](int y, int x) { return grad((at.n * ho + y) * wo + x, c); });
+      const OutputGradWindowSource<T> source{grad, at.n * ho, wo, cv};
+      fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid, source);
       __syncthreads();
 #pragma unroll
       for (int j = 0; j < kRows; ++j) {
@@ -676,7 +730,7 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwNestedB
           grad_in[q * s.e + c] = from_acc<T>(sum[j][ix]);
           continue;
         }
-        const A raw = in.raw(q, c);
+        const A raw = in.raw(q, c);  // loads ahead of the arithmetic cost registers: 143 at 7x7, one block
         const T stored = from_acc<T>(activation_grad(raw * in.scale + in.shift, sum[j][ix], in.kind));
         grad_in[q * s.e + c] = stored;
         const A gz = to_acc(stored);
@@ -759,10 +813,15 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwa
     for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
       const int oh = at.row + oy;
       if (oh >= ho) break;
-      A g[TW];
+      // G of the row's TW pixels: every load first, then the arithmetic (see fill_window); pixels
+      // past the map load the row's first and count as zero
       const int64_t first = (at.n * ho + oh) * wo + at.col;
+      typename DwOutputGrad<T>::Raw raw[TW];
 #pragma unroll
-      for (int ox = 0; ox < TW; ++ox) g[ox] = valid && at.col + ox < wo ? grad(first + ox, c) : A(0);
+      for (int ox = 0; ox < TW; ++ox) raw[ox] = grad.load(first + (at.col + ox < wo ? ox : 0), cv);
+      A g[TW];
+#pragma unroll
+      for (int ox = 0; ox < TW; ++ox) g[ox] = valid && at.col + ox < wo ? grad.finish(raw[ox]) : A(0);
 #pragma unroll
       for (int kh = 0; kh < K; ++kh) {
         const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
