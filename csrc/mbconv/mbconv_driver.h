@@ -86,8 +86,19 @@ inline at::Tensor as_nhwc_view(const at::Tensor& t) {
   return v.as_strided({n, h, w, c}, {h * w * ld, w * ld, ld, 1});
 }
 
+// t.narrow(dim, start, length) as one dispatched op: narrow is three (narrow, slice, as_strided),
+// and the ops' slices of weights, BN parameters, statistics and sums were a tenth of the host time
+// of a fused forward and backward at the search shapes on a GPU, where the step waits on the host.
+inline at::Tensor narrowed(const at::Tensor& t, int64_t dim, int64_t start, int64_t length) {
+  TORCH_CHECK(start >= 0 && length >= 0 && start + length <= t.size(dim), "fna_ext::mbconv: narrowed [", start, ", ",
+              start + length, ") of dimension ", dim, " (size ", t.size(dim), ")");
+  std::vector<int64_t> sizes = t.sizes().vec();
+  sizes[dim] = length;
+  return t.as_strided(sizes, t.strides(), t.storage_offset() + start * t.stride(dim));
+}
+
 inline at::Tensor slice_or_undefined(const c10::optional<at::Tensor>& t, int64_t channels) {
-  return t.has_value() && t->defined() ? t->narrow(0, 0, channels) : at::Tensor();
+  return t.has_value() && t->defined() ? narrowed(*t, 0, 0, channels) : at::Tensor();
 }
 
 // ---- a BN's per-channel coefficients (bn_coefficients.h) ---------------------------------------
@@ -232,7 +243,7 @@ inline std::vector<at::Tensor> zeroed_sums(std::initializer_list<int64_t> sizes,
   std::vector<at::Tensor> parts;
   int64_t offset = 0;
   for (const int64_t n : sizes) {
-    parts.push_back(all.narrow(0, offset, n));
+    parts.push_back(narrowed(all, 0, offset, n));
     offset += n;
   }
   return parts;
@@ -243,7 +254,7 @@ inline std::vector<at::Tensor> zeroed_sums(std::initializer_list<int64_t> sizes,
 inline at::Tensor param_grad(const c10::optional<at::Tensor>& param, const at::Tensor& value, bool wanted) {
   if (!wanted || !param.has_value() || !param->defined()) return at::empty({0}, value.options());
   at::Tensor grad = at::zeros_like(*param);
-  grad.narrow(0, 0, value.numel()).copy_(value);  // converts from double
+  narrowed(grad, 0, 0, value.numel()).copy_(value);  // converts from double
   return grad;
 }
 
@@ -308,8 +319,8 @@ struct TailStats {
 
 inline TailStats tail_stats(const at::Tensor& stats, const Geometry& g) {
   const int64_t base = stats.numel() - 2 * g.e - 2 * g.c_out;
-  return {stats.narrow(0, base, g.e), stats.narrow(0, base + g.e, g.e),
-          stats.narrow(0, base + 2 * g.e, g.c_out), stats.narrow(0, base + 2 * g.e + g.c_out, g.c_out)};
+  return {narrowed(stats, 0, base, g.e), narrowed(stats, 0, base + g.e, g.e),
+          narrowed(stats, 0, base + 2 * g.e, g.c_out), narrowed(stats, 0, base + 2 * g.e + g.c_out, g.c_out)};
 }
 
 // ---- squeeze-and-excitation ------------------------------------------------------------------
@@ -432,10 +443,10 @@ inline SqueezeExcite make_se(const char* op, const Geometry& g, const at::Tensor
     TORCH_CHECK((*t)->scalar_type() == x.scalar_type() && (*t)->device() == x.device(), op,
                 ": the SE weights must have x's dtype and device");
   }
-  se.reduce_w = reduce_w->reshape({s_max, g.e_max}).narrow(0, 0, channels).narrow(1, 0, g.e);
-  se.reduce_b = reduce_b->narrow(0, 0, channels);
-  se.expand_w = expand_w->reshape({g.e_max, s_max}).narrow(0, 0, g.e).narrow(1, 0, channels);
-  se.expand_b = expand_b->narrow(0, 0, g.e);
+  se.reduce_w = narrowed(narrowed(reduce_w->reshape({s_max, g.e_max}), 0, 0, channels), 1, 0, g.e);
+  se.reduce_b = narrowed(*reduce_b, 0, 0, channels);
+  se.expand_w = narrowed(narrowed(expand_w->reshape({g.e_max, s_max}), 0, 0, g.e), 1, 0, channels);
+  se.expand_b = narrowed(*expand_b, 0, 0, g.e);
   se.inner = static_cast<int>(inner);
   se.gate = static_cast<int>(gate);
   return se;
@@ -452,10 +463,10 @@ inline void add_se_grads(std::vector<at::Tensor>& grads, const SeGrads& r, const
   const int64_t s = r.reduce_w.size(0), e = r.reduce_w.size(1);
   at::Tensor rw = at::zeros_like(*reduce_w), rb = at::zeros_like(*reduce_b);
   at::Tensor ew = at::zeros_like(*expand_w), eb = at::zeros_like(*expand_b);
-  rw.view({rw.size(0), rw.size(1)}).narrow(0, 0, s).narrow(1, 0, e).copy_(r.reduce_w);
-  rb.narrow(0, 0, s).copy_(r.reduce_b);
-  ew.view({ew.size(0), ew.size(1)}).narrow(0, 0, e).narrow(1, 0, s).copy_(r.expand_w);
-  eb.narrow(0, 0, e).copy_(r.expand_b);
+  narrowed(narrowed(rw.view({rw.size(0), rw.size(1)}), 0, 0, s), 1, 0, e).copy_(r.reduce_w);
+  narrowed(rb, 0, 0, s).copy_(r.reduce_b);
+  narrowed(narrowed(ew.view({ew.size(0), ew.size(1)}), 0, 0, e), 1, 0, s).copy_(r.expand_w);
+  narrowed(eb, 0, 0, e).copy_(r.expand_b);
   grads.insert(grads.end(), {rw, rb, ew, eb});
 }
 
@@ -484,7 +495,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
   if (se.defined()) apply_gate(a2, se_forward(se, a2, g).gate, g);
 
-  const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
+  const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
   at::mm_out(h3, a2, wp.t());
   Backend::row_stats(h3, sum3, sumsq3);
@@ -522,7 +533,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
 
   // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2
   // (with an SE, a2 is rebuilt first: the gate's gradient needs it)
-  const at::Tensor wp = project_weight.reshape({g.c_out, g.e_max}).narrow(1, 0, g.e);
+  const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   at::mm_out(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
@@ -537,7 +548,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
     at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
-    grad_project.narrow(1, 0, g.e).copy_(at::mm(gh3.t(), a2));
+    narrowed(grad_project, 1, 0, g.e).copy_(at::mm(gh3.t(), a2));
     r.grad_project = grad_project.view(project_weight.sizes());
     r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
   }
@@ -591,12 +602,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   at::Tensor stats = at::empty({stats_size(g, true)}, x.options().dtype(at::kDouble));
 
-  const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
+  const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
   at::mm_out(h1, x_rows, we.t());
   const std::vector<at::Tensor> sums = zeroed_sums({g.e, g.e}, stats);
   Backend::row_stats(h1, sums[0], sums[1]);
-  at::Tensor mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
+  at::Tensor mean1 = narrowed(stats, 0, 0, g.e), invstd1 = narrowed(stats, 0, g.e, g.e);
   auto [scale1, shift1] = bn_forward_coefficients<Backend>(sums[0], sums[1], g.rows_in(), eps, mean1, invstd1,
                                                            slice_or_undefined(bn1_w, g.e),
                                                            slice_or_undefined(bn1_b, g.e), opmath);
@@ -653,7 +664,7 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
-  const at::Tensor h1_rows = as_rows(h1), mean1 = stats.narrow(0, 0, g.e), invstd1 = stats.narrow(0, g.e, g.e);
+  const at::Tensor h1_rows = as_rows(h1), mean1 = narrowed(stats, 0, 0, g.e), invstd1 = narrowed(stats, 0, g.e, g.e);
   const at::Tensor gamma1 = slice_or_undefined(bn1_w, g.e);
   auto [scale1, shift1] =
       affine_coefficients<Backend>(mean1, invstd1, gamma1, slice_or_undefined(bn1_b, g.e), opmath);
@@ -664,11 +675,11 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   // BN1's backward (t.grad_in already carries the activation's gradient), then the expansion GEMMs
   const BnGrad bn1 = bn_grad<Backend>(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
   Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, t.grad_in);
-  const at::Tensor we = expand_weight.reshape({g.e_max, g.c_in}).narrow(0, 0, g.e);
+  const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor grad_expand = at::empty({0}, x.options());
   if (weight_grads) {
     grad_expand = at::zeros({g.e_max, g.c_in}, x.options());
-    grad_expand.narrow(0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
+    narrowed(grad_expand, 0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
     grad_expand = grad_expand.view(expand_weight.sizes());
   }
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
@@ -718,7 +729,7 @@ std::vector<at::Tensor> depthwise_project_backward(
 // The depthwise weight gradient's centre k x k of the first e channels, from (e, k, k) values.
 inline void set_centre_taps(at::Tensor grad_weight, const Geometry& g, const at::Tensor& taps) {
   const int64_t off = g.offset();
-  grad_weight.narrow(0, 0, g.e).narrow(2, off, g.k).narrow(3, off, g.k).copy_(taps.view({g.e, 1, g.k, g.k}));
+  narrowed(narrowed(narrowed(grad_weight, 0, 0, g.e), 2, off, g.k), 3, off, g.k).copy_(taps.view({g.e, 1, g.k, g.k}));
 }
 
 // The four ops' kernels for one device, in a TORCH_LIBRARY_IMPL block.

@@ -81,13 +81,13 @@ struct MixtureStats {
     return (plan.expand ? 2 : 0) * plan.width + 2 * static_cast<int64_t>(plan.kernels.size()) * plan.width +
            2 * plan.candidates * c_out;
   }
-  at::Tensor mean1() const { return all.narrow(0, 0, width); }
-  at::Tensor invstd1() const { return all.narrow(0, width, width); }
-  at::Tensor mean2(int64_t k) const { return all.narrow(0, base2 + 2 * k * width, width); }
-  at::Tensor invstd2(int64_t k) const { return all.narrow(0, base2 + (2 * k + 1) * width, width); }
+  at::Tensor mean1() const { return narrowed(all, 0, 0, width); }
+  at::Tensor invstd1() const { return narrowed(all, 0, width, width); }
+  at::Tensor mean2(int64_t k) const { return narrowed(all, 0, base2 + 2 * k * width, width); }
+  at::Tensor invstd2(int64_t k) const { return narrowed(all, 0, base2 + (2 * k + 1) * width, width); }
   int64_t base3() const { return base2 + 2 * kernels * width; }
-  at::Tensor mean3(int64_t i) const { return all.narrow(0, base3() + 2 * i * c_out, c_out); }
-  at::Tensor invstd3(int64_t i) const { return all.narrow(0, base3() + (2 * i + 1) * c_out, c_out); }
+  at::Tensor mean3(int64_t i) const { return narrowed(all, 0, base3() + 2 * i * c_out, c_out); }
+  at::Tensor invstd3(int64_t i) const { return narrowed(all, 0, base3() + (2 * i + 1) * c_out, c_out); }
 };
 
 // What both ops take, checked once.
@@ -170,14 +170,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   at::Tensor h1, in, scale1, shift1;
   if (plan.expand) {
     h1 = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    at::mm_out(h1, x_rows, a.we.narrow(0, 0, plan.width).t());
+    at::mm_out(h1, x_rows, narrowed(a.we, 0, 0, plan.width).t());
     const std::vector<at::Tensor> sums1 = zeroed_sums({plan.width, plan.width}, s.all);
     Backend::row_stats(h1, sums1[0], sums1[1]);
     std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sums1[0], sums1[1], g0.rows_in(), eps, s.mean1(),
                                                                 s.invstd1(), a.gamma1, a.beta1, a.opmath);
     in = h1.view({g0.n, g0.h, g0.w, plan.width});
   } else {
-    in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
+    in = as_nhwc_view(narrowed(hidden, 1, 0, plan.width));
   }
   at::Tensor h2 = Backend::empty({nk, g0.rows_out(), plan.width}, x.options());
   at::Tensor h3 = Backend::empty({plan.candidates, g0.rows_out(), g0.c_out}, x.options());
@@ -194,11 +194,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
     for (const auto& c : plan.by_kernel[ki]) {
       at::Tensor p = h3[c.index];
       if (!previous.defined()) {
-        at::mm_out(p, a2.narrow(1, 0, c.e), a.wp.narrow(1, 0, c.e).t());
+        at::mm_out(p, narrowed(a2, 1, 0, c.e), narrowed(a.wp, 1, 0, c.e).t());
       } else if (c.e == done) {
         p.copy_(previous);
       } else {
-        at::addmm_out(p, previous, a2.narrow(1, done, c.e - done), a.wp.narrow(1, done, c.e - done).t());
+        at::addmm_out(p, previous, narrowed(a2, 1, done, c.e - done), narrowed(a.wp, 1, done, c.e - done).t());
       }
       previous = p;
       done = c.e;
@@ -243,7 +243,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   at::Tensor h1 = saved_h1;
   if (plan.expand && h1.numel() == 0) {
     at::Tensor h1_rows = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    at::mm_out(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), a.we.narrow(0, 0, plan.width).t());
+    at::mm_out(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), narrowed(a.we, 0, 0, plan.width).t());
     h1 = from_rows(h1_rows, g0.n, g0.h, g0.w);
   }
   at::Tensor h2 = saved_h2;
@@ -254,7 +254,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
       std::tie(scale1, shift1) = affine_coefficients<Backend>(s.mean1(), s.invstd1(), a.gamma1, a.beta1, a.opmath);
       in = as_rows(h1).view({g0.n, g0.h, g0.w, plan.width});
     } else {
-      in = as_nhwc_view(hidden.narrow(1, 0, plan.width));
+      in = as_nhwc_view(narrowed(hidden, 1, 0, plan.width));
     }
     mixture_depthwise<Backend>(a, x, dw_weight, project_weight, in, scale1, shift1, h2);
   }
@@ -294,7 +294,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     at::Tensor gak = ga2[ki];
     const auto& group = plan.by_kernel[ki];
     const int64_t last = static_cast<int64_t>(group.size()) - 1;
-    if (group.back().e < plan.width) gak.narrow(1, group.back().e, plan.width - group.back().e).zero_();
+    if (group.back().e < plan.width) narrowed(gak, 1, group.back().e, plan.width - group.back().e).zero_();
     for (int64_t j = last; j >= 0; --j) {
       const auto& c = group[j];
       const BnGrad& b = bn3[c.index];
@@ -303,8 +303,8 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
       if (j < last) suffix.add_(term);
       const int64_t start = j == 0 ? 0 : group[j - 1].e;
       if (c.e > start) {
-        at::Tensor block = gak.narrow(1, start, c.e - start);
-        at::mm_out(block, suffix, a.wp.narrow(1, start, c.e - start));
+        at::Tensor block = narrowed(gak, 1, start, c.e - start);
+        at::mm_out(block, suffix, narrowed(a.wp, 1, start, c.e - start));
       }
     }
     const at::Tensor h2k = h2[ki];
@@ -322,7 +322,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     Backend::depthwise_backward_nested(widest, plan.kernels, ga2s, h2s, scale2s, shift2s, as, bs, cs, a.dw, grad_in);
   } else {
     // the input is an argument of depthwise_backward, unread without weight gradients or BN1 on load
-    const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(hidden.narrow(1, 0, plan.width));
+    const at::Tensor in = plan.expand ? as_nhwc_view(h1) : as_nhwc_view(narrowed(hidden, 1, 0, plan.width));
     at::Tensor grad_k = nk > 1 ? Backend::empty({g0.rows_in(), plan.width}, x.options()) : at::Tensor();
     const std::vector<at::Tensor> unused = zeroed_sums({plan.width, plan.width}, stats);
     for (int64_t ki = 0; ki < nk; ++ki) {
@@ -337,7 +337,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     at::Tensor grad_hidden = grad_in;
     if (plan.width < hidden.size(1)) {
       grad_hidden = at::zeros({g0.rows_in(), hidden.size(1)}, x.options());
-      grad_hidden.narrow(1, 0, plan.width).copy_(grad_in);
+      narrowed(grad_hidden, 1, 0, plan.width).copy_(grad_in);
     }
     at::Tensor grad_x = residual ? from_rows(grad_rows * w_sum, g0.n, g0.h, g0.w) : at::empty({0}, x.options());
     return {grad_x, from_rows(grad_hidden, g0.n, g0.h, g0.w), grad_weights.to(weights.scalar_type())};
@@ -350,7 +350,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   const BnGrad bn1 = bn_grad<Backend>(sums1[0], sums1[1], s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
   Backend::grad_apply(grad_in, h1_rows, scale1, shift1, kRelu6, bn1.a, bn1.b, bn1.c, grad_in);
   at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
-  at::mm_out(grad_x, grad_in, a.we.narrow(0, 0, plan.width));
+  at::mm_out(grad_x, grad_in, narrowed(a.we, 0, 0, plan.width));
   if (residual) grad_x.addcmul_(grad_rows, w_sum);
   return {from_rows(grad_x, g0.n, g0.h, g0.w), grad_weights.to(weights.scalar_type())};
 }
