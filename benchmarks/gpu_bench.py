@@ -128,6 +128,13 @@ def profile_part(device: str, tiny_run: bool) -> dict:
     return {"shapes": {s.name: profile_shape(s, device) for s in (map(tiny, shapes) if tiny_run else shapes)}}
 
 
+def host_overhead_part(device: str, tiny_run: bool) -> dict:
+    """bench_host_overhead: a block too small for its kernels to matter, fused and eager."""
+    import bench_host_overhead
+
+    return bench_host_overhead.measure(device, repeats=5 if tiny_run else 100)
+
+
 DEPTHWISE_ENV = "FNA_EXT_CUDA_DEPTHWISE"
 DEPTHWISE_VARIANTS = ("simple", "tiled")
 
@@ -208,6 +215,7 @@ def parts(device: str, repeats: int, tiny_run: bool) -> list[tuple[str, object]]
         if dtype == "float32":  # the most telling, right after the float32 figures (a stage cut
             # short at its time limit loses the parts after them)
             found.append(("profile", lambda: profile_part(device, tiny_run)))
+            found.append(("host overhead", lambda: host_overhead_part(device, tiny_run)))
             found.append(("depthwise variants", lambda: depthwise_variants_part(device, repeats)))
     found.append(("search step", lambda: search_step_part(device, max(1, repeats // 2), tiny_run)))
     return found

@@ -605,6 +605,16 @@ def depthwise_table(results: dict) -> list[str]:
     return lines + [""]
 
 
+def host_overhead_table(results: dict) -> list[str]:
+    part = _bench_part(results, "host overhead")
+    if not part or part.get("status") != "passed":
+        return []
+    lines = [f"## The host's share (bench_host_overhead.py: block {part['block']}, medians of "
+             f"{part['repeats']} interleaved calls)", "", "| version | us per call | ATen ops |", "| --- | ---: | ---: |"]
+    lines += [f"| {row['version']} | {row['us']:.1f} | {row['aten_ops']} |" for row in part["calls"]]
+    return lines + [""]
+
+
 def _profile_rows(rows: list[dict]) -> list[str]:
     return [f"| {_cell(row['name'][:100])} | {row['calls_per_iteration']:.0f} | "
             f"{row['self_device_ms_per_iteration']:.3f} | {row['self_cpu_ms_per_iteration']:.3f} |" for row in rows]
@@ -638,7 +648,7 @@ def profile_table(results: dict) -> list[str]:
 def write_summary(results: dict) -> None:
     logs = sorted(p.name for p in results_dir(results).iterdir() if p.suffix in (".log", ".json", ".xml"))
     text = "\n".join(header_lines(results) + main_table(results) + parity_table(results) + bench_table(results)
-                     + profile_table(results) + depthwise_table(results)
+                     + profile_table(results) + host_overhead_table(results) + depthwise_table(results)
                      + [f"Logs and raw results in this folder: {', '.join(logs)}.", ""])
     (results_dir(results) / "summary.md").write_text(text)
 

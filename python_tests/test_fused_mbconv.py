@@ -161,6 +161,17 @@ def test_opcheck_sampled_mbconv_forward():
     torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (x, *weights, *bns, 5, 12, 2, 1e-5))
 
 
+@pytest.mark.parametrize("height, width", [(0, 5), (5, 0)])
+def test_an_empty_image_is_refused_as_eager_refuses_it(height, width):
+    """At stride 2 "same" padding would give a 0-pixel map an output pixel; eager's conv refuses
+    the input, and so does the fused op (before any kernel reads the map)."""
+    weights, _ = _block(8, 8, 48, affine=False, dtype=torch.float32)
+    x = torch.randn(2, 8, height, width).to(memory_format=torch.channels_last)
+    for fused in (True, False):
+        with ops.fused(fused), torch.no_grad(), pytest.raises(RuntimeError, match="empty image|input size"):
+            ops.sampled_mbconv(x, *weights.values(), kernel_size=3, expand_channels=24, stride=2)
+
+
 def test_the_autograd_kernel_fills_defaults_without_torchs_per_call_fill(monkeypatch):
     """fna_ext.ops.autograd fills the schema's defaults from a list read at registration: a call
     that leaves them out (the dispatcher drops trailing defaults too) gets the same gradients as

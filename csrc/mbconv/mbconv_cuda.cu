@@ -399,9 +399,10 @@ __device__ __forceinline__ TileAt tile_at(int64_t index, const DwTile& t) {
 // or BN arithmetic. In one loop, the activation's switch on its runtime kind put branches between
 // the loads, and the compiler issued one load, waited for it, and only then the next (the SASS of
 // the first GPU run's kernels, and of a one-loop batched version that the second run measured no
-// faster). Pixels outside the map load pixel (0, 0), a real element, so no load needs a branch;
-// source must read a valid channel for every lane (lanes past the last channel pass another
-// channel's index).
+// faster). Pixels outside the map load pixel (0, 0), a real element, so no load needs a branch:
+// the map must hold a pixel (the ops' check_inputs refuses an empty image, and "same" padding
+// keeps the output map non-empty), and source must read a valid channel for every lane (lanes
+// past the last channel pass another channel's index).
 template <typename A, typename Source>
 __device__ __forceinline__ void fill_window(A* tile, const DwTile& t, int row0, int col0, int height, int width,
                                             bool valid, const Source& source) {

@@ -262,6 +262,10 @@ inline void check_inputs(const char* op, const at::Tensor& x, const at::Tensor& 
                          const at::Tensor& project_weight, int64_t kernel_size, int64_t channels, int64_t stride,
                          int64_t dilation) {
   TORCH_CHECK(x.dim() == 4, op, ": x must be (N, C, H, W), got ", x.sizes());
+  // as eager's convolutions do; "same" padding would otherwise give a 0-pixel map an output pixel
+  // at stride 2, and the tiled CUDA kernels load pixel (0, 0) of the map for their padding
+  TORCH_CHECK(x.size(2) >= 1 && x.size(3) >= 1, op, ": x has an empty image (H x W = ", x.size(2), " x ", x.size(3),
+              ")");
   TORCH_CHECK(dw_weight.dim() == 4 && dw_weight.size(1) == 1 && dw_weight.size(2) == dw_weight.size(3), op,
               ": dw_weight must be (E_max, 1, K, K), got ", dw_weight.sizes());
   TORCH_CHECK((kernel_size == 3 || kernel_size == 5 || kernel_size == 7) && kernel_size <= dw_weight.size(2) &&
