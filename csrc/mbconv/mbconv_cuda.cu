@@ -236,8 +236,10 @@ struct DwInput {
                                      int activation)
       : data(static_cast<const T*>(in)), ld(row_stride), act(sc != nullptr), kind(activation),
         scale(act ? static_cast<const A*>(sc)[c] : A(0)), shift(act ? static_cast<const A*>(sh)[c] : A(0)) {}
+  using Raw = A;
   // pixel p = (n * h + ih) * w + iw, channel c
   __device__ __forceinline__ A raw(int64_t pixel, int64_t c) const { return to_acc(data[pixel * ld + c]); }
+  __device__ __forceinline__ Raw load(int64_t pixel, int64_t c) const { return raw(pixel, c); }
   __device__ __forceinline__ A operator()(int64_t pixel, int64_t c) const { return finish(raw(pixel, c)); }
   // the value seen by the conv, from the stored one
   __device__ __forceinline__ A finish(A v) const { return act ? activate(v * scale + shift, kind) : v; }
@@ -467,19 +469,19 @@ __device__ __forceinline__ void load_taps_or_zero(const DwShape& s, const void* 
   for (int i = 0; i < K * K; ++i) w[i] = Acc<T>(0);
 }
 
-// fill_window's source for the depthwise input of image n: the stored value, then BN1 and its
-// activation when the input is pre-BN1.
-template <typename T>
-struct InputWindowSource {
-  using A = Acc<T>;
-  using Raw = A;
-  static constexpr int kBatch = 8;
-  const DwInput<T>& in;
-  int64_t first_row;  // n * h
+// fill_window's source over one image's map: `values` (DwInput, DwOutputGrad) loads pixel q's
+// stored values and finishes them into what the window holds; kBatch pixels a batch (8 loads).
+template <typename Values, int kBatchPixels>
+struct MapWindowSource {
+  using A = typename Values::A;
+  using Raw = typename Values::Raw;
+  static constexpr int kBatch = kBatchPixels;
+  const Values& values;
+  int64_t first_row;  // n * the map's height
   int width;
   int64_t c;
-  __device__ __forceinline__ Raw load(int y, int x) const { return in.raw((first_row + y) * width + x, c); }
-  __device__ __forceinline__ A finish(Raw v) const { return in.finish(v); }
+  __device__ __forceinline__ Raw load(int y, int x) const { return values.load((first_row + y) * width + x, c); }
+  __device__ __forceinline__ A finish(Raw r) const { return values.finish(r); }
 };
 
 // The activated input window of tile `at` of the outputs (zero padding after the activation, as
@@ -489,7 +491,7 @@ template <typename T, int S>
 __device__ __forceinline__ void load_input_window(Acc<T>* tile, const DwTile& t, const TileAt& at, const DwShape& s,
                                                   const DwInput<T>& in, int64_t c, bool valid) {
   const int h = static_cast<int>(s.h), wd = static_cast<int>(s.w), pad = static_cast<int>(s.pad);
-  const InputWindowSource<T> source{in, at.n * h, wd, valid ? c : 0};
+  const MapWindowSource<DwInput<T>, 8> source{in, at.n * h, wd, valid ? c : 0};
   __syncthreads();
   fill_window(tile, t, at.row * S - pad, at.col * S - pad, h, wd, valid, source);
   __syncthreads();
@@ -522,19 +524,6 @@ struct DwOutputGrad {
   __device__ __forceinline__ A operator()(int64_t q, int64_t c) const { return finish(load(q, c)); }
 };
 
-// fill_window's source for dL/dh2 over image n's output map.
-template <typename T>
-struct OutputGradWindowSource {
-  using A = Acc<T>;
-  using Raw = typename DwOutputGrad<T>::Raw;
-  static constexpr int kBatch = 4;  // two loads a pixel; more took the 7x7 kernel past 128 registers
-  const DwOutputGrad<T>& grad;
-  int64_t first_row;  // n * ho
-  int width;
-  int64_t c;
-  __device__ __forceinline__ Raw load(int y, int x) const { return grad.load((first_row + y) * width + x, c); }
-  __device__ __forceinline__ A finish(Raw r) const { return grad.finish(r); }
-};
 
 // Input gradient in gather form: one thread per input element sums G * w over the output pixels
 // whose window covers it (oh * S - pad + kh * dilation = ih), then BN1's activation gradient, and sums.
@@ -708,7 +697,8 @@ __global__ void __launch_bounds__(kThreads) dw_grad_input_tiled_kernel(DwNestedB
       if (p.go[size].ga2 == nullptr) continue;  // uniform over the grid
       const DwOutputGrad<T> grad(p.go[size], s, cv);
       __syncthreads();  // the previous window's reads are done
-      const OutputGradWindowSource<T> source{grad, at.n * ho, wo, cv};
+      // 4 pixels a batch: two loads each; 8 took the 7x7 kernel past 128 registers (one block)
+      const MapWindowSource<DwOutputGrad<T>, 4> source{grad, at.n * ho, wo, cv};
       fill_window(tile, t, at.row + pad - reach, at.col + pad - reach, ho, wo, valid, source);
       __syncthreads();
 #pragma unroll
