@@ -252,10 +252,18 @@ def main() -> None:
                         help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    task = get_task(args.task)
+    try:
+        task = get_task(args.task)
+    except (KeyError, ValueError) as err:
+        parser.exit(2, f"error: --task {args.task}: {err.args[0] if err.args else err}\n")
     if args.model and args.model not in task.models:
-        parser.error(f"--model {args.model} is not a model of the {task.name} task ({', '.join(task.models)})")
+        parser.exit(2, f"error: --model {args.model} is not a model of the {task.name} task "
+                       f"({', '.join(task.models)})\n")
     args.model = args.model or task.default_model
+    try:  # the settings are checked before any work, as the search CLI checks them
+        task.resolve_config(task.search_preset(args.model, synthetic=True), None, list(args.set))
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
         print(json.dumps(peak_memory_of_one_step(args.model, args.device, *args.peak_memory_of, args.set)))
         return

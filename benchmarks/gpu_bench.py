@@ -239,7 +239,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, help="interleaved repeats per figure (default 10, tiny 1)")
     parser.add_argument("--out", type=Path, help="write the parts as JSON here, after each part")
     parser.add_argument("--parts", help="comma-separated names of the parts to run (default: all)")
+    parser.add_argument("--list-parts", action="store_true", help="print the parts' names, one a line, and exit")
     args = parser.parse_args(argv)
+    if args.list_parts:  # the same names on every device and size
+        print("\n".join(name for name, _ in parts("cpu", 1, tiny_run=False)))
+        return 0
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "error: --device cuda: no CUDA device is visible; run with --device cpu\n")
     repeats = args.repeats or (1 if args.tiny else 10)

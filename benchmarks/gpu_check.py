@@ -694,6 +694,22 @@ def finish(results: dict) -> None:
     write_json(results_dir(results) / "results.json", results)
 
 
+def check_bench_parts(parser: argparse.ArgumentParser, names: str, bench_selected: bool) -> None:
+    """Refuses unknown --bench-parts before the build, not minutes later in the bench stage."""
+    if not bench_selected:
+        parser.exit(2, "error: --bench-parts without the bench stage: add bench to --stages\n")
+    listed = subprocess.run([sys.executable, str(HERE / "gpu_bench.py"), "--list-parts"], capture_output=True,
+                            text=True, cwd=REPO)
+    if listed.returncode != 0:  # no torch yet, say: the bench stage will report it
+        return
+    known = listed.stdout.split("\n")
+    wanted = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        parser.exit(2, f"error: --bench-parts {names!r}: {', '.join(unknown) or 'none given'} is not a part; "
+                       f"choose from {', '.join(n for n in known if n)}\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, summary.md and the logs")
@@ -708,6 +724,8 @@ def main(argv=None) -> int:
     if unknown or not selected:
         parser.exit(2, f"error: --stages {args.stages!r}: {', '.join(unknown) or 'none given'} is not a stage; "
                        f"choose from {','.join(STAGES)}\n")
+    if args.bench_parts is not None:
+        check_bench_parts(parser, args.bench_parts, "bench" in selected)
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=args.out.resolve(), dry_run=args.dry_run, cuda_arch=args.cuda_arch,
                   bench_parts=args.bench_parts)

@@ -220,3 +220,17 @@ def test_the_search_step_benchmark_warms_every_candidate_first(tmp_path):
     assert len(steps) == 2 * max(len(layer.spec.candidates) for layer in layers)
     assert "sample" not in vars(search.alphas)  # sampling is the search's own again
     assert len(search.sample_path(0)) == len(layers)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stages", "info,bench", "--bench-parts", "Profile"], "error: --bench-parts 'Profile': Profile is not a part"),
+    (["--stages", "info", "--bench-parts", "profile"], "error: --bench-parts without the bench stage"),
+    (["--stages", "biuld"], "error: --stages 'biuld': biuld is not a stage"),
+])
+def test_bad_stages_and_bench_parts_are_refused_before_any_stage(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main(["--dry-run", "--out", str(tmp_path / "check"), *argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "check").exists()  # nothing ran, nothing written

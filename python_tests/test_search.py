@@ -150,6 +150,18 @@ def test_weight_paths_follow_alpha_or_stay_uniform_once_alpha_starts(tiny, tmp_p
         assert 1 <= sum(firsts) <= 20
 
 
+def test_fused_setting_takes_auto_true_false_and_refuses_the_rest():
+    from fna_ext.ops import FUSED_BY_DEFAULT, fused_setting
+
+    for value, expected in (("auto", "cpu" in FUSED_BY_DEFAULT), ("AUTO", "cpu" in FUSED_BY_DEFAULT),
+                            (True, True), (False, False), ("true", True), ("False", False)):
+        assert fused_setting(value, "cpu") is expected
+    assert fused_setting("auto", "cuda") is ("cuda" in FUSED_BY_DEFAULT)
+    for bad in ("yes", 1, None, "maybe"):
+        with pytest.raises(ValueError, match="search.fused must be auto, true or false"):
+            fused_setting(bad, "cpu")
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("fused", ["auto", "true"])  # auto: eager on a GPU; true: the CUDA kernels
 def test_a_search_on_cuda_runs_and_draws_the_cpu_paths(tiny, tmp_path, fused):

@@ -56,7 +56,7 @@ def register_autograd(qualname: str, backward: Callable, setup_context: Callable
             result = backward(ctx, *grads)
         finally:
             ctx.needs_input_grad = needs
-        return (*result, None)
+        return (*result, None) if isinstance(result, tuple) else (result, None)
 
     # register_autograd's class name, so the graph's nodes read as before (grad_fn names)
     Function = type(f"GeneratedBackwardFor_{namespace}_{name}_default", (torch.autograd.Function,),

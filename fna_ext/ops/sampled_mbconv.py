@@ -105,10 +105,11 @@ FUSED_BY_DEFAULT = frozenset({"cpu"})
 def fused_setting(value, device: str | torch.device) -> bool:
     """The fused switch a run on ``device`` uses for the setting ``search.fused`` ("auto", true or
     false)."""
-    if value == "auto":
+    text = value.lower() if isinstance(value, str) else None  # a hand-built config's text
+    if text == "auto":
         return torch.device(device).type in FUSED_BY_DEFAULT
-    if isinstance(value, str) and value.lower() in ("true", "false"):  # a hand-built config's text
-        return value.lower() == "true"
+    if text in ("true", "false"):
+        return text == "true"
     if isinstance(value, bool):
         return value
     raise ValueError(f"search.fused must be auto, true or false, got {value!r}")
