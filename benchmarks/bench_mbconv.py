@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import hardware, interleaved_medians, synchronize  # noqa: E402
 
 from fna_ext import ops  # noqa: E402
+from fna_ext.ops.sampled_mbconv import SqueezeExcite  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Shape:
     expansion: int
     stride: int = 1
     bandwidth_bound: bool = False  # its rows also report the fraction of the copy bandwidth
+    dilation: int = 1  # DeepLab's output stride 16 turns a stage's stride into dilation
+    activation: str = "relu6"  # the NAS seeds' blocks: hard-swish ...
+    se_channels: int = 0  # ... and a squeeze-and-excitation of this many channels (hard-sigmoid gate)
 
 
 SHAPES = [
@@ -56,6 +60,11 @@ SHAPES = [
     Shape("SSDLite 80x80 C=24 k5 e3", 16, 24, 80, 5, 3),
     Shape("RetinaNet 40x40 C=32 k3 e6", 16, 32, 40, 3, 6),
     Shape("RetinaNet 40x40 C=32 k7 e6 s2", 16, 32, 40, 7, 6, stride=2),
+    # the segmentation search: MobileNetV2's 160-channel stage at output stride 16 of a 513 crop
+    Shape("DeepLab 33x33 C=160 k5 e6 dilation 2", 8, 160, 33, 5, 6, dilation=2),
+    # a NAS seed: MobileNetV3-Large's 112 -> 160 block (672 hidden, SE of 168) at SSDLite's 1/16
+    Shape("MobileNetV3 20x20 C=112 k5 e6 SE hswish", 16, 112, 20, 5, 6, activation="hardswish",
+          se_channels=168),
 ]
 BANDWIDTH_SHAPE = Shape("bandwidth 56x56 C=24 k7 e6", 256, 24, 56, 7, 6, bandwidth_bound=True)
 MODES = ("forward", "forward+backward")
@@ -79,8 +88,28 @@ def make_inputs(shape: Shape, device: str, dtype: torch.dtype):
     return x, weights, grad
 
 
-def versions(shape: Shape, x, weights, grad, backward: bool, with_compile: bool) -> dict:
+def block_kwargs(shape: Shape, device, dtype: torch.dtype) -> dict:
+    """The op's keyword arguments at ``shape``: kernel, width, stride, and the dilation, activation
+    and SE (its weights drawn here, max-size as a super network holds them) where it has them."""
     kwargs = dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride)
+    if shape.dilation != 1:
+        kwargs["dilation"] = shape.dilation
+    if shape.activation != "relu6":
+        kwargs["activation"] = shape.activation
+    if shape.se_channels:
+        g = torch.Generator().manual_seed(1)
+        e_max, s = 6 * shape.c, shape.se_channels
+
+        def param(*size, scale):
+            return (torch.randn(*size, generator=g) * scale).to(device=device, dtype=dtype).requires_grad_()
+        kwargs["se"] = SqueezeExcite(param(s, e_max, 1, 1, scale=e_max ** -0.5), param(s, scale=0.1),
+                                     param(e_max, s, 1, 1, scale=s ** -0.5), param(e_max, scale=0.1), channels=s,
+                                     activation="relu", gate="hardsigmoid")
+    return kwargs
+
+
+def versions(shape: Shape, x, weights, grad, backward: bool, with_compile: bool) -> dict:
+    kwargs = block_kwargs(shape, x.device, x.dtype)
 
     def fused():
         with ops.fused(True):
@@ -162,7 +191,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
 
 def format_row(row: dict) -> str:
     ms = row["ms"]
-    cells = [f"{row['shape']['name']:<30} {row['mode']:<17}", f"fused {ms['fused']:8.2f} ms",
+    width = max(len(s.name) for s in SHAPES + [BANDWIDTH_SHAPE])
+    cells = [f"{row['shape']['name']:<{width}} {row['mode']:<17}", f"fused {ms['fused']:8.2f} ms",
              f"eager {ms['eager']:8.2f} ms ({row['speedup_vs_eager']:.2f}x)"]
     if "compile" in ms:
         cells.append(f"compile {ms['compile']:8.2f} ms ({row['speedup_vs_compile']:.2f}x)")

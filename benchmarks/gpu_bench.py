@@ -157,7 +157,7 @@ def depthwise_variants_part(device: str, repeats: int) -> dict:
     try:
         for shape in (bench_mbconv.BANDWIDTH_SHAPE, bench_mbconv.SHAPES[0], bench_mbconv.SHAPES[3]):
             x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
-            kwargs = dict(kernel_size=shape.kernel, expand_channels=shape.expansion * shape.c, stride=shape.stride)
+            kwargs = bench_mbconv.block_kwargs(shape, device, torch.float32)
 
             def results(variant):
                 os.environ[DEPTHWISE_ENV] = variant  # read by every launch
