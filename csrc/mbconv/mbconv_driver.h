@@ -97,6 +97,12 @@ inline at::Tensor narrowed(const at::Tensor& t, int64_t dim, int64_t start, int6
   return t.as_strided(sizes, t.strides(), t.storage_offset() + start * t.stride(dim));
 }
 
+// Zeroes t past the first `count` entries of dimension `dim`: the part of a max-size gradient
+// outside the sampled slice, which a GEMM wrote in place (no product to copy, no second fill).
+inline void zero_past(const at::Tensor& t, int64_t dim, int64_t count) {
+  if (count < t.size(dim)) narrowed(t, dim, count, t.size(dim) - count).zero_();
+}
+
 inline at::Tensor slice_or_undefined(const c10::optional<at::Tensor>& t, int64_t channels) {
   return t.has_value() && t->defined() ? narrowed(*t, 0, 0, channels) : at::Tensor();
 }
@@ -551,8 +557,10 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   }
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
-    at::Tensor grad_project = at::zeros({g.c_out, g.e_max}, h3.options());
-    narrowed(grad_project, 1, 0, g.e).copy_(at::mm(gh3.t(), a2));
+    at::Tensor grad_project = at::empty({g.c_out, g.e_max}, h3.options());
+    at::Tensor product = narrowed(grad_project, 1, 0, g.e);  // rows of stride e_max: BLAS's ldc
+    at::mm_out(product, gh3.t(), a2);
+    zero_past(grad_project, 1, g.e);
     r.grad_project = grad_project.view(project_weight.sizes());
     r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
   }
@@ -682,8 +690,10 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor grad_expand = at::empty({0}, x.options());
   if (weight_grads) {
-    grad_expand = at::zeros({g.e_max, g.c_in}, x.options());
-    narrowed(grad_expand, 0, 0, g.e).copy_(at::mm(t.grad_in.t(), x_rows));
+    grad_expand = at::empty({g.e_max, g.c_in}, x.options());
+    at::Tensor product = narrowed(grad_expand, 0, 0, g.e);  // contiguous rows
+    at::mm_out(product, t.grad_in.t(), x_rows);
+    zero_past(grad_expand, 0, g.e);
     grad_expand = grad_expand.view(expand_weight.sizes());
   }
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
