@@ -485,18 +485,25 @@ inline void check_activation(const char* op, int64_t activation) {
               " is not an activation code (0 ReLU6, 1 ReLU, 2 hard-swish, 3 swish)");
 }
 
+// The forward's zeroed float64 sums, [BN1's two,] BN2's two and BN3's two, from one fill.
+inline std::vector<at::Tensor> forward_sums(const Geometry& g, bool with_bn1, const at::Tensor& stats) {
+  return with_bn1 ? zeroed_sums({g.e, g.e, g.e, g.e, g.c_out, g.c_out}, stats)
+                  : zeroed_sums({g.e, g.e, g.c_out, g.c_out}, stats);
+}
+
 // From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
 // with scale1/shift1 defined it holds pre-BN1 values and BN1 + ReLU6 are applied on load.
+// `sums` ends with BN2's and BN3's (forward_sums).
 template <class Backend>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
     const Geometry& g, const at::Tensor& x_rows, const at::Tensor& in, const at::Tensor& scale1,
     const at::Tensor& shift1, const at::Tensor& dw_weight, const at::Tensor& project_weight,
     const at::Tensor& bn2_w, const at::Tensor& bn2_b, const at::Tensor& bn3_w, const at::Tensor& bn3_b,
-    const SqueezeExcite& se, double eps, const at::Tensor& stats) {
+    const SqueezeExcite& se, double eps, const at::Tensor& stats, const std::vector<at::Tensor>& sums) {
   const auto opmath = opmath_type(in.scalar_type());
   const TailStats s = tail_stats(stats, g);
-  const std::vector<at::Tensor> sums = zeroed_sums({g.e, g.e, g.c_out, g.c_out}, stats);
-  const at::Tensor &sum = sums[0], &sumsq = sums[1], &sum3 = sums[2], &sumsq3 = sums[3];
+  const size_t last = sums.size();
+  const at::Tensor &sum = sums[last - 4], &sumsq = sums[last - 3], &sum3 = sums[last - 2], &sumsq3 = sums[last - 1];
   at::Tensor h2 = Backend::empty({g.rows_out(), g.e}, in.options());
   Backend::depthwise_forward(g, in, scale1, shift1, dw_weight.contiguous(), h2, sum, sumsq);
   auto [scale2, shift2] =
@@ -617,7 +624,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
   at::mm_out(h1, x_rows, we.t());
-  const std::vector<at::Tensor> sums = zeroed_sums({g.e, g.e}, stats);
+  const std::vector<at::Tensor> sums = forward_sums(g, true, stats);
   Backend::row_stats(h1, sums[0], sums[1]);
   at::Tensor mean1 = narrowed(stats, 0, 0, g.e), invstd1 = narrowed(stats, 0, g.e, g.e);
   auto [scale1, shift1] = bn_forward_coefficients<Backend>(sums[0], sums[1], g.rows_in(), eps, mean1, invstd1,
@@ -626,7 +633,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, h1.view({g.n, g.h, g.w, g.e}), scale1, shift1, dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-      slice_or_undefined(bn3_b, g.c_out), se, eps, stats);
+      slice_or_undefined(bn3_b, g.c_out), se, eps, stats, sums);
   return {from_rows(out, g.n, g.ho, g.wo), from_rows(h1, g.n, g.h, g.w), from_rows(h2, g.n, g.ho, g.wo),
           from_rows(h3, g.n, g.ho, g.wo), stats};
 }
@@ -652,7 +659,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_project_for
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),
-      slice_or_undefined(bn3_b, g.c_out), se, eps, stats);
+      slice_or_undefined(bn3_b, g.c_out), se, eps, stats, forward_sums(g, false, stats));
   return {from_rows(out, g.n, g.ho, g.wo), from_rows(h2, g.n, g.ho, g.wo), from_rows(h3, g.n, g.ho, g.wo), stats};
 }
 
