@@ -497,6 +497,25 @@ __device__ __forceinline__ void load_input_window(Acc<T>* tile, const DwTile& t,
   __syncthreads();
 }
 
+// The tiled forward's and weight gradient's walk: the block takes its tiles of the output map in
+// turn, loads each one's activated input window (load_input_window), and each thread then calls
+// row(at, oy, oh) for its rows of the tile: row oy of tile `at`, output row oh.
+template <typename T, int S, typename Row>
+__device__ __forceinline__ void for_each_output_row(Acc<T>* tile, const DwTile& t, const DwShape& s,
+                                                    const DwInput<T>& in, int64_t c, bool valid, Row row) {
+  const int ho = static_cast<int>(s.ho);
+  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
+  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
+    const TileAt at = tile_at(index, t);
+    load_input_window<T, S>(tile, t, at, s, in, c, valid);
+    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
+      const int oh = at.row + oy;
+      if (oh >= ho) break;
+      row(at, oy, oh);
+    }
+  }
+}
+
 // dL/dh2 at output element (q, c): BN2's activation gradient and backward applied as ga2 and h2 load.
 template <typename T>
 struct DwOutputGrad {
@@ -596,54 +615,47 @@ __global__ void __launch_bounds__(kThreads) dw_forward_tiled_kernel(DwNestedForw
   const DwInput<T> in(p.in, p.ld, p.scale, p.shift, valid ? c : 0, s.act_expand);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
-  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
   SumPair<A> acc[kSizes];
-  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const TileAt at = tile_at(index, t);
-    load_input_window<T, S>(tile, t, at, s, in, c, valid);
-    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
-      const int oh = at.row + oy;
-      if (oh >= ho) break;
-      A sum[kSizes][TW];
+  for_each_output_row<T, S>(tile, t, s, in, c, valid, [&](const TileAt& at, int oy, int oh) {
+    A sum[kSizes][TW];
 #pragma unroll
-      for (int i = kFirst; i < kSizes; ++i) {
+    for (int i = kFirst; i < kSizes; ++i) {
 #pragma unroll
-        for (int ox = 0; ox < TW; ++ox) sum[i][ox] = A(0);
-      }
+      for (int ox = 0; ox < TW; ++ox) sum[i][ox] = A(0);
+    }
 #pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
+    for (int kh = 0; kh < K; ++kh) {
+      const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          const int ring = tap_ring<K>(kh, kw);
-          const A tap = w[kh * K + kw];
+      for (int kw = 0; kw < K; ++kw) {
+        const int ring = tap_ring<K>(kh, kw);
+        const A tap = w[kh * K + kw];
 #pragma unroll
-          for (int ox = 0; ox < TW; ++ox) {
-            const A v = line[(ox * S + kw * dil) * kTileChannels];
+        for (int ox = 0; ox < TW; ++ox) {
+          const A v = line[(ox * S + kw * dil) * kTileChannels];
 #pragma unroll
-            for (int i = kFirst; i < kSizes; ++i) {
-              if (i + 1 >= ring) sum[i][ox] += v * tap;
-            }
+          for (int i = kFirst; i < kSizes; ++i) {
+            if (i + 1 >= ring) sum[i][ox] += v * tap;
           }
         }
       }
-      if (!valid) continue;
-      const int64_t first = (at.n * ho + oh) * wo + at.col;
+    }
+    if (!valid) return;
+    const int64_t first = (at.n * ho + oh) * wo + at.col;
 #pragma unroll
-      for (int i = kFirst; i < kSizes; ++i) {
-        T* __restrict__ out = static_cast<T*>(p.out[i]);
-        if (out == nullptr) continue;
+    for (int i = kFirst; i < kSizes; ++i) {
+      T* __restrict__ out = static_cast<T*>(p.out[i]);
+      if (out == nullptr) continue;
 #pragma unroll
-        for (int ox = 0; ox < TW; ++ox) {
-          if (at.col + ox >= wo) break;
-          const T stored = from_acc<T>(sum[i][ox]);
-          out[(first + ox) * s.e + c] = stored;
-          const A r = to_acc(stored);
-          acc[i].add(r, r * r);
-        }
+      for (int ox = 0; ox < TW; ++ox) {
+        if (at.col + ox >= wo) break;
+        const T stored = from_acc<T>(sum[i][ox]);
+        out[(first + ox) * s.e + c] = stored;
+        const A r = to_acc(stored);
+        acc[i].add(r, r * r);
       }
     }
-  }
+  });
 #pragma unroll
   for (int i = kFirst; i < kSizes; ++i) {
     if (p.out[i] != nullptr) block_add_sums(acc[i], c, valid, p.sum[i], p.sumsq[i]);  // uniform
@@ -794,38 +806,31 @@ __global__ void __launch_bounds__(kThreads) dw_grad_weight_tiled_kernel(DwBackwa
   const DwInput<T> in(p.in, p.ld, p.scale1, p.shift1, cv, s.act_expand);
   const int ho = static_cast<int>(s.ho), wo = static_cast<int>(s.wo);
   const int dil = dilation_of<D>(s);
-  const int64_t tiles = s.n * t.tiles_h * t.tiles_w;
   A taps[K * K];
 #pragma unroll
   for (int i = 0; i < K * K; ++i) taps[i] = A(0);
-  for (int64_t index = blockIdx.y; index < tiles; index += gridDim.y) {
-    const TileAt at = tile_at(index, t);
-    load_input_window<T, S>(tile, t, at, s, in, c, valid);
-    for (int oy = threadIdx.y; oy < t.rows; oy += kTileRows) {
-      const int oh = at.row + oy;
-      if (oh >= ho) break;
-      // G of the row's TW pixels: every load first, then the arithmetic (see fill_window); pixels
-      // past the map load the row's first and count as zero
-      const int64_t first = (at.n * ho + oh) * wo + at.col;
-      typename DwOutputGrad<T>::Raw raw[TW];
+  for_each_output_row<T, S>(tile, t, s, in, c, valid, [&](const TileAt& at, int oy, int oh) {
+    // G of the row's TW pixels: every load first, then the arithmetic (see fill_window); pixels
+    // past the map load the row's first and count as zero
+    const int64_t first = (at.n * ho + oh) * wo + at.col;
+    typename DwOutputGrad<T>::Raw raw[TW];
 #pragma unroll
-      for (int ox = 0; ox < TW; ++ox) raw[ox] = grad.load(first + (at.col + ox < wo ? ox : 0), cv);
-      A g[TW];
+    for (int ox = 0; ox < TW; ++ox) raw[ox] = grad.load(first + (at.col + ox < wo ? ox : 0), cv);
+    A g[TW];
 #pragma unroll
-      for (int ox = 0; ox < TW; ++ox) g[ox] = valid && at.col + ox < wo ? grad.finish(raw[ox]) : A(0);
+    for (int ox = 0; ox < TW; ++ox) g[ox] = valid && at.col + ox < wo ? grad.finish(raw[ox]) : A(0);
 #pragma unroll
-      for (int kh = 0; kh < K; ++kh) {
-        const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
+    for (int kh = 0; kh < K; ++kh) {
+      const A* line = tile + ((oy * S + kh * dil) * t.in_cols) * kTileChannels + threadIdx.x;
 #pragma unroll
-        for (int kw = 0; kw < K; ++kw) {
-          A sum = A(0);
+      for (int kw = 0; kw < K; ++kw) {
+        A sum = A(0);
 #pragma unroll
-          for (int ox = 0; ox < TW; ++ox) sum += line[(ox * S + kw * dil) * kTileChannels] * g[ox];
-          taps[kh * K + kw] += sum;
-        }
+        for (int ox = 0; ox < TW; ++ox) sum += line[(ox * S + kw * dil) * kTileChannels] * g[ox];
+        taps[kh * K + kw] += sum;
       }
     }
-  }
+  });
 #pragma unroll
   for (int i = 0; i < K * K; ++i) {
     const A total = block_column_sum(taps[i], buf);
@@ -1014,40 +1019,42 @@ DwNestedForwardArgs as_nested(const DwForwardArgs& a) {
   return n;
 }
 
-// The tiled forward of kernel sizes 3 .. K (a mixture) or of K alone (a single conv).
-cudaError_t depthwise_forward_tiled(const DwNestedForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
-                                    bool single, cudaStream_t stream) {
-  const DwShape& s = args.s;
+// Plans a tiled kernel's grid for `tile` and calls launch(tag, shape, plan) with the dtype's Tag
+// and the Shape of kernel size s.k, `stride` and s.dilation; then the launch's error.
+template <typename Launch>
+cudaError_t launch_tiled(const DwShape& s, int64_t stride, MbconvDtype dtype, const DwTile& tile, Launch launch) {
   TiledPlan plan;
   if (const cudaError_t err = plan_tiles(s, tile, dtype, &plan)) return err;
   return with_dtype(dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    return with_shape(s.k, s.stride, s.dilation, [&](auto shape) {
-      using Sh = decltype(shape);
-      if (single) {
-        dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, Sh::K><<<plan.grid, plan.block, plan.shared, stream>>>(args,
-                                                                                                           tile);
-      } else {
-        dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, 3><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
-      }
+    return with_shape(s.k, stride, s.dilation, [&](auto shape) {
+      launch(tag, shape, plan);
       return cudaGetLastError();
     });
+  });
+}
+
+// The tiled forward of kernel sizes 3 .. K (a mixture) or of K alone (a single conv).
+cudaError_t depthwise_forward_tiled(const DwNestedForwardArgs& args, MbconvDtype dtype, const DwTile& tile,
+                                    bool single, cudaStream_t stream) {
+  return launch_tiled(args.s, args.s.stride, dtype, tile, [&](auto tag, auto shape, const TiledPlan& plan) {
+    using T = typename decltype(tag)::type;
+    using Sh = decltype(shape);
+    if (single) {
+      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, Sh::K><<<plan.grid, plan.block, plan.shared, stream>>>(args,
+                                                                                                         tile);
+    } else {
+      dw_forward_tiled_kernel<T, Sh::K, Sh::S, Sh::D, 3><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
+    }
   });
 }
 
 // The tiled input gradient (stride 1) of one conv or a mixture's kernel sizes.
 cudaError_t depthwise_input_grad_tiled(const DwNestedBackwardArgs& args, MbconvDtype dtype, const DwTile& tile,
                                        cudaStream_t stream) {
-  const DwShape& s = args.s;
-  TiledPlan plan;
-  if (const cudaError_t err = plan_tiles(s, tile, dtype, &plan)) return err;
-  return with_dtype(dtype, [&](auto tag) {
+  return launch_tiled(args.s, 1, dtype, tile, [&](auto tag, auto shape, const TiledPlan& plan) {
     using T = typename decltype(tag)::type;
-    return with_shape(s.k, 1, s.dilation, [&](auto shape) {
-      using Sh = decltype(shape);
-      dw_grad_input_tiled_kernel<T, Sh::K, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
-      return cudaGetLastError();
-    });
+    using Sh = decltype(shape);
+    dw_grad_input_tiled_kernel<T, Sh::K, Sh::D><<<plan.grid, plan.block, plan.shared, stream>>>(args, tile);
   });
 }
 
