@@ -47,10 +47,17 @@ from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
 from fna_ext.tasks import get_task, resolve as resolve_model  # noqa: E402
 
 
-def build_search(model: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
-    """The embedded default's search of ``model`` (a model or task name: ssdlite, deeplabv3, ...)."""
+def search_config(model: str, overrides: list[str] = ()) -> dict:
+    """The embedded default's search config of ``model`` (a model or task name: ssdlite,
+    deeplabv3, ...) with ``overrides`` (KEY=VALUE), checked by the task's rules as the CLI checks
+    it; ValueError names a bad one."""
     task, model = resolve_model(model)
-    config = task.resolve_config(task.search_preset(model, synthetic=True), None, list(overrides))
+    return task.resolve_config(task.search_preset(model, synthetic=True), None, list(overrides))
+
+
+def build_search(model: str, device: str, out_dir: str, overrides: list[str] = ()) -> ArchitectureSearch:
+    """The embedded default's search of ``model`` (search_config)."""
+    config = search_config(model, overrides)
     torch.manual_seed(0)
     seed = mobilenet_v2(num_classes=None)  # the timing does not depend on pretrained weights
     return ArchitectureSearch(config, seed, out_dir, device=device)
@@ -261,7 +268,7 @@ def main() -> None:
                        f"({', '.join(task.models)})\n")
     args.model = args.model or task.default_model
     try:  # the settings are checked before any work, as the search CLI checks them
-        task.resolve_config(task.search_preset(args.model, synthetic=True), None, list(args.set))
+        search_config(args.model, args.set)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process

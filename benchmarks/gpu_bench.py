@@ -35,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 import bench_mbconv  # noqa: E402
 from gpu_parity import tiny, write_json  # noqa: E402
+from gpu_check import chosen_names  # noqa: E402  (the check's own option rule; gpu_check needs only the stdlib)
 from timing import synchronize  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
@@ -253,11 +254,7 @@ def main(argv=None) -> int:
               "finished": False, "parts": {}}
     chosen = parts(args.device, repeats, args.tiny)
     if args.parts is not None:
-        wanted = [p.strip() for p in args.parts.split(",") if p.strip()]
-        unknown = [p for p in wanted if p not in dict(chosen)]
-        if unknown or not wanted:
-            parser.exit(2, f"error: --parts {args.parts!r}: {', '.join(unknown) or 'none given'} is not a part; "
-                           f"choose from {', '.join(name for name, _ in chosen)}\n")
+        wanted = chosen_names(parser, "--parts", args.parts, [name for name, _ in chosen], "part")
         chosen = [(name, how) for name, how in chosen if name in wanted]
     for name, how in chosen:
         print(f"== {name}", flush=True)

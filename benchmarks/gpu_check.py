@@ -694,6 +694,17 @@ def finish(results: dict) -> None:
     write_json(results_dir(results) / "results.json", results)
 
 
+def chosen_names(parser: argparse.ArgumentParser, option: str, text: str, known: list[str], noun: str) -> list[str]:
+    """The comma-separated names of ``text``, each one of ``known``; otherwise one error line and
+    exit 2, before any work (gpu_bench.py's --parts uses it too)."""
+    wanted = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in known]
+    if unknown or not wanted:
+        parser.exit(2, f"error: {option} {text!r}: {', '.join(unknown) or 'none given'} is not a {noun}; "
+                       f"choose from {', '.join(known)}\n")
+    return wanted
+
+
 def check_bench_parts(parser: argparse.ArgumentParser, names: str, bench_selected: bool) -> None:
     """Refuses unknown --bench-parts before the build, not minutes later in the bench stage."""
     if not bench_selected:
@@ -702,12 +713,7 @@ def check_bench_parts(parser: argparse.ArgumentParser, names: str, bench_selecte
                             text=True, cwd=REPO)
     if listed.returncode != 0:  # no torch yet, say: the bench stage will report it
         return
-    known = listed.stdout.split("\n")
-    wanted = [name.strip() for name in names.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in known]
-    if unknown or not wanted:
-        parser.exit(2, f"error: --bench-parts {names!r}: {', '.join(unknown) or 'none given'} is not a part; "
-                       f"choose from {', '.join(n for n in known if n)}\n")
+    chosen_names(parser, "--bench-parts", names, listed.stdout.splitlines(), "part")
 
 
 def main(argv=None) -> int:
@@ -719,11 +725,8 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", help=f"comma-separated stages to run, of {','.join(STAGES)} (default: all)")
     parser.add_argument("--bench-parts", help="comma-separated parts of the bench stage (gpu_bench.py --parts)")
     args = parser.parse_args(argv)
-    selected = list(STAGES) if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in selected if s not in STAGES]
-    if unknown or not selected:
-        parser.exit(2, f"error: --stages {args.stages!r}: {', '.join(unknown) or 'none given'} is not a stage; "
-                       f"choose from {','.join(STAGES)}\n")
+    selected = list(STAGES) if args.stages is None else chosen_names(parser, "--stages", args.stages, list(STAGES),
+                                                                      "stage")
     if args.bench_parts is not None:
         check_bench_parts(parser, args.bench_parts, "bench" in selected)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -234,3 +234,12 @@ def test_bad_stages_and_bench_parts_are_refused_before_any_stage(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
     assert not (tmp_path / "check").exists()  # nothing ran, nothing written
+
+
+def test_bench_parts_of_several_words_are_accepted():
+    """Part names hold spaces ("mbconv float32"): gpu_bench.py --list-parts gives one a line."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    gpu_check.check_bench_parts(parser, "mbconv float32, host overhead,search step", bench_selected=True)
+    assert gpu_check.chosen_names(parser, "--x", "a b, c", ["a b", "c"], "thing") == ["a b", "c"]
