@@ -71,6 +71,11 @@ TORCH_LIBRARY(fna_ext, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   // The same, but boxes only suppress boxes of the same idxs entry (class-wise NMS).
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  // SSD's photometric distortion of a uint8 (H, W, 3) RGB image (fna_ext.ops.photometric): +
+  // brightness, * contrast before the HSV step (contrast_first) or after it, and, when saturation
+  // or hue is given, the HSV round trip (S * saturation, H + hue degrees); rounded back to uint8.
+  m.def("photometric_distortion(Tensor image, float brightness, float contrast, bool contrast_first, "
+        "float? saturation, float? hue) -> Tensor");
   // Parameter remapping of a whole network in one call: targets[t][i0, i1, ...] =
   // sources[t][m0[i0], m1[i1], ...], where index_maps[t] is the concatenation of the
   // per-dimension maps m_d (-1: take fills[t]); multiplied by scales[t][i_d] along

@@ -26,6 +26,7 @@ CPU_SOURCES = [
     "nms/nms_cpu.cpp",
     "remap/remap_cpu.cpp",
     "mbconv/mbconv_cpu.cpp",
+    "augment/photometric_cpu.cpp",
 ]
 # Only in the Python extension (defines PyInit__C so ``import fna_ext._C`` works).
 PYTHON_MODULE_SOURCES = ["python_module.cpp"]

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..ops.photometric import hsv_to_rgb, photometric_distortion, rgb_to_hsv  # noqa: F401 (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -81,43 +83,6 @@ def _patches_iou(patches: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area(patches)[:, None] + area(boxes)[None] - inter, 1e-6)
 
 
-# ---- colour space (hue in degrees, saturation in [0, 1], value in [0, 255]) ---------------------
-
-# numpy reduces over a trailing axis of 3 an order of magnitude slower than it combines whole
-# planes, so both conversions split the channels into contiguous planes first
-
-def _planes(pixels: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(pixels, -1, 0), dtype=np.float32)
-
-
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = _planes(rgb)
-    value = np.maximum(np.maximum(r, g), b)
-    chroma = value - np.minimum(np.minimum(r, g), b)
-    safe = np.maximum(chroma, 1e-6)  # grey pixels: any hue works, as saturation is 0
-    # the maximum channel decides the 120-degree third of the hue circle
-    hue = np.where(value == r, (g - b) / safe,
-                   np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue *= 60
-    hue += np.where(hue < 0, np.float32(360), np.float32(0))  # as % 360 on [-60, 300), without numpy's slow float mod
-    saturation = chroma / np.maximum(value, 1e-6)
-    return np.stack([hue, saturation, value], axis=-1)
-
-
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    hue, saturation, value = _planes(hsv)
-    chroma = value * saturation
-    sector = hue / 60  # in [0, 6)
-
-    # the closed form of the piecewise-linear hue ramps: n = 5, 3, 1 gives red, green, blue
-    def channel(n: int) -> np.ndarray:
-        k = n + sector  # in [1, 11): one subtraction is % 6, without numpy's slow float mod
-        k -= np.where(k >= 6, np.float32(6), np.float32(0))
-        return value - chroma * np.clip(np.minimum(k, 4 - k), 0, 1)
-
-    return np.stack([channel(5), channel(3), channel(1)], axis=-1)
-
-
 # ---- transforms ---------------------------------------------------------------------------------
 
 class Compose:
@@ -138,7 +103,9 @@ class Compose:
 
 class PhotometricDistortion:
     """SSD's colour jitter, each step with probability ``p``: brightness, then contrast either
-    first or last (a coin decides, as in SSD), saturation and hue in HSV in between."""
+    first or last (a coin decides, as in SSD), saturation and hue in HSV in between. The pixels
+    go through the compiled kernel (:func:`fna_ext.ops.photometric.photometric_distortion`): a
+    loader worker shares the cores with the step, and this was its largest cost after decoding."""
 
     def __init__(self, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5),
                  saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18,
@@ -150,32 +117,18 @@ class PhotometricDistortion:
         self.p = p
 
     def __call__(self, image: np.ndarray, target: Target) -> Sample:
-        pixels = image.astype(np.float32)
-        if _coin(self.p):
-            pixels += _uniform(-self.brightness_delta, self.brightness_delta)
+        # the draws in SSD's order: a seeded sample comes out the same as it always has
+        brightness = _uniform(-self.brightness_delta, self.brightness_delta) if _coin(self.p) else 0.0
         contrast_first = _coin(0.5)
-        if contrast_first:
-            pixels = self._contrast(pixels)
-        pixels = self._saturation_and_hue(pixels)
-        if not contrast_first:
-            pixels = self._contrast(pixels)
-        return np.rint(np.clip(pixels, 0, 255)).astype(np.uint8), target
-
-    def _contrast(self, pixels: np.ndarray) -> np.ndarray:
-        return pixels * _uniform(*self.contrast_range) if _coin(self.p) else pixels
-
-    def _saturation_and_hue(self, pixels: np.ndarray) -> np.ndarray:
+        contrast = self._contrast() if contrast_first else 1.0
         saturation = _uniform(*self.saturation_range) if _coin(self.p) else None
         hue = _uniform(-self.hue_delta, self.hue_delta) if _coin(self.p) else None
-        if saturation is None and hue is None:
-            return pixels  # the HSV round trip is the costly part; skip it when it changes nothing
-        # clip first: the colour space conversion is defined on [0, 255] only
-        hsv = rgb_to_hsv(np.clip(pixels, 0, 255))
-        if saturation is not None:
-            hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 1)
-        if hue is not None:
-            hsv[..., 0] = (hsv[..., 0] + hue) % 360
-        return hsv_to_rgb(hsv)
+        if not contrast_first:
+            contrast = self._contrast()
+        return photometric_distortion(image, brightness, contrast, contrast_first, saturation, hue), target
+
+    def _contrast(self) -> float:
+        return _uniform(*self.contrast_range) if _coin(self.p) else 1.0
 
     def __repr__(self) -> str:
         return (f"PhotometricDistortion(brightness_delta={self.brightness_delta}, "
