@@ -77,7 +77,7 @@ OPS_ENV = "FNA_EXT_OPS"
 
 
 def op_families() -> list[str]:
-    """The op families, one per csrc/ folder (nms, remap, mbconv)."""
+    """The op families, one per csrc/ folder (augment, mbconv, nms, remap)."""
     return sorted({name.split("/")[0] for name in CPU_SOURCES + CUDA_SOURCES if "/" in name})
 
 

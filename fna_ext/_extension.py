@@ -53,12 +53,18 @@ class ExtensionStatus:
 
     def missing_kernels(self) -> dict[str, list[str]]:
         """Per device type it was built for, the ops another device has and this one lacks: a
-        kernel whose glue did not register (``nvcc -c`` alone cannot see that)."""
+        kernel whose glue did not register (``nvcc -c`` alone cannot see that). CPU_ONLY_OPS are
+        not missing elsewhere."""
         kernels = self.kernels
         every = set().union(*kernels.values()) if kernels else set()
         built_for = [d for d in kernels if d == "cpu" or self.build_info.get(d)]
-        return {device: sorted(every - set(kernels[device])) for device in built_for}
+        return {device: sorted(every - set(kernels[device]) - (set() if device == "cpu" else CPU_ONLY_OPS))
+                for device in built_for}
 
+
+# Ops with a CPU kernel only, by design: data loading (DataLoader workers run on the CPU, and a
+# batch reaches the GPU as finished tensors).
+CPU_ONLY_OPS = {"photometric_distortion"}
 
 _status: ExtensionStatus | None = None
 _jit_tried = False

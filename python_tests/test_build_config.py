@@ -160,6 +160,13 @@ def test_missing_kernels_compares_devices(monkeypatch):
     monkeypatch.setattr(_extension.ExtensionStatus, "kernels", property(
         lambda self: {"cpu": ["nms", "remap_copy"], "cuda": ["nms"]}))
     assert status.missing_kernels() == {"cpu": [], "cuda": ["remap_copy"]}
+    # a CPU-only op (data loading) is not missing on CUDA, and is on the CPU
+    monkeypatch.setattr(_extension.ExtensionStatus, "kernels", property(
+        lambda self: {"cpu": ["nms"], "cuda": ["nms", "photometric_distortion"]}))
+    assert status.missing_kernels() == {"cpu": ["photometric_distortion"], "cuda": []}
+    monkeypatch.setattr(_extension.ExtensionStatus, "kernels", property(
+        lambda self: {"cpu": ["nms", "photometric_distortion"], "cuda": ["nms"]}))
+    assert status.missing_kernels() == {"cpu": [], "cuda": []}
     status.build_info = {"cuda": False}
     assert status.missing_kernels() == {"cpu": []}
 
@@ -183,7 +190,7 @@ def test_the_loaded_extension_has_every_kernel_it_was_built_for():
 def test_op_families_select_sources(monkeypatch):
     root = Path("/csrc")
     every = _build_config.sources(with_cuda=True, root=root)
-    assert _build_config.op_families() == ["mbconv", "nms", "remap"]
+    assert _build_config.op_families() == ["augment", "mbconv", "nms", "remap"]
     monkeypatch.setenv("FNA_EXT_OPS", "nms, remap")
     chosen = [Path(p).relative_to(root).as_posix() for p in _build_config.sources(True, root=root)]
     assert "registration.cpp" in chosen and "nms/nms_cuda.cu" in chosen and "remap/remap_cpu.cpp" in chosen
@@ -191,5 +198,5 @@ def test_op_families_select_sources(monkeypatch):
     assert len(chosen) < len(every)
     monkeypatch.setenv("FNA_EXT_OPS", "nms,conv")
     with pytest.raises(ValueError, match=r"FNA_EXT_OPS=nms,conv: unknown op families conv; choose from "
-                                         r"mbconv, nms, remap"):
+                                         r"augment, mbconv, nms, remap"):
         _build_config.sources(True, root=root)
