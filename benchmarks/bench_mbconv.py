@@ -12,7 +12,10 @@ same process), counting the issue's minimum traffic of the fused design (29x the
 it reads h1 again for its statistics and materialises BN2's output for the GEMM), so the figure
 is a lower bound of the bandwidth it uses.
 
-    python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json]
+    python benchmarks/bench_mbconv.py [--device cpu|cuda] [--dtype float32|bfloat16] [--json] [--profile]
+
+``--profile`` prints, in place of the timings, the largest ops by self time inside the fused
+forward+backward at each shape (torch.profiler): the GEMMs against the depthwise and BN passes.
 
 On the CPU it prints which copy of the kernels ran (AVX-512, AVX2 or baseline x86-64).
 ``--cpu-isa avx2`` times an AVX2 machine on an AVX-512 one: it restarts the benchmark with
@@ -189,6 +192,29 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
 
 
+def profile_fused(shape: Shape, device: str, dtype: torch.dtype, iterations: int = 10, top: int = 8) -> list[dict]:
+    """Where the fused op's forward+backward time goes at ``shape``: the ``top`` ops by self
+    time (CPU, or the device's on CUDA), in ms per call of the block."""
+    x, weights, grad = make_inputs(shape, device, dtype)
+    fused = versions(shape, x, weights, grad, backward=True, with_compile=False)["fused"]
+    for _ in range(3):
+        fused()
+    synchronize(device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iterations):
+            fused()
+        synchronize(device)
+    field = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    times = [(event.key, getattr(event, field) / iterations / 1e3, event.count // iterations)
+             for event in prof.key_averages()]
+    total = sum(ms for _, ms, _ in times)
+    times.sort(key=lambda t: -t[1])
+    return [{"op": op, "ms": ms, "calls": calls, "share": ms / total} for op, ms, calls in times[:top] if ms > 0]
+
+
 def format_row(row: dict) -> str:
     ms = row["ms"]
     width = max(len(s.name) for s in SHAPES + [BANDWIDTH_SHAPE])
@@ -225,11 +251,25 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--cpu-isa", choices=sorted(ISA_ENV),
                         help="hold fna_ext, ATen and oneDNN to this instruction set (see above)")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead of timing, print where the fused forward+backward's time goes at each shape "
+                             "(torch.profiler, the largest ops by self time)")
     args = parser.parse_args()
     if args.cpu_isa:
         restart_with_isa(args.cpu_isa)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
+    if args.profile:
+        profiles = {}
+        for shape in SHAPES:
+            profiles[shape.name] = profile_fused(shape, args.device, getattr(torch, args.dtype))
+            if not args.json:
+                print(shape.name)
+                for row in profiles[shape.name]:
+                    print(f"  {row['op']:<45} {row['ms']:8.2f} ms  {100 * row['share']:5.1f}%  ({row['calls']} calls)")
+        if args.json:
+            print(json.dumps(profiles, indent=1))
+        return
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=1))

@@ -243,6 +243,23 @@ def format_memory(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_search_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks ``--task``, ``--model`` and ``--set`` before any work (one ``error:`` line and exit 2
+    for a bad one, as the search CLI) and fills in the task's default model."""
+    try:
+        task = get_task(args.task)
+    except (KeyError, ValueError) as err:
+        parser.exit(2, f"error: --task {args.task}: {err.args[0] if err.args else err}\n")
+    if args.model and args.model not in task.models:
+        parser.exit(2, f"error: --model {args.model} is not a model of the {task.name} task "
+                       f"({', '.join(task.models)})\n")
+    args.model = args.model or task.default_model
+    try:
+        search_config(args.model, args.set)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -259,18 +276,7 @@ def main() -> None:
                         help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    try:
-        task = get_task(args.task)
-    except (KeyError, ValueError) as err:
-        parser.exit(2, f"error: --task {args.task}: {err.args[0] if err.args else err}\n")
-    if args.model and args.model not in task.models:
-        parser.exit(2, f"error: --model {args.model} is not a model of the {task.name} task "
-                       f"({', '.join(task.models)})\n")
-    args.model = args.model or task.default_model
-    try:  # the settings are checked before any work, as the search CLI checks them
-        search_config(args.model, args.set)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
+    check_search_arguments(parser, args)
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
         print(json.dumps(peak_memory_of_one_step(args.model, args.device, *args.peak_memory_of, args.set)))
         return

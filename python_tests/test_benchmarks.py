@@ -1,0 +1,48 @@
+"""The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op and
+bench_loader_gap's cycles and argument checks (the figures themselves are in RESULTS.md)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_mbconv  # noqa: E402
+
+from fna_ext import _extension  # noqa: E402
+
+
+@pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"), reason="the extension is not loaded")
+def test_the_profile_names_the_fused_ops_and_the_gemms():
+    shape = bench_mbconv.Shape("tiny", 2, 8, 6, 3, 6)
+    rows = bench_mbconv.profile_fused(shape, "cpu", torch.float32, iterations=2, top=50)
+    ops = {row["op"] for row in rows}
+    assert "aten::mm" in ops and "fna_ext::mbconv::depthwise_backward" in ops
+    assert all(row["ms"] > 0 and 0 < row["share"] <= 1 and row["calls"] >= 1 for row in rows)
+    assert [row["ms"] for row in rows] == sorted((row["ms"] for row in rows), reverse=True)
+
+
+def test_loader_gap_cycles_in_memory_and_with_the_loader():
+    pytest.importorskip("pycocotools", reason="the search reads its COCO-format data with pycocotools")
+    import bench_loader_gap
+    from gpu_bench import TINY_SEARCH_OVERRIDES
+
+    for data in ("memory", "loader"):
+        result = bench_loader_gap.cycles_of(data, "ssdlite", 1, TINY_SEARCH_OVERRIDES)
+        assert result["data"] == data and result["images/s"] > 0
+        # batches held in memory never touch a DataLoader; the tiny config loads in this process
+        assert (result["wait ms per cycle"] == 0) == (data == "memory")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "error: --rounds and --cycles must be at least 1"),
+    (["--task", "nope"], "error: --task nope:"),
+    (["--set", "train.batch_size=zero"], "error: "),
+])
+def test_loader_gap_refuses_bad_arguments_in_one_line(argv, message):
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_loader_gap.py"), *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
