@@ -77,20 +77,27 @@ def _timed_cycles(data: str, model: str, cycles: int, overrides, waited: list) -
     return {"data": data, "images/s": images * cycles / seconds, "wait ms per cycle": 1e3 * waited[0] / cycles}
 
 
-def measure(model: str, rounds: int, cycles: int, overrides: list[str] = ()) -> dict:
+class MeasurementFailed(Exception):
+    """A fresh process's measurement exited with an error (its last line of stderr)."""
+
+
+def measure(task: str, model: str, rounds: int, cycles: int, overrides: list[str] = ()) -> dict:
     runs = []
     settings = [arg for override in overrides for arg in ("--set", override)]
     for round_ in range(rounds):
         for data in ("memory", "loader"):
-            out = subprocess.run([sys.executable, __file__, "--model", model, "--cycles", str(cycles),
-                                  "--cycles-of", data, *settings], capture_output=True, text=True, check=True).stdout
-            runs.append({"round": round_, **json.loads(out.strip().splitlines()[-1])})
+            child = subprocess.run([sys.executable, __file__, "--task", task, "--model", model, "--cycles", str(cycles),
+                                    "--cycles-of", data, *settings], capture_output=True, text=True)
+            if child.returncode != 0:
+                last = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                raise MeasurementFailed(f"round {round_ + 1}, {data}: {last}")
+            runs.append({"round": round_, **json.loads(child.stdout.strip().splitlines()[-1])})
             print(f"round {round_ + 1}: {data:<6} {runs[-1]['images/s']:.1f} images/s, waiting for batches "
                   f"{runs[-1]['wait ms per cycle']:.0f} ms per cycle", file=sys.stderr)
     median = {data: statistics.median(r["images/s"] for r in runs if r["data"] == data)
               for data in ("memory", "loader")}
     return {"date": date.today().isoformat(), "hardware": hardware("cpu"), "torch": torch.__version__,
-            "model": model, "overrides": list(overrides), "cycles": cycles, "warmup_cycles": WARMUP_CYCLES, "runs": runs,
+            "task": task, "model": model, "overrides": list(overrides), "cycles": cycles, "warmup_cycles": WARMUP_CYCLES, "runs": runs,
             "median images/s": median, "loader behind memory": 1 - median["loader"] / median["memory"]}
 
 
@@ -111,7 +118,10 @@ def main() -> None:
     if args.cycles_of:  # one measurement, in this fresh process
         print(json.dumps(cycles_of(args.cycles_of, args.model, args.cycles, args.set)))
         return
-    result = measure(args.model, args.rounds, args.cycles, args.set)
+    try:
+        result = measure(args.task, args.model, args.rounds, args.cycles, args.set)
+    except MeasurementFailed as err:
+        parser.exit(1, f"error: a measurement failed: {err}\n")
     if args.json:
         print(json.dumps(result, indent=1))
         return

@@ -208,7 +208,7 @@ def _status_mib(field: str) -> float:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
 
 
-def measure_memory(model: str, device: str, overrides: list[str] = ()) -> list[dict]:
+def measure_memory(model: str, device: str, overrides: list[str] = (), task: str = "coco") -> list[dict]:
     """Each of MEMORY_RUNS in a fresh process (a process's peak never goes down)."""
     rows = []
     for kind, version, cache in MEMORY_RUNS:
@@ -217,7 +217,7 @@ def measure_memory(model: str, device: str, overrides: list[str] = ()) -> list[d
         env = dict(os.environ)
         if cache == "off":
             env["FNA_EXT_HOST_CACHE_MB"] = "0"
-        command = [sys.executable, __file__, "--device", device, "--model", model,
+        command = [sys.executable, __file__, "--device", device, "--task", task, "--model", model,
                    "--peak-memory-of", kind, version, *[a for o in overrides for a in ("--set", o)]]
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
         if result.returncode != 0:
@@ -284,7 +284,7 @@ def main() -> None:
     if args.loader:
         result["loader"] = measure_loader(args.model, args.set)
     if not args.no_memory:
-        result["memory"] = measure_memory(args.model, args.device, args.set)
+        result["memory"] = measure_memory(args.model, args.device, args.set, args.task)
     if args.json:
         print(json.dumps(result, indent=1))
         return

@@ -100,12 +100,28 @@ def test_kernel_reads_views_and_read_only_arrays():
 
 
 @needs_kernel
-def test_hue_past_a_whole_turn():
+@pytest.mark.parametrize("hue", [359.9, -359.9, 370.0, -725.0, 1e6, -3.3e7])
+def test_hue_past_a_whole_turn(hue):
+    """Past +-360 the kernel takes numpy's float32 modulo lane by lane: still the same bytes."""
     pixels = image()
-    for hue in (370.0, -725.0):
-        difference = photometric_distortion(pixels, 0.0, 1.0, True, None, hue).astype(int) - \
-            photometric_distortion_reference(pixels, 0.0, 1.0, True, None, hue)
-        assert np.abs(difference).max() <= 1
+    for saturation in (None, 1.2):
+        np.testing.assert_array_equal(photometric_distortion(pixels, 0.0, 1.0, True, saturation, hue),
+                                      photometric_distortion_reference(pixels, 0.0, 1.0, True, saturation, hue))
+
+
+@pytest.mark.parametrize("name, args", [("brightness", (float("nan"), 1.0)), ("contrast", (0.0, float("inf"))),
+                                        ("saturation", (0.0, 1.0, True, float("nan"))),
+                                        ("hue", (0.0, 1.0, True, None, float("-inf")))])
+def test_non_finite_parameters_are_refused(name, args):
+    for fn in (photometric_distortion, photometric_distortion_reference):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            fn(image(), *args)
+
+
+@needs_kernel
+def test_the_kernel_itself_refuses_non_finite_parameters():
+    with pytest.raises(RuntimeError, match="hue must be finite"):
+        torch.ops.fna_ext.photometric_distortion(torch.from_numpy(image()), 0.0, 1.0, True, None, float("nan"))
 
 
 @needs_kernel
@@ -123,26 +139,40 @@ def test_bad_images_are_refused(bad):
             fn(bad, 1.0)
 
 
-def test_the_transform_draws_as_ssd_does():
-    """PhotometricDistortion draws brightness, the contrast coin, contrast (when first),
-    saturation, hue, then contrast (when last): the same seed gives the same parameters, and the
-    image is the distortion with them."""
-    pixels = image()
-    torch.manual_seed(3)
-    out, _ = PhotometricDistortion(p=0.5)(pixels, {})
-    torch.manual_seed(3)
-
-    def coin(p=0.5):
-        return torch.rand(()).item() < p
+def _ssd_draws(p=0.5):
+    """The parameters PhotometricDistortion drew before it had a kernel (its code as of the
+    numpy version), from torch's global generator: brightness, the contrast coin, contrast when
+    first, saturation, hue, contrast when last."""
+    def coin(q):
+        return torch.rand(()).item() < q
 
     def uniform(low, high):
         return low + (high - low) * torch.rand(()).item()
-    brightness = uniform(-32, 32) if coin() else 0.0
-    contrast_first = coin()
-    contrast = (uniform(0.5, 1.5) if coin() else 1.0) if contrast_first else 1.0
-    saturation = uniform(0.5, 1.5) if coin() else None
-    hue = uniform(-18, 18) if coin() else None
+    brightness = uniform(-32, 32) if coin(p) else 0.0
+    contrast_first = coin(0.5)
+    contrast = (uniform(0.5, 1.5) if coin(p) else 1.0) if contrast_first else 1.0
+    saturation = uniform(0.5, 1.5) if coin(p) else None
+    hue = uniform(-18, 18) if coin(p) else None
     if not contrast_first:
-        contrast = uniform(0.5, 1.5) if coin() else 1.0
-    np.testing.assert_array_equal(out, photometric_distortion_reference(pixels, brightness, contrast, contrast_first,
-                                                                        saturation, hue))
+        contrast = uniform(0.5, 1.5) if coin(p) else 1.0
+    return brightness, contrast, contrast_first, saturation, hue
+
+
+def test_the_transform_draws_as_ssd_does():
+    """Over many seeds, covering both contrast orders and every step on and off, the transform
+    gives the distortion with the parameters SSD's order draws, and leaves the generator where
+    that order does (an extra or a missing draw would move the next number)."""
+    pixels = image(height=12, width=10)
+    seen = set()
+    for seed in range(64):
+        torch.manual_seed(seed)
+        out, _ = PhotometricDistortion(p=0.5)(pixels, {})
+        after = torch.rand(()).item()
+        torch.manual_seed(seed)
+        params = _ssd_draws()
+        assert torch.rand(()).item() == after, seed
+        np.testing.assert_array_equal(out, photometric_distortion_reference(pixels, *params))
+        brightness, contrast, contrast_first, saturation, hue = params
+        seen |= {("first", contrast_first), ("brightness", brightness != 0), ("contrast", contrast != 1),
+                 ("saturation", saturation is not None), ("hue", hue is not None)}
+    assert len(seen) == 10  # each of the five choices came out both ways

@@ -5,7 +5,8 @@
 // passes over float32 copies of the image (brightness, contrast, the HSV round trip, clipping,
 // rounding), the largest cost of a sample after decoding. Here each pixel is read once and
 // written once; the arithmetic is the numpy reference's (fna_ext.ops.photometric), in float32 and
-// in the same order, so results agree with it to the rounding of the last step.
+// in the same order, so the bytes are the reference's, bit for bit (the tests assert it). Fused
+// multiply-adds would round differently, so this file is compiled without contracting them.
 //
 // Pixels go through in chunks of kChunk: deinterleaved into float planes, transformed four at a
 // time (the hue's branches are selects), and rounded back into the interleaved bytes.
@@ -19,6 +20,12 @@
 #include <cstdlib>
 #include <cstring>
 
+// a - b * c stays two roundings, as numpy computes it (GCC contracts it into one FMA by default
+// where the target has FMA; Clang within an expression, see the pragma in each function below)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 namespace fna_ext {
 namespace {
 
@@ -30,7 +37,8 @@ struct Distortion {
   bool contrast_first;  // before the HSV step, else after it
   bool hsv;             // whether the HSV round trip runs (clipping to [0, 255] first)
   float saturation;     // multiplies S (clipped to [0, 1]); 1 leaves S as it is
-  float hue;            // added to H in degrees, in (-360, 360); 0 leaves H as it is
+  float hue;            // added to H in degrees (0 leaves H as it is) ...
+  bool whole_turns;     // ... and |hue| >= 360: the sum needs a true modulo
 };
 
 // Four floats as one value (GCC/Clang vector extension, SSE2 on any x86-64): the compiler does
@@ -44,10 +52,19 @@ inline F4 vmax(F4 a, F4 b) { return a < b ? b : a; }  // as std::max
 inline F4 clamp(F4 v, float lo, float hi) { return vmin(vmax(v, splat(lo)), splat(hi)); }
 inline F4 where(I4 mask, F4 a, F4 b) { return mask ? a : b; }
 
+// numpy's float32 x % 360: fmodf is exact, and the result takes the divisor's sign.
+inline float mod360(float x) {
+  const float m = std::fmod(x, 360.0f);
+  return m < 0.0f ? m + 360.0f : m;
+}
+
 // The HSV step on four pixels: rgb_to_hsv, the jitter, hsv_to_rgb. With saturation 1 and hue 0
 // the result is the reference's with the step's jitter left out, bit for bit: S * 1 stays in
 // [0, 1], and a hue of 360 (a tiny negative one turned positive) gives the same ramps as 0.
 inline void hsv_jitter4(F4& r, F4& g, F4& b, const Distortion& d) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   const F4 rv = clamp(r, 0.0f, 255.0f), gv = clamp(g, 0.0f, 255.0f), bv = clamp(b, 0.0f, 255.0f);
   const F4 value = vmax(vmax(rv, gv), bv);
   const F4 chroma = value - vmin(vmin(rv, gv), bv);
@@ -59,10 +76,15 @@ inline void hsv_jitter4(F4& r, F4& g, F4& b, const Distortion& d) {
   F4 hue = (num / safe + third) * 60.0f;
   hue += where(hue < 0.0f, splat(360.0f), splat(0.0f));
   const F4 sat = clamp(chroma / vmax(value, splat(1e-6f)) * d.saturation, 0.0f, 1.0f);
-  // numpy's (hue + shift) % 360 for |shift| < 360: fmod of a value in [360, 720) is exact
+  // numpy's (hue + shift) % 360: for |shift| < 360 the sum lies in (-360, 720), where one turn
+  // added or taken away is exactly what fmod gives; larger shifts take fmod lane by lane
   hue += d.hue;
-  hue += where(hue < 0.0f, splat(360.0f), splat(0.0f));
-  hue -= where(hue >= 360.0f, splat(360.0f), splat(0.0f));
+  if (d.whole_turns) {
+    for (int j = 0; j < 4; ++j) hue[j] = mod360(hue[j]);
+  } else {
+    hue += where(hue < 0.0f, splat(360.0f), splat(0.0f));
+    hue -= where(hue >= 360.0f, splat(360.0f), splat(0.0f));
+  }
   // back: the closed form of the piecewise-linear hue ramps (n = 5, 3, 1: red, green, blue)
   const F4 c = value * sat;
   const F4 sector = hue / 60.0f;
@@ -92,6 +114,9 @@ inline F4 load4(const float* p) {
 inline void store4(float* p, F4 v) { std::memcpy(p, &v, sizeof(F4)); }
 
 void distort_chunk(const uint8_t* in, uint8_t* out, int64_t n, const Distortion& d) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
   float planes[3][kChunk];
   for (int64_t i = 0; i < n; ++i) {
     for (int ch = 0; ch < 3; ++ch) planes[ch][i] = static_cast<float>(in[3 * i + ch]);
@@ -118,12 +143,17 @@ at::Tensor photometric_distortion_cpu(const at::Tensor& image, double brightness
               image.sizes());
   const at::Tensor src = image.contiguous();
   at::Tensor out = at::empty_like(src);
-  // a hue past a whole turn is taken modulo 360 first (numpy's % of the sum may then differ by
-  // an ulp, which only moves a value that lands within float noise of .5)
-  const double turn = hue.has_value() && std::abs(*hue) >= 360.0 ? std::fmod(*hue, 360.0) : hue.value_or(0.0);
+  auto finite = [](const char* name, double v) {
+    TORCH_CHECK(std::isfinite(v), "fna_ext::photometric_distortion: ", name, " must be finite, got ", v);
+  };
+  finite("brightness", brightness);
+  finite("contrast", contrast);
+  if (saturation.has_value()) finite("saturation", *saturation);
+  if (hue.has_value()) finite("hue", *hue);
+  const float turn = static_cast<float>(hue.value_or(0.0));
   const Distortion d{static_cast<float>(brightness), static_cast<float>(contrast), contrast_first,
-                     saturation.has_value() || hue.has_value(), static_cast<float>(saturation.value_or(1.0)),
-                     static_cast<float>(turn)};
+                     saturation.has_value() || hue.has_value(), static_cast<float>(saturation.value_or(1.0)), turn,
+                     std::abs(turn) >= 360.0f};
   const uint8_t* in = src.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
   const int64_t pixels = src.size(0) * src.size(1);

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..ops import photometric
 from ..ops.photometric import hsv_to_rgb, photometric_distortion, rgb_to_hsv  # noqa: F401 (re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -103,9 +104,10 @@ class Compose:
 
 class PhotometricDistortion:
     """SSD's colour jitter, each step with probability ``p``: brightness, then contrast either
-    first or last (a coin decides, as in SSD), saturation and hue in HSV in between. The pixels
-    go through the compiled kernel (:func:`fna_ext.ops.photometric.photometric_distortion`): a
-    loader worker shares the cores with the step, and this was its largest cost after decoding."""
+    first or last (a coin decides, as in SSD), saturation and hue in HSV in between, on uint8
+    (H, W, 3) RGB images. The pixels go through the compiled kernel
+    (:func:`fna_ext.ops.photometric.photometric_distortion`): a loader worker shares the cores
+    with the step, and this was its largest cost after decoding."""
 
     def __init__(self, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5),
                  saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18,
@@ -115,6 +117,7 @@ class PhotometricDistortion:
         self.saturation_range = saturation_range
         self.hue_delta = hue_delta
         self.p = p
+        photometric.compiled()  # loads the extension here, before any DataLoader worker forks
 
     def __call__(self, image: np.ndarray, target: Target) -> Sample:
         # the draws in SSD's order: a seeded sample comes out the same as it always has

@@ -3,12 +3,12 @@ in HSV (the parameters are drawn by :class:`fna_ext.data.PhotometricDistortion`)
 
 The compiled kernel (csrc/augment/photometric_cpu.cpp) does it in one pass over the pixels; the
 numpy reference below is the definition it is tested against, and what runs where the extension
-is not loaded. Both work in float32 in the same order, so they agree to the rounding of the last
-step (a value that lands within float32 noise of .5 may round the other way)."""
+is not loaded. Both work in float32, operation for operation in the same order, so they give the
+same bytes (the tests assert equality)."""
 
 from __future__ import annotations
 
-import warnings
+import math
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def photometric_distortion_reference(image: np.ndarray, brightness: float = 0.0,
     (``contrast_first``) or after it; the HSV step, when ``saturation`` or ``hue`` is given, clips
     to [0, 255], scales S by ``saturation`` (clipped to [0, 1]) and turns H by ``hue`` degrees.
     Rounded (ties to even) and clipped back to uint8."""
-    _check(image)
+    _check(image, brightness, contrast, saturation, hue)
     pixels = image.astype(np.float32)
     pixels += np.float32(brightness)
     if contrast_first:
@@ -83,21 +83,32 @@ def photometric_distortion(image: np.ndarray, brightness: float = 0.0, contrast:
                            contrast_first: bool = True, saturation: float | None = None,
                            hue: float | None = None) -> np.ndarray:
     """As :func:`photometric_distortion_reference`, on the compiled kernel where it is loaded."""
-    _check(image)
-    if not _extension.has_kernel("photometric_distortion", "cpu"):
+    _check(image, brightness, contrast, saturation, hue)
+    if not compiled():
         return photometric_distortion_reference(image, brightness, contrast, contrast_first, saturation, hue)
-    with warnings.catch_warnings():  # Pillow's arrays are read-only; the kernel only reads this one
-        warnings.simplefilter("ignore", UserWarning)
-        pixels = torch.from_numpy(np.ascontiguousarray(image))
+    # torch wants arrays it may write to, and Pillow's are read-only: copy those (a few tens of
+    # microseconds), rather than silence the warning, which is not thread-safe
+    pixels = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
     out = torch.ops.fna_ext.photometric_distortion(
         pixels, float(brightness), float(contrast), bool(contrast_first),
         None if saturation is None else float(saturation), None if hue is None else float(hue))
     return out.numpy()
 
 
-def _check(image: np.ndarray) -> None:
+def compiled() -> bool:
+    """Whether the compiled kernel runs. Asking loads the extension (or builds it on first use):
+    a transform asks when it is made, so DataLoader workers inherit the answer instead of each
+    loading, or building, the extension again."""
+    return _extension.has_kernel("photometric_distortion", "cpu")
+
+
+def _check(image: np.ndarray, brightness: float, contrast: float, saturation: float | None,
+           hue: float | None) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"photometric_distortion: image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation), ("hue", hue)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"photometric_distortion: {name} must be a finite number, got {value}")
 
 
 def _register_fake_kernels() -> None:
