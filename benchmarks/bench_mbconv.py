@@ -192,24 +192,30 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
 
 
-def profile_fused(shape: Shape, device: str, dtype: torch.dtype, iterations: int = 10, top: int = 8) -> list[dict]:
-    """Where the fused op's forward+backward time goes at ``shape``: the ``top`` ops by self
-    time (CPU, or the device's on CUDA), in ms per call of the block."""
-    x, weights, grad = make_inputs(shape, device, dtype)
-    fused = versions(shape, x, weights, grad, backward=True, with_compile=False)["fused"]
-    for _ in range(3):
-        fused()
+def profiled(step, device: str, iterations: int, warmup: int = 1):
+    """torch.profiler's per-op averages over ``iterations`` calls of ``step`` (after ``warmup``),
+    with the device's kernels on CUDA (benchmarks/gpu_bench.py's profile part uses it too)."""
+    for _ in range(warmup):
+        step()
     synchronize(device)
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
         for _ in range(iterations):
-            fused()
+            step()
         synchronize(device)
+    return prof.key_averages()
+
+
+def profile_fused(shape: Shape, device: str, dtype: torch.dtype, iterations: int = 10, top: int = 8) -> list[dict]:
+    """Where the fused op's forward+backward time goes at ``shape``: the ``top`` ops by self
+    time (CPU, or the device's on CUDA), in ms per call of the block."""
+    x, weights, grad = make_inputs(shape, device, dtype)
+    fused = versions(shape, x, weights, grad, backward=True, with_compile=False)["fused"]
     field = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     times = [(event.key, getattr(event, field) / iterations / 1e3, event.count // iterations)
-             for event in prof.key_averages()]
+             for event in profiled(fused, device, iterations, warmup=3)]
     total = sum(ms for _, ms, _ in times)
     times.sort(key=lambda t: -t[1])
     return [{"op": op, "ms": ms, "calls": calls, "share": ms / total} for op, ms, calls in times[:top] if ms > 0]

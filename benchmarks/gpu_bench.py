@@ -36,7 +36,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 import bench_mbconv  # noqa: E402
 from gpu_parity import tiny, write_json  # noqa: E402
 from gpu_check import chosen_names  # noqa: E402  (the check's own option rule; gpu_check needs only the stdlib)
-from timing import synchronize  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 TINY_COPY_NUMEL = 1 << 20
@@ -73,19 +72,6 @@ def _profile_row(event, iterations: int) -> dict:
             "self_cpu_ms_per_iteration": event.self_cpu_time_total / 1e3 / iterations}
 
 
-def _profiled(step, device: str):
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    synchronize(device)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(PROFILE_ITERATIONS):
-            step()
-        synchronize(device)
-    return prof.key_averages()
-
-
 def _counts(events) -> dict:
     """Per iteration: kernels launched and time on the device (CUDA), and ATen ops called (each a
     kernel launch on a GPU unless it only makes a view or an empty tensor)."""
@@ -104,7 +90,7 @@ def profile_shape(shape, device: str) -> dict:
     fused op's top rows, and the counts of both versions."""
     x, weights, grad = bench_mbconv.make_inputs(shape, device, torch.float32)
     steps = bench_mbconv.versions(shape, x, weights, grad, backward=True, with_compile=False)
-    fused, eager = _profiled(steps["fused"], device), _profiled(steps["eager"], device)
+    fused, eager = (bench_mbconv.profiled(steps[name], device, PROFILE_ITERATIONS) for name in ("fused", "eager"))
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
     top = sorted(fused, key=lambda e: getattr(e, key, 0.0), reverse=True)[:PROFILE_ROWS]
     counts = {"fused": _counts(fused), "eager": _counts(eager)}

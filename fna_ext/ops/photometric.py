@@ -83,9 +83,9 @@ def photometric_distortion(image: np.ndarray, brightness: float = 0.0, contrast:
                            contrast_first: bool = True, saturation: float | None = None,
                            hue: float | None = None) -> np.ndarray:
     """As :func:`photometric_distortion_reference`, on the compiled kernel where it is loaded."""
-    _check(image, brightness, contrast, saturation, hue)
-    if not compiled():
+    if not compiled():  # the reference checks its arguments itself
         return photometric_distortion_reference(image, brightness, contrast, contrast_first, saturation, hue)
+    _check(image, brightness, contrast, saturation, hue)
     # torch wants arrays it may write to, and Pillow's are read-only: copy those (a few tens of
     # microseconds), rather than silence the warning, which is not thread-safe
     pixels = torch.from_numpy(np.ascontiguousarray(image) if image.flags.writeable else image.copy())
