@@ -172,6 +172,8 @@ struct CudaBackend {
     return at::empty(sizes, options);  // the CUDA caching allocator already reuses blocks
   }
 
+  static void matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b) { at::mm_out(out, a, b); }
+
   static void row_stats(const at::Tensor& rows, at::Tensor sum, at::Tensor sumsq) {
     FNA_MBCONV_STEP("row_stats");
     const char* step = "row_stats";

@@ -1,7 +1,7 @@
 // The fused sampled-path MBConv, forward and backward, as one sequence of steps shared by the CPU
 // and CUDA builds. A Backend supplies the memory-bound kernels (mbconv_cpu.cpp, mbconv_cuda.cu);
-// the two 1x1 convolutions are GEMMs (at::mm: MKL or cuBLAS) on slices of the max-size weights,
-// so no weight is copied. Backend::empty allocates the large tensors (a block cache on the CPU).
+// the two 1x1 convolutions are GEMMs (Backend::matmul: MKL through host_matmul, or cuBLAS) on
+// slices of the max-size weights, so no weight is copied. Backend::empty allocates the large tensors (a block cache on the CPU).
 //
 // Everything runs on channels-last rows: an (N, C, H, W) activation is an (N*H*W, C) matrix, the
 // 1x1 convolutions are plain GEMMs and the per-channel work is contiguous. The forward is
@@ -237,6 +237,25 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
     to_a.set(j, va);
     to_b.set(j, vb);
     to_c.set(j, vc);
+  }
+}
+
+// The CPU backend's GEMM, out = a b, in two shapes MKL handles poorly (bench_mbconv's shapes, this
+// session's measurements in benchmarks/RESULTS.md):
+// - a large output from a short product (the expansion, K = C_in): with beta = 0 MKL first clears
+//   C in a slow scaling pass of its own; zeroing out and accumulating (beta = 1) was 1.0-1.44x as
+//   fast, and never slower, from K = 16 to 672;
+// - a weight gradient, a reduction over the rows: MKL is 15-25% faster when the longer side of the
+//   small output is its rows, so a wide output is computed transposed and copied (a few KB).
+inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+  const bool reduction = a.size(1) > out.size(0) && a.size(1) > out.size(1);
+  if (reduction && out.size(0) < out.size(1)) {
+    out.copy_(at::mm(b.t(), a.t()).t());
+  } else if (reduction) {
+    at::mm_out(out, a, b);
+  } else {
+    out.zero_();
+    out.addmm_(a, b);
   }
 }
 
@@ -514,7 +533,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
 
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
-  at::mm_out(h3, a2, wp.t());
+  Backend::matmul(h3, a2, wp.t());
   Backend::row_stats(h3, sum3, sumsq3);
   auto [scale3, shift3] =
       bn_forward_coefficients<Backend>(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
@@ -552,7 +571,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   // (with an SE, a2 is rebuilt first: the gate's gradient needs it)
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
-  at::mm_out(ga2, gh3, wp);
+  Backend::matmul(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   if (se.defined()) {
@@ -566,7 +585,7 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
     at::Tensor grad_project = at::empty({g.c_out, g.e_max}, h3.options());
     at::Tensor product = narrowed(grad_project, 1, 0, g.e);  // rows of stride e_max: BLAS's ldc
-    at::mm_out(product, gh3.t(), a2);
+    Backend::matmul(product, gh3.t(), a2);
     zero_past(grad_project, 1, g.e);
     r.grad_project = grad_project.view(project_weight.sizes());
     r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
@@ -623,7 +642,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
 
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
-  at::mm_out(h1, x_rows, we.t());
+  Backend::matmul(h1, x_rows, we.t());
   const std::vector<at::Tensor> sums = forward_sums(g, true, stats);
   Backend::row_stats(h1, sums[0], sums[1]);
   at::Tensor mean1 = narrowed(stats, 0, 0, g.e), invstd1 = narrowed(stats, 0, g.e, g.e);
@@ -699,12 +718,12 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   if (weight_grads) {
     grad_expand = at::empty({g.e_max, g.c_in}, x.options());
     at::Tensor product = narrowed(grad_expand, 0, 0, g.e);  // contiguous rows
-    at::mm_out(product, t.grad_in.t(), x_rows);
+    Backend::matmul(product, t.grad_in.t(), x_rows);
     zero_past(grad_expand, 0, g.e);
     grad_expand = grad_expand.view(expand_weight.sizes());
   }
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
-  at::mm_out(grad_x, t.grad_in, we);
+  Backend::matmul(grad_x, t.grad_in, we);
   if (has_residual(g)) grad_x.add_(grad_rows);
   std::vector<at::Tensor> grads{from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
                                 weight_or_empty(t.grad_project, x)};

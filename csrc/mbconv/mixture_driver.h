@@ -170,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   at::Tensor h1, in, scale1, shift1;
   if (plan.expand) {
     h1 = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    at::mm_out(h1, x_rows, narrowed(a.we, 0, 0, plan.width).t());
+    Backend::matmul(h1, x_rows, narrowed(a.we, 0, 0, plan.width).t());
     const std::vector<at::Tensor> sums1 = zeroed_sums({plan.width, plan.width}, s.all);
     Backend::row_stats(h1, sums1[0], sums1[1]);
     std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sums1[0], sums1[1], g0.rows_in(), eps, s.mean1(),
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
     for (const auto& c : plan.by_kernel[ki]) {
       at::Tensor p = h3[c.index];
       if (!previous.defined()) {
-        at::mm_out(p, narrowed(a2, 1, 0, c.e), narrowed(a.wp, 1, 0, c.e).t());
+        Backend::matmul(p, narrowed(a2, 1, 0, c.e), narrowed(a.wp, 1, 0, c.e).t());
       } else if (c.e == done) {
         p.copy_(previous);
       } else {
@@ -243,7 +243,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   at::Tensor h1 = saved_h1;
   if (plan.expand && h1.numel() == 0) {
     at::Tensor h1_rows = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    at::mm_out(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), narrowed(a.we, 0, 0, plan.width).t());
+    Backend::matmul(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), narrowed(a.we, 0, 0, plan.width).t());
     h1 = from_rows(h1_rows, g0.n, g0.h, g0.w);
   }
   at::Tensor h2 = saved_h2;
@@ -304,7 +304,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
       const int64_t start = j == 0 ? 0 : group[j - 1].e;
       if (c.e > start) {
         at::Tensor block = narrowed(gak, 1, start, c.e - start);
-        at::mm_out(block, suffix, narrowed(a.wp, 1, start, c.e - start));
+        Backend::matmul(block, suffix, narrowed(a.wp, 1, start, c.e - start));
       }
     }
     const at::Tensor h2k = h2[ki];
@@ -350,7 +350,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   const BnGrad bn1 = bn_grad<Backend>(sums1[0], sums1[1], s.mean1(), s.invstd1(), a.gamma1, g0.rows_in(), a.opmath);
   Backend::grad_apply(grad_in, h1_rows, scale1, shift1, kRelu6, bn1.a, bn1.b, bn1.c, grad_in);
   at::Tensor grad_x = Backend::empty({g0.rows_in(), g0.c_in}, x.options());
-  at::mm_out(grad_x, grad_in, narrowed(a.we, 0, 0, plan.width));
+  Backend::matmul(grad_x, grad_in, narrowed(a.we, 0, 0, plan.width));
   if (residual) grad_x.addcmul_(grad_rows, w_sum);
   return {from_rows(grad_x, g0.n, g0.h, g0.w), grad_weights.to(weights.scalar_type())};
 }
