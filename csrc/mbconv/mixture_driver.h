@@ -69,14 +69,15 @@ inline MixturePlan make_plan(const char* op, at::IntArrayRef kernel_sizes, at::I
 }
 
 // Stats layout (double): with the expansion [mean1, invstd1] (width each); per kernel size
-// [mean2, invstd2] (width each); per candidate [mean3, invstd3] (C_out each). size() is also the
-// fna_ext::mixture_stats_size op, which the fake kernels ask (registration.cpp).
+// [mean2, invstd2] (width each); then every candidate's mean3 (C_out each) and every candidate's
+// invstd3, so that one per-channel step (a kernel on a GPU) serves BN3 of all candidates. size()
+// is also the fna_ext::mixture_stats_size op, which the fake kernels ask (registration.cpp).
 struct MixtureStats {
   at::Tensor all;
-  int64_t width, c_out, kernels, base2;
+  int64_t width, c_out, kernels, candidates, base2;
   MixtureStats(at::Tensor stats, const MixturePlan& plan, int64_t c_out_)
       : all(std::move(stats)), width(plan.width), c_out(c_out_), kernels(static_cast<int64_t>(plan.kernels.size())),
-        base2(plan.expand ? 2 * plan.width : 0) {}
+        candidates(plan.candidates), base2(plan.expand ? 2 * plan.width : 0) {}
   static int64_t size(const MixturePlan& plan, int64_t c_out) {
     return (plan.expand ? 2 : 0) * plan.width + 2 * static_cast<int64_t>(plan.kernels.size()) * plan.width +
            2 * plan.candidates * c_out;
@@ -86,16 +87,27 @@ struct MixtureStats {
   at::Tensor mean2(int64_t k) const { return narrowed(all, 0, base2 + 2 * k * width, width); }
   at::Tensor invstd2(int64_t k) const { return narrowed(all, 0, base2 + (2 * k + 1) * width, width); }
   int64_t base3() const { return base2 + 2 * kernels * width; }
-  at::Tensor mean3(int64_t i) const { return narrowed(all, 0, base3() + 2 * i * c_out, c_out); }
-  at::Tensor invstd3(int64_t i) const { return narrowed(all, 0, base3() + (2 * i + 1) * c_out, c_out); }
+  // every candidate's BN3 (candidates * C_out)
+  at::Tensor mean3() const { return narrowed(all, 0, base3(), candidates * c_out); }
+  at::Tensor invstd3() const { return narrowed(all, 0, base3() + candidates * c_out, candidates * c_out); }
 };
+
+// A BN parameter repeated once per candidate; undefined stays undefined (gamma 1, beta 0).
+inline at::Tensor per_candidate(const at::Tensor& p, int64_t candidates) {
+  return p.defined() ? p.repeat({candidates}) : p;
+}
+
+// The (candidates * C) sums of every candidate, first all sums then all sums of squares (or of
+// g * h); the part of candidate i.
+inline at::Tensor candidate_part(const at::Tensor& all, int64_t i, int64_t c) { return narrowed(all, 0, i * c, c); }
 
 // What both ops take, checked once.
 struct MixtureArgs {
   MixturePlan plan;
   Geometry g0;  // the first kernel size's; the output size is the same for every odd kernel (and dilation)
   at::Tensor dw, wp, we;  // contiguous depthwise weight; (C_out, E_max) and (E_max, C_in) views
-  at::Tensor gamma1, beta1, gamma2, beta2, gamma3, beta3;
+  at::Tensor gamma1, beta1, gamma2, beta2;
+  at::Tensor gamma3, beta3;  // once per candidate (candidates * C_out), as MixtureStats::mean3()
   at::ScalarType opmath;
   Geometry geometry(const at::Tensor& x, const at::Tensor& dw_weight, const at::Tensor& project_weight,
                     int64_t ki) const {
@@ -132,7 +144,8 @@ inline MixtureArgs mixture_args(const char* op, const at::Tensor& x, const at::T
   const int64_t width = a.plan.width, c_out = a.g0.c_out;
   a.gamma1 = slice_or_undefined(bn1_w, width), a.beta1 = slice_or_undefined(bn1_b, width);
   a.gamma2 = slice_or_undefined(bn2_w, width), a.beta2 = slice_or_undefined(bn2_b, width);
-  a.gamma3 = slice_or_undefined(bn3_w, c_out), a.beta3 = slice_or_undefined(bn3_b, c_out);
+  a.gamma3 = per_candidate(slice_or_undefined(bn3_w, c_out), a.plan.candidates);
+  a.beta3 = per_candidate(slice_or_undefined(bn3_b, c_out), a.plan.candidates);
   a.opmath = opmath_type(x.scalar_type());
   return a;
 }
@@ -205,21 +218,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
     }
   }
   // out = sum_i h3_i * (w_i scale_i) + sum_i w_i shift_i (+ sum_i w_i x): BN3 and the weights
-  // folded into one per-channel scale per candidate
-  const at::Tensor w = weights.to(at::kDouble);
-  at::Tensor shift_total = at::zeros({g0.c_out}, s.all.options());
-  at::Tensor out;
-  const at::Tensor sums3 = at::zeros({plan.candidates, 2, g0.c_out}, s.all.options());  // one fill
+  // folded into one per-channel scale per candidate. BN3's statistics and coefficients are one
+  // step for all candidates: on a GPU, where the alpha step waits on the host, a loop of small
+  // ops per candidate was most of the launches.
+  const int64_t c3 = g0.c_out, all3 = plan.candidates * c3;
+  const at::Tensor w = weights.to(at::kDouble).unsqueeze(1);  // (candidates, 1)
+  const at::Tensor sums3 = at::zeros({2 * all3}, s.all.options());  // one fill
   for (int64_t i = 0; i < plan.candidates; ++i) {
-    const at::Tensor sum = sums3[i][0], sumsq = sums3[i][1];
-    Backend::row_stats(h3[i], sum, sumsq);
-    auto [scale3, shift3] = bn_forward_coefficients<Backend>(sum, sumsq, g0.rows_out(), eps, s.mean3(i), s.invstd3(i),
-                                                             a.gamma3, a.beta3, at::kDouble);
-    const at::Tensor coefficient = (scale3 * w[i]).to(a.opmath);
-    out = i == 0 ? h3[i] * coefficient : out.addcmul_(h3[i], coefficient);
-    shift_total.add_(shift3 * w[i]);
+    Backend::row_stats(h3[i], candidate_part(sums3, i, c3), candidate_part(sums3, plan.candidates + i, c3));
   }
-  out.add_(shift_total.to(a.opmath));
+  auto [scale3, shift3] = bn_forward_coefficients<Backend>(narrowed(sums3, 0, 0, all3), narrowed(sums3, 0, all3, all3),
+                                                           g0.rows_out(), eps, s.mean3(), s.invstd3(), a.gamma3,
+                                                           a.beta3, at::kDouble);
+  const at::Tensor coefficients = (scale3.view({plan.candidates, c3}) * w).to(a.opmath);
+  at::Tensor out;
+  for (int64_t i = 0; i < plan.candidates; ++i) {
+    out = i == 0 ? h3[i] * coefficients[i] : out.addcmul_(h3[i], coefficients[i]);
+  }
+  out.add_((shift3.view({plan.candidates, c3}) * w).sum(0).to(a.opmath));
   if (has_residual(g0)) out.addcmul_(x_rows, w.sum().to(a.opmath));
   if (out.scalar_type() != x.scalar_type()) out = out.to(x.scalar_type());
   return {from_rows(out, g0.n, g0.ho, g0.wo),
@@ -259,7 +275,7 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
     mixture_depthwise<Backend>(a, x, dw_weight, project_weight, in, scale1, shift1, h2);
   }
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
-  const at::Tensor w = weights.to(at::kDouble);
+  const at::Tensor w = weights.to(at::kDouble).unsqueeze(1);  // (candidates, 1)
   const bool residual = has_residual(g0);
 
   // d out / d w_i = <grad, BN3_i(h3_i) (+ x)>, from per-channel sums of grad and grad * h3_i
@@ -270,16 +286,25 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
                        kIdentity, sums[0], sums[1], at::Tensor());
     grad_weights.add_(sums[1].sum());
   }
-  // BN3's backward per candidate, with the upstream gradient w_i * grad: gh3_i = a_i grad + b_i h3_i + c_i
-  std::vector<BnGrad> bn3(plan.candidates);
-  const at::Tensor sums3 = at::zeros({plan.candidates, 2, g0.c_out}, stats.options());  // one fill
+  // BN3's backward, with the upstream gradient w_i * grad: gh3_i = a_i grad + b_i h3_i + c_i; the
+  // sums per candidate, the coefficients in one step for all (see mixture_forward)
+  const int64_t c3 = g0.c_out, all3 = plan.candidates * c3;
+  const at::Tensor sums3 = at::zeros({2 * all3}, stats.options());  // one fill
   for (int64_t i = 0; i < plan.candidates; ++i) {
-    const at::Tensor sg = sums3[i][0], sgh = sums3[i][1];
-    Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), kIdentity, sg, sgh, at::Tensor());
-    auto [scale3, shift3] = affine_coefficients<Backend>(s.mean3(i), s.invstd3(i), a.gamma3, a.beta3, at::kDouble);
-    grad_weights[i].add_((scale3 * sgh + shift3 * sg).sum());
-    bn3[i] = bn_grad<Backend>(sg * w[i], sgh * w[i], s.mean3(i), s.invstd3(i), a.gamma3, g0.rows_out(), a.opmath);
-    bn3[i].a = bn3[i].a * w[i].to(a.opmath);
+    Backend::grad_sums(grad_rows, h3[i], at::Tensor(), at::Tensor(), kIdentity, candidate_part(sums3, i, c3),
+                       candidate_part(sums3, plan.candidates + i, c3), at::Tensor());
+  }
+  const at::Tensor sg = narrowed(sums3, 0, 0, all3).view({plan.candidates, c3});
+  const at::Tensor sgh = narrowed(sums3, 0, all3, all3).view({plan.candidates, c3});
+  auto [scale3, shift3] = affine_coefficients<Backend>(s.mean3(), s.invstd3(), a.gamma3, a.beta3, at::kDouble);
+  grad_weights.add_((scale3.view({plan.candidates, c3}) * sgh + shift3.view({plan.candidates, c3}) * sg).sum(1));
+  BnGrad all = bn_grad<Backend>((sg * w).view({all3}), (sgh * w).view({all3}), s.mean3(), s.invstd3(), a.gamma3,
+                                g0.rows_out(), a.opmath);
+  all.a = (all.a.view({plan.candidates, c3}) * w.to(a.opmath)).view({all3});
+  std::vector<BnGrad> bn3(plan.candidates);
+  for (int64_t i = 0; i < plan.candidates; ++i) {
+    bn3[i].a = candidate_part(all.a, i, c3), bn3[i].b = candidate_part(all.b, i, c3);
+    bn3[i].c = candidate_part(all.c, i, c3);
   }
 
   // the gradient at each depthwise output (BN2's backward is applied on load, from these)
