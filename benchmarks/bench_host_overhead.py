@@ -1,5 +1,6 @@
-"""The fused sampled MBConv's host cost: a block so small that its kernels take next to nothing,
-timed fused and eager, forward and forward+backward, with the ATen ops each dispatches.
+"""The fused ops' host cost: a block so small that its kernels take next to nothing, timed fused
+and eager, with the ops each dispatches. Two ops: the sampled MBConv of a weight step (forward, and
+forward+backward) and the mixture of an architecture step (every candidate, forward+backward).
 
 At the search shapes on a GPU the step waits on the host, not the kernels (benchmarks/RESULTS.md:
 on an H200 the device was busy 0.56 ms of a 1.8-2.6 ms forward+backward), so the host's share is
@@ -8,14 +9,19 @@ what this measures, on any device:
     python benchmarks/bench_host_overhead.py [--device cpu|cuda] [--repeats 200] [--json]
 
 Times are medians of interleaved calls (benchmarks/timing.py; on CUDA, events after the queue has
-drained, so a call's time is its host time whenever the host is the slower side). The op counts
-are torch.profiler's ``aten::`` events per call, the fused op's internal steps included.
+drained, so a call's time is its host time whenever the host is the slower side). Two counts per
+call, from torch.profiler:
+
+- ``aten_ops``: every ``aten::`` event, views and the fused op's internal steps included;
+- ``dispatched``: the ops that touch data (no views, no allocations) outside any other such op,
+  with each of the fused ops' backend steps (``fna_ext::mbconv::*``) counted once and what runs
+  inside it not at all. On a GPU each is about one kernel launch, so it counts the launches of
+  the ops' own code on any device (the CPU's steps run ATen ops inside that a GPU's do not).
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import sys
 from pathlib import Path
@@ -29,6 +35,8 @@ from fna_ext import ops  # noqa: E402
 
 # N, C_in = C_out, H = W, E_max, kernel: one image of 4x4, so the arithmetic is negligible
 TINY = dict(n=1, c=8, size=4, e_max=48, kernel=7)
+# an architecture step's layer: the search spaces' six candidates (kernel, width)
+MIXTURE_CANDIDATES = [(3, 24), (3, 48), (5, 24), (5, 48), (7, 24), (7, 48)]
 
 
 def make_block(device: str):
@@ -56,29 +64,74 @@ def versions(x, weights, bns, grad) -> dict:
                 y.backward(grad)
         return call
 
-    return {f"{name} {mode}": run(name == "fused", mode == "forward+backward")
-            for mode in ("forward", "forward+backward") for name in ("fused", "eager")}
+    found = {f"{name} {mode}": run(name == "fused", mode == "forward+backward")
+             for mode in ("forward", "forward+backward") for name in ("fused", "eager")}
+    return {**found, **mixture_versions(x, weights, bns, grad)}
 
 
-def aten_ops(call) -> int:
+def mixture_versions(x, weights, bns, grad) -> dict:
+    """An architecture step's op: every candidate, weighted by softmax(alpha), forward+backward
+    into x and alpha (the weights frozen, as in the search)."""
+    alpha = torch.zeros(len(MIXTURE_CANDIDATES), device=x.device, requires_grad=True)
+    frozen = [w.detach() for w in weights]
+    frozen_bns = {name: p.detach() for name, p in bns.items()}
+
+    def run(fused: bool):
+        def call():
+            with ops.fused(fused):
+                y = ops.mbconv_mixture(x, frozen[0], alpha.softmax(0), frozen[1], frozen[2],
+                                       candidates=MIXTURE_CANDIDATES, **frozen_bns)
+            y.backward(grad)
+        return call
+
+    return {f"mixture {name} forward+backward": run(name == "fused") for name in ("fused", "eager")}
+
+
+# ATen ops that only make views or allocate: no launch on a GPU (zeros and zeros_like are an
+# allocation and a fill: the fill inside them counts)
+_NO_DATA = {"as_strided", "view", "_unsafe_view", "alias", "select", "slice", "narrow", "permute", "reshape", "t",
+            "transpose", "unsqueeze", "squeeze", "expand", "detach", "detach_", "resolve_conj", "resolve_neg", "lift_fresh",
+            "contiguous", "to", "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "numpy_T"}
+_STEP = "fna_ext::mbconv::"
+
+
+def _touches_data(name: str) -> bool:
+    return name.startswith(_STEP) or (name.startswith("aten::") and name[len("aten::"):] not in _NO_DATA)
+
+
+def _dispatched(event) -> bool:
+    """An op that touches data and runs inside no other such op (nor inside a fused op's step)."""
+    if not _touches_data(event.name):
+        return False
+    parent = event.cpu_parent
+    while parent is not None:
+        if _touches_data(parent.name):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def op_counts(call) -> dict:
+    """``aten_ops`` and ``dispatched`` (see the module's text) for one call, after a warm-up call."""
     from torch.profiler import ProfilerActivity, profile
 
     call()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         call()
-    counts = collections.Counter(e.name for e in prof.events())
-    return sum(n for name, n in counts.items() if name.startswith("aten::"))
+    events = prof.events()
+    return {"aten_ops": sum(1 for e in events if e.name.startswith("aten::")),
+            "dispatched": sum(1 for e in events if _dispatched(e))}
 
 
 def measure(device: str, repeats: int) -> dict:
-    """Median microseconds and ATen ops per call of each version (fused and eager, forward and
-    forward+backward) on the tiny block."""
+    """Median microseconds and op counts per call of each version (fused and eager; the sampled op
+    forward and forward+backward, the mixture forward+backward) on the tiny block."""
     x, weights, bns, grad = make_block(device)
     calls = versions(x, weights, bns, grad)
     seconds = interleaved_medians(calls, repeats, device, warmup=20)
-    found = [{"version": name, "us": 1e6 * seconds[name], "aten_ops": aten_ops(call)} for name, call in calls.items()]
+    found = [{"version": name, "us": 1e6 * seconds[name], **op_counts(call)} for name, call in calls.items()]
     return {"device": device, "hardware": hardware(device), "torch": torch.__version__, "block": TINY,
-            "repeats": repeats, "calls": found}
+            "mixture_candidates": MIXTURE_CANDIDATES, "repeats": repeats, "calls": found}
 
 
 def main(argv=None) -> int:
@@ -97,9 +150,10 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
-    print(f"{result['hardware']}, torch {result['torch']}; block {TINY}")
+    print(f"{result['hardware']}, torch {result['torch']}; block {TINY}; mixture candidates {MIXTURE_CANDIDATES}")
     for row in result["calls"]:
-        print(f"  {row['version']:<26} {row['us']:8.1f} us  {row['aten_ops']:4d} ATen ops")
+        print(f"  {row['version']:<36} {row['us']:8.1f} us  {row['aten_ops']:5d} ATen ops  "
+              f"{row['dispatched']:4d} dispatched")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op and
-bench_loader_gap's cycles and argument checks (the figures themselves are in RESULTS.md)."""
+"""The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op,
+bench_host_overhead's op counts and bench_loader_gap's cycles and argument checks (the figures
+themselves are in RESULTS.md)."""
 
 import subprocess
 import sys
@@ -23,6 +24,34 @@ def test_the_profile_names_the_fused_ops_and_the_gemms():
     assert "aten::mm" in ops and "fna_ext::mbconv::depthwise_backward" in ops
     assert all(row["ms"] > 0 and 0 < row["share"] <= 1 and row["calls"] >= 1 for row in rows)
     assert [row["ms"] for row in rows] == sorted((row["ms"] for row in rows), reverse=True)
+
+
+def test_dispatched_counts_ops_that_touch_data_once_each():
+    import bench_host_overhead
+
+    a, b = torch.ones(4, 4), torch.ones(4, 4)
+
+    def call():
+        a.view(16).add_(1)  # a view (not counted), then one op
+        torch.mm(a.t(), b)  # one op: the transpose is a view, and the op's inner ops are not counted
+        torch.zeros(3)      # an allocation and a fill: one launch on a GPU
+
+    counts = bench_host_overhead.op_counts(call)
+    assert counts["dispatched"] == 3
+    assert counts["aten_ops"] > counts["dispatched"]
+
+
+@pytest.mark.skipif(not _extension.has_kernel("mixture_mbconv_forward", "cpu"), reason="the extension is not loaded")
+def test_host_overhead_times_both_ops_fused_and_eager():
+    import bench_host_overhead
+
+    result = bench_host_overhead.measure("cpu", repeats=2)
+    rows = {row["version"]: row for row in result["calls"]}
+    assert set(rows) == {f"{name} {mode}" for name in ("fused", "eager") for mode in ("forward", "forward+backward")} | {
+        "mixture fused forward+backward", "mixture eager forward+backward"}
+    assert all(row["us"] > 0 and 0 < row["dispatched"] < row["aten_ops"] for row in rows.values())
+    # the fused mixture is one op per layer where the eager one is an op per candidate
+    assert rows["mixture fused forward+backward"]["aten_ops"] < 2 * rows["mixture eager forward+backward"]["aten_ops"]
 
 
 def test_loader_gap_cycles_in_memory_and_with_the_loader():
