@@ -24,6 +24,9 @@
 #include <vector>
 
 #include "../cpu_isa.h"
+#if FNA_MULTI_ISA
+#include <immintrin.h>  // the masked loads and stores of a partial channel block (vload_first)
+#endif
 #include "../host_cache.h"
 #include "mbconv_driver.h"
 #include "mixture_driver.h"
