@@ -60,6 +60,28 @@ def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affin
                   rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
+@pytest.mark.parametrize("e, c_out", [(37, 5), (48, 16), (9, 24)])
+def test_weight_gradients_over_many_rows(dtype, tol, e, c_out):
+    """The 1x1 convs' weight gradients over many pixels and few channels take the CPU backend's
+    own reduction (outer_product_rows: at least 8 (m + n) rows, m n <= 16384): widths that end in
+    partial vectors and partial output blocks. float32 against the float64 reference on the same
+    values (two float32 sums over 1944 rows differ by more than 1e-4 on their own)."""
+    torch.manual_seed(e * 10 + c_out)
+    weights, bns = _block(8, c_out, 48, affine=True, dtype=dtype)
+    x = torch.randn(6, 8, 18, 18, dtype=dtype, requires_grad=True)  # 1944 rows
+    kwargs = dict(kernel_size=3, expand_channels=e)
+    y = _run(False, x, weights, bns, None, **kwargs)[0]
+    grad = torch.randn_like(y)
+
+    def float64(t):
+        return t.detach().double().requires_grad_()
+    reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
+                     {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
+    y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("size", [(8, 10), (9, 11), (1, 1), (2, 3), (5, 4), (20, 20)])
 def test_stride_two_gradients_at_every_input_parity(k, size):
