@@ -50,8 +50,18 @@ def test_host_overhead_times_both_ops_fused_and_eager():
     assert set(rows) == {f"{name} {mode}" for name in ("fused", "eager") for mode in ("forward", "forward+backward")} | {
         "mixture fused forward+backward", "mixture eager forward+backward"}
     assert all(row["us"] > 0 and 0 < row["dispatched"] < row["aten_ops"] for row in rows.values())
-    # the fused mixture is one op per layer where the eager one is an op per candidate
-    assert rows["mixture fused forward+backward"]["aten_ops"] < 2 * rows["mixture eager forward+backward"]["aten_ops"]
+    # each version runs the op it names: the fused mixture is one op per layer, the eager one an op per candidate
+    from torch.profiler import profile
+    x, weights, bns, grad = bench_host_overhead.make_block("cpu")
+    calls = bench_host_overhead.versions(x, weights, bns, grad)
+    for name, op in (("mixture fused forward+backward", "fna_ext::mixture_mbconv_forward"),
+                     ("fused forward+backward", "fna_ext::sampled_mbconv_forward")):
+        with profile() as prof:
+            calls[name]()
+        assert op in {e.name for e in prof.events()}, name
+        with profile() as prof:
+            calls[name.replace("fused", "eager")]()
+        assert op not in {e.name for e in prof.events()}, name
 
 
 def test_loader_gap_cycles_in_memory_and_with_the_loader():
