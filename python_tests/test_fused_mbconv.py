@@ -82,6 +82,27 @@ def test_weight_gradients_over_many_rows(dtype, tol, e, c_out):
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
+def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
+    """FNA_EXT_CPU_GEMM=mkl switches the backend's own GEMM kernels off (to time them against
+    MKL), with the same results within float32 rounding."""
+    from torch.profiler import profile
+
+    torch.manual_seed(0)
+    weights, bns = _block(8, 8, 48, affine=True, dtype=torch.float32)
+    x = torch.randn(6, 8, 18, 18, requires_grad=True)
+    grad = torch.randn(6, 8, 18, 18)
+    results, steps = {}, {}
+    for choice in ("", "mkl"):
+        monkeypatch.setenv("FNA_EXT_CPU_GEMM", choice)
+        with profile() as prof:
+            results[choice] = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=37)
+        steps[choice] = {e.name for e in prof.events() if e.name.startswith("fna_ext::mbconv::")}
+    assert "fna_ext::mbconv::weight_gradient" not in steps["mkl"]
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
+        assert "fna_ext::mbconv::weight_gradient" in steps[""]
+    _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("size", [(8, 10), (9, 11), (1, 1), (2, 3), (5, 4), (20, 20)])
 def test_stride_two_gradients_at_every_input_parity(k, size):
