@@ -90,8 +90,9 @@ def mixture_versions(x, weights, bns, grad) -> dict:
 # ATen ops that only make views or allocate: no launch on a GPU (zeros and zeros_like are an
 # allocation and a fill: the fill inside them counts)
 _NO_DATA = {"as_strided", "view", "_unsafe_view", "alias", "select", "slice", "narrow", "permute", "reshape", "t",
-            "transpose", "unsqueeze", "squeeze", "expand", "detach", "detach_", "resolve_conj", "resolve_neg", "lift_fresh",
-            "contiguous", "to", "empty", "empty_like", "empty_strided", "zeros", "zeros_like", "numpy_T"}
+            "transpose", "unsqueeze", "squeeze", "expand", "detach", "detach_", "resolve_conj", "resolve_neg",
+            "lift_fresh", "contiguous", "to", "empty", "empty_like", "empty_strided", "zeros", "zeros_like",
+            "numpy_T"}
 _STEP = "fna_ext::mbconv::"
 
 

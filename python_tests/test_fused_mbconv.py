@@ -78,7 +78,10 @@ def test_weight_gradients_over_many_rows(dtype, tol, e, c_out):
         return t.detach().double().requires_grad_()
     reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
                      {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
-    y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    with torch.profiler.profile() as prof:
+        y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
+        assert "fna_ext::mbconv::weight_gradient" in {e.name for e in prof.events()}
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
@@ -97,9 +100,13 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
         with profile() as prof:
             results[choice] = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=37)
         steps[choice] = {e.name for e in prof.events() if e.name.startswith("fna_ext::mbconv::")}
-    assert "fna_ext::mbconv::weight_gradient" not in steps["mkl"]
-    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
+    own = {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::narrow_product"}
+    assert not own & steps["mkl"]
+    isa = torch.ops.fna_ext.cpu_isa()
+    if isa in ("avx512", "avx2"):  # the copies that have the weight-gradient kernel
         assert "fna_ext::mbconv::weight_gradient" in steps[""]
+    if isa == "avx512":  # the one that has the narrow product
+        assert "fna_ext::mbconv::narrow_product" in steps[""]
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
 
 

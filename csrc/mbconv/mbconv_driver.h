@@ -1,7 +1,8 @@
 // The fused sampled-path MBConv, forward and backward, as one sequence of steps shared by the CPU
 // and CUDA builds. A Backend supplies the memory-bound kernels (mbconv_cpu.cpp, mbconv_cuda.cu);
-// the two 1x1 convolutions are GEMMs (Backend::matmul: MKL through host_matmul, or cuBLAS) on
-// slices of the max-size weights, so no weight is copied. Backend::empty allocates the large tensors (a block cache on the CPU).
+// the two 1x1 convolutions are GEMMs (Backend::matmul: MKL through host_matmul or the CPU
+// backend's own kernels, or cuBLAS) on slices of the max-size weights, so no weight is copied.
+// Backend::empty allocates the large tensors (a block cache on the CPU).
 //
 // Everything runs on channels-last rows: an (N, C, H, W) activation is an (N*H*W, C) matrix, the
 // 1x1 convolutions are plain GEMMs and the per-channel work is contiguous. The forward is

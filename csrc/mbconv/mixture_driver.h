@@ -259,7 +259,8 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   at::Tensor h1 = saved_h1;
   if (plan.expand && h1.numel() == 0) {
     at::Tensor h1_rows = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    Backend::matmul(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)), narrowed(a.we, 0, 0, plan.width).t());
+    Backend::matmul(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)),
+                    narrowed(a.we, 0, 0, plan.width).t());
     h1 = from_rows(h1_rows, g0.n, g0.h, g0.w);
   }
   at::Tensor h2 = saved_h2;
