@@ -610,7 +610,8 @@ def host_overhead_table(results: dict) -> list[str]:
     if not part or part.get("status") != "passed":
         return []
     lines = [f"## The host's share (bench_host_overhead.py: block {part['block']}, medians of "
-             f"{part['repeats']} interleaved calls)", "", "| version | us per call | ATen ops | dispatched |", "| --- | ---: | ---: | ---: |"]
+             f"{part['repeats']} interleaved calls)", "", "| version | us per call | ATen ops | dispatched |",
+             "| --- | ---: | ---: | ---: |"]
     lines += [f"| {row['version']} | {row['us']:.1f} | {row['aten_ops']} | {row.get('dispatched', '')} |"
               for row in part["calls"]]
     return lines + [""]
