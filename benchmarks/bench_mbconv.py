@@ -22,6 +22,14 @@ On the CPU it prints which copy of the kernels ran (AVX-512, AVX2 or baseline x8
 fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch and ``torch.compile`` held to
 AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); setting only ``FNA_EXT_CPU_ISA``
 would compare fna_ext's AVX2 code with PyTorch's AVX-512 code.
+
+Each row also gives a floor: the least time any implementation of the block could take on this
+machine, from two rates measured in the same process: the block's six GEMMs (and its SE's) at the
+rate of a large square GEMM, plus the depthwise conv's own traffic (its input and output forward;
+its input, output gradient and input gradient backward) at the copy bandwidth. Everything else
+(BN, activations, the SE's passes) is left out, so the true floor is higher. Against it, "2x
+eager" reads as what is possible here: where twice as fast as eager is below the floor, no kernel
+reaches it. ``--no-floor`` skips the two measurements.
 """
 
 from __future__ import annotations
@@ -73,6 +81,8 @@ BANDWIDTH_SHAPE = Shape("bandwidth 56x56 C=24 k7 e6", 256, 24, 56, 7, 6, bandwid
 MODES = ("forward", "forward+backward")
 COPY_NUMEL = 1 << 28  # 1 GiB of float32: far beyond any cache
 MIN_TRAFFIC = {"forward": 29, "forward+backward": 29 + 55}  # units of the input's size
+FLOOR_COPY_NUMEL = {"cpu": 1 << 25, "cuda": COPY_NUMEL}  # 128 MiB: four times a server's L3
+FLOOR_GEMM_SIZE = {"cpu": 2048, "cuda": 8192}  # large enough for the BLAS's best rate
 
 
 def make_inputs(shape: Shape, device: str, dtype: torch.dtype):
@@ -151,6 +161,43 @@ def copy_bandwidth(device: str, numel: int = COPY_NUMEL) -> float:
     return 2 * src.numel() * src.element_size() / seconds
 
 
+def gemm_rate(device: str, dtype: torch.dtype, size: int) -> float:
+    """FLOP/s of a square size^3 GEMM: the best rate this device's BLAS reaches here."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    seconds = interleaved_medians({"gemm": lambda: torch.mm(a, b, out=out)}, 5, device)["gemm"]
+    return 2 * size ** 3 / seconds
+
+
+def pixels(shape: Shape) -> tuple[int, int]:
+    """Rows (pixels of the batch) into the depthwise conv and out of it."""
+    out = (shape.size - 1) // shape.stride + 1
+    return shape.n * shape.size ** 2, shape.n * out ** 2
+
+
+def gemm_flops(shape: Shape, mode: str) -> int:
+    """FLOPs of the block's GEMMs: the expansion and the projection (and the SE's two per image),
+    once forward; forward+backward adds the input and the weight gradient of each."""
+    rows_in, rows_out = pixels(shape)
+    e = shape.expansion * shape.c
+    once = 2 * rows_in * shape.c * e + 2 * rows_out * e * shape.c + 2 * 2 * shape.n * e * shape.se_channels
+    return once if mode == "forward" else 3 * once
+
+
+def depthwise_bytes(shape: Shape, mode: str, element_size: int) -> int:
+    """The depthwise conv's least traffic: read its input and write its output; backward, read its
+    input and output gradient and write its input gradient."""
+    rows_in, rows_out = pixels(shape)
+    hidden_in, hidden_out = (rows * shape.expansion * shape.c * element_size for rows in (rows_in, rows_out))
+    forward = hidden_in + hidden_out
+    return forward if mode == "forward" else forward + 2 * hidden_in + hidden_out
+
+
+def floor_ms(shape: Shape, mode: str, element_size: int, flops_per_s: float, bytes_per_s: float) -> float:
+    """The least time of the block on a machine of these two rates (see the module's text)."""
+    return 1e3 * (gemm_flops(shape, mode) / flops_per_s + depthwise_bytes(shape, mode, element_size) / bytes_per_s)
+
+
 def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = COPY_NUMEL) -> dict:
     """The rows of ``shapes`` (default: SHAPES, plus BANDWIDTH_SHAPE on CUDA) in ``modes``."""
     if args.device == "cpu":
@@ -160,8 +207,14 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
     dtype = getattr(torch, args.dtype)
     if shapes is None:
         shapes = SHAPES + ([BANDWIDTH_SHAPE] if args.device == "cuda" else [])
+    with_floor = getattr(args, "floor", False)  # the command line's default; other callers ask
     copy_bytes_per_s = (copy_bandwidth(args.device, copy_numel) if any(s.bandwidth_bound for s in shapes)
                         else None)
+    gemm_flops_per_s = floor_bytes_per_s = None
+    if with_floor:
+        gemm_flops_per_s = gemm_rate(args.device, dtype, FLOOR_GEMM_SIZE[args.device])
+        floor_numel = min(copy_numel, FLOOR_COPY_NUMEL[args.device])
+        floor_bytes_per_s = copy_bytes_per_s or copy_bandwidth(args.device, floor_numel)
     isa = torch.ops.fna_ext.cpu_isa() if args.device == "cpu" else None
     if isa is not None:  # FNA_EXT_CPU_ISA=avx2 (or baseline) times a lower copy on the same machine
         print(f"CPU kernels: {isa} (--cpu-isa avx512|avx2|baseline chooses, for PyTorch too)",
@@ -178,6 +231,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
                    "speedup_vs_eager": ms["eager"] / ms["fused"]}
             if "compile" in ms:
                 row["speedup_vs_compile"] = ms["compile"] / ms["fused"]
+            if with_floor:
+                row["floor_ms"] = floor_ms(shape, mode, x.element_size(), gemm_flops_per_s, floor_bytes_per_s)
             if shape.bandwidth_bound:
                 bytes_moved = MIN_TRAFFIC[mode] * x.numel() * x.element_size()
                 row["fraction_of_copy_bandwidth"] = bytes_moved / (ms["fused"] / 1e3) / copy_bytes_per_s
@@ -189,7 +244,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
             "cpu_isa": isa, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
             "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "dtype": args.dtype,
             "torch": torch.__version__, "repeats": args.repeats,
-            "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "rows": rows}
+            "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "gemm_flops_per_s": gemm_flops_per_s,
+            "floor_copy_bandwidth_bytes_per_s": floor_bytes_per_s, "rows": rows}
 
 
 def profiled(step, device: str, iterations: int, warmup: int = 1):
@@ -228,6 +284,8 @@ def format_row(row: dict) -> str:
              f"eager {ms['eager']:8.2f} ms ({row['speedup_vs_eager']:.2f}x)"]
     if "compile" in ms:
         cells.append(f"compile {ms['compile']:8.2f} ms ({row['speedup_vs_compile']:.2f}x)")
+    if "floor_ms" in row:
+        cells.append(f"floor {row['floor_ms']:7.2f} ms (2x eager: {ms['eager'] / 2:.2f})")
     if "fraction_of_copy_bandwidth" in row:
         cells.append(f"{100 * row['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
     return "  ".join(cells)
@@ -257,6 +315,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     parser.add_argument("--cpu-isa", choices=sorted(ISA_ENV),
                         help="hold fna_ext, ATen and oneDNN to this instruction set (see above)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor (a large GEMM's rate and the copy bandwidth, measured once)")
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing, print where the fused forward+backward's time goes at each shape "
                              "(torch.profiler, the largest ops by self time)")

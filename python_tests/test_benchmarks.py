@@ -1,13 +1,15 @@
-"""The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op,
-bench_host_overhead's op counts and bench_loader_gap's cycles and argument checks (the figures
+"""The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op and its
+floor, bench_host_overhead's op counts and bench_loader_gap's cycles and argument checks (the figures
 themselves are in RESULTS.md)."""
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -24,6 +26,48 @@ def test_the_profile_names_the_fused_ops_and_the_gemms():
     assert "aten::mm" in ops and "fna_ext::mbconv::depthwise_backward" in ops
     assert all(row["ms"] > 0 and 0 < row["share"] <= 1 and row["calls"] >= 1 for row in rows)
     assert [row["ms"] for row in rows] == sorted((row["ms"] for row in rows), reverse=True)
+
+
+FLOOR_SHAPES = [bench_mbconv.Shape("plain", 2, 8, 6, 3, 6), bench_mbconv.Shape("stride 2", 2, 8, 7, 5, 6, stride=2),
+                bench_mbconv.Shape("SE", 2, 8, 6, 3, 6, activation="hardswish", se_channels=4),
+                bench_mbconv.Shape("dilated", 2, 8, 9, 5, 6, dilation=2)]
+
+
+@pytest.mark.parametrize("shape", FLOOR_SHAPES, ids=lambda s: s.name)
+def test_the_floors_gemms_are_torchs_flop_count_less_the_depthwise_conv(shape):
+    x, weights, grad = bench_mbconv.make_inputs(shape, "cpu", torch.float32)
+    eager = bench_mbconv.versions(shape, x, weights, grad, backward=False, with_compile=False)["eager"]
+    with FlopCounterMode(display=False) as counter:
+        eager()
+    rows_out = bench_mbconv.pixels(shape)[1]
+    depthwise = 2 * rows_out * shape.expansion * shape.c * shape.kernel ** 2  # one MAC a tap a pixel a channel
+    assert bench_mbconv.gemm_flops(shape, "forward") == counter.get_total_flops() - depthwise
+    # backward: each GEMM's input gradient and weight gradient, each as large as the GEMM
+    assert bench_mbconv.gemm_flops(shape, "forward+backward") == 3 * bench_mbconv.gemm_flops(shape, "forward")
+
+
+def test_the_floors_traffic_is_the_depthwise_convs_tensors():
+    plain, strided = FLOOR_SHAPES[0], FLOOR_SHAPES[1]
+    hidden = 2 * 6 * 6 * 48 * 4  # N H W E float32 bytes: the conv's input and output at stride 1
+    assert bench_mbconv.depthwise_bytes(plain, "forward", 4) == 2 * hidden
+    assert bench_mbconv.depthwise_bytes(plain, "forward+backward", 4) == 5 * hidden
+    hidden_in, hidden_out = 2 * 7 * 7 * 48 * 4, 2 * 4 * 4 * 48 * 4  # 7x7 in, 4x4 out
+    assert bench_mbconv.depthwise_bytes(strided, "forward", 4) == hidden_in + hidden_out
+    assert bench_mbconv.depthwise_bytes(strided, "forward+backward", 4) == 3 * hidden_in + 2 * hidden_out
+    flops, traffic = bench_mbconv.gemm_flops(plain, "forward"), bench_mbconv.depthwise_bytes(plain, "forward", 4)
+    assert bench_mbconv.floor_ms(plain, "forward", 4, 1e9, 2e9) == pytest.approx(1e3 * (flops / 1e9 + traffic / 2e9))
+
+
+@pytest.mark.skipif(not _extension.has_kernel("sampled_mbconv_forward", "cpu"), reason="the extension is not loaded")
+def test_a_run_reports_the_floor_beside_the_times():
+    args = argparse.Namespace(device="cpu", dtype="float32", repeats=1, no_compile=True, json=True, floor=True)
+    result = bench_mbconv.run(args, [FLOOR_SHAPES[0]], modes=("forward",), copy_numel=1 << 20)
+    assert result["gemm_flops_per_s"] > 0 and result["floor_copy_bandwidth_bytes_per_s"] > 0
+    (row,) = result["rows"]
+    assert row["floor_ms"] == pytest.approx(bench_mbconv.floor_ms(
+        FLOOR_SHAPES[0], "forward", 4, result["gemm_flops_per_s"], result["floor_copy_bandwidth_bytes_per_s"]))
+    args.floor = False
+    assert "floor_ms" not in bench_mbconv.run(args, [FLOOR_SHAPES[0]], modes=("forward",))["rows"][0]
 
 
 def test_dispatched_counts_ops_that_touch_data_once_each():
