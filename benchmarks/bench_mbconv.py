@@ -23,6 +23,12 @@ fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch and ``torch.com
 AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); setting only ``FNA_EXT_CPU_ISA``
 would compare fna_ext's AVX2 code with PyTorch's AVX-512 code.
 
+On the CPU it also restarts with glibc's allocator held steady (``MALLOC_MMAP_MAX_=0``,
+``MALLOC_TRIM_THRESHOLD_``: freed memory stays mapped). Left adaptive, glibc unmaps large freed
+blocks and faults them in again, so eager PyTorch, which allocates every intermediate, timed 37
+to 88 ms at RetinaNet k3 from one process to the next; held steady, 37 to 45. The fused ops
+reuse their own host block cache either way. ``--adaptive-malloc`` leaves glibc as it is.
+
 Each row also gives a floor: the least time any implementation of the block could take on this
 machine, from two rates measured in the same process: the block's six GEMMs (and its SE's) at the
 rate of a large square GEMM, plus the depthwise conv's own traffic (its input and output forward;
@@ -45,7 +51,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import hardware, interleaved_medians, synchronize  # noqa: E402
+from timing import STEADY_MALLOC, hardware, interleaved_medians, restart_with, synchronize  # noqa: E402
 
 from fna_ext import ops  # noqa: E402
 from fna_ext.ops.sampled_mbconv import SqueezeExcite  # noqa: E402
@@ -242,7 +248,8 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
         synchronize(args.device)
     return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
             "cpu_isa": isa, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"), "dtype": args.dtype,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC}, "dtype": args.dtype,
             "torch": torch.__version__, "repeats": args.repeats,
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "gemm_flops_per_s": gemm_flops_per_s,
             "floor_copy_bandwidth_bytes_per_s": floor_bytes_per_s, "rows": rows}
@@ -298,12 +305,13 @@ ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx51
                         "ONEDNN_MAX_CPU_ISA": "SSE41"}}
 
 
-def restart_with_isa(isa: str) -> None:
-    """Runs this benchmark again with every library held to ``isa`` (read when they load)."""
-    wanted = ISA_ENV[isa]
-    if all(os.environ.get(k) == v for k, v in wanted.items()):
-        return
-    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **wanted})
+def environment(args) -> dict[str, str]:
+    """What the run needs set before the libraries load: the instruction set asked for, and on the
+    CPU glibc's allocator held steady (timing.STEADY_MALLOC) unless --adaptive-malloc."""
+    env = dict(ISA_ENV[args.cpu_isa]) if args.cpu_isa else {}
+    if args.device == "cpu" and not args.adaptive_malloc:
+        env.update(STEADY_MALLOC)
+    return env
 
 
 def main() -> None:
@@ -320,9 +328,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="instead of timing, print where the fused forward+backward's time goes at each shape "
                              "(torch.profiler, the largest ops by self time)")
+    parser.add_argument("--adaptive-malloc", action="store_true",
+                        help="leave glibc's allocator adaptive (see above): eager's time then varies from run to run")
     args = parser.parse_args()
-    if args.cpu_isa:
-        restart_with_isa(args.cpu_isa)
+    restart_with(environment(args))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     if args.profile:

@@ -5,12 +5,31 @@ stream (the GPU's own clock) after the queue has drained, so nothing earlier is 
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
+import sys
 import time
 from typing import Callable
 
 import torch
+
+
+# glibc hands large freed blocks back to the OS and faults them in again at the next allocation,
+# with thresholds it adapts as the process runs. Eager PyTorch allocates every intermediate, so on
+# the CPU its time depends on that history: 37 to 88 ms from one process to the next at one block
+# shape (benchmarks/RESULTS.md, session 18), where the fused ops reuse their host block cache.
+# These keep freed memory mapped, for every version alike, so the kernels are what is compared.
+STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+
+
+def restart_with(env: dict[str, str]) -> None:
+    """Runs this script's command line again with ``env`` added (variables the C library and the
+    kernels read when they load), unless they are already set; returns only then."""
+    if all(os.environ.get(k) == v for k, v in env.items()):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **env})
 
 
 def synchronize(device: str) -> None:

@@ -3,6 +3,7 @@ floor, bench_host_overhead's op counts and bench_loader_gap's cycles and argumen
 themselves are in RESULTS.md)."""
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,24 @@ def test_a_run_reports_the_floor_beside_the_times():
         FLOOR_SHAPES[0], "forward", 4, result["gemm_flops_per_s"], result["floor_copy_bandwidth_bytes_per_s"]))
     args.floor = False
     assert "floor_ms" not in bench_mbconv.run(args, [FLOOR_SHAPES[0]], modes=("forward",))["rows"][0]
+
+
+def test_the_cpu_runs_restart_with_the_allocator_held_steady(tmp_path):
+    from timing import STEADY_MALLOC
+
+    def env(**kw):
+        return bench_mbconv.environment(argparse.Namespace(**{"cpu_isa": None, "device": "cpu",
+                                                              "adaptive_malloc": False, **kw}))
+    assert env() == STEADY_MALLOC
+    assert env(cpu_isa="avx2") == {**bench_mbconv.ISA_ENV["avx2"], **STEADY_MALLOC}
+    assert env(adaptive_malloc=True) == {} and env(device="cuda", cpu_isa="avx2") == bench_mbconv.ISA_ENV["avx2"]
+    script = tmp_path / "restart.py"  # the restarted process sees the variables, and runs once more only
+    script.write_text(f"import os, sys\nsys.path.insert(0, {str(REPO / 'benchmarks')!r})\nimport timing\n"
+                      "print('start', flush=True)\ntiming.restart_with(timing.STEADY_MALLOC)\n"
+                      "print(os.environ['MALLOC_MMAP_MAX_'], os.environ['MALLOC_TRIM_THRESHOLD_'])\n")
+    clean = {k: v for k, v in os.environ.items() if k not in STEADY_MALLOC}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=clean, check=True).stdout
+    assert out.split("\n") == ["start", "start", f"0 {1 << 40}", ""]
 
 
 def test_dispatched_counts_ops_that_touch_data_once_each():
