@@ -392,8 +392,10 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (*args, 3, 12, 1, 1e-5))
 
 
-def test_frozen_weights_get_no_gradient_work():
-    """An architecture step freezes the weights: the input gradient alone, still exact."""
+@pytest.mark.parametrize("kernel_size, stride", [(5, 1), (3, 1), (7, 2)])
+def test_frozen_weights_get_no_gradient_work(kernel_size, stride):
+    """An architecture step freezes the weights: the input gradient alone, still exact (the
+    depthwise backward then asks for the next task's lines from its input-gradient loop)."""
     torch.manual_seed(6)
     weights, bns = _block(8, 8, 48, affine=True)
     for t in (*weights.values(), *bns.values()):
@@ -402,7 +404,8 @@ def test_frozen_weights_get_no_gradient_work():
     grads = []
     for fused in (True, False):
         with ops.fused(fused):
-            y = ops.sampled_mbconv(x, *weights.values(), kernel_size=5, expand_channels=24, **bns)
+            y = ops.sampled_mbconv(x, *weights.values(), kernel_size=kernel_size, expand_channels=24, stride=stride,
+                                   **bns)
         grads.append(torch.autograd.grad(y.square().sum(), x)[0])
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-9)
     # and the backward op, told so, computes none of the weight or BN gradients

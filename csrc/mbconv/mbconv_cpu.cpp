@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <unistd.h>  // sysconf: the L2 size (worth_asking_ahead)
 #include <type_traits>
 #include <utility>
 #include <vector>
