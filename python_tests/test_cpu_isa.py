@@ -19,13 +19,17 @@ LEVELS = ("baseline", "avx2", "avx512")
 # Fused forwards and backwards against the eager reference, on a small image and on enough rows
 # for the weight gradients' own reduction: a k5 stride-2 block, a k3 stride-1 block and a mixture
 # of four candidates, every width ending in a partial channel block on every copy (42 = 2 x 16 +
-# 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise). The largest differences relative to the largest
-# value, and the instruction set that ran.
+# 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise), and a hard-swish block with an SE (its backward's
+# own passes). The largest differences relative to the largest value, and the instruction set
+# that ran.
 PROBE = """
 import json, torch
 from fna_ext import ops
+from fna_ext.ops.sampled_mbconv import SqueezeExcite
 g = torch.Generator().manual_seed(0)
 w = [(torch.randn(*s, generator=g) * 0.3).requires_grad_() for s in ((48, 8, 1, 1), (48, 1, 7, 7), (8, 48, 1, 1))]
+se = SqueezeExcite(*[(torch.randn(*s, generator=g) * 0.3) for s in ((12, 48, 1, 1), (12,), (48, 12, 1, 1), (48,))],
+                   channels=10, activation="relu", gate="hardsigmoid")
 alpha = torch.randn(4, generator=g).softmax(0).requires_grad_()
 def grads(out, leaves):  # a random upstream gradient: under a batch-statistics BN, ones give zero
     return list(torch.autograd.grad(out, leaves, torch.randn(out.shape, generator=torch.Generator().manual_seed(1))))
@@ -46,6 +50,8 @@ for shape in ((2, 8, 13, 13), (4, 8, 16, 16)):  # 1024 rows: the weight gradient
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=5, expand_channels=42, stride=2)
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
     errors += relative_errors(mixture, ops.mbconv_mixture)
+    errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish",
+                              se=se)
 print(json.dumps({"isa": torch.ops.fna_ext.cpu_isa(), "errors": errors}))
 """
 

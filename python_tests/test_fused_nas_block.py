@@ -142,6 +142,26 @@ def test_gradcheck_with_se_in_float64(activation, se_kind):
     assert torch.autograd.gradcheck(fn, (x, *weights, *se_tensors), eps=1e-6, atol=1e-5)
 
 
+def test_se_block_results_do_not_depend_on_the_thread_count():
+    """The SE's per-image sums and BN2's, like every reduction of the fused op, add fixed chunks in
+    a fixed order: one thread and two give the same bits."""
+    torch.manual_seed(11)
+    weights, se_tensors = _block(8, 8, 48, 12, dtype=torch.float32)
+    x = torch.randn(3, 8, 23, 23).to(memory_format=torch.channels_last).requires_grad_()
+    grad = torch.randn(3, 8, 23, 23)
+    se = _se(se_tensors, "hse", "hardswish", 10)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_run(True, x, weights, se_tensors, grad, se, kernel_size=3, expand_channels=40,
+                                activation="hardswish"))
+    finally:
+        torch.set_num_threads(threads)
+    _assert_same(results[0], results[1], rtol=0, atol=0)
+
+
 def test_frozen_weights_get_no_se_gradient_work():
     x, weights, se = _op_args()
     with torch.no_grad():

@@ -24,6 +24,7 @@
 
 #include <initializer_list>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "activation.h"
@@ -396,16 +397,23 @@ struct SeState {
 
 inline at::Tensor per_image(const at::Tensor& rows, const Geometry& g) { return rows.view({g.n, g.ho * g.wo, g.e}); }
 
-// The gate of every image and channel from the ungated activations a2 (rows_out, e).
-inline SeState se_forward(const SqueezeExcite& se, const at::Tensor& a2, const Geometry& g) {
-  const auto opmath = opmath_type(a2.scalar_type());
+// The gate of every image and channel from the mean over pixels of the ungated activations
+// (N, e), opmath.
+inline SeState se_forward_from_pooled(const SqueezeExcite& se, const at::Tensor& pooled) {
+  const auto opmath = pooled.scalar_type();
   SeState s;
-  s.pooled = per_image(a2, g).sum(1, false, opmath).div_(static_cast<double>(g.ho * g.wo));
+  s.pooled = pooled;
   s.z1 = at::addmm(se.reduce_b.to(opmath), s.pooled, se.reduce_w.to(opmath).t());
   s.inner = activate_tensor(s.z1, se.inner);
   s.z2 = at::addmm(se.expand_b.to(opmath), s.inner, se.expand_w.to(opmath).t());
   s.gate = se.gate == kHardSigmoidGate ? at::hardsigmoid(s.z2) : at::sigmoid(s.z2);
   return s;
+}
+
+// The gate of every image and channel from the ungated activations a2 (rows_out, e).
+inline SeState se_forward(const SqueezeExcite& se, const at::Tensor& a2, const Geometry& g) {
+  const auto opmath = opmath_type(a2.scalar_type());
+  return se_forward_from_pooled(se, per_image(a2, g).sum(1, false, opmath).div_(static_cast<double>(g.ho * g.wo)));
 }
 
 inline void apply_gate(const at::Tensor& rows, const at::Tensor& gate, const Geometry& g) {
@@ -416,28 +424,51 @@ struct SeGrads {
   at::Tensor reduce_w, reduce_b, expand_w, expand_b;  // the slices' gradients, opmath; undefined: not wanted
 };
 
+// The SE's backward from what it needs of the pixels: the ungated activations' mean (pooled) and
+// dgate = sum over pixels of dL/d(gated a2) * a2, both (N, e) opmath. dL/da2 is then
+// dL/d(gated a2) * gate + dpooled, per image and channel.
+struct SeBackward {
+  at::Tensor gate, dpooled;  // (N, e) opmath
+  SeGrads grads;
+};
+
+inline SeBackward se_backward_from_sums(const SqueezeExcite& se, const at::Tensor& pooled, const at::Tensor& dgate,
+                                        const Geometry& g, bool weight_grads) {
+  const auto opmath = pooled.scalar_type();
+  const SeState s = se_forward_from_pooled(se, pooled);
+  const at::Tensor dz2 = se.gate == kHardSigmoidGate ? at::hardsigmoid_backward(dgate, s.z2)
+                                                       : at::sigmoid_backward(dgate, s.gate);
+  const at::Tensor dz1 = activation_grad_tensor(at::mm(dz2, se.expand_w.to(opmath)), s.z1, se.inner);
+  SeBackward r{s.gate, at::mm(dz1, se.reduce_w.to(opmath)).div_(static_cast<double>(g.ho * g.wo)), {}};
+  if (weight_grads) {
+    r.grads.expand_w = at::mm(dz2.t(), s.inner);
+    r.grads.expand_b = dz2.sum(0);
+    r.grads.reduce_w = at::mm(dz1.t(), s.pooled);
+    r.grads.reduce_b = dz1.sum(0);
+  }
+  return r;
+}
+
 // ga (rows_out, e) holds dL/d(gated a2) and becomes dL/da2; a2 (ungated) becomes gated.
 inline SeGrads se_backward(const SqueezeExcite& se, const at::Tensor& ga, const at::Tensor& a2, const Geometry& g,
                            bool weight_grads) {
   const auto opmath = opmath_type(a2.scalar_type());
-  const SeState s = se_forward(se, a2, g);
+  const at::Tensor pooled = per_image(a2, g).sum(1, false, opmath).div_(static_cast<double>(g.ho * g.wo));
   const at::Tensor dgate = (per_image(ga, g).to(opmath) * per_image(a2, g).to(opmath)).sum(1);
-  const at::Tensor dz2 = se.gate == kHardSigmoidGate ? at::hardsigmoid_backward(dgate, s.z2)
-                                                       : at::sigmoid_backward(dgate, s.gate);
-  const at::Tensor dz1 = activation_grad_tensor(at::mm(dz2, se.expand_w.to(opmath)), s.z1, se.inner);
-  const at::Tensor dpooled = at::mm(dz1, se.reduce_w.to(opmath)).div_(static_cast<double>(g.ho * g.wo));
-  apply_gate(ga, s.gate, g);
-  per_image(ga, g).add_(dpooled.to(ga.scalar_type()).unsqueeze(1));
-  apply_gate(a2, s.gate, g);
-  SeGrads r;
-  if (weight_grads) {
-    r.expand_w = at::mm(dz2.t(), s.inner);
-    r.expand_b = dz2.sum(0);
-    r.reduce_w = at::mm(dz1.t(), s.pooled);
-    r.reduce_b = dz1.sum(0);
-  }
-  return r;
+  const SeBackward r = se_backward_from_sums(se, pooled, dgate, g, weight_grads);
+  apply_gate(ga, r.gate, g);
+  per_image(ga, g).add_(r.dpooled.to(ga.scalar_type()).unsqueeze(1));
+  apply_gate(a2, r.gate, g);
+  return r.grads;
 }
+
+// Whether Backend runs the SE's passes over the (rows, e) activations itself (se_sums,
+// se_gated_act and se_apply; see tail_forward and tail_backward); the others run them as ATen
+// ops (se_forward, apply_gate, se_backward).
+template <class Backend, class = void>
+struct FusesSePasses : std::false_type {};
+template <class Backend>
+struct FusesSePasses<Backend, std::void_t<decltype(&Backend::se_sums)>> : std::true_type {};
 
 // The SE of an op's arguments: the first `channels` squeezed and e hidden channels of the
 // max-size (S_max, E_max, 1, 1) reduce and (E_max, S_max, 1, 1) expand convs; none when absent.
@@ -529,8 +560,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   auto [scale2, shift2] =
       bn_forward_coefficients<Backend>(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, in.options());
-  Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
-  if (se.defined()) apply_gate(a2, se_forward(se, a2, g).gate, g);
+  if (!se.defined()) {
+    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+  } else if constexpr (FusesSePasses<Backend>::value) {  // the gate from the per-image means, then a2 gated
+    const at::Tensor pooled = std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g));
+    Backend::se_gated_act(h2, scale2, shift2, g.act_depthwise, se_forward_from_pooled(se, pooled).gate, g, a2);
+  } else {
+    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+    apply_gate(a2, se_forward(se, a2, g).gate, g);
+  }
 
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
@@ -575,12 +613,19 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   Backend::matmul(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
-  if (se.defined()) {
+  if (!se.defined()) {
+    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
+  } else if constexpr (FusesSePasses<Backend>::value) {
+    // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
+    // the gate (where ATen ops take eight passes over these (rows, e) tensors)
+    const auto [pooled, dgate] = Backend::se_sums(ga2, h2, scale2, shift2, g.act_depthwise, g);
+    const SeBackward b = se_backward_from_sums(se, pooled, dgate, g, weight_grads);
+    r.se = b.grads;
+    Backend::se_apply(ga2, h2, scale2, shift2, g.act_depthwise, b.gate, b.dpooled, g, a2, sg2, sgh2);
+  } else {
     Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
     r.se = se_backward(se, ga2, a2, g, weight_grads);
     Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
-  } else {
-    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
   }
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
