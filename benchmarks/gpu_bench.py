@@ -43,16 +43,19 @@ TINY_SEARCH_OVERRIDES = ["train.batch_size=2", "search.alpha_batch_size=2", "dat
                          "train.num_workers=0"]
 
 
-def mbconv_args(device: str, dtype: str, repeats: int, with_compile: bool) -> argparse.Namespace:
+def mbconv_args(device: str, dtype: str, repeats: int, with_compile: bool, floor: bool = False) -> argparse.Namespace:
     """bench_mbconv's command line, as its run() reads it."""
-    return argparse.Namespace(device=device, dtype=dtype, repeats=repeats, no_compile=not with_compile, json=False)
+    return argparse.Namespace(device=device, dtype=dtype, repeats=repeats, no_compile=not with_compile, json=False,
+                              floor=floor)
 
 
 def search_shapes_part(device: str, dtype: str, repeats: int, tiny_run: bool) -> dict:
     shapes = [tiny(s) for s in bench_mbconv.SHAPES] if tiny_run else bench_mbconv.SHAPES
-    # the targets are forward+backward; compiling the forward alone too would double the compile time
-    return bench_mbconv.run(mbconv_args(device, dtype, repeats, with_compile=not tiny_run), shapes,
-                            modes=("forward+backward",))
+    # the targets are forward+backward; compiling the forward alone too would double the compile time.
+    # The floor (a large GEMM's rate, the copy bandwidth) says what 3x eager asks of this device.
+    return bench_mbconv.run(mbconv_args(device, dtype, repeats, with_compile=not tiny_run, floor=True), shapes,
+                            modes=("forward+backward",),
+                            copy_numel=TINY_COPY_NUMEL if tiny_run else bench_mbconv.COPY_NUMEL)
 
 
 def bandwidth_part(device: str, dtype: str, repeats: int, tiny_run: bool) -> dict:

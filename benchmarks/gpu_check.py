@@ -572,18 +572,26 @@ def bench_table(results: dict) -> list[str]:
     if not rows:
         return []
     lines = ["## Benchmarks (medians of interleaved runs)", "",
-             "| shape | dtype | mode | fused ms | eager ms | compile ms | vs eager | vs compile | of copy bandwidth |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| shape | dtype | mode | fused ms | eager ms | compile ms | vs eager | vs compile | of copy bandwidth "
+             "| floor ms |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for part, row in rows:
         ms = row["ms"]
         cells = [row["shape"]["name"], part["dtype"], row["mode"], f"{ms['fused']:.3f}", f"{ms['eager']:.3f}",
                  f"{ms['compile']:.3f}" if "compile" in ms else "skipped", f"{row['speedup_vs_eager']:.2f}x",
                  f"{row['speedup_vs_compile']:.2f}x" if "speedup_vs_compile" in row else "",
-                 f"{100 * row['fraction_of_copy_bandwidth']:.0f}%" if "fraction_of_copy_bandwidth" in row else ""]
+                 f"{100 * row['fraction_of_copy_bandwidth']:.0f}%" if "fraction_of_copy_bandwidth" in row else "",
+                 f"{row['floor_ms']:.3f}" if "floor_ms" in row else ""]
         lines.append("| " + " | ".join(cells) + " |")
     copy = copy_bandwidth(parts)
     if copy:
         lines += ["", f"Copy bandwidth (read + write) measured in the same run: {copy / 1e9:.0f} GB/s."]
+    rates = [f"{part['dtype']} {part['gemm_flops_per_s'] / 1e12:.1f} TFLOP/s" for part in parts.values()
+             if part.get("gemm_flops_per_s")]
+    if rates:
+        lines += ["", "Floor: the block's GEMMs at a large GEMM's rate (" + ", ".join(rates) + ") plus the "
+                  "depthwise conv's own traffic at the copy bandwidth (bench_mbconv.py); 3x eager below it is "
+                  "out of reach."]
     step = parts.get("search step") or {}
     if step.get("status") == "passed":
         versions = [f"{version}: " + ", ".join(f"{k} {x:.1f}" for k, x in row.items())

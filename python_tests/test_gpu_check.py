@@ -44,10 +44,12 @@ def test_dry_run_runs_every_stage_on_the_cpu(tmp_path):
     assert memcheck["detail"] == "skipped: no GPU" and memcheck["command"][1:3] == ["--tool", "memcheck"]
     bench = results["stages"]["bench"]["result"]["parts"]
     assert bench["mbconv float32"]["rows"] and bench["bandwidth float32"]["rows"][0]["fraction_of_copy_bandwidth"] > 0
+    assert all(row["floor_ms"] > 0 for row in bench["mbconv float32"]["rows"])
+    assert bench["mbconv float32"]["gemm_flops_per_s"] > 0
     assert {t["status"] for t in results["targets"]} <= {"met", "missed", "not measured"}
 
     summary = (out / "summary.md").read_text()
-    assert "| check | result | figures |" in summary
+    assert "| check | result | figures |" in summary and "| floor ms |" in summary and "Floor: the block's" in summary
     for title in gpu_check.STAGE_TITLES.values():
         assert f"| {title} |" in summary
     assert "target: search cycle >= 2x the reference" in summary and "## Parity cases" in summary
