@@ -14,6 +14,9 @@ served round and round), which is the part the fused op changes.
     python benchmarks/bench_search_step.py [--device cpu|cuda] [--task coco|cityscapes] [--model M] [--repeats 7]
         [--in-memory] [--set KEY=VALUE ...] [--json]
 
+On the CPU it restarts itself with glibc's allocator held steady, as bench_mbconv.py does
+(``--adaptive-malloc`` opts out); the peak-memory children run with glibc as it is.
+
 ``--set`` overrides the search config as the search CLI's does (``train.batch_size=2``,
 ``data.input_size=[64,64]``): benchmarks/gpu_check.py's dry run times tiny steps with it.
 
@@ -40,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import hardware, interleaved_medians  # noqa: E402
+from timing import STEADY_MALLOC, hardware, interleaved_medians, restart_with  # noqa: E402
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
@@ -147,7 +150,8 @@ def measure(model: str, device: str, repeats: int, in_memory: bool, overrides: l
     return {"date": date.today().isoformat(), "device": device, "hardware": hardware(device),
             "task": search.task.name, "model": search.model_name,
             "data": "in memory" if in_memory else "DataLoader",
-            "torch": torch.__version__, "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
+            "torch": torch.__version__, "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC},
+            "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
 
 
@@ -214,7 +218,9 @@ def measure_memory(model: str, device: str, overrides: list[str] = (), task: str
     for kind, version, cache in MEMORY_RUNS:
         if device == "cuda" and cache == "off":
             continue  # the host cache holds CPU memory only
-        env = dict(os.environ)
+        # glibc's allocator as a user's process has it: held steady (see main), freed blocks stay
+        # resident and the peak of one step would count what earlier steps freed
+        env = {k: v for k, v in os.environ.items() if k not in STEADY_MALLOC}
         if cache == "off":
             env["FNA_EXT_HOST_CACHE_MB"] = "0"
         command = [sys.executable, __file__, "--device", device, "--task", task, "--model", model,
@@ -260,6 +266,12 @@ def check_search_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.exit(2, f"error: {err}\n")
 
 
+def steady_malloc_wanted(args) -> bool:
+    """Whether the timing runs restart with glibc's allocator held steady (timing.STEADY_MALLOC):
+    on the CPU, unless --adaptive-malloc; never the peak-memory children (measure_memory)."""
+    return args.device == "cpu" and not args.adaptive_malloc and not args.peak_memory_of
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -275,8 +287,13 @@ def main() -> None:
     parser.add_argument("--loader", action="store_true",
                         help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
+    parser.add_argument("--adaptive-malloc", action="store_true",
+                        help="time with glibc's allocator adaptive (see timing.STEADY_MALLOC): the reference's "
+                             "time then varies from run to run")
     args = parser.parse_args()
     check_search_arguments(parser, args)
+    if steady_malloc_wanted(args):
+        restart_with(STEADY_MALLOC)
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
         print(json.dumps(peak_memory_of_one_step(args.model, args.device, *args.peak_memory_of, args.set)))
         return

@@ -89,6 +89,28 @@ def test_the_cpu_runs_restart_with_the_allocator_held_steady(tmp_path):
     assert out.split("\n") == ["start", "start", f"0 {1 << 40}", ""]
 
 
+def test_the_search_step_times_with_a_steady_allocator_and_measures_memory_without(monkeypatch):
+    import bench_search_step
+    from timing import STEADY_MALLOC
+
+    def wanted(**kw):
+        return bench_search_step.steady_malloc_wanted(argparse.Namespace(
+            **{"device": "cpu", "adaptive_malloc": False, "peak_memory_of": None, **kw}))
+    assert wanted() and not wanted(device="cuda") and not wanted(adaptive_malloc=True)
+    assert not wanted(peak_memory_of=["alpha step", "fused"])
+    seen = []
+
+    def fake_run(command, env, **kw):
+        seen.append(env)
+        return subprocess.CompletedProcess(command, 0, stdout='{"peak MiB": 1.0}\n', stderr="")
+    monkeypatch.setattr(bench_search_step.subprocess, "run", fake_run)
+    for k, v in STEADY_MALLOC.items():
+        monkeypatch.setenv(k, v)
+    rows = bench_search_step.measure_memory("ssdlite", "cpu")
+    assert len(rows) == len(bench_search_step.MEMORY_RUNS) and all(r["peak MiB"] == 1.0 for r in rows)
+    assert all(not set(STEADY_MALLOC) & set(env) for env in seen)
+
+
 def test_dispatched_counts_ops_that_touch_data_once_each():
     import bench_host_overhead
 
