@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import STEADY_MALLOC, hardware, interleaved_medians, restart_with, synchronize  # noqa: E402
+from timing import STEADY_MALLOC, hardware, interleaved_medians, malloc_env, restart_with, synchronize  # noqa: E402
 
 from fna_ext import ops  # noqa: E402
 from fna_ext.ops.sampled_mbconv import SqueezeExcite  # noqa: E402
@@ -308,10 +308,7 @@ ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx51
 def environment(args) -> dict[str, str]:
     """What the run needs set before the libraries load: the instruction set asked for, and on the
     CPU glibc's allocator held steady (timing.STEADY_MALLOC) unless --adaptive-malloc."""
-    env = dict(ISA_ENV[args.cpu_isa]) if args.cpu_isa else {}
-    if args.device == "cpu" and not args.adaptive_malloc:
-        env.update(STEADY_MALLOC)
-    return env
+    return {**(ISA_ENV[args.cpu_isa] if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
 
 
 def main() -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import STEADY_MALLOC, hardware, interleaved_medians, restart_with  # noqa: E402
+from timing import STEADY_MALLOC, hardware, interleaved_medians, malloc_env, restart_with  # noqa: E402
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
@@ -266,10 +266,10 @@ def check_search_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         parser.exit(2, f"error: {err}\n")
 
 
-def steady_malloc_wanted(args) -> bool:
-    """Whether the timing runs restart with glibc's allocator held steady (timing.STEADY_MALLOC):
-    on the CPU, unless --adaptive-malloc; never the peak-memory children (measure_memory)."""
-    return args.device == "cpu" and not args.adaptive_malloc and not args.peak_memory_of
+def environment(args) -> dict[str, str]:
+    """What the run restarts with (timing.malloc_env); nothing for a peak-memory child, which
+    measure_memory starts with glibc as it is."""
+    return {} if args.peak_memory_of else malloc_env(args.device, args.adaptive_malloc)
 
 
 def main() -> None:
@@ -292,8 +292,7 @@ def main() -> None:
                              "time then varies from run to run")
     args = parser.parse_args()
     check_search_arguments(parser, args)
-    if steady_malloc_wanted(args):
-        restart_with(STEADY_MALLOC)
+    restart_with(environment(args))
     if args.peak_memory_of:  # one measurement of measure_memory, in this fresh process
         print(json.dumps(peak_memory_of_one_step(args.model, args.device, *args.peak_memory_of, args.set)))
         return

@@ -23,6 +23,12 @@ import torch
 STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
+def malloc_env(device: str, adaptive: bool) -> dict[str, str]:
+    """The allocator variables a timing run restarts with: STEADY_MALLOC on the CPU, unless the
+    run asks for glibc as it is (--adaptive-malloc); none on CUDA, whose allocator is torch's."""
+    return dict(STEADY_MALLOC) if device == "cpu" and not adaptive else {}
+
+
 def restart_with(env: dict[str, str]) -> None:
     """Runs this script's command line again with ``env`` added (variables the C library and the
     kernels read when they load), unless they are already set; returns only then."""

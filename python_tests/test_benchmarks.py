@@ -93,11 +93,11 @@ def test_the_search_step_times_with_a_steady_allocator_and_measures_memory_witho
     import bench_search_step
     from timing import STEADY_MALLOC
 
-    def wanted(**kw):
-        return bench_search_step.steady_malloc_wanted(argparse.Namespace(
+    def env(**kw):
+        return bench_search_step.environment(argparse.Namespace(
             **{"device": "cpu", "adaptive_malloc": False, "peak_memory_of": None, **kw}))
-    assert wanted() and not wanted(device="cuda") and not wanted(adaptive_malloc=True)
-    assert not wanted(peak_memory_of=["alpha step", "fused"])
+    assert env() == STEADY_MALLOC and env(device="cuda") == {} and env(adaptive_malloc=True) == {}
+    assert env(peak_memory_of=["alpha step", "fused"]) == {}
     seen = []
 
     def fake_run(command, env, **kw):
