@@ -100,7 +100,8 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
         with profile() as prof:
             results[choice] = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=37)
         steps[choice] = {e.name for e in prof.events() if e.name.startswith("fna_ext::mbconv::")}
-    own = {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::narrow_product"}
+    own = {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::narrow_product",
+           "fna_ext::mbconv::activated_product"}
     assert not own & steps["mkl"]
     isa = torch.ops.fna_ext.cpu_isa()
     if isa in ("avx512", "avx2"):  # the copies that have the weight-gradient kernel
@@ -108,6 +109,27 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
     if isa == "avx512":  # the one that has the narrow product
         assert "fna_ext::mbconv::narrow_product" in steps[""]
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("activation", ["relu6", "relu", "hardswish", "swish"])
+def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
+    """On AVX-512 the projection GEMM applies BN2 and the activation to h2's rows as it loads them
+    (activated_product, no a2 written): at 37 hidden channels (a partial vector) and 99 rows (a
+    partial block of 8), each activation, against the reference."""
+    from torch.profiler import profile
+
+    torch.manual_seed(len(activation))
+    weights, bns = _block(8, 12, 48, affine=True, dtype=dtype)
+    x = torch.randn(1, 8, 9, 11, dtype=dtype, requires_grad=True)
+    kwargs = dict(kernel_size=5, expand_channels=37, activation=activation)
+    y = _run(False, x, weights, bns, None, **kwargs)[0]
+    grad = torch.randn_like(y)
+    with profile() as prof:
+        fused = _run(True, x, weights, bns, grad, **kwargs)
+    if torch.ops.fna_ext.cpu_isa() == "avx512":  # the copy that has the narrow product
+        assert "fna_ext::mbconv::activated_product" in {e.name for e in prof.events()}
+    _assert_close(fused, _run(False, x, weights, bns, grad, **kwargs), rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("k", [3, 5, 7])

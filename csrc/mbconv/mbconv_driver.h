@@ -542,6 +542,43 @@ inline std::vector<at::Tensor> forward_sums(const Geometry& g, bool with_bn1, co
                   : zeroed_sums({g.e, g.e, g.c_out, g.c_out}, stats);
 }
 
+// The projection's input act(BN2(h2)), gated by the SE if there is one, written out.
+template <class Backend>
+at::Tensor activated_hidden(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
+                            const at::Tensor& shift2, const SqueezeExcite& se) {
+  at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
+  if (!se.defined()) {
+    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+  } else if constexpr (FusesSePasses<Backend>::value) {  // the gate from the per-image means, then a2 gated
+    const at::Tensor pooled = std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g));
+    Backend::se_gated_act(h2, scale2, shift2, g.act_depthwise, se_forward_from_pooled(se, pooled).gate, g, a2);
+  } else {
+    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+    apply_gate(a2, se_forward(se, a2, g).gate, g);
+  }
+  return a2;
+}
+
+// Whether Backend multiplies by act(h * scale + shift) itself (activated_matmul: the CPU applies
+// it as the GEMM loads h's rows); the others write it out first.
+template <class Backend, class = void>
+struct FusesActivatedProduct : std::false_type {};
+template <class Backend>
+struct FusesActivatedProduct<Backend, std::void_t<decltype(&Backend::activated_matmul)>> : std::true_type {};
+
+// h3 = act(BN2(h2)) Wp^T (gated by the SE).
+template <class Backend>
+void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, const at::Tensor& shift2,
+             const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3) {
+  if constexpr (FusesActivatedProduct<Backend>::value) {
+    if (!se.defined()) {
+      Backend::activated_matmul(h3, h2, scale2, shift2, g.act_depthwise, wp_t);
+      return;
+    }
+  }
+  Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se), wp_t);
+}
+
 // From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
 // with scale1/shift1 defined it holds pre-BN1 values and BN1 + ReLU6 are applied on load.
 // `sums` ends with BN2's and BN3's (forward_sums).
@@ -559,20 +596,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
   Backend::depthwise_forward(g, in, scale1, shift1, dw_weight.contiguous(), h2, sum, sumsq);
   auto [scale2, shift2] =
       bn_forward_coefficients<Backend>(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
-  at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, in.options());
-  if (!se.defined()) {
-    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
-  } else if constexpr (FusesSePasses<Backend>::value) {  // the gate from the per-image means, then a2 gated
-    const at::Tensor pooled = std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g));
-    Backend::se_gated_act(h2, scale2, shift2, g.act_depthwise, se_forward_from_pooled(se, pooled).gate, g, a2);
-  } else {
-    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
-    apply_gate(a2, se_forward(se, a2, g).gate, g);
-  }
-
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
-  Backend::matmul(h3, a2, wp.t());
+  project<Backend>(g, h2, scale2, shift2, se, wp.t(), h3);
   Backend::row_stats(h3, sum3, sumsq3);
   auto [scale3, shift3] =
       bn_forward_coefficients<Backend>(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
@@ -612,7 +638,9 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   Backend::matmul(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
-  at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
+  // a2 feeds only the projection's weight gradient when there is no SE: an architecture step,
+  // which wants no weight gradients, skips writing it
+  at::Tensor a2 = weight_grads || se.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
   if (!se.defined()) {
     Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
   } else if constexpr (FusesSePasses<Backend>::value) {
