@@ -132,6 +132,42 @@ def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
     _assert_close(fused, _run(False, x, weights, bns, grad, **kwargs), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("weight_grads", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
+def test_expansion_backward_a_piece_of_rows_at_a_time(dtype, tol, weight_grads):
+    """On AVX-512 BN1's backward and the expansion's two GEMMs run as one step that builds dh1 a
+    piece of rows at a time (expansion_backward): 397 hidden channels (a partial vector) and 8
+    input channels over 6 x 30 x 31 rows make 16 chunks of 4 to 5 pieces of 80 (float64) or 160
+    rows, with partial last pieces and row blocks; with and without the weight gradients (an
+    architecture step), against float64."""
+    from torch.profiler import profile
+
+    torch.manual_seed(8 + weight_grads)
+    weights, bns = _block(8, 8, 400, affine=True, dtype=dtype)
+    for t in (*weights.values(), *bns.values()):
+        t.requires_grad_(weight_grads)
+    x = torch.randn(6, 8, 30, 31, dtype=dtype, requires_grad=True)
+    kwargs = dict(kernel_size=3, expand_channels=397)
+    with ops.fused(True), profile() as prof:
+        y = ops.sampled_mbconv(x, *weights.values(), **kwargs, **bns)
+        grad = torch.randn_like(y)
+        leaves = [x, *weights.values(), *bns.values()] if weight_grads else [x]
+        fused = torch.autograd.grad(y, leaves, grad)
+    if torch.ops.fna_ext.cpu_isa() == "avx512":  # the copy that has the narrow product
+        assert "fna_ext::mbconv::expansion_backward" in {e.name for e in prof.events()}
+
+    def float64(t):
+        return t.detach().double().requires_grad_(weight_grads)
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = {k: float64(w) for k, w in weights.items()}, {k: float64(b) for k, b in bns.items()}
+    with ops.fused(False):
+        y64 = ops.sampled_mbconv(x64, *w64.values(), **kwargs, **b64)
+        reference = torch.autograd.grad(y64, [x64, *w64.values(), *b64.values()] if weight_grads else [x64],
+                                        grad.double())
+    for a, b in zip(fused, reference):  # float32: within its rounding of a 397-channel block
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol * b.abs().max().item())
+
+
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("size", [(8, 10), (9, 11), (1, 1), (2, 3), (5, 4), (20, 20)])
 def test_stride_two_gradients_at_every_input_parity(k, size):

@@ -579,6 +579,26 @@ void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, 
   Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se), wp_t);
 }
 
+// Whether Backend runs BN1's backward and the expansion's two GEMMs as one step
+// (expansion_backward: the CPU builds dh1 a piece of rows at a time, for both products).
+template <class Backend, class = void>
+struct FusesExpansionBackward : std::false_type {};
+template <class Backend>
+struct FusesExpansionBackward<Backend, std::void_t<decltype(&Backend::expansion_backward)>> : std::true_type {};
+
+// BN1's backward, dh1 = a gz + b h1 + c (gz past BN1's activation; it becomes dh1 where written
+// out), then grad_x = dh1 We and, where product is defined, product = dh1^T x.
+template <class Backend>
+void expansion_backward(const at::Tensor& gz, const at::Tensor& h1, const BnGrad& bn1, const at::Tensor& x_rows,
+                        const at::Tensor& we, at::Tensor grad_x, at::Tensor product) {
+  if constexpr (FusesExpansionBackward<Backend>::value) {
+    if (Backend::expansion_backward(gz, h1, bn1.a, bn1.b, bn1.c, x_rows, we, grad_x, product)) return;
+  }
+  Backend::grad_apply(gz, h1, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, gz);
+  if (product.defined()) Backend::matmul(product, gz.t(), x_rows);
+  Backend::matmul(grad_x, gz, we);
+}
+
 // From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
 // with scale1/shift1 defined it holds pre-BN1 values and BN1 + ReLU6 are applied on load.
 // `sums` ends with BN2's and BN3's (forward_sums).
@@ -786,18 +806,19 @@ std::vector<at::Tensor> sampled_mbconv_backward(
                                        as_rows(h2), as_rows(h3), stats, weight_grads);
   // BN1's backward (t.grad_in already carries the activation's gradient), then the expansion GEMMs
   const BnGrad bn1 = bn_grad<Backend>(t.sum_g1, t.sum_gh1, mean1, invstd1, gamma1, g.rows_in(), opmath);
-  Backend::grad_apply(t.grad_in, h1_rows, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, t.grad_in);
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor grad_expand = at::empty({0}, x.options());
+  at::Tensor product;  // the weight gradient's sampled rows, written in place
   if (weight_grads) {
     grad_expand = at::empty({g.e_max, g.c_in}, x.options());
-    at::Tensor product = narrowed(grad_expand, 0, 0, g.e);  // contiguous rows
-    Backend::matmul(product, t.grad_in.t(), x_rows);
+    product = narrowed(grad_expand, 0, 0, g.e);  // contiguous rows
+  }
+  at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
+  expansion_backward<Backend>(t.grad_in, h1_rows, bn1, x_rows, we, grad_x, product);
+  if (weight_grads) {
     zero_past(grad_expand, 0, g.e);
     grad_expand = grad_expand.view(expand_weight.sizes());
   }
-  at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
-  Backend::matmul(grad_x, t.grad_in, we);
   if (has_residual(g)) grad_x.add_(grad_rows);
   std::vector<at::Tensor> grads{from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
                                 weight_or_empty(t.grad_project, x)};
