@@ -114,9 +114,9 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("activation", ["relu6", "relu", "hardswish", "swish"])
 def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
-    """On AVX-512 the projection GEMM applies BN2 and the activation to h2's rows as it loads them
-    (activated_product, no a2 written): at 37 hidden channels (a partial vector) and 99 rows (a
-    partial block of 8), each activation, against the reference."""
+    """On AVX-512 and AVX2 the projection GEMM applies BN2 and the activation to h2's rows as it
+    loads them (activated_product, no a2 written): at 37 hidden channels (a partial vector) and
+    99 rows (a partial block of rows), each activation, against the reference."""
     from torch.profiler import profile
 
     torch.manual_seed(len(activation))
@@ -127,7 +127,7 @@ def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
     grad = torch.randn_like(y)
     with profile() as prof:
         fused = _run(True, x, weights, bns, grad, **kwargs)
-    if torch.ops.fna_ext.cpu_isa() == "avx512":  # the copy that has the narrow product
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
         assert "fna_ext::mbconv::activated_product" in {e.name for e in prof.events()}
     _assert_close(fused, _run(False, x, weights, bns, grad, **kwargs), rtol=tol, atol=tol)
 
@@ -135,11 +135,11 @@ def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
 @pytest.mark.parametrize("weight_grads", [True, False])
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_expansion_backward_a_piece_of_rows_at_a_time(dtype, tol, weight_grads):
-    """On AVX-512 BN1's backward and the expansion's two GEMMs run as one step that builds dh1 a
-    piece of rows at a time (expansion_backward): 397 hidden channels (a partial vector) and 8
-    input channels over 6 x 30 x 31 rows make 16 chunks of 4 to 5 pieces of 80 (float64) or 160
-    rows, with partial last pieces and row blocks; with and without the weight gradients (an
-    architecture step), against float64."""
+    """On AVX-512 and AVX2 BN1's backward and the expansion's two GEMMs run as one step that
+    builds dh1 a piece of rows at a time (expansion_backward): 397 hidden channels (a partial
+    vector) and 8 input channels over 6 x 30 x 31 rows make 16 chunks of 2 to 5 pieces of 80
+    (float64) or 160 rows, with partial last pieces and row blocks; with and without the weight
+    gradients (an architecture step), against float64."""
     from torch.profiler import profile
 
     torch.manual_seed(8 + weight_grads)
@@ -153,7 +153,7 @@ def test_expansion_backward_a_piece_of_rows_at_a_time(dtype, tol, weight_grads):
         grad = torch.randn_like(y)
         leaves = [x, *weights.values(), *bns.values()] if weight_grads else [x]
         fused = torch.autograd.grad(y, leaves, grad)
-    if torch.ops.fna_ext.cpu_isa() == "avx512":  # the copy that has the narrow product
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
         assert "fna_ext::mbconv::expansion_backward" in {e.name for e in prof.events()}
 
     def float64(t):
