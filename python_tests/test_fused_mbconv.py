@@ -450,7 +450,7 @@ def test_cuda_opcheck():
     torch.library.opcheck(torch.ops.fna_ext.sampled_mbconv_forward.default, (*args, 3, 12, 1, 1e-5))
 
 
-@pytest.mark.parametrize("kernel_size, stride", [(5, 1), (3, 1), (7, 2)])
+@pytest.mark.parametrize("kernel_size, stride", [(5, 1), (3, 1), (7, 1), (7, 2)])
 def test_frozen_weights_get_no_gradient_work(kernel_size, stride):
     """An architecture step freezes the weights: the input gradient alone, still exact (the
     depthwise backward then asks for the next task's lines from its input-gradient loop)."""
