@@ -101,13 +101,12 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
             results[choice] = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=37)
         steps[choice] = {e.name for e in prof.events() if e.name.startswith("fna_ext::mbconv::")}
     own = {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::narrow_product",
-           "fna_ext::mbconv::activated_product"}
+           "fna_ext::mbconv::activated_product", "fna_ext::mbconv::expansion_backward",
+           "fna_ext::mbconv::product_stats", "fna_ext::mbconv::product_grad_sums"}
     assert not own & steps["mkl"]
     isa = torch.ops.fna_ext.cpu_isa()
-    if isa in ("avx512", "avx2"):  # the copies that have the weight-gradient kernel
-        assert "fna_ext::mbconv::weight_gradient" in steps[""]
-    if isa == "avx512":  # the one that has the narrow product
-        assert "fna_ext::mbconv::narrow_product" in steps[""]
+    if isa in ("avx512", "avx2"):  # the copies that have the kernels
+        assert {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::product_stats"} <= steps[""]
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
 
 
@@ -130,6 +129,44 @@ def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
         assert "fna_ext::mbconv::activated_product" in {e.name for e in prof.events()}
     _assert_close(fused, _run(False, x, weights, bns, grad, **kwargs), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("weight_grads", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("activation", ["relu6", "relu", "hardswish", "swish"])
+@pytest.mark.parametrize("e", [48, 37])
+def test_short_products_finish_with_their_sums(e, activation, dtype, tol, weight_grads):
+    """On AVX-512 and AVX2 the expansion GEMM adds BN1's statistics from its registers as it
+    stores h1 (product_stats); on AVX-512 the backward's ga2 = gh3 Wp adds BN2's backward sums
+    and writes a2 (product_grad_sums) where its rows are whole aligned vectors: at 48 hidden
+    channels, while 37 (a partial vector) takes two steps. 5 x 9 x 11 rows make two chunks of partial row
+    blocks; each activation, with and without the weight gradients (a2 written or not), against
+    the unfused reference."""
+    from torch.profiler import profile
+
+    torch.manual_seed(e + len(activation))
+    weights, bns = _block(8, 12, 48, affine=True, dtype=dtype)
+    for t in (*weights.values(), *bns.values()):
+        t.requires_grad_(weight_grads)
+    x = torch.randn(5, 8, 9, 11, dtype=dtype, requires_grad=True)
+    kwargs = dict(kernel_size=3, expand_channels=e, activation=activation)
+    leaves = [x, *weights.values(), *bns.values()] if weight_grads else [x]
+    results = []
+    for fused in (True, False):
+        with ops.fused(fused), profile() as prof:
+            y = ops.sampled_mbconv(x, *weights.values(), **kwargs, **bns)
+            grad = torch.randn_like(y) if fused else results[0][2]
+            results.append((y, torch.autograd.grad(y, leaves, grad), grad))
+        if fused:
+            steps = {e.name for e in prof.events()}
+    isa = torch.ops.fna_ext.cpu_isa()
+    if isa in ("avx512", "avx2"):  # the copies that have the kernels
+        assert "fna_ext::mbconv::product_stats" in steps
+        assert ("fna_ext::mbconv::product_grad_sums" in steps) == (e == 48 and isa == "avx512")
+    (y1, g1, _), (y2, g2, _) = results
+    torch.testing.assert_close(y1, y2, rtol=tol, atol=tol)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, b.abs().max().item()))
 
 
 @pytest.mark.parametrize("weight_grads", [True, False])

@@ -542,6 +542,35 @@ inline std::vector<at::Tensor> forward_sums(const Geometry& g, bool with_bn1, co
                   : zeroed_sums({g.e, g.e, g.c_out, g.c_out}, stats);
 }
 
+// Whether Backend finishes a GEMM's output with the sums that follow it, in the same step
+// (matmul_stats, matmul_grad_sums: the CPU's short product, where a pass would read it back).
+template <class Backend, class = void>
+struct FusesProductSums : std::false_type {};
+template <class Backend>
+struct FusesProductSums<Backend, std::void_t<decltype(&Backend::matmul_stats)>> : std::true_type {};
+
+// out = a b, and BN's statistics of out: its column sums and those of its squares.
+template <class Backend>
+void product_stats(at::Tensor out, const at::Tensor& a, const at::Tensor& b, at::Tensor sum, at::Tensor sumsq) {
+  if constexpr (FusesProductSums<Backend>::value) {
+    if (Backend::matmul_stats(out, a, b, sum, sumsq)) return;
+  }
+  Backend::matmul(out, a, b);
+  Backend::row_stats(out, sum, sumsq);
+}
+
+// g = a b, then a BN's backward sums of g through the activation at h * ms + mb (grad_sums).
+template <class Backend>
+void product_grad_sums(at::Tensor g, const at::Tensor& a, const at::Tensor& b, const at::Tensor& h,
+                       const at::Tensor& ms, const at::Tensor& mb, int act_kind, at::Tensor sum_g,
+                       at::Tensor sum_gh, const at::Tensor& act) {
+  if constexpr (FusesProductSums<Backend>::value) {
+    if (Backend::matmul_grad_sums(g, a, b, h, ms, mb, act_kind, sum_g, sum_gh, act)) return;
+  }
+  Backend::matmul(g, a, b);
+  Backend::grad_sums(g, h, ms, mb, act_kind, sum_g, sum_gh, act);
+}
+
 // The projection's input act(BN2(h2)), gated by the SE if there is one, written out.
 template <class Backend>
 at::Tensor activated_hidden(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
@@ -652,17 +681,18 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   at::Tensor gh3 = Backend::empty({g.rows_out(), g.c_out}, h3.options());
   Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, r.bn3.a, r.bn3.b, r.bn3.c, gh3);
 
-  // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2
-  // (with an SE, a2 is rebuilt first: the gate's gradient needs it)
+  // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2,
+  // with the GEMM into ga2 where the backend fuses them (product_grad_sums); with an SE, ga2 is
+  // written first and a2 rebuilt first: the gate's gradient needs them
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
-  Backend::matmul(ga2, gh3, wp);
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   // a2 feeds only the projection's weight gradient when there is no SE: an architecture step,
   // which wants no weight gradients, skips writing it
   at::Tensor a2 = weight_grads || se.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
+  if (se.defined()) Backend::matmul(ga2, gh3, wp);
   if (!se.defined()) {
-    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
+    product_grad_sums<Backend>(ga2, gh3, wp, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
   } else if constexpr (FusesSePasses<Backend>::value) {
     // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
     // the gate (where ATen ops take eight passes over these (rows, e) tensors)
@@ -736,9 +766,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
 
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
-  Backend::matmul(h1, x_rows, we.t());
   const std::vector<at::Tensor> sums = forward_sums(g, true, stats);
-  Backend::row_stats(h1, sums[0], sums[1]);
+  product_stats<Backend>(h1, x_rows, we.t(), sums[0], sums[1]);
   at::Tensor mean1 = narrowed(stats, 0, 0, g.e), invstd1 = narrowed(stats, 0, g.e, g.e);
   auto [scale1, shift1] = bn_forward_coefficients<Backend>(sums[0], sums[1], g.rows_in(), eps, mean1, invstd1,
                                                            slice_or_undefined(bn1_w, g.e),

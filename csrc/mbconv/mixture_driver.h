@@ -183,9 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_f
   at::Tensor h1, in, scale1, shift1;
   if (plan.expand) {
     h1 = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    Backend::matmul(h1, x_rows, narrowed(a.we, 0, 0, plan.width).t());
     const std::vector<at::Tensor> sums1 = zeroed_sums({plan.width, plan.width}, s.all);
-    Backend::row_stats(h1, sums1[0], sums1[1]);
+    product_stats<Backend>(h1, x_rows, narrowed(a.we, 0, 0, plan.width).t(), sums1[0], sums1[1]);
     std::tie(scale1, shift1) = bn_forward_coefficients<Backend>(sums1[0], sums1[1], g0.rows_in(), eps, s.mean1(),
                                                                 s.invstd1(), a.gamma1, a.beta1, a.opmath);
     in = h1.view({g0.n, g0.h, g0.w, plan.width});
@@ -259,8 +258,10 @@ std::vector<at::Tensor> mixture_backward(const MixtureArgs& a, const at::Tensor&
   at::Tensor h1 = saved_h1;
   if (plan.expand && h1.numel() == 0) {
     at::Tensor h1_rows = Backend::empty({g0.rows_in(), plan.width}, x.options());
-    Backend::matmul(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)),
-                    narrowed(a.we, 0, 0, plan.width).t());
+    // the forward's step, statistics and all (here unused), so that its kernel gives the bits
+    const std::vector<at::Tensor> unused = zeroed_sums({plan.width, plan.width}, stats);
+    product_stats<Backend>(h1_rows, as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)),
+                           narrowed(a.we, 0, 0, plan.width).t(), unused[0], unused[1]);
     h1 = from_rows(h1_rows, g0.n, g0.h, g0.w);
   }
   at::Tensor h2 = saved_h2;
