@@ -690,20 +690,22 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   // a2 feeds only the projection's weight gradient when there is no SE: an architecture step,
   // which wants no weight gradients, skips writing it
   at::Tensor a2 = weight_grads || se.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
-  if (se.defined()) Backend::matmul(ga2, gh3, wp);
   if (!se.defined()) {
     product_grad_sums<Backend>(ga2, gh3, wp, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
-  } else if constexpr (FusesSePasses<Backend>::value) {
-    // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
-    // the gate (where ATen ops take eight passes over these (rows, e) tensors)
-    const auto [pooled, dgate] = Backend::se_sums(ga2, h2, scale2, shift2, g.act_depthwise, g);
-    const SeBackward b = se_backward_from_sums(se, pooled, dgate, g, weight_grads);
-    r.se = b.grads;
-    Backend::se_apply(ga2, h2, scale2, shift2, g.act_depthwise, b.gate, b.dpooled, g, a2, sg2, sgh2);
   } else {
-    Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
-    r.se = se_backward(se, ga2, a2, g, weight_grads);
-    Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
+    Backend::matmul(ga2, gh3, wp);
+    if constexpr (FusesSePasses<Backend>::value) {
+      // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
+      // the gate (where ATen ops take eight passes over these (rows, e) tensors)
+      const auto [pooled, dgate] = Backend::se_sums(ga2, h2, scale2, shift2, g.act_depthwise, g);
+      const SeBackward b = se_backward_from_sums(se, pooled, dgate, g, weight_grads);
+      r.se = b.grads;
+      Backend::se_apply(ga2, h2, scale2, shift2, g.act_depthwise, b.gate, b.dpooled, g, a2, sg2, sgh2);
+    } else {
+      Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
+      r.se = se_backward(se, ga2, a2, g, weight_grads);
+      Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
+    }
   }
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
