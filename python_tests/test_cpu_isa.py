@@ -20,9 +20,9 @@ LEVELS = ("baseline", "avx2", "avx512")
 # for the weight gradients' own reduction: a k5 stride-2 block, a k3 stride-1 block and a mixture
 # of four candidates, every width ending in a partial channel block on every copy (42 = 2 x 16 +
 # 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise), and a hard-swish block with an SE (its backward's
-# own passes). The small images run AVX2's depthwise backward a cache line of channels (two
-# blocks) a task, with a last task of one and a quarter blocks; the 96 x 96 image's tiles are too
-# large for that (task_channels), so it runs a block a task. The largest differences relative to
+# own passes). The small images run AVX2's depthwise backwards (the mixture's nested one too) a
+# cache line of channels (two blocks) a task, with a last task of one and a quarter blocks; the
+# 96 x 96 image's tiles are too large for that (task_channels), so it runs a block a task. The largest differences relative to
 # the largest value, and the instruction set that ran.
 PROBE = """
 import json, torch
@@ -38,8 +38,9 @@ def grads(out, leaves):  # a random upstream gradient: under a batch-statistics 
 def sampled(fn, **kw):
     out = fn(x, *w, **kw)
     return [out, *grads(out, [x, *w])]
-def mixture(fn):
-    out = fn(x, w[0].detach(), alpha, w[1].detach(), w[2].detach(), candidates=[(3, 21), (3, 42), (7, 21), (7, 42)])
+def mixture(fn, **kw):
+    out = fn(x, w[0].detach(), alpha, w[1].detach(), w[2].detach(), candidates=[(3, 21), (3, 42), (7, 21), (7, 42)],
+             **kw)
     return [out, *grads(out, [x, alpha])]
 def relative_errors(run, *args, **kw):
     with ops.fused(True):
@@ -52,10 +53,12 @@ for shape in ((2, 8, 13, 13), (4, 8, 16, 16)):  # 1024 rows: the weight gradient
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=5, expand_channels=42, stride=2)
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
     errors += relative_errors(mixture, ops.mbconv_mixture)
+    errors += relative_errors(mixture, ops.mbconv_mixture, stride=2)
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish",
                               se=se)
 x = torch.randn(1, 8, 96, 96, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
+errors += relative_errors(mixture, ops.mbconv_mixture)
 print(json.dumps({"isa": torch.ops.fna_ext.cpu_isa(), "errors": errors}))
 """
 
