@@ -51,7 +51,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import STEADY_MALLOC, hardware, interleaved_medians, malloc_env, restart_with, synchronize  # noqa: E402
+from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_record, malloc_env,  # noqa: E402
+                    restart_with, synchronize)
 
 from fna_ext import ops  # noqa: E402
 from fna_ext.ops.sampled_mbconv import SqueezeExcite  # noqa: E402
@@ -247,9 +248,7 @@ def run(args, shapes: list[Shape] | None = None, modes=MODES, copy_numel: int = 
         del x, weights, grad
         synchronize(args.device)
     return {"date": date.today().isoformat(), "device": args.device, "hardware": hardware(args.device),
-            "cpu_isa": isa, "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-            "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC}, "dtype": args.dtype,
+            **isa_record(args.device), "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC}, "dtype": args.dtype,
             "torch": torch.__version__, "repeats": args.repeats,
             "copy_bandwidth_bytes_per_s": copy_bytes_per_s, "gemm_flops_per_s": gemm_flops_per_s,
             "floor_copy_bandwidth_bytes_per_s": floor_bytes_per_s, "rows": rows}
@@ -296,13 +295,6 @@ def format_row(row: dict) -> str:
     if "fraction_of_copy_bandwidth" in row:
         cells.append(f"{100 * row['fraction_of_copy_bandwidth']:.0f}% of copy bandwidth")
     return "  ".join(cells)
-
-
-# What each of fna_ext's CPU copies means for ATen's kernels and oneDNN's (their own variables)
-ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
-           "avx2": {"FNA_EXT_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-           "baseline": {"FNA_EXT_CPU_ISA": "baseline", "ATEN_CPU_CAPABILITY": "default",
-                        "ONEDNN_MAX_CPU_ISA": "SSE41"}}
 
 
 def environment(args) -> dict[str, str]:

@@ -12,7 +12,10 @@ same cores); ``--in-memory`` times the steps on batches loaded beforehand (HELD_
 served round and round), which is the part the fused op changes.
 
     python benchmarks/bench_search_step.py [--device cpu|cuda] [--task coco|cityscapes] [--model M] [--repeats 7]
-        [--in-memory] [--set KEY=VALUE ...] [--json]
+        [--in-memory] [--set KEY=VALUE ...] [--cpu-isa avx512|avx2|baseline] [--json]
+
+``--cpu-isa avx2`` times an AVX2 machine on an AVX-512 one, as bench_mbconv.py's does (fna_ext,
+ATen and oneDNN held to AVX2 together); the JSON records the copy that ran.
 
 On the CPU it restarts itself with glibc's allocator held steady, as bench_mbconv.py does
 (``--adaptive-malloc`` opts out); the peak-memory children run with glibc as it is.
@@ -43,7 +46,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import STEADY_MALLOC, hardware, interleaved_medians, malloc_env, restart_with  # noqa: E402
+from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_record, malloc_env,  # noqa: E402
+                    restart_with)
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
 from fna_ext.nas.search import ArchitectureSearch  # noqa: E402
@@ -150,7 +154,7 @@ def measure(model: str, device: str, repeats: int, in_memory: bool, overrides: l
     return {"date": date.today().isoformat(), "device": device, "hardware": hardware(device),
             "task": search.task.name, "model": search.model_name,
             "data": "in memory" if in_memory else "DataLoader",
-            "torch": torch.__version__, "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC},
+            **isa_record(device), "torch": torch.__version__, "malloc": {k: os.environ.get(k) for k in STEADY_MALLOC},
             "weight_steps_per_alpha_step": ratio, "overrides": list(overrides),
             "batch": {"weight": weight_batch, "alpha": alpha_batch}, "rows": rows, "speedup": speedup}
 
@@ -267,9 +271,12 @@ def check_search_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def environment(args) -> dict[str, str]:
-    """What the run restarts with (timing.malloc_env); nothing for a peak-memory child, which
-    measure_memory starts with glibc as it is."""
-    return {} if args.peak_memory_of else malloc_env(args.device, args.adaptive_malloc)
+    """What the run restarts with: the instruction set asked for (timing.ISA_ENV) and
+    timing.malloc_env; nothing for a peak-memory child, which measure_memory starts with its
+    parent's instruction set and glibc as it is."""
+    if args.peak_memory_of:
+        return {}
+    return {**(ISA_ENV[args.cpu_isa] if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
 
 
 def main() -> None:
@@ -286,6 +293,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
     parser.add_argument("--loader", action="store_true",
                         help="also time the data loader alone (images/s with 0, 1 and 2 workers)")
+    parser.add_argument("--cpu-isa", choices=sorted(ISA_ENV),
+                        help="hold fna_ext, ATen and oneDNN to this instruction set, as bench_mbconv.py's does")
     parser.add_argument("--peak-memory-of", nargs=2, metavar=("KIND", "VERSION"), help=argparse.SUPPRESS)
     parser.add_argument("--adaptive-malloc", action="store_true",
                         help="time with glibc's allocator adaptive (see timing.STEADY_MALLOC): the reference's "

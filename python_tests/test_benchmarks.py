@@ -91,13 +91,15 @@ def test_the_cpu_runs_restart_with_the_allocator_held_steady(tmp_path):
 
 def test_the_search_step_times_with_a_steady_allocator_and_measures_memory_without(monkeypatch):
     import bench_search_step
-    from timing import STEADY_MALLOC
+    from timing import ISA_ENV, STEADY_MALLOC
 
     def env(**kw):
         return bench_search_step.environment(argparse.Namespace(
-            **{"device": "cpu", "adaptive_malloc": False, "peak_memory_of": None, **kw}))
+            **{"device": "cpu", "adaptive_malloc": False, "peak_memory_of": None, "cpu_isa": None, **kw}))
     assert env() == STEADY_MALLOC and env(device="cuda") == {} and env(adaptive_malloc=True) == {}
+    assert env(cpu_isa="avx2") == {**ISA_ENV["avx2"], **STEADY_MALLOC}
     assert env(peak_memory_of=["alpha step", "fused"]) == {}
+    assert env(peak_memory_of=["alpha step", "fused"], cpu_isa="avx2") == {}  # inherited from the parent
     seen = []
 
     def fake_run(command, env, **kw):
