@@ -21,9 +21,10 @@ LEVELS = ("baseline", "avx2", "avx512")
 # of four candidates, every width ending in a partial channel block on every copy (42 = 2 x 16 +
 # 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise), and a hard-swish block with an SE (its backward's
 # own passes). The small images run AVX2's depthwise backwards (the mixture's nested one too) a
-# cache line of channels (two blocks) a task, with a last task of one and a quarter blocks; the
-# 96 x 96 image's tiles are too large for that (task_channels), so it runs a block a task. The largest differences relative to
-# the largest value, and the instruction set that ran.
+# cache line of channels (two blocks) a task, with a last task of one and a quarter blocks; on an
+# L2 of up to 2 MB the 96 x 96 image's tiles are too large for that (task_channels), so it runs a
+# block a task. The largest differences relative to the largest value, and the instruction set
+# that ran.
 PROBE = """
 import json, torch
 from fna_ext import ops
