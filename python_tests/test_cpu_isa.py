@@ -20,13 +20,15 @@ LEVELS = ("baseline", "avx2", "avx512")
 # for the weight gradients' own reduction: a k5 stride-2 block, a k3 stride-1 block and a mixture
 # of four candidates, every width ending in a partial channel block on every copy (42 = 2 x 16 +
 # 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise), and a hard-swish block with an SE (its backward's
-# own passes). The small images run AVX2's depthwise backwards (the mixture's nested one too) a
-# cache line of channels (two blocks) a task, with a last task of one and a quarter blocks; on an
-# L2 of up to 2 MB the 96 x 96 image's tiles are too large for that (task_channels), so it runs a
-# block a task. The largest differences relative to the largest value, and the instruction set
-# that ran.
+# own passes). The small images run the depthwise backwards (the mixture's nested one too) two
+# cache lines of channels a task (AVX-512: two blocks, AVX2: four), with a last task of one and a
+# quarter blocks (AVX2), or of a partial block (AVX-512). A k3 block on an image sized to this
+# machine's L2 runs AVX2's two-block tasks: there four blocks' tiles would not leave half of L2
+# free, and two do (task_channels). On an L2 of up to 2 MB the 96 x 96 image's tiles are too large
+# for more than one block, so it runs a block a task. The largest differences relative to the
+# largest value, and the instruction set that ran.
 PROBE = """
-import json, torch
+import json, os, torch
 from fna_ext import ops
 from fna_ext.ops.sampled_mbconv import SqueezeExcite
 g = torch.Generator().manual_seed(0)
@@ -57,6 +59,13 @@ for shape in ((2, 8, 13, 13), (4, 8, 16, 16)):  # 1024 rows: the weight gradient
     errors += relative_errors(mixture, ops.mbconv_mixture, stride=2)
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish",
                               se=se)
+l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
+l2 = l2 if l2 > 0 else 1 << 20  # as the kernels assume where the C library cannot tell
+# the tile elements a channel of a k3 backward task: three quarters of the most at which two of
+# AVX2's 8-float blocks leave half of L2 free, so four do not
+size = next(s for s in range(8, 1024) if (s + 3) ** 2 + (s + 6) ** 2 > 0.75 * l2 / (2 * 2 * 8 * 4))
+x = torch.randn(1, 8, size, size, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 x = torch.randn(1, 8, 96, 96, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 errors += relative_errors(mixture, ops.mbconv_mixture)

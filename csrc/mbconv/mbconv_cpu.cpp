@@ -1,7 +1,7 @@
 // CPU kernels of the fused sampled-path MBConv (the steps are in mbconv_driver.h).
 //
-// Depthwise work is split into tasks of one image and 16 channels (a backward task in the AVX2
-// copy: two blocks of 8, see kTaskBlocks): a task loads its input once
+// Depthwise work is split into tasks of one image and 16 channels (a backward task: up to two
+// cache lines of channels, two blocks of 16 or four of 8, see kTaskBlocks): a task loads its input once
 // into a zero-padded channels-innermost tile (applying BN1 + ReLU6 there, so every tap of the
 // k x k window reads a ready value) and convolves with the centre k x k of its 16 channels'
 // weights, 4 output pixels at a time in registers. Backward computes the input gradient as the
