@@ -19,9 +19,10 @@ forward+backward at each shape (torch.profiler): the GEMMs against the depthwise
 
 On the CPU it prints which copy of the kernels ran (AVX-512, AVX2 or baseline x86-64).
 ``--cpu-isa avx2`` times an AVX2 machine on an AVX-512 one: it restarts the benchmark with
-fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch and ``torch.compile`` held to
-AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``); setting only ``FNA_EXT_CPU_ISA``
-would compare fna_ext's AVX2 code with PyTorch's AVX-512 code.
+fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch, ``torch.compile`` and MKL's
+GEMMs held to AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
+``MKL_ENABLE_INSTRUCTIONS``); setting only ``FNA_EXT_CPU_ISA`` would compare fna_ext's AVX2 code
+with PyTorch's AVX-512 code.
 
 On the CPU it also restarts with glibc's allocator held steady (``MALLOC_MMAP_MAX_=0``,
 ``MALLOC_TRIM_THRESHOLD_``: freed memory stays mapped). Left adaptive, glibc unmaps large freed

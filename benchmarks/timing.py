@@ -23,23 +23,27 @@ import torch
 STEADY_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
-# What each of fna_ext's CPU copies means for ATen's kernels and oneDNN's (their own variables):
-# a benchmark's --cpu-isa restarts it with all three held to the same instruction set, so an
-# AVX-512 machine times an AVX2 one (FNA_EXT_CPU_ISA alone would set fna_ext's AVX2 code against
-# PyTorch's AVX-512 code).
+# What each of fna_ext's CPU copies means for ATen's kernels, oneDNN's and MKL's (their own
+# variables): a benchmark's --cpu-isa restarts it with all four held to the same instruction set,
+# so an AVX-512 machine times an AVX2 one (FNA_EXT_CPU_ISA alone would set fna_ext's AVX2 code
+# against PyTorch's AVX-512 code). MKL's GEMMs, which eager PyTorch and fna_ext both call, ran
+# AVX-512 under --cpu-isa avx2 before session 22: 329 GFLOP/s at 2048^3 on an Intel Xeon, 215
+# with MKL_ENABLE_INSTRUCTIONS=AVX2.
 ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx512",
-                      "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
-           "avx2": {"FNA_EXT_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+                      "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+           "avx2": {"FNA_EXT_CPU_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
            "baseline": {"FNA_EXT_CPU_ISA": "baseline", "ATEN_CPU_CAPABILITY": "default",
-                        "ONEDNN_MAX_CPU_ISA": "SSE41"}}
+                        "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
 
 
 def isa_record(device: str) -> dict[str, str | None]:
-    """For a result's JSON: the copy of fna_ext's CPU kernels that ran (None on CUDA), and ATen's
-    and oneDNN's limits where a variable set them."""
+    """For a result's JSON: the copy of fna_ext's CPU kernels that ran (None on CUDA), and ATen's,
+    oneDNN's and MKL's limits where a variable set them."""
     return {"cpu_isa": torch.ops.fna_ext.cpu_isa() if device == "cpu" else None,
             "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY"),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "mkl_enable_instructions": os.environ.get("MKL_ENABLE_INSTRUCTIONS")}
 
 
 def malloc_env(device: str, adaptive: bool) -> dict[str, str]:
