@@ -23,10 +23,12 @@ LEVELS = ("baseline", "avx2", "avx512")
 # own passes). The small images run the depthwise backwards (the mixture's nested one too) two
 # cache lines of channels a task (AVX-512: two blocks, AVX2: four), with a last task of one and a
 # quarter blocks (AVX2), or of a partial block (AVX-512). A k3 block on an image sized to this
-# machine's L2 runs AVX2's two-block tasks: there four blocks' tiles would not leave half of L2
-# free, and two do (task_channels). On an L2 of up to 2 MB the 96 x 96 image's tiles are too large
-# for more than one block, so it runs a block a task. The largest differences relative to the
-# largest value, and the instruction set that ran.
+# machine's L2 runs AVX2's two-block tasks: the largest image where two blocks' tiles leave half
+# of L2 free and fit beside the next task's lines, so four blocks' do not (task_channels). On an
+# L2 of up to 2 MB the 96 x 96 image's tiles are too large for more than one block, so it runs a
+# block a task. The largest differences relative to the largest value, whether a block gives the
+# same bits on one thread and two (every copy's reductions add in a fixed order), and the
+# instruction set that ran.
 PROBE = """
 import json, os, torch
 from fna_ext import ops
@@ -61,15 +63,25 @@ for shape in ((2, 8, 13, 13), (4, 8, 16, 16)):  # 1024 rows: the weight gradient
                               se=se)
 l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
 l2 = l2 if l2 > 0 else 1 << 20  # as the kernels assume where the C library cannot tell
-# the tile elements a channel of a k3 backward task: three quarters of the most at which two of
-# AVX2's 8-float blocks leave half of L2 free, so four do not
-size = next(s for s in range(8, 1024) if (s + 3) ** 2 + (s + 6) ** 2 > 0.75 * l2 / (2 * 2 * 8 * 4))
+def two_blocks_fit(s):  # task_channels for a k3 stride-1 task of two of AVX2's 8-float blocks
+    tile = ((s + 3) ** 2 + (s + 6) ** 2) * 64
+    return 2 * tile <= l2 and tile + 3 * s * s * 64 <= l2
+size = max(s for s in range(8, 1024) if two_blocks_fit(s))
 x = torch.randn(1, 8, size, size, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 x = torch.randn(1, 8, 96, 96, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 errors += relative_errors(mixture, ops.mbconv_mixture)
-print(json.dumps({"isa": torch.ops.fna_ext.cpu_isa(), "errors": errors}))
+# the fused block's results on one thread and on two, bit for bit (the 1x1 weight gradients'
+# reduction over 1024 rows included)
+x = torch.randn(4, 8, 16, 16, generator=g).to(memory_format=torch.channels_last).requires_grad_()
+runs = []
+for threads in (1, 2):
+    torch.set_num_threads(threads)
+    with ops.fused(True):
+        runs.append(sampled(ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish", se=se))
+same_bits = all(torch.equal(a, b) for a, b in zip(*runs))
+print(json.dumps({"isa": torch.ops.fna_ext.cpu_isa(), "errors": errors, "same_bits_on_1_and_2_threads": same_bits}))
 """
 
 
@@ -101,6 +113,7 @@ def test_every_copy_this_cpu_runs_matches_the_reference(level, best):
     probe = _probe(level)
     assert probe["isa"] == level
     assert max(probe["errors"]) < 1e-4, probe["errors"]
+    assert probe["same_bits_on_1_and_2_threads"]
 
 
 def test_an_unknown_level_warns_and_keeps_the_best(best):
