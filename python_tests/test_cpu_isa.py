@@ -18,17 +18,20 @@ LEVELS = ("baseline", "avx2", "avx512")
 
 # Fused forwards and backwards against the eager reference, on a small image and on enough rows
 # for the weight gradients' own reduction: a k5 stride-2 block, a k3 stride-1 block and a mixture
-# of four candidates, every width ending in a partial channel block on every copy (42 = 2 x 16 +
-# 10 = 5 x 8 + 2 = 10 x 4 + 2; 21 likewise), and a hard-swish block with an SE (its backward's
-# own passes). The small images run the depthwise backwards (the mixture's nested one too) two
-# cache lines of channels a task (AVX-512: two blocks, AVX2: four), with a last task of one and a
-# quarter blocks (AVX2), or of a partial block (AVX-512). A k3 block on an image sized to this
-# machine's L2 runs AVX2's two-block tasks: the largest image where two blocks' tiles leave half
-# of L2 free and fit beside the next task's lines, so four blocks' do not (task_channels). On an
-# L2 of up to 2 MB the 96 x 96 image's tiles are too large for more than one block, so it runs a
-# block a task. The largest differences relative to the largest value, whether a block gives the
-# same bits on one thread and two (every copy's reductions add in a fixed order), and the
-# instruction set that ran.
+# of four candidates, at two widths each, and a hard-swish block with an SE (its backward's own
+# passes).
+# - 42 channels (and 21) end in a partial channel block on every copy (42 = 2 x 16 + 10 = 5 x 8 +
+#   2 = 10 x 4 + 2), and 168 bytes a pixel do not start cache lines, so the depthwise tasks take a
+#   block each (task_channels).
+# - 48 channels (and 24) are 192 bytes a pixel, three whole lines, so the small images run the
+#   depthwise forwards and backwards (the mixture's nested ones too) two cache lines of channels a
+#   task (AVX-512: two blocks, AVX2: four), with a last task of one block (AVX-512) or two (AVX2).
+# A 48-wide k3 block on an image sized to this machine's L2 runs AVX2's two-block tasks
+# throughout: the largest image where two blocks' tiles leave half of L2 free and fit beside the
+# next task's lines, so four blocks' do not. On an L2 of up to 2 MB the 96 x 96 image's tiles are
+# too large for more than one block, so it runs a block a task. The largest differences relative
+# to the largest value, whether a block gives the same bits on one thread and two (every copy's
+# reductions add in a fixed order), and the instruction set that ran.
 PROBE = """
 import json, os, torch
 from fna_ext import ops
@@ -43,9 +46,9 @@ def grads(out, leaves):  # a random upstream gradient: under a batch-statistics 
 def sampled(fn, **kw):
     out = fn(x, *w, **kw)
     return [out, *grads(out, [x, *w])]
-def mixture(fn, **kw):
-    out = fn(x, w[0].detach(), alpha, w[1].detach(), w[2].detach(), candidates=[(3, 21), (3, 42), (7, 21), (7, 42)],
-             **kw)
+def mixture(fn, width=42, **kw):
+    candidates = [(3, width // 2), (3, width), (7, width // 2), (7, width)]
+    out = fn(x, w[0].detach(), alpha, w[1].detach(), w[2].detach(), candidates=candidates, **kw)
     return [out, *grads(out, [x, alpha])]
 def relative_errors(run, *args, **kw):
     with ops.fused(True):
@@ -55,10 +58,11 @@ def relative_errors(run, *args, **kw):
 errors = []
 for shape in ((2, 8, 13, 13), (4, 8, 16, 16)):  # 1024 rows: the weight gradients take the backend's reduction
     x = torch.randn(*shape, generator=g).to(memory_format=torch.channels_last).requires_grad_()
-    errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=5, expand_channels=42, stride=2)
-    errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
-    errors += relative_errors(mixture, ops.mbconv_mixture)
-    errors += relative_errors(mixture, ops.mbconv_mixture, stride=2)
+    for width in (42, 48):
+        errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=5, expand_channels=width, stride=2)
+        errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=width)
+        errors += relative_errors(mixture, ops.mbconv_mixture, width=width)
+        errors += relative_errors(mixture, ops.mbconv_mixture, width=width, stride=2)
     errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish",
                               se=se)
 l2 = os.sysconf("SC_LEVEL2_CACHE_SIZE") if "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names else 0
@@ -68,7 +72,7 @@ def two_blocks_fit(s):  # task_channels for a k3 stride-1 task of two of AVX2's 
     return 2 * tile <= l2 and tile + 3 * s * s * 64 <= l2
 size = max(s for s in range(8, 1024) if two_blocks_fit(s))
 x = torch.randn(1, 8, size, size, generator=g).to(memory_format=torch.channels_last).requires_grad_()
-errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
+errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=48)
 x = torch.randn(1, 8, 96, 96, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 errors += relative_errors(mixture, ops.mbconv_mixture)
