@@ -249,16 +249,24 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
 //   fast, and never slower, from K = 16 to 672;
 // - a weight gradient, a reduction over the rows: MKL is 15-25% faster when the longer side of the
 //   small output is its rows, so a wide output is computed transposed and copied (a few KB).
-inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b) {
+// With `addend` defined, out = a b + addend: a copy of it takes the clearing pass's place.
+inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
+                        const at::Tensor& addend = at::Tensor()) {
   const bool reduction = a.size(1) > out.size(0) && a.size(1) > out.size(1);
   if (reduction && out.size(0) < out.size(1)) {
     out.copy_(at::mm(b.t(), a.t()).t());
   } else if (reduction) {
     at::mm_out(out, a, b);
   } else {
-    out.zero_();
+    if (addend.defined()) {
+      out.copy_(addend);
+    } else {
+      out.zero_();
+    }
     out.addmm_(a, b);
+    return;
   }
+  if (addend.defined()) out.add_(addend);
 }
 
 // Zeroed float64 sums of `sizes` channels each, from one allocation (one fill kernel on a GPU,
@@ -608,6 +616,22 @@ void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, 
   Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se), wp_t);
 }
 
+// Whether Backend adds to a product as it writes it (matmul_plus: the CPU).
+template <class Backend, class = void>
+struct FusesProductAddend : std::false_type {};
+template <class Backend>
+struct FusesProductAddend<Backend, std::void_t<decltype(&Backend::matmul_plus)>> : std::true_type {};
+
+// out = a b + addend (a b where addend is undefined): the input gradient of a block with a residual.
+template <class Backend>
+void product_plus(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& addend) {
+  if constexpr (FusesProductAddend<Backend>::value) {
+    if (addend.defined()) return Backend::matmul_plus(out, a, b, addend);
+  }
+  Backend::matmul(out, a, b);
+  if (addend.defined()) out.add_(addend);
+}
+
 // Whether Backend runs BN1's backward and the expansion's two GEMMs as one step
 // (expansion_backward: the CPU builds dh1 a piece of rows at a time, for both products).
 template <class Backend, class = void>
@@ -616,16 +640,17 @@ template <class Backend>
 struct FusesExpansionBackward<Backend, std::void_t<decltype(&Backend::expansion_backward)>> : std::true_type {};
 
 // BN1's backward, dh1 = a gz + b h1 + c (gz past BN1's activation; it becomes dh1 where written
-// out), then grad_x = dh1 We and, where product is defined, product = dh1^T x.
+// out), then grad_x = dh1 We + residual (the residual's gradient, where defined) and, where
+// product is defined, product = dh1^T x.
 template <class Backend>
 void expansion_backward(const at::Tensor& gz, const at::Tensor& h1, const BnGrad& bn1, const at::Tensor& x_rows,
-                        const at::Tensor& we, at::Tensor grad_x, at::Tensor product) {
+                        const at::Tensor& we, at::Tensor grad_x, at::Tensor product, const at::Tensor& residual) {
   if constexpr (FusesExpansionBackward<Backend>::value) {
-    if (Backend::expansion_backward(gz, h1, bn1.a, bn1.b, bn1.c, x_rows, we, grad_x, product)) return;
+    if (Backend::expansion_backward(gz, h1, bn1.a, bn1.b, bn1.c, x_rows, we, grad_x, product, residual)) return;
   }
   Backend::grad_apply(gz, h1, at::Tensor(), at::Tensor(), kIdentity, bn1.a, bn1.b, bn1.c, gz);
   if (product.defined()) Backend::matmul(product, gz.t(), x_rows);
-  Backend::matmul(grad_x, gz, we);
+  product_plus<Backend>(grad_x, gz, we, residual);
 }
 
 // From the depthwise conv on. `in` is (N, H, W, e) with channel stride 1 (see as_nhwc_view);
@@ -845,12 +870,12 @@ std::vector<at::Tensor> sampled_mbconv_backward(
     product = narrowed(grad_expand, 0, 0, g.e);  // contiguous rows
   }
   at::Tensor grad_x = Backend::empty({g.rows_in(), g.c_in}, x.options());
-  expansion_backward<Backend>(t.grad_in, h1_rows, bn1, x_rows, we, grad_x, product);
+  expansion_backward<Backend>(t.grad_in, h1_rows, bn1, x_rows, we, grad_x, product,
+                              has_residual(g) ? grad_rows : at::Tensor());
   if (weight_grads) {
     zero_past(grad_expand, 0, g.e);
     grad_expand = grad_expand.view(expand_weight.sizes());
   }
-  if (has_residual(g)) grad_x.add_(grad_rows);
   std::vector<at::Tensor> grads{from_rows(grad_x, g.n, g.h, g.w), grad_expand, weight_or_empty(t.grad_dw, x),
                                 weight_or_empty(t.grad_project, x)};
   add_bn_grads(grads, bn1_w, bn1_b, bn1, x, weight_grads);
