@@ -107,6 +107,8 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
     isa = torch.ops.fna_ext.cpu_isa()
     if isa in ("avx512", "avx2"):  # the copies that have the kernels
         assert {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::product_stats"} <= steps[""]
+        # the backward's ga2 (k = C_out = 8): with BN2's sums on AVX-512, alone on AVX2
+        assert steps[""] & {"fna_ext::mbconv::product_grad_sums", "fna_ext::mbconv::narrow_product"}
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
 
 
