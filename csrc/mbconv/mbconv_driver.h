@@ -25,6 +25,7 @@
 #include <initializer_list>
 #include <tuple>
 #include <type_traits>
+#include <utility>  // std::declval (FusesProductAddend)
 #include <vector>
 
 #include "activation.h"
@@ -253,11 +254,7 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
 inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                         const at::Tensor& addend = at::Tensor()) {
   const bool reduction = a.size(1) > out.size(0) && a.size(1) > out.size(1);
-  if (reduction && out.size(0) < out.size(1)) {
-    out.copy_(at::mm(b.t(), a.t()).t());
-  } else if (reduction) {
-    at::mm_out(out, a, b);
-  } else {
+  if (!reduction) {
     if (addend.defined()) {
       out.copy_(addend);
     } else {
@@ -265,6 +262,11 @@ inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b
     }
     out.addmm_(a, b);
     return;
+  }
+  if (out.size(0) < out.size(1)) {
+    out.copy_(at::mm(b.t(), a.t()).t());
+  } else {
+    at::mm_out(out, a, b);
   }
   if (addend.defined()) out.add_(addend);
 }
@@ -616,20 +618,25 @@ void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, 
   Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se), wp_t);
 }
 
-// Whether Backend adds to a product as it writes it (matmul_plus: the CPU).
+// Whether Backend's matmul takes an addend, out = a b + addend (the CPU's: see host_matmul).
 template <class Backend, class = void>
 struct FusesProductAddend : std::false_type {};
 template <class Backend>
-struct FusesProductAddend<Backend, std::void_t<decltype(&Backend::matmul_plus)>> : std::true_type {};
+struct FusesProductAddend<Backend, std::void_t<decltype(Backend::matmul(std::declval<at::Tensor>(),
+                                                                        std::declval<at::Tensor>(),
+                                                                        std::declval<at::Tensor>(),
+                                                                        std::declval<at::Tensor>()))>>
+    : std::true_type {};
 
 // out = a b + addend (a b where addend is undefined): the input gradient of a block with a residual.
 template <class Backend>
 void product_plus(at::Tensor out, const at::Tensor& a, const at::Tensor& b, const at::Tensor& addend) {
   if constexpr (FusesProductAddend<Backend>::value) {
-    if (addend.defined()) return Backend::matmul_plus(out, a, b, addend);
+    Backend::matmul(out, a, b, addend);
+  } else {
+    Backend::matmul(out, a, b);
+    if (addend.defined()) out.add_(addend);
   }
-  Backend::matmul(out, a, b);
-  if (addend.defined()) out.add_(addend);
 }
 
 // Whether Backend runs BN1's backward and the expansion's two GEMMs as one step
