@@ -61,15 +61,19 @@ def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affin
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
-@pytest.mark.parametrize("e, c_out", [(37, 5), (48, 16), (9, 24)])
-def test_weight_gradients_over_many_rows(dtype, tol, e, c_out):
+@pytest.mark.parametrize("c_in, e, c_out", [(8, 37, 5), (8, 48, 16), (8, 9, 24), (72, 48, 16)])
+def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     """The 1x1 convs' weight gradients over many pixels and few channels take the CPU backend's
-    own reduction (outer_product_rows: at least 8 (m + n) rows, m n <= 16384): widths that end in
-    partial vectors and partial output blocks. float32 against the float64 reference on the same
-    values (two float32 sums over 1944 rows differ by more than 1e-4 on their own)."""
-    torch.manual_seed(e * 10 + c_out)
-    weights, bns = _block(8, c_out, 48, affine=True, dtype=dtype)
-    x = torch.randn(6, 8, 18, 18, dtype=dtype, requires_grad=True)  # 1944 rows
+    own reduction (outer_product_chunk: at least 8 (m + n) rows, m n <= 32768): widths that end in
+    partial vectors and partial output blocks. The projection's runs inside its backward's pieces
+    (projection_backward: a2 rebuilt a piece of rows at a time, from the product's registers at
+    48 hidden channels on AVX-512, from a buffer otherwise); at C_in = 72, too wide for the
+    expansion's backward as one step, the expansion's runs alone (weight_gradient). float32
+    against the float64 reference on the same values (two float32 sums over 1944 rows differ by
+    more than 1e-4 on their own)."""
+    torch.manual_seed(e * 10 + c_out + c_in)
+    weights, bns = _block(c_in, c_out, 48, affine=True, dtype=dtype)
+    x = torch.randn(6, c_in, 18, 18, dtype=dtype, requires_grad=True)  # 1944 rows
     kwargs = dict(kernel_size=3, expand_channels=e)
     y = _run(False, x, weights, bns, None, **kwargs)[0]
     grad = torch.randn_like(y)
@@ -81,7 +85,9 @@ def test_weight_gradients_over_many_rows(dtype, tol, e, c_out):
     with torch.profiler.profile() as prof:
         y, grads = _run(True, x, weights, bns, grad, **kwargs)
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
-        assert "fna_ext::mbconv::weight_gradient" in {e.name for e in prof.events()}
+        steps = {e.name for e in prof.events()}
+        assert "fna_ext::mbconv::projection_backward" in steps
+        assert ("fna_ext::mbconv::weight_gradient" in steps) == (c_in == 72)
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
@@ -102,13 +108,14 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
         steps[choice] = {e.name for e in prof.events() if e.name.startswith("fna_ext::mbconv::")}
     own = {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::narrow_product",
            "fna_ext::mbconv::activated_product", "fna_ext::mbconv::expansion_backward",
-           "fna_ext::mbconv::product_stats", "fna_ext::mbconv::product_grad_sums"}
+           "fna_ext::mbconv::product_stats", "fna_ext::mbconv::product_grad_sums",
+           "fna_ext::mbconv::projection_backward"}
     assert not own & steps["mkl"]
     isa = torch.ops.fna_ext.cpu_isa()
     if isa in ("avx512", "avx2"):  # the copies that have the kernels
-        assert {"fna_ext::mbconv::weight_gradient", "fna_ext::mbconv::product_stats"} <= steps[""]
-        # the backward's ga2 (k = C_out = 8): with BN2's sums on AVX-512, alone on AVX2
-        assert steps[""] & {"fna_ext::mbconv::product_grad_sums", "fna_ext::mbconv::narrow_product"}
+        # the backward's ga2 (k = C_out = 8) with BN2's sums and the projection's weight gradient
+        assert {"fna_ext::mbconv::projection_backward", "fna_ext::mbconv::expansion_backward",
+                "fna_ext::mbconv::product_stats"} <= steps[""]
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
 
 
@@ -139,11 +146,12 @@ def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
 @pytest.mark.parametrize("e", [48, 37])
 def test_short_products_finish_with_their_sums(e, activation, dtype, tol, weight_grads):
     """On AVX-512 and AVX2 the expansion GEMM adds BN1's statistics from its registers as it
-    stores h1 (product_stats); on AVX-512 the backward's ga2 = gh3 Wp adds BN2's backward sums
-    and writes a2 (product_grad_sums) where its rows are whole aligned vectors: at 48 hidden
-    channels, while 37 (a partial vector) takes two steps. 5 x 9 x 11 rows make two chunks of partial row
-    blocks; each activation, with and without the weight gradients (a2 written or not), against
-    the unfused reference."""
+    stores h1 (product_stats). The backward's ga2 = gh3 Wp finishes with BN2's backward sums:
+    with the weight gradients, in the projection's backward by pieces (projection_backward, a2
+    never written), on both; without them, on AVX-512 from its registers (product_grad_sums)
+    where its rows are whole aligned vectors: at 48 hidden channels, while 37 (a partial vector)
+    takes two steps. 5 x 9 x 11 rows make two chunks of partial row blocks and pieces; each
+    activation, with and without the weight gradients, against the unfused reference."""
     from torch.profiler import profile
 
     torch.manual_seed(e + len(activation))
@@ -164,7 +172,8 @@ def test_short_products_finish_with_their_sums(e, activation, dtype, tol, weight
     isa = torch.ops.fna_ext.cpu_isa()
     if isa in ("avx512", "avx2"):  # the copies that have the kernels
         assert "fna_ext::mbconv::product_stats" in steps
-        assert ("fna_ext::mbconv::product_grad_sums" in steps) == (e == 48 and isa == "avx512")
+        assert ("fna_ext::mbconv::projection_backward" in steps) == weight_grads
+        assert ("fna_ext::mbconv::product_grad_sums" in steps) == (e == 48 and isa == "avx512" and not weight_grads)
     (y1, g1, _), (y2, g2, _) = results
     torch.testing.assert_close(y1, y2, rtol=tol, atol=tol)
     for a, b in zip(g1, g2):

@@ -581,6 +581,31 @@ void product_grad_sums(at::Tensor g, const at::Tensor& a, const at::Tensor& b, c
   Backend::grad_sums(g, h, ms, mb, act_kind, sum_g, sum_gh, act);
 }
 
+// Whether Backend runs the projection's backward without an SE as one step (projection_backward:
+// the CPU rebuilds a2 a piece of rows at a time, for the weight gradient, and never writes it).
+template <class Backend, class = void>
+struct FusesProjectionBackward : std::false_type {};
+template <class Backend>
+struct FusesProjectionBackward<Backend, std::void_t<decltype(&Backend::projection_backward)>> : std::true_type {};
+
+// ga2 = gh3 wp and BN2's backward sums through the activation at h2 * ms + mb (product_grad_sums);
+// with product defined (a weight step), product = gh3^T a2 too, a2 = act(h2 * ms + mb).
+template <class Backend>
+void projection_backward(at::Tensor ga2, const at::Tensor& gh3, const at::Tensor& wp, const at::Tensor& h2,
+                         const at::Tensor& ms, const at::Tensor& mb, int act_kind, at::Tensor sum_g,
+                         at::Tensor sum_gh, at::Tensor product) {
+  if constexpr (FusesProjectionBackward<Backend>::value) {
+    if (product.defined() &&
+        Backend::projection_backward(ga2, gh3, wp, h2, ms, mb, act_kind, sum_g, sum_gh, product)) {
+      return;
+    }
+  }
+  // a2 feeds only the weight gradient: an architecture step, which wants none, skips writing it
+  const at::Tensor a2 = product.defined() ? Backend::empty(ga2.sizes(), h2.options()) : at::Tensor();
+  product_grad_sums<Backend>(ga2, gh3, wp, h2, ms, mb, act_kind, sum_g, sum_gh, a2);
+  if (product.defined()) Backend::matmul(product, gh3.t(), a2);
+}
+
 // The projection's input act(BN2(h2)), gated by the SE if there is one, written out.
 template <class Backend>
 at::Tensor activated_hidden(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
@@ -714,17 +739,19 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, r.bn3.a, r.bn3.b, r.bn3.c, gh3);
 
   // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2,
-  // with the GEMM into ga2 where the backend fuses them (product_grad_sums); with an SE, ga2 is
+  // with the GEMM into ga2 where the backend fuses them (projection_backward); with an SE, ga2 is
   // written first and a2 rebuilt first: the gate's gradient needs them
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
-  // a2 feeds only the projection's weight gradient when there is no SE: an architecture step,
-  // which wants no weight gradients, skips writing it
-  at::Tensor a2 = weight_grads || se.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
+  // an architecture step freezes the weights: no weight gradients then
+  at::Tensor grad_project = weight_grads ? at::empty({g.c_out, g.e_max}, h3.options()) : at::Tensor();
+  // rows of stride e_max: BLAS's ldc
+  const at::Tensor product = weight_grads ? narrowed(grad_project, 1, 0, g.e) : at::Tensor();
   if (!se.defined()) {
-    product_grad_sums<Backend>(ga2, gh3, wp, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, a2);
+    projection_backward<Backend>(ga2, gh3, wp, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, product);
   } else {
+    at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
     Backend::matmul(ga2, gh3, wp);
     if constexpr (FusesSePasses<Backend>::value) {
       // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
@@ -738,12 +765,10 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
       r.se = se_backward(se, ga2, a2, g, weight_grads);
       Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
     }
+    if (weight_grads) Backend::matmul(product, gh3.t(), a2);
   }
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
-  if (weight_grads) {  // an architecture step freezes the weights: no weight gradients then
-    at::Tensor grad_project = at::empty({g.c_out, g.e_max}, h3.options());
-    at::Tensor product = narrowed(grad_project, 1, 0, g.e);  // rows of stride e_max: BLAS's ldc
-    Backend::matmul(product, gh3.t(), a2);
+  if (weight_grads) {
     zero_past(grad_project, 1, g.e);
     r.grad_project = grad_project.view(project_weight.sizes());
     r.grad_dw = at::zeros(dw_weight.sizes(), dw_weight.options());
