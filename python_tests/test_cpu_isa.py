@@ -77,13 +77,15 @@ x = torch.randn(1, 8, 96, 96, generator=g).to(memory_format=torch.channels_last)
 errors += relative_errors(sampled, ops.sampled_mbconv, kernel_size=3, expand_channels=42)
 errors += relative_errors(mixture, ops.mbconv_mixture)
 # the fused block's results on one thread and on two, bit for bit (the 1x1 weight gradients'
-# reduction over 1024 rows included)
+# reductions over 1024 rows included: alone with an SE, inside the projection's backward by pieces
+# without one)
 x = torch.randn(4, 8, 16, 16, generator=g).to(memory_format=torch.channels_last).requires_grad_()
 runs = []
 for threads in (1, 2):
     torch.set_num_threads(threads)
     with ops.fused(True):
-        runs.append(sampled(ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish", se=se))
+        runs.append(sampled(ops.sampled_mbconv, kernel_size=3, expand_channels=42, activation="hardswish", se=se)
+                    + sampled(ops.sampled_mbconv, kernel_size=3, expand_channels=48))
 same_bits = all(torch.equal(a, b) for a, b in zip(*runs))
 print(json.dumps({"isa": torch.ops.fna_ext.cpu_isa(), "errors": errors, "same_bits_on_1_and_2_threads": same_bits}))
 """

@@ -61,13 +61,14 @@ def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affin
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
-@pytest.mark.parametrize("c_in, e, c_out", [(8, 37, 5), (8, 48, 16), (8, 9, 24), (72, 48, 16)])
+@pytest.mark.parametrize("c_in, e, c_out", [(8, 37, 5), (8, 48, 16), (8, 40, 16), (8, 9, 24), (72, 48, 16)])
 def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     """The 1x1 convs' weight gradients over many pixels and few channels take the CPU backend's
     own reduction (outer_product_chunk: at least 8 (m + n) rows, m n <= 32768): widths that end in
     partial vectors and partial output blocks. The projection's runs inside its backward's pieces
-    (projection_backward: a2 rebuilt a piece of rows at a time, from the product's registers at
-    48 hidden channels on AVX-512, from a buffer otherwise); at C_in = 72, too wide for the
+    (projection_backward: a2 rebuilt a piece of rows at a time, from the product's registers
+    where ga2's rows are whole aligned registers on AVX-512: float at 48 hidden channels, float64
+    at 48 and 40, the last a partial vector; from a buffer otherwise); at C_in = 72, too wide for the
     expansion's backward as one step, the expansion's runs alone (weight_gradient). float32
     against the float64 reference on the same values (two float32 sums over 1944 rows differ by
     more than 1e-4 on their own)."""

@@ -738,9 +738,10 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   at::Tensor gh3 = Backend::empty({g.rows_out(), g.c_out}, h3.options());
   Backend::grad_apply(grad_rows, h3, at::Tensor(), at::Tensor(), kIdentity, r.bn3.a, r.bn3.b, r.bn3.c, gh3);
 
-  // projection GEMMs; the activation's gradient and BN2's sums in one pass that also rebuilds a2,
-  // with the GEMM into ga2 where the backend fuses them (projection_backward); with an SE, ga2 is
-  // written first and a2 rebuilt first: the gate's gradient needs them
+  // projection GEMMs: ga2 = gh3 Wp, the activation's gradient and BN2's sums, and with the weight
+  // gradients a2 rebuilt for gh3^T a2, as one step by pieces where the backend runs it
+  // (projection_backward); with an SE, ga2 is written first and a2 rebuilt first: the gate's
+  // gradient needs them
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor ga2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   auto [scale2, shift2] = affine_coefficients<Backend>(s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
