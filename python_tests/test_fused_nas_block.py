@@ -71,13 +71,16 @@ def test_fused_block_matches_the_reference_in_float64(activation, se_kind, k, st
                  _run(False, x, weights, se_tensors, grad, se, **kwargs), rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("c_out", [8, 72])
-def test_se_projection_matches_the_reference_with_the_gate_in_the_rows_or_the_weight(c_out):
-    # The SE block's projection gates a2's rows (se_gated_act) where the backend's own narrow
-    # product takes the shape (AVX-512, c_out <= 64), else multiplies the ungated a2 by each image's
-    # gate-scaled weight (project_gate_in_weight): c_out = 72 takes the second on every copy.
-    torch.manual_seed(c_out)
-    weights, se_tensors = _block(16, c_out, e_max=96, s_max=24)
+@pytest.mark.parametrize("gemm", ["own", "mkl"])
+def test_se_projection_matches_the_reference_with_the_gate_in_the_rows_or_the_weight(gemm, monkeypatch):
+    # The SE block's projection gates a2's rows (se_gated_act) where the backend's own product
+    # takes the shape (on AVX-512 here: k = e = 80 <= 256), else multiplies the ungated a2 by each
+    # image's gate-scaled weight (project_gate_in_weight): FNA_EXT_CPU_GEMM=mkl, read at every
+    # call, sends every product to MKL and so takes the second on every copy.
+    if gemm == "mkl":
+        monkeypatch.setenv("FNA_EXT_CPU_GEMM", "mkl")
+    torch.manual_seed(7)
+    weights, se_tensors = _block(16, 24, e_max=96, s_max=24)
     se = _se(se_tensors, "hse", "hardswish", channels=20)
     x = torch.randn(3, 16, 8, 10, dtype=torch.float64, requires_grad=True)  # 240 rows, 80 an image
     kwargs = dict(kernel_size=5, expand_channels=80, activation="hardswish")

@@ -633,7 +633,8 @@ struct FusesActivatedProduct<Backend, std::void_t<decltype(&Backend::activated_m
 // h3 = (a2 gated by the SE) Wp^T with the gate folded into the weight: image n's rows of the
 // ungated a2 times diag(gate_n) Wp^T, one batched product. a2 is written once, by the pass that
 // sums it for the gate (se_sums with an output), where the gated a2 took a pass of its own
-// (se_gated_act: read h2 again, write a2). The weights are N x e x c_out, a few MB at most.
+// (se_gated_act: read h2 again, write a2). The weights are N x c_out x e values (4.8 MB at
+// MobileNetV3's 20x20 block of the benchmark, batch 16).
 template <class Backend>
 void project_gate_in_weight(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
                             const at::Tensor& shift2, const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3) {
