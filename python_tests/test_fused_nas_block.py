@@ -54,6 +54,15 @@ def _assert_same(fused, reference, **tol):
         torch.testing.assert_close(a, b, **tol)
 
 
+def _assert_fused_matches_the_reference_in_float64(x, weights, se_tensors, se, **kwargs):
+    """The fused block's output and every gradient against the eager reference's, to 1e-9."""
+    with ops.fused(False):
+        y = ops.sampled_mbconv(x, **weights, se=se, **kwargs)
+    grad = torch.randn_like(y)
+    _assert_same(_run(True, x, weights, se_tensors, grad, se, **kwargs),
+                 _run(False, x, weights, se_tensors, grad, se, **kwargs), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("activation, se_kind", VARIANTS)
 @pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (5, 2, 1), (7, 1, 2)])
 def test_fused_block_matches_the_reference_in_float64(activation, se_kind, k, stride, dilation):
@@ -62,13 +71,9 @@ def test_fused_block_matches_the_reference_in_float64(activation, se_kind, k, st
     weights, se_tensors = _block(c_in, c_out, e_max=48, s_max=12)
     se = _se(se_tensors, se_kind, activation, channels=6)
     x = torch.randn(2, c_in, 9, 11, dtype=torch.float64, requires_grad=True)
-    kwargs = dict(kernel_size=k, expand_channels=24, stride=stride, dilation=dilation, activation=activation)
-    with ops.fused(False):
-        y = ops.sampled_mbconv(x, **weights, se=se, **kwargs)
-    grad = torch.randn_like(y)
     assert ops.takes_fused_path(x, k)
-    _assert_same(_run(True, x, weights, se_tensors, grad, se, **kwargs),
-                 _run(False, x, weights, se_tensors, grad, se, **kwargs), rtol=1e-9, atol=1e-9)
+    _assert_fused_matches_the_reference_in_float64(x, weights, se_tensors, se, kernel_size=k, expand_channels=24,
+                                                   stride=stride, dilation=dilation, activation=activation)
 
 
 @pytest.mark.parametrize("gemm", ["own", "mkl"])
@@ -83,12 +88,8 @@ def test_se_projection_matches_the_reference_with_the_gate_in_the_rows_or_the_we
     weights, se_tensors = _block(16, 24, e_max=96, s_max=24)
     se = _se(se_tensors, "hse", "hardswish", channels=20)
     x = torch.randn(3, 16, 8, 10, dtype=torch.float64, requires_grad=True)  # 240 rows, 80 an image
-    kwargs = dict(kernel_size=5, expand_channels=80, activation="hardswish")
-    with ops.fused(False):
-        y = ops.sampled_mbconv(x, **weights, se=se, **kwargs)
-    grad = torch.randn_like(y)
-    _assert_same(_run(True, x, weights, se_tensors, grad, se, **kwargs),
-                 _run(False, x, weights, se_tensors, grad, se, **kwargs), rtol=1e-9, atol=1e-9)
+    _assert_fused_matches_the_reference_in_float64(x, weights, se_tensors, se, kernel_size=5, expand_channels=80,
+                                                   activation="hardswish")
 
 
 @pytest.mark.parametrize("activation, se_kind", [("hardswish", "hse"), ("swish", "se"), ("relu", None)])

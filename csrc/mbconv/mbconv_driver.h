@@ -641,12 +641,12 @@ void project_gate_in_weight(const Geometry& g, const at::Tensor& h2, const at::T
   const at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   const at::Tensor pooled =
       std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g, a2));
-  const at::Tensor gate = se_forward_from_pooled(se, pooled).gate;  // (N, e)
+  const at::Tensor gate = se_forward_from_pooled(se, pooled).gate;  // (N, e), h2's dtype as pooled
   // (N, c_out, e) of contiguous rows (transposed, MKL takes it as it is), in the backend's
   // reused memory: in fresh memory the multiply took 1.4 ms a step at MobileNetV3 (AVX2, inside
   // the block), against 0.1 alone
   at::Tensor weights = Backend::empty({g.n, g.c_out, g.e}, h2.options());
-  at::mul_out(weights, wp_t.t().unsqueeze(0), gate.to(h2.scalar_type()).unsqueeze(1));
+  at::mul_out(weights, wp_t.t().unsqueeze(0), gate.unsqueeze(1));
   const int64_t pixels = g.ho * g.wo;
   at::Tensor per_image_h3 = h3.view({g.n, pixels, g.c_out});
   at::bmm_out(per_image_h3, a2.view({g.n, pixels, g.e}), weights.transpose(1, 2));
