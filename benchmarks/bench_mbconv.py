@@ -22,7 +22,9 @@ On the CPU it prints which copy of the kernels ran (AVX-512, AVX2 or baseline x8
 fna_ext's AVX2 copy (``FNA_EXT_CPU_ISA``) and with eager PyTorch, ``torch.compile`` and MKL's
 GEMMs held to AVX2 too (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
 ``MKL_ENABLE_INSTRUCTIONS``); setting only ``FNA_EXT_CPU_ISA`` would compare fna_ext's AVX2 code
-with PyTorch's AVX-512 code.
+with PyTorch's AVX-512 code. ``torch.compile`` then caches into an inductor directory of that
+instruction set's own (``timing.isa_env``): inductor's cache key leaves the capability out, and an
+AVX-512 run served the AVX2 run's graphs corrupted its heap.
 
 On the CPU it also restarts with glibc's allocator held steady (``MALLOC_MMAP_MAX_=0``,
 ``MALLOC_TRIM_THRESHOLD_``: freed memory stays mapped). Left adaptive, glibc unmaps large freed
@@ -52,7 +54,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_record, malloc_env,  # noqa: E402
+from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_env, isa_record, malloc_env,  # noqa: E402
                     restart_with, synchronize)
 
 from fna_ext import ops  # noqa: E402
@@ -301,7 +303,7 @@ def format_row(row: dict) -> str:
 def environment(args) -> dict[str, str]:
     """What the run needs set before the libraries load: the instruction set asked for, and on the
     CPU glibc's allocator held steady (timing.STEADY_MALLOC) unless --adaptive-malloc."""
-    return {**(ISA_ENV[args.cpu_isa] if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
+    return {**(isa_env(args.cpu_isa) if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_record, malloc_env,  # noqa: E402
+from timing import (ISA_ENV, STEADY_MALLOC, hardware, interleaved_medians, isa_env, isa_record, malloc_env,  # noqa: E402
                     restart_with)
 
 from fna_ext import mobilenet_v2, ops  # noqa: E402
@@ -271,12 +271,12 @@ def check_search_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def environment(args) -> dict[str, str]:
-    """What the run restarts with: the instruction set asked for (timing.ISA_ENV) and
+    """What the run restarts with: the instruction set asked for (timing.isa_env) and
     timing.malloc_env; nothing for a peak-memory child, which measure_memory starts with its
     parent's instruction set and glibc as it is."""
     if args.peak_memory_of:
         return {}
-    return {**(ISA_ENV[args.cpu_isa] if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
+    return {**(isa_env(args.cpu_isa) if args.cpu_isa else {}), **malloc_env(args.device, args.adaptive_malloc)}
 
 
 def main() -> None:

@@ -5,10 +5,12 @@ stream (the GPU's own clock) after the queue has drained, so nothing earlier is 
 
 from __future__ import annotations
 
+import getpass
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -35,6 +37,29 @@ ISA_ENV = {"avx512": {"FNA_EXT_CPU_ISA": "avx512", "ATEN_CPU_CAPABILITY": "avx51
                     "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
            "baseline": {"FNA_EXT_CPU_ISA": "baseline", "ATEN_CPU_CAPABILITY": "default",
                         "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}}
+
+
+def isa_env(isa: str) -> dict[str, str]:
+    """ISA_ENV[isa], and an inductor cache of that instruction set's own. torch 2.14's FX graph
+    cache leaves ATEN_CPU_CAPABILITY out of its key, so a graph compiled by an --cpu-isa avx2 run
+    was served to a later run on AVX-512 (Xeon with AMX, 2026-12-06): bench_mbconv's
+    torch.compile backward then corrupted the heap in 12 of 12 runs ("corrupted size vs.
+    prev_size"), and in none with a cache of its own. Each instruction set asked for compiles
+    into `<cache>-cpu-isa-<isa>`, beside the cache a plain run (or any other program) uses."""
+    suffix = f"-cpu-isa-{isa}"
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and current.endswith(suffix):  # already restarted with it
+        return {**ISA_ENV[isa], "TORCHINDUCTOR_CACHE_DIR": current}
+    return {**ISA_ENV[isa], "TORCHINDUCTOR_CACHE_DIR": (current or _default_inductor_cache()) + suffix}
+
+
+def _default_inductor_cache() -> str:
+    """Where inductor caches by default: `torchinductor_<user>` in the temporary directory."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (some containers)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    return os.path.join(tempfile.gettempdir(), "torchinductor_" + "".join(c if c.isalnum() else "_" for c in user))
 
 
 def isa_record(device: str) -> dict[str, str | None]:

@@ -78,8 +78,8 @@ def test_the_cpu_runs_restart_with_the_allocator_held_steady(tmp_path):
         return bench_mbconv.environment(argparse.Namespace(**{"cpu_isa": None, "device": "cpu",
                                                               "adaptive_malloc": False, **kw}))
     assert env() == STEADY_MALLOC
-    assert env(cpu_isa="avx2") == {**bench_mbconv.ISA_ENV["avx2"], **STEADY_MALLOC}
-    assert env(adaptive_malloc=True) == {} and env(device="cuda", cpu_isa="avx2") == bench_mbconv.ISA_ENV["avx2"]
+    assert env(cpu_isa="avx2") == {**bench_mbconv.isa_env("avx2"), **STEADY_MALLOC}
+    assert env(adaptive_malloc=True) == {} and env(device="cuda", cpu_isa="avx2") == bench_mbconv.isa_env("avx2")
     script = tmp_path / "restart.py"  # the restarted process sees the variables, and runs once more only
     script.write_text(f"import os, sys\nsys.path.insert(0, {str(REPO / 'benchmarks')!r})\nimport timing\n"
                       "print('start', flush=True)\ntiming.restart_with(timing.STEADY_MALLOC)\n"
@@ -89,15 +89,31 @@ def test_the_cpu_runs_restart_with_the_allocator_held_steady(tmp_path):
     assert out.split("\n") == ["start", "start", f"0 {1 << 40}", ""]
 
 
+def test_each_instruction_set_compiles_into_an_inductor_cache_of_its_own(monkeypatch):
+    # inductor's cache key leaves ATEN_CPU_CAPABILITY out: an AVX2 run's graphs served to an
+    # AVX-512 run corrupted its heap (timing.isa_env)
+    from timing import ISA_ENV, isa_env
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    dirs = {isa: isa_env(isa)["TORCHINDUCTOR_CACHE_DIR"] for isa in ISA_ENV}
+    assert len(set(dirs.values())) == len(ISA_ENV)
+    for isa, cache in dirs.items():
+        assert isa_env(isa) == {**ISA_ENV[isa], "TORCHINDUCTOR_CACHE_DIR": cache}
+        monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", cache)  # as restart_with leaves it: no second restart
+        assert isa_env(isa)["TORCHINDUCTOR_CACHE_DIR"] == cache
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/somewhere/mine")  # a user's own cache keeps its place
+    assert isa_env("avx2")["TORCHINDUCTOR_CACHE_DIR"] == "/somewhere/mine-cpu-isa-avx2"
+
+
 def test_the_search_step_times_with_a_steady_allocator_and_measures_memory_without(monkeypatch):
     import bench_search_step
-    from timing import ISA_ENV, STEADY_MALLOC
+    from timing import STEADY_MALLOC, isa_env
 
     def env(**kw):
         return bench_search_step.environment(argparse.Namespace(
             **{"device": "cpu", "adaptive_malloc": False, "peak_memory_of": None, "cpu_isa": None, **kw}))
     assert env() == STEADY_MALLOC and env(device="cuda") == {} and env(adaptive_malloc=True) == {}
-    assert env(cpu_isa="avx2") == {**ISA_ENV["avx2"], **STEADY_MALLOC}
+    assert env(cpu_isa="avx2") == {**isa_env("avx2"), **STEADY_MALLOC}
     assert env(peak_memory_of=["alpha step", "fused"]) == {}
     assert env(peak_memory_of=["alpha step", "fused"], cpu_isa="avx2") == {}  # inherited from the parent
     seen = []
