@@ -44,8 +44,8 @@ std::string build_info() {
 }
 
 // The length of the stats tensor the sampled ops save, as the kernels allocate it.
-int64_t sampled_stats_size(int64_t expand_channels, int64_t out_channels, bool with_bn1) {
-  return mbconv::stats_size(expand_channels, out_channels, with_bn1);
+int64_t sampled_stats_size(int64_t expand_channels, int64_t out_channels, bool with_bn1, int64_t se_pooled) {
+  return mbconv::stats_size(expand_channels, out_channels, with_bn1, se_pooled);
 }
 
 }  // namespace
@@ -141,7 +141,9 @@ TORCH_LIBRARY(fna_ext, m) {
         "int stride, int dilation=1) -> Tensor[]");
   // The length of the float64 stats tensor the ops above save, as their kernels allocate it: the
   // fake (meta) kernels ask these rather than re-encode the layout.
-  m.def("sampled_stats_size(int expand_channels, int out_channels, bool with_bn1) -> int", &sampled_stats_size);
+  // se_pooled: N x e for a block with an SE (its pooled means, which the backward reads), else 0
+  m.def("sampled_stats_size(int expand_channels, int out_channels, bool with_bn1, int se_pooled=0) -> int",
+        &sampled_stats_size);
   m.def("mixture_stats_size(int[] kernel_sizes, int[] expansions, int out_channels, bool expand) -> int",
         &mbconv::mixture_stats_size);
 }

@@ -150,6 +150,24 @@ def test_opcheck_depthwise_project_forward_with_se_and_swish():
                           (x, hidden, *weights[1:3], *weights[5:], 3, 1, 1e-5, 1, 3, *se, 5, 3, 0))
 
 
+def test_the_forward_keeps_the_se_pooled_means_for_the_backward():
+    # stats: BN1's [mean, invstd], the SE's (N, e) pooled means, then BN2's and BN3's; the
+    # backward takes the gate from the means rather than a pass over the pixels
+    x, weights, se = _op_args()
+    n, e, c_out = x.shape[0], 12, weights[2].shape[0]
+    with torch.no_grad():
+        _, _, h2, _, stats = torch.ops.fna_ext.sampled_mbconv_forward(x, *weights, 5, e, 2, 1e-5, 1, 2, *se, 6, 1, 1)
+        plain = torch.ops.fna_ext.sampled_mbconv_forward(x, *weights, 5, e, 2, 1e-5, 1, 2)[4]
+    assert stats.numel() == torch.ops.fna_ext.sampled_stats_size(e, c_out, True, n * e)
+    assert plain.numel() == torch.ops.fna_ext.sampled_stats_size(e, c_out, True)
+    tail = stats[stats.numel() - 2 * e - 2 * c_out:]
+    mean2, invstd2 = tail[:e], tail[e:2 * e]
+    pre = (h2 - mean2.view(1, e, 1, 1)) * invstd2.view(1, e, 1, 1) * weights[5][:e].view(1, e, 1, 1)
+    activated = torch.nn.functional.hardswish(pre + weights[6][:e].view(1, e, 1, 1))
+    pooled = stats[stats.numel() - 2 * e - 2 * c_out - n * e:stats.numel() - 2 * e - 2 * c_out].view(n, e)
+    torch.testing.assert_close(pooled, activated.mean((2, 3)), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("activation, se_kind", [("swish", "se"), ("hardswish", "hse")])
 def test_gradcheck_with_se_in_float64(activation, se_kind):
     x, weights, se_tensors = _op_args()

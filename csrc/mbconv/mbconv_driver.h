@@ -349,14 +349,22 @@ inline Geometry make_geometry(const at::Tensor& x, const at::Tensor& dw_weight, 
 
 inline bool has_residual(const Geometry& g) { return g.stride == 1 && g.c_in == g.c_out; }
 
-// Stats layout (double): [mean, invstd] per BN, e channels for BN1 and BN2, C_out for BN3. Also
-// the fna_ext::sampled_stats_size op, which the fake kernels ask (registration.cpp).
-inline int64_t stats_size(int64_t e, int64_t c_out, bool with_bn1) { return (with_bn1 ? 4 : 2) * e + 2 * c_out; }
-inline int64_t stats_size(const Geometry& g, bool with_bn1) { return stats_size(g.e, g.c_out, with_bn1); }
+// Stats layout (double): [mean, invstd] per BN, e channels for BN1 and BN2, C_out for BN3, and
+// with an SE its pooled means (N x e, se_pooled values) between BN1's and BN2's. Also the
+// fna_ext::sampled_stats_size op, which the fake kernels ask (registration.cpp).
+inline int64_t stats_size(int64_t e, int64_t c_out, bool with_bn1, int64_t se_pooled = 0) {
+  return (with_bn1 ? 4 : 2) * e + se_pooled + 2 * c_out;
+}
 
 struct TailStats {
   at::Tensor mean2, invstd2, mean3, invstd3;
 };
+
+// The SE's pooled means (N, e) in stats (see stats_size): the forward keeps them, so the backward
+// has the gate before its pass over the pixels (se_backward_one_pass).
+inline at::Tensor se_pooled_stats(const at::Tensor& stats, const Geometry& g) {
+  return narrowed(stats, 0, stats.numel() - 2 * g.e - 2 * g.c_out - g.n * g.e, g.n * g.e).view({g.n, g.e});
+}
 
 inline TailStats tail_stats(const at::Tensor& stats, const Geometry& g) {
   const int64_t base = stats.numel() - 2 * g.e - 2 * g.c_out;
@@ -473,7 +481,8 @@ inline SeGrads se_backward(const SqueezeExcite& se, const at::Tensor& ga, const 
 }
 
 // Whether Backend runs the SE's passes over the (rows, e) activations itself (se_sums,
-// se_gated_act and se_apply; see tail_forward and tail_backward); the others run them as ATen
+// se_gated_act and se_grad_sums, and the gate applied in depthwise_backward; see tail_forward and
+// se_backward_one_pass); the others run them as ATen
 // ops (se_forward, apply_gate, se_backward).
 template <class Backend, class = void>
 struct FusesSePasses : std::false_type {};
@@ -606,19 +615,23 @@ void projection_backward(at::Tensor ga2, const at::Tensor& gh3, const at::Tensor
   if (product.defined()) Backend::matmul(product, gh3.t(), a2);
 }
 
-// The projection's input act(BN2(h2)), gated by the SE if there is one, written out.
+// The projection's input act(BN2(h2)), gated by the SE if there is one, written out; the SE's
+// pooled means go to `pooled` (see se_pooled_stats).
 template <class Backend>
 at::Tensor activated_hidden(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
-                            const at::Tensor& shift2, const SqueezeExcite& se) {
+                            const at::Tensor& shift2, const SqueezeExcite& se, const at::Tensor& pooled) {
   at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
   if (!se.defined()) {
     Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
   } else if constexpr (FusesSePasses<Backend>::value) {  // the gate from the per-image means, then a2 gated
-    const at::Tensor pooled = std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g));
-    Backend::se_gated_act(h2, scale2, shift2, g.act_depthwise, se_forward_from_pooled(se, pooled).gate, g, a2);
+    const at::Tensor means = Backend::se_sums(h2, scale2, shift2, g.act_depthwise, g);
+    pooled.copy_(means);
+    Backend::se_gated_act(h2, scale2, shift2, g.act_depthwise, se_forward_from_pooled(se, means).gate, g, a2);
   } else {
     Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
-    apply_gate(a2, se_forward(se, a2, g).gate, g);
+    const SeState state = se_forward(se, a2, g);
+    pooled.copy_(state.pooled);
+    apply_gate(a2, state.gate, g);
   }
   return a2;
 }
@@ -637,10 +650,11 @@ struct FusesActivatedProduct<Backend, std::void_t<decltype(&Backend::activated_m
 // MobileNetV3's 20x20 block of the benchmark, batch 16).
 template <class Backend>
 void project_gate_in_weight(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2,
-                            const at::Tensor& shift2, const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3) {
+                            const at::Tensor& shift2, const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3,
+                            const at::Tensor& pooled_out) {
   const at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
-  const at::Tensor pooled =
-      std::get<0>(Backend::se_sums(at::Tensor(), h2, scale2, shift2, g.act_depthwise, g, a2));
+  const at::Tensor pooled = Backend::se_sums(h2, scale2, shift2, g.act_depthwise, g, a2);
+  pooled_out.copy_(pooled);
   const at::Tensor gate = se_forward_from_pooled(se, pooled).gate;  // (N, e), h2's dtype as pooled
   // (N, c_out, e) of contiguous rows (transposed, MKL takes it as it is), in the backend's
   // reused memory: in fresh memory the multiply took 1.4 ms a step at MobileNetV3 (AVX2, inside
@@ -652,10 +666,10 @@ void project_gate_in_weight(const Geometry& g, const at::Tensor& h2, const at::T
   at::bmm_out(per_image_h3, a2.view({g.n, pixels, g.e}), weights.transpose(1, 2));
 }
 
-// h3 = act(BN2(h2)) Wp^T (gated by the SE).
+// h3 = act(BN2(h2)) Wp^T (gated by the SE, whose pooled means go to `pooled`).
 template <class Backend>
 void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, const at::Tensor& shift2,
-             const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3) {
+             const SqueezeExcite& se, const at::Tensor& wp_t, at::Tensor h3, const at::Tensor& pooled) {
   if constexpr (FusesActivatedProduct<Backend>::value) {
     if (!se.defined()) {
       Backend::activated_matmul(h3, h2, scale2, shift2, g.act_depthwise, wp_t);
@@ -665,11 +679,11 @@ void project(const Geometry& g, const at::Tensor& h2, const at::Tensor& scale2, 
   if constexpr (FusesSePasses<Backend>::value) {
     // where the backend's own product takes the shape, it keeps it (one plain product)
     if (se.defined() && !Backend::own_product(h3, h2, wp_t)) {
-      project_gate_in_weight<Backend>(g, h2, scale2, shift2, se, wp_t, h3);
+      project_gate_in_weight<Backend>(g, h2, scale2, shift2, se, wp_t, h3, pooled);
       return;
     }
   }
-  Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se), wp_t);
+  Backend::matmul(h3, activated_hidden<Backend>(g, h2, scale2, shift2, se, pooled), wp_t);
 }
 
 // Whether Backend's matmul takes an addend, out = a b + addend (the CPU's: see host_matmul).
@@ -733,13 +747,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tail_forward(
       bn_forward_coefficients<Backend>(sum, sumsq, g.rows_out(), eps, s.mean2, s.invstd2, bn2_w, bn2_b, opmath);
   const at::Tensor wp = narrowed(project_weight.reshape({g.c_out, g.e_max}), 1, 0, g.e);
   at::Tensor h3 = Backend::empty({g.rows_out(), g.c_out}, in.options());
-  project<Backend>(g, h2, scale2, shift2, se, wp.t(), h3);
+  project<Backend>(g, h2, scale2, shift2, se, wp.t(), h3, se.defined() ? se_pooled_stats(stats, g) : at::Tensor());
   Backend::row_stats(h3, sum3, sumsq3);
   auto [scale3, shift3] =
       bn_forward_coefficients<Backend>(sum3, sumsq3, g.rows_out(), eps, s.mean3, s.invstd3, bn3_w, bn3_b, opmath);
   at::Tensor out = Backend::empty({g.rows_out(), g.c_out}, in.options());
   Backend::affine_act(h3, scale3, shift3, kIdentity, has_residual(g) ? x_rows : at::Tensor(), out);
   return {out, h2, h3};
+}
+
+// An SE block's backward from ga2 = dL/d(gated a2) on, where the backend fuses the SE's passes.
+// The gate comes from the forward's pooled means (se_pooled_stats), so one pass over ga2 and h2
+// (se_grad_sums) gives every per-image sum and, in a weight step (product defined), writes the
+// gated a2 for the projection's weight gradient gh3^T a2. From the sums come the SE's backward
+// and BN2's backward sums (sg2, sgh2); dL/da2 = ga2 gate + dpooled is left to the depthwise
+// backward, which applies it as it loads ga2: returns (gate, dpooled), (N, e) in h2's dtype.
+// Two passes, the SE's sums and then one that wrote dL/da2 and the gated a2 back, read ga2 and
+// h2 twice and wrote two tensors of the block's largest size.
+template <class Backend>
+std::pair<at::Tensor, at::Tensor> se_backward_one_pass(const Geometry& g, const SqueezeExcite& se,
+                                                       const at::Tensor& stats, const at::Tensor& ga2,
+                                                       const at::Tensor& gh3, const at::Tensor& h2,
+                                                       const at::Tensor& scale2, const at::Tensor& shift2,
+                                                       at::Tensor sg2, at::Tensor sgh2, at::Tensor product,
+                                                       SeGrads& grads) {
+  const auto dtype = h2.scalar_type();
+  const at::Tensor pooled = se_pooled_stats(stats, g).to(dtype);
+  const at::Tensor forward_gate = se_forward_from_pooled(se, pooled).gate.to(dtype).contiguous();
+  const at::Tensor a2 = product.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
+  // (5, N, e) float64: ga2 a, d ga2, d, d ga2 h2, d h2 with a the ungated activation, d its derivative
+  const at::Tensor sums = Backend::se_grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, g, forward_gate, a2);
+  const SeBackward b = se_backward_from_sums(se, pooled, sums[0].to(dtype), g, product.defined());
+  grads = b.grads;
+  const at::Tensor gate = b.gate.to(dtype).contiguous(), dpooled = b.dpooled.to(dtype).contiguous();
+  // gz = d (ga2 gate + dpooled): the gate and dpooled as the depthwise backward applies them
+  const at::Tensor gate64 = gate.to(at::kDouble), dpooled64 = dpooled.to(at::kDouble);
+  sg2.copy_((sums[1] * gate64 + sums[2] * dpooled64).sum(0));
+  sgh2.copy_((sums[3] * gate64 + sums[4] * dpooled64).sum(0));
+  if (product.defined()) Backend::matmul(product, gh3.t(), a2);
+  return {gate, dpooled};
 }
 
 struct TailGrads {
@@ -778,24 +824,21 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   at::Tensor grad_project = weight_grads ? at::empty({g.c_out, g.e_max}, h3.options()) : at::Tensor();
   // rows of stride e_max: BLAS's ldc
   const at::Tensor product = weight_grads ? narrowed(grad_project, 1, 0, g.e) : at::Tensor();
+  at::Tensor se_gate, se_dpooled;  // for the depthwise backward to apply as it loads ga2 (FusesSePasses)
   if (!se.defined()) {
     projection_backward<Backend>(ga2, gh3, wp, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, product);
   } else {
-    at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
     Backend::matmul(ga2, gh3, wp);
     if constexpr (FusesSePasses<Backend>::value) {
-      // two passes: the SE's per-image sums; then dL/da2, the gated a2 and BN2's sums, which need
-      // the gate (where ATen ops take eight passes over these (rows, e) tensors)
-      const auto [pooled, dgate] = Backend::se_sums(ga2, h2, scale2, shift2, g.act_depthwise, g);
-      const SeBackward b = se_backward_from_sums(se, pooled, dgate, g, weight_grads);
-      r.se = b.grads;
-      Backend::se_apply(ga2, h2, scale2, shift2, g.act_depthwise, b.gate, b.dpooled, g, a2, sg2, sgh2);
+      std::tie(se_gate, se_dpooled) =
+          se_backward_one_pass<Backend>(g, se, stats, ga2, gh3, h2, scale2, shift2, sg2, sgh2, product, r.se);
     } else {
+      at::Tensor a2 = Backend::empty({g.rows_out(), g.e}, h2.options());
       Backend::affine_act(h2, scale2, shift2, g.act_depthwise, at::Tensor(), a2);
       r.se = se_backward(se, ga2, a2, g, weight_grads);
       Backend::grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, sg2, sgh2, at::Tensor());
+      if (weight_grads) Backend::matmul(product, gh3.t(), a2);
     }
-    if (weight_grads) Backend::matmul(product, gh3.t(), a2);
   }
   r.bn2 = bn_grad<Backend>(sg2, sgh2, s.mean2, s.invstd2, bn2_w, g.rows_out(), opmath);
   if (weight_grads) {
@@ -808,8 +851,13 @@ TailGrads tail_backward(const Geometry& g, const at::Tensor& grad_rows, const at
   r.grad_in = Backend::empty({g.rows_in(), g.e}, h2.options());
   r.sum_g1 = sums[4];
   r.sum_gh1 = sums[5];
-  Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
-                              dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1);
+  if constexpr (FusesSePasses<Backend>::value) {
+    Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
+                                dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1, se_gate, se_dpooled);
+  } else {
+    Backend::depthwise_backward(g, ga2, h2, scale2, shift2, r.bn2.a, r.bn2.b, r.bn2.c, in, scale1, shift1,
+                                dw_weight.contiguous(), r.grad_in, r.grad_dw, r.sum_g1, r.sum_gh1);
+  }
   return r;
 }
 
@@ -851,7 +899,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sampled_m
   const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
-  at::Tensor stats = at::empty({stats_size(g, true)}, x.options().dtype(at::kDouble));
+  at::Tensor stats = at::empty({stats_size(g.e, g.c_out, true, se.defined() ? g.n * g.e : 0)},
+                               x.options().dtype(at::kDouble));
 
   const at::Tensor we = narrowed(expand_weight.reshape({g.e_max, g.c_in}), 0, 0, g.e);
   at::Tensor h1 = Backend::empty({g.rows_in(), g.e}, x.options());
@@ -886,7 +935,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> depthwise_project_for
   g.act_depthwise = static_cast<int>(activation);
   const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
   const at::Tensor x_rows = has_residual(g) ? as_rows(x.contiguous(at::MemoryFormat::ChannelsLast)) : at::Tensor();
-  at::Tensor stats = at::empty({stats_size(g, false)}, x.options().dtype(at::kDouble));
+  at::Tensor stats = at::empty({stats_size(g.e, g.c_out, false, se.defined() ? g.n * g.e : 0)},
+                               x.options().dtype(at::kDouble));
   auto [out, h2, h3] = tail_forward<Backend>(
       g, x_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight, project_weight,
       slice_or_undefined(bn2_w, g.e), slice_or_undefined(bn2_b, g.e), slice_or_undefined(bn3_w, g.c_out),

@@ -283,12 +283,14 @@ def _channels_last(x: torch.Tensor, n: int, c: int, h: int, w: int) -> torch.Ten
     return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
 
-def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, dilation, with_bn1):
+def _fake_tail(x, hidden_channels, project_weight, kernel_size, stride, dilation, with_bn1, attributes):
     n, _, h, w = x.shape
     ho, wo = _out_size(h, kernel_size, stride, dilation), _out_size(w, kernel_size, stride, dilation)
     e, c_out = hidden_channels, project_weight.shape[0]
+    se_pooled = n * e if _attributes(attributes, 0)[_SE_TENSORS][0] is not None else 0  # the SE's means
     # the layout is the kernels' to decide: ask them rather than re-encode it here
-    stats = x.new_empty((torch.ops.fna_ext.sampled_stats_size(int(e), int(c_out), with_bn1),), dtype=torch.float64)
+    stats = x.new_empty((torch.ops.fna_ext.sampled_stats_size(int(e), int(c_out), with_bn1, se_pooled),),
+                        dtype=torch.float64)
     return (_channels_last(x, n, c_out, ho, wo), _channels_last(x, n, e, ho, wo),
             _channels_last(x, n, c_out, ho, wo), stats)
 
@@ -316,14 +318,15 @@ def _fake_se_grads(x, attributes, weight_grads):
 def _fake_sampled_forward(x, expand_weight, dw_weight, project_weight, bn1_w, bn1_b, bn2_w, bn2_b, bn3_w, bn3_b,
                           kernel_size, expand_channels, stride, eps, dilation=1, *attributes):
     out, h2, h3, stats = _fake_tail(x, expand_channels, project_weight, kernel_size, stride, dilation,
-                                    with_bn1=True)
+                                    with_bn1=True, attributes=attributes)
     h1 = _channels_last(x, x.shape[0], expand_channels, x.shape[2], x.shape[3])
     return out, h1, h2, h3, stats
 
 
 def _fake_tail_forward(x, hidden, dw_weight, project_weight, bn2_w, bn2_b, bn3_w, bn3_b, kernel_size, stride, eps,
                        dilation=1, *attributes):
-    return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, dilation, with_bn1=False)
+    return _fake_tail(x, hidden.shape[1], project_weight, kernel_size, stride, dilation, with_bn1=False,
+                      attributes=attributes)
 
 
 def _fake_grads(x, params, bns, weight_grads):
