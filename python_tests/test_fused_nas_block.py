@@ -212,6 +212,22 @@ def test_frozen_weights_get_no_se_gradient_work():
     assert all(g.numel() == 0 for g in grads[1:])
 
 
+def test_a_backward_refuses_stats_from_another_block():
+    # the stats' layout depends on the SE (its pooled means); another forward's would be misread
+    x, weights, se = _op_args()
+    with torch.no_grad():
+        out, h1, h2, h3, stats = torch.ops.fna_ext.sampled_mbconv_forward(x, *weights, 3, 12, 1, 1e-5, 1, 2)
+        with pytest.raises(RuntimeError, match="stats must be the forward's float64 stats"):
+            torch.ops.fna_ext.sampled_mbconv_backward(torch.randn_like(out), x, *weights, h1, h2, h3, stats, 3, 1,
+                                                      True, 1, 2, *se, 6, 1, 1)
+        hidden = torch.randn(2, 12, 5, 7, dtype=torch.float64)
+        out, h2, h3, stats = torch.ops.fna_ext.depthwise_project_forward(x, hidden, *weights[1:3], *weights[5:], 3, 1,
+                                                                         1e-5, 1, 3, *se, 5, 3, 0)
+        with pytest.raises(RuntimeError, match="stats must be the forward's float64 stats"):
+            torch.ops.fna_ext.depthwise_project_backward(torch.randn_like(out), x, hidden, *weights[1:3],
+                                                         *weights[5:], h2, h3, stats, 3, 1, True, 1, 3)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(activation=7), "activation 7 is not an activation code"),
     (dict(se_channels=9), "se_channels 9 is outside 1..8"),

@@ -356,6 +356,14 @@ inline int64_t stats_size(int64_t e, int64_t c_out, bool with_bn1, int64_t se_po
   return (with_bn1 ? 4 : 2) * e + se_pooled + 2 * c_out;
 }
 
+// A backward's stats must be its forward's: the layout depends on the block (with_bn1, an SE).
+inline void check_stats(const char* op, const at::Tensor& stats, const Geometry& g, bool with_bn1, bool se) {
+  const int64_t expected = stats_size(g.e, g.c_out, with_bn1, se ? g.n * g.e : 0);
+  TORCH_CHECK(stats.dim() == 1 && stats.numel() == expected && stats.scalar_type() == at::kDouble, op,
+              ": stats must be the forward's float64 stats of this block (", expected, " values",
+              se ? ", with the SE's pooled means" : "", "), got ", stats.sizes(), " ", stats.scalar_type());
+}
+
 struct TailStats {
   at::Tensor mean2, invstd2, mean3, invstd3;
 };
@@ -961,6 +969,7 @@ std::vector<at::Tensor> sampled_mbconv_backward(
   Geometry g = make_geometry(x, dw_weight, project_weight, h1.size(1), kernel_size, stride, dilation);
   g.act_expand = g.act_depthwise = static_cast<int>(activation);
   const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
+  check_stats(op, stats, g, true, se.defined());
   const auto opmath = opmath_type(x.scalar_type());
   const at::Tensor x_rows = as_rows(x.contiguous(at::MemoryFormat::ChannelsLast));
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
@@ -1013,6 +1022,7 @@ std::vector<at::Tensor> depthwise_project_backward(
   Geometry g = make_geometry(x, dw_weight, project_weight, hidden.size(1), kernel_size, stride, dilation);
   g.act_depthwise = static_cast<int>(activation);
   const SqueezeExcite se = make_se(op, g, x, FNA_MBCONV_SE_ARGS);
+  check_stats(op, stats, g, false, se.defined());
   const at::Tensor grad_rows = as_rows(grad_out.contiguous(at::MemoryFormat::ChannelsLast));
   TailGrads t = tail_backward<Backend>(g, grad_rows, as_nhwc_view(hidden), at::Tensor(), at::Tensor(), dw_weight,
                                        project_weight, slice_or_undefined(bn2_w, g.e),
