@@ -458,10 +458,9 @@ struct SeBackward {
   SeGrads grads;
 };
 
-inline SeBackward se_backward_from_sums(const SqueezeExcite& se, const at::Tensor& pooled, const at::Tensor& dgate,
-                                        const Geometry& g, bool weight_grads) {
-  const auto opmath = pooled.scalar_type();
-  const SeState s = se_forward_from_pooled(se, pooled);
+inline SeBackward se_backward_from_state(const SqueezeExcite& se, const SeState& s, const at::Tensor& dgate,
+                                         const Geometry& g, bool weight_grads) {
+  const auto opmath = s.pooled.scalar_type();
   const at::Tensor dz2 = se.gate == kHardSigmoidGate ? at::hardsigmoid_backward(dgate, s.z2)
                                                        : at::sigmoid_backward(dgate, s.gate);
   const at::Tensor dz1 = activation_grad_tensor(at::mm(dz2, se.expand_w.to(opmath)), s.z1, se.inner);
@@ -473,6 +472,11 @@ inline SeBackward se_backward_from_sums(const SqueezeExcite& se, const at::Tenso
     r.grads.reduce_b = dz1.sum(0);
   }
   return r;
+}
+
+inline SeBackward se_backward_from_sums(const SqueezeExcite& se, const at::Tensor& pooled, const at::Tensor& dgate,
+                                        const Geometry& g, bool weight_grads) {
+  return se_backward_from_state(se, se_forward_from_pooled(se, pooled), dgate, g, weight_grads);
 }
 
 // ga (rows_out, e) holds dL/d(gated a2) and becomes dL/da2; a2 (ungated) becomes gated.
@@ -780,14 +784,14 @@ std::pair<at::Tensor, at::Tensor> se_backward_one_pass(const Geometry& g, const 
                                                        at::Tensor sg2, at::Tensor sgh2, at::Tensor product,
                                                        SeGrads& grads) {
   const auto dtype = h2.scalar_type();
-  const at::Tensor pooled = se_pooled_stats(stats, g).to(dtype);
-  const at::Tensor forward_gate = se_forward_from_pooled(se, pooled).gate.to(dtype).contiguous();
+  const SeState forward = se_forward_from_pooled(se, se_pooled_stats(stats, g).to(dtype));
+  const at::Tensor gate = forward.gate.to(dtype).contiguous();
   const at::Tensor a2 = product.defined() ? Backend::empty({g.rows_out(), g.e}, h2.options()) : at::Tensor();
   // (5, N, e) float64: ga2 a, d ga2, d, d ga2 h2, d h2 with a the ungated activation, d its derivative
-  const at::Tensor sums = Backend::se_grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, g, forward_gate, a2);
-  const SeBackward b = se_backward_from_sums(se, pooled, sums[0].to(dtype), g, product.defined());
+  const at::Tensor sums = Backend::se_grad_sums(ga2, h2, scale2, shift2, g.act_depthwise, g, gate, a2);
+  const SeBackward b = se_backward_from_state(se, forward, sums[0].to(dtype), g, product.defined());
   grads = b.grads;
-  const at::Tensor gate = b.gate.to(dtype).contiguous(), dpooled = b.dpooled.to(dtype).contiguous();
+  const at::Tensor dpooled = b.dpooled.to(dtype).contiguous();
   // gz = d (ga2 gate + dpooled): the gate and dpooled as the depthwise backward applies them
   const at::Tensor gate64 = gate.to(at::kDouble), dpooled64 = dpooled.to(at::kDouble);
   sg2.copy_((sums[1] * gate64 + sums[2] * dpooled64).sum(0));
