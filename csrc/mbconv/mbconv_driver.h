@@ -243,24 +243,26 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
   }
 }
 
-// The CPU backend's GEMM, out = a b, in two shapes MKL handles poorly (bench_mbconv's shapes, this
-// session's measurements in benchmarks/RESULTS.md):
-// - a large output from a short product (the expansion, K = C_in): with beta = 0 MKL first clears
-//   C in a slow scaling pass of its own; zeroing out and accumulating (beta = 1) was 1.0-1.44x as
-//   fast, and never slower, from K = 16 to 672;
+// The CPU backend's GEMM, out = a b, where MKL runs it:
+// - a large output from a short product (the expansion, K = C_in; the backward's ga2 from C_out's
+//   gradient): MKL with beta = 0 (mm_out). Against zeroing out first and accumulating (beta = 1),
+//   it was 1.00-1.33x as fast on AVX2 and 1.00-1.55x on AVX-512 from K = 24 to 960, and never
+//   slower (torch 2.13 and 2.14's MKL, out reused, session 30 in benchmarks/RESULTS.md): 4.8
+//   against 5.3 ms at MobileNetV3's ga2 (6400 x 112 x 672), 13.3 against 15.8 at DeepLab's (AVX2);
 // - a weight gradient, a reduction over the rows: MKL is 15-25% faster when the longer side of the
 //   small output is its rows, so a wide output is computed transposed and copied (a few KB).
-// With `addend` defined, out = a b + addend: a copy of it takes the clearing pass's place.
+// With `addend` defined, out = a b + addend: a copy of it, then beta = 1, as fast as a product and
+//   a pass that adds it after (MobileNetV3's input gradient with its residual).
 inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                         const at::Tensor& addend = at::Tensor()) {
   const bool reduction = a.size(1) > out.size(0) && a.size(1) > out.size(1);
   if (!reduction) {
     if (addend.defined()) {
       out.copy_(addend);
+      out.addmm_(a, b);
     } else {
-      out.zero_();
+      at::mm_out(out, a, b);
     }
-    out.addmm_(a, b);
     return;
   }
   if (out.size(0) < out.size(1)) {
