@@ -1,6 +1,6 @@
 """The CPU benchmarks' own logic on tiny inputs: bench_mbconv's profile of the fused op and its
 floor, bench_host_overhead's op counts and bench_loader_gap's cycles and argument checks (the figures
-themselves are in RESULTS.md)."""
+themselves are in RESULTS.md), and bench_host_gemm's products."""
 
 import argparse
 import os
@@ -188,3 +188,20 @@ def test_loader_gap_refuses_bad_arguments_in_one_line(argv, message):
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_loader_gap.py"), *argv],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr.startswith(message) and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_host_gemm_compares_versions_that_compute_the_same_product():
+    import bench_host_gemm
+
+    shapes = [bench_mbconv.Shape("plain", 2, 8, 6, 3, 6), bench_mbconv.Shape("stride 2", 2, 8, 7, 5, 6, stride=2)]
+    assert bench_host_gemm.products(shapes[1]) == [("ga2", 2 * 16, 8, 48), ("grad_x", 2 * 49, 48, 8)]
+    for name, rows, k, n in bench_host_gemm.products(shapes[0]):
+        for with_addend in (False, True):
+            fns = bench_host_gemm.versions(rows, k, n, with_addend)
+            first, second = (fn().clone() for fn in fns.values())
+            torch.testing.assert_close(first, second)
+    result = bench_host_gemm.run(repeats=1, shapes=shapes)
+    products = [(row["shape"], row["product"], row["addend"]) for row in result["rows"]]
+    assert products == [(s.name, p, a) for s in shapes for p, a in (("ga2", False), ("grad_x", False), ("grad_x", True))]
+    assert all(len(row["ms"]) == 2 and all(ms > 0 for ms in row["ms"].values()) for row in result["rows"])
+    assert "x" in bench_host_gemm.format_row(result["rows"][0])

@@ -1,0 +1,115 @@
+"""MKL's two ways of a 1x1 conv's product into a large output, at the block shapes of
+bench_mbconv.py: the rule of ``host_matmul`` (csrc/mbconv/mbconv_driver.h) measured again.
+
+- ``beta0``: ``torch.mm(a, b, out=out)``, what host_matmul runs (BLAS beta = 0);
+- ``zero_beta1``: ``out.zero_().addmm_(a, b)``, what it ran before session 30, on the belief that
+  MKL's beta = 0 clears the output in a slow pass of its own;
+- with a residual's gradient to add: ``copy_beta1`` (``out.copy_(r).addmm_(a, b)``, what
+  host_matmul runs) against ``beta0_add`` (the product, then ``out.add_(r)``).
+
+Each shape gives two products, as the block runs them: the backward's ga2 (rows x C_out into E,
+K = C; the expansion's has its shape at stride 1) and the input gradient (rows x E into C, K = E),
+the latter also with the residual's gradient to add. The output is
+reused, as the fused op reuses its host block cache, and a 64 MB buffer is written (untimed) before
+every call so that the operands come from memory, as they do inside the block. Medians of
+interleaved runs.
+
+    python benchmarks/bench_host_gemm.py [--repeats 15] [--cpu-isa avx2] [--json]
+
+A new torch or MKL can move these figures: where ``zero_beta1`` comes out faster than ``beta0``,
+host_matmul's rule wants measuring again inside the block (bench_mbconv.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mbconv import SHAPES, Shape, pixels  # noqa: E402
+from timing import ISA_ENV, hardware, isa_env, isa_record, malloc_env, restart_with, seconds_of_one_call  # noqa: E402
+
+POLLUTE_BYTES = 64 << 20  # more than the last-level cache of the machines timed so far
+
+
+def products(shape: Shape) -> list[tuple[str, int, int, int]]:
+    """(name, rows, k, n) of the block's two MKL-sized products at ``shape``: into E from C, and
+    the input gradient from E into C (at the input's rows)."""
+    e = shape.expansion * shape.c
+    rows_in, rows_out = pixels(shape)
+    return [("ga2", rows_out, shape.c, e), ("grad_x", rows_in, e, shape.c)]
+
+
+def versions(rows: int, k: int, n: int, with_addend: bool) -> dict:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, k, generator=g), torch.randn(k, n, generator=g)
+    out, addend = torch.empty(rows, n), torch.randn(rows, n, generator=g)
+    if with_addend:
+        return {"copy_beta1": lambda: out.copy_(addend).addmm_(a, b),
+                "beta0_add": lambda: torch.mm(a, b, out=out).add_(addend)}
+    return {"beta0": lambda: torch.mm(a, b, out=out),
+            "zero_beta1": lambda: out.zero_().addmm_(a, b)}
+
+
+def cold_medians(fns: dict, repeats: int, pollute: torch.Tensor, warmup: int = 2) -> dict[str, float]:
+    """Median ms per call of each version, interleaved, each call after a write of `pollute`
+    (not timed), so that its operands come from memory."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            pollute.add_(1.0)
+            times[name].append(1e3 * seconds_of_one_call(fn, "cpu"))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def run(repeats: int, shapes: list[Shape] = SHAPES) -> dict:
+    pollute = torch.empty(POLLUTE_BYTES // 4)
+    rows = []
+    for shape in shapes:
+        for name, m, k, n in products(shape):
+            # only the input gradient has an addend: the residual's gradient
+            for with_addend in (False, True) if name == "grad_x" else (False,):
+                ms = cold_medians(versions(m, k, n, with_addend), repeats, pollute)
+                rows.append({"shape": shape.name, "product": name, "rows": m, "k": k, "n": n,
+                             "addend": with_addend, "ms": ms})
+    return {"date": date.today().isoformat(), "device": "cpu", "hardware": hardware("cpu"),
+            **isa_record("cpu"), "torch": torch.__version__, "repeats": repeats, "rows": rows}
+
+
+def format_row(row: dict) -> str:
+    (first, t0), (second, t1) = row["ms"].items()
+    size = f"{row['rows']} x {row['k']} -> {row['n']}"
+    return (f"{row['shape']:<40} {row['product']:<7} {size:<20} {first} {t0:7.2f} ms  {second} {t1:7.2f} ms  "
+            f"({t1 / t0:.2f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--cpu-isa", choices=sorted(ISA_ENV), help="hold ATen and MKL to this instruction set")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give at least 1")
+    restart_with({**(isa_env(args.cpu_isa) if args.cpu_isa else {}), **malloc_env("cpu", adaptive=False)})
+    result = run(args.repeats)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"MKL_ENABLE_INSTRUCTIONS={result['mkl_enable_instructions'] or '(unset)'}; "
+          "the ratio is the second version's time over the first's")
+    for row in result["rows"]:
+        print(format_row(row))
+
+
+if __name__ == "__main__":
+    main()
