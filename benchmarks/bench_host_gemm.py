@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = parser.parse_args()
     if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: give at least 1")
+        parser.exit(2, f"error: --repeats {args.repeats}: give at least 1\n")
     restart_with({**(isa_env(args.cpu_isa) if args.cpu_isa else {}), **malloc_env("cpu", adaptive=False)})
     result = run(args.repeats)
     if args.json:

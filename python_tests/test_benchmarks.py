@@ -205,3 +205,9 @@ def test_host_gemm_compares_versions_that_compute_the_same_product():
     assert products == [(s.name, p, a) for s in shapes for p, a in (("ga2", False), ("grad_x", False), ("grad_x", True))]
     assert all(len(row["ms"]) == 2 and all(ms > 0 for ms in row["ms"].values()) for row in result["rows"])
     assert "x" in bench_host_gemm.format_row(result["rows"][0])
+
+
+def test_host_gemm_refuses_a_bad_repeat_count_in_one_line():
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_host_gemm.py"), "--repeats", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and run.stderr == "error: --repeats 0: give at least 1\n", run.stderr
