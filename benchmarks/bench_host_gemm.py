@@ -12,7 +12,7 @@ K = C; the expansion's has its shape at stride 1) and the input gradient (rows x
 the latter also with the residual's gradient to add. The output is
 reused, as the fused op reuses its host block cache, and a 64 MB buffer is written (untimed) before
 every call so that the operands come from memory, as they do inside the block. Medians of
-interleaved runs.
+interleaved runs (benchmarks/timing.py).
 
     python benchmarks/bench_host_gemm.py [--repeats 15] [--cpu-isa avx2] [--json]
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from datetime import date
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mbconv import SHAPES, Shape, pixels  # noqa: E402
-from timing import ISA_ENV, hardware, isa_env, isa_record, malloc_env, restart_with, seconds_of_one_call  # noqa: E402
+from timing import ISA_ENV, hardware, interleaved_medians, isa_env, isa_record, malloc_env, restart_with  # noqa: E402
 
 POLLUTE_BYTES = 64 << 20  # more than the last-level cache of the machines timed so far
 
@@ -57,20 +56,6 @@ def versions(rows: int, k: int, n: int, with_addend: bool) -> dict:
             "zero_beta1": lambda: out.zero_().addmm_(a, b)}
 
 
-def cold_medians(fns: dict, repeats: int, pollute: torch.Tensor, warmup: int = 2) -> dict[str, float]:
-    """Median ms per call of each version, interleaved, each call after a write of `pollute`
-    (not timed), so that its operands come from memory."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            pollute.add_(1.0)
-            times[name].append(1e3 * seconds_of_one_call(fn, "cpu"))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def run(repeats: int, shapes: list[Shape] = SHAPES) -> dict:
     pollute = torch.empty(POLLUTE_BYTES // 4)
     rows = []
@@ -78,7 +63,9 @@ def run(repeats: int, shapes: list[Shape] = SHAPES) -> dict:
         for name, m, k, n in products(shape):
             # only the input gradient has an addend: the residual's gradient
             for with_addend in (False, True) if name == "grad_x" else (False,):
-                ms = cold_medians(versions(m, k, n, with_addend), repeats, pollute)
+                seconds = interleaved_medians(versions(m, k, n, with_addend), repeats, "cpu",
+                                              before_each=lambda: pollute.add_(1.0))
+                ms = {version: 1e3 * s for version, s in seconds.items()}
                 rows.append({"shape": shape.name, "product": name, "rows": m, "k": k, "n": n,
                              "addend": with_addend, "ms": ms})
     return {"date": date.today().isoformat(), "device": "cpu", "hardware": hardware("cpu"),

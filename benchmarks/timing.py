@@ -92,8 +92,9 @@ def synchronize(device: str) -> None:
 
 
 def interleaved_medians(versions: dict[str, Callable[[], object]], repeats: int, device: str,
-                        warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each version."""
+                        warmup: int = 2, before_each: Callable[[], object] | None = None) -> dict[str, float]:
+    """Median seconds per call of each version; `before_each` (untimed) runs before every timed
+    call, for example to push the operands out of the caches."""
     for fn in versions.values():
         for _ in range(warmup):
             fn()
@@ -101,6 +102,8 @@ def interleaved_medians(versions: dict[str, Callable[[], object]], repeats: int,
     times: dict[str, list[float]] = {name: [] for name in versions}
     for _ in range(repeats):
         for name, fn in versions.items():
+            if before_each is not None:
+                before_each()
             times[name].append(seconds_of_one_call(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
 

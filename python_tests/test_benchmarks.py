@@ -204,10 +204,23 @@ def test_host_gemm_compares_versions_that_compute_the_same_product():
     products = [(row["shape"], row["product"], row["addend"]) for row in result["rows"]]
     assert products == [(s.name, p, a) for s in shapes for p, a in (("ga2", False), ("grad_x", False), ("grad_x", True))]
     assert all(len(row["ms"]) == 2 and all(ms > 0 for ms in row["ms"].values()) for row in result["rows"])
-    assert "x" in bench_host_gemm.format_row(result["rows"][0])
+    row = {"shape": "s", "product": "ga2", "rows": 64, "k": 8, "n": 48, "addend": False,
+           "ms": {"beta0": 2.0, "zero_beta1": 3.0}}
+    line = bench_host_gemm.format_row(row)
+    assert "64 x 8 -> 48" in line and "beta0    2.00 ms" in line and line.endswith("zero_beta1    3.00 ms  (1.50x)")
 
 
 def test_host_gemm_refuses_a_bad_repeat_count_in_one_line():
     run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_host_gemm.py"), "--repeats", "0"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and run.stderr == "error: --repeats 0: give at least 1\n", run.stderr
+
+
+def test_interleaved_medians_runs_the_untimed_step_before_every_call():
+    from timing import interleaved_medians
+
+    calls = []
+    medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                                  device="cpu", warmup=1, before_each=lambda: calls.append("-"))
+    assert calls == ["a", "b"] + ["-", "a", "-", "b"] * 3
+    assert set(medians) == {"a", "b"} and all(s >= 0 for s in medians.values())
