@@ -1,5 +1,7 @@
-"""MKL's two ways of a 1x1 conv's product into a large output, at the block shapes of
-bench_mbconv.py: the rule of ``host_matmul`` (csrc/mbconv/mbconv_driver.h) measured again.
+"""MKL's two ways of each of a 1x1 conv's products, at the block shapes of bench_mbconv.py: the
+rules of ``host_matmul`` (csrc/mbconv/mbconv_driver.h) measured again.
+
+A product into a large output:
 
 - ``beta0``: ``torch.mm(a, b, out=out)``, what host_matmul runs (BLAS beta = 0);
 - ``zero_beta1``: ``out.zero_().addmm_(a, b)``, what it ran before session 30, on the belief that
@@ -9,15 +11,25 @@ bench_mbconv.py: the rule of ``host_matmul`` (csrc/mbconv/mbconv_driver.h) measu
 
 Each shape gives two products, as the block runs them: the backward's ga2 (rows x C_out into E,
 K = C; the expansion's has its shape at stride 1) and the input gradient (rows x E into C, K = E),
-the latter also with the residual's gradient to add. The output is
-reused, as the fused op reuses its host block cache, and a 64 MB buffer is written (untimed) before
+the latter also with the residual's gradient to add.
+
+A weight gradient, a^T b summed over the rows (a of rows x m, b of rows x n), into the small m x n
+output, two ways round:
+- ``short_rows``: MKL's output has the shorter of m and n as its rows (for m > n, b^T a is
+  computed and copied into the output transposed), what host_matmul runs since session 32;
+- ``long_rows``: the longer side as its rows, what it ran before.
+Each shape gives two: the projection's (C_out x E, over the output's rows) and the expansion's
+(E x C, over the input's rows).
+
+The output is reused, as the fused op reuses its host block cache, and a 64 MB buffer is written (untimed) before
 every call so that the operands come from memory, as they do inside the block. Medians of
 interleaved runs (benchmarks/timing.py).
 
     python benchmarks/bench_host_gemm.py [--repeats 15] [--cpu-isa avx2] [--json]
 
 A new torch or MKL can move these figures: where ``zero_beta1`` comes out faster than ``beta0``,
-host_matmul's rule wants measuring again inside the block (bench_mbconv.py).
+or ``long_rows`` than ``short_rows``, host_matmul's rule wants measuring again inside the block
+(bench_mbconv.py).
 """
 
 from __future__ import annotations
@@ -45,6 +57,26 @@ def products(shape: Shape) -> list[tuple[str, int, int, int]]:
     return [("ga2", rows_out, shape.c, e), ("grad_x", rows_in, e, shape.c)]
 
 
+def weight_gradients(shape: Shape) -> list[tuple[str, int, int, int]]:
+    """(name, rows, m, n) of the block's two weight gradients at ``shape``, each an m x n output
+    summed over ``rows``: the projection's (C_out x E) and the expansion's (E x C)."""
+    e = shape.expansion * shape.c
+    rows_in, rows_out = pixels(shape)
+    return [("grad_wp", rows_out, shape.c, e), ("grad_we", rows_in, e, shape.c)]
+
+
+def reduction_versions(rows: int, m: int, n: int) -> dict:
+    """out = a^T b with MKL's output the short side first, and the other way round."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(rows, m, generator=g), torch.randn(rows, n, generator=g)
+    out = torch.empty(m, n)
+    as_is = lambda: torch.mm(a.t(), b, out=out)  # noqa: E731
+    transposed = lambda: out.copy_(torch.mm(b.t(), a).t())  # noqa: E731
+    if m <= n:
+        return {"short_rows": as_is, "long_rows": transposed}
+    return {"short_rows": transposed, "long_rows": as_is}
+
+
 def versions(rows: int, k: int, n: int, with_addend: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(rows, k, generator=g), torch.randn(k, n, generator=g)
@@ -68,13 +100,21 @@ def run(repeats: int, shapes: list[Shape] = SHAPES) -> dict:
                 ms = {version: 1e3 * s for version, s in seconds.items()}
                 rows.append({"shape": shape.name, "product": name, "rows": m, "k": k, "n": n,
                              "addend": with_addend, "ms": ms})
+        for name, r, m, n in weight_gradients(shape):
+            seconds = interleaved_medians(reduction_versions(r, m, n), repeats, "cpu",
+                                          before_each=lambda: pollute.add_(1.0))
+            rows.append({"shape": shape.name, "product": name, "rows": r, "m": m, "n": n,
+                         "ms": {version: 1e3 * s for version, s in seconds.items()}})
     return {"date": date.today().isoformat(), "device": "cpu", "hardware": hardware("cpu"),
             **isa_record("cpu"), "torch": torch.__version__, "repeats": repeats, "rows": rows}
 
 
 def format_row(row: dict) -> str:
     (first, t0), (second, t1) = row["ms"].items()
-    size = f"{row['rows']} x {row['k']} -> {row['n']}"
+    if "m" in row:  # a weight gradient
+        size = f"{row['m']} x {row['n']} over {row['rows']}"
+    else:
+        size = f"{row['rows']} x {row['k']} -> {row['n']}"
     return (f"{row['shape']:<40} {row['product']:<7} {size:<20} {first} {t0:7.2f} ms  {second} {t1:7.2f} ms  "
             f"({t1 / t0:.2f}x)")
 

@@ -200,14 +200,25 @@ def test_host_gemm_compares_versions_that_compute_the_same_product():
             fns = bench_host_gemm.versions(rows, k, n, with_addend)
             first, second = (fn().clone() for fn in fns.values())
             torch.testing.assert_close(first, second)
+    assert bench_host_gemm.weight_gradients(shapes[1]) == [("grad_wp", 2 * 16, 8, 48), ("grad_we", 2 * 49, 48, 8)]
+    for name, rows, m, n in bench_host_gemm.weight_gradients(shapes[0]):
+        fns = bench_host_gemm.reduction_versions(rows, m, n)
+        assert list(fns) == ["short_rows", "long_rows"]
+        first, second = (fn().clone() for fn in fns.values())
+        assert first.shape == (m, n)
+        torch.testing.assert_close(first, second)
     result = bench_host_gemm.run(repeats=1, shapes=shapes)
-    products = [(row["shape"], row["product"], row["addend"]) for row in result["rows"]]
-    assert products == [(s.name, p, a) for s in shapes for p, a in (("ga2", False), ("grad_x", False), ("grad_x", True))]
+    products = [(row["shape"], row["product"], row.get("addend")) for row in result["rows"]]
+    assert products == [(s.name, p, a) for s in shapes for p, a in (("ga2", False), ("grad_x", False), ("grad_x", True),
+                                                                     ("grad_wp", None), ("grad_we", None))]
     assert all(len(row["ms"]) == 2 and all(ms > 0 for ms in row["ms"].values()) for row in result["rows"])
     row = {"shape": "s", "product": "ga2", "rows": 64, "k": 8, "n": 48, "addend": False,
            "ms": {"beta0": 2.0, "zero_beta1": 3.0}}
     line = bench_host_gemm.format_row(row)
     assert "64 x 8 -> 48" in line and "beta0    2.00 ms" in line and line.endswith("zero_beta1    3.00 ms  (1.50x)")
+    row = {"shape": "s", "product": "grad_we", "rows": 98, "m": 48, "n": 8, "ms": {"short_rows": 4.0, "long_rows": 5.0}}
+    line = bench_host_gemm.format_row(row)
+    assert "48 x 8 over 98" in line and line.endswith("long_rows    5.00 ms  (1.25x)")
 
 
 def test_host_gemm_refuses_a_bad_repeat_count_in_one_line():

@@ -249,8 +249,12 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
 //   it was 1.00-1.33x as fast on AVX2 and 1.00-1.55x on AVX-512 from K = 24 to 960, and never
 //   slower (torch 2.13 and 2.14's MKL, out reused, session 30 in benchmarks/RESULTS.md): 4.8
 //   against 5.3 ms at MobileNetV3's ga2 (6400 x 112 x 672), 13.3 against 15.8 at DeepLab's (AVX2);
-// - a weight gradient, a reduction over the rows: MKL is 15-25% faster when the longer side of the
-//   small output is its rows, so a wide output is computed transposed and copied (a few KB).
+// - a weight gradient, a reduction over the rows: MKL is faster when the shorter side of the small
+//   output is its rows, so a tall output is computed transposed and copied (a few hundred KB).
+//   Operands from memory, torch 2.13 and 2.14's MKL: 1.10-1.22x on AVX-512 and 0.99-1.14x on AVX2
+//   at the six bench_mbconv shapes' (c, e) and (e, c) products, never slower by more than the
+//   noise (session 32 in benchmarks/RESULTS.md; the opposite rule, chosen on an earlier
+//   measurement, was the slower form at every one of them).
 // With `addend` defined, out = a b + addend: a copy of it, then beta = 1, as fast as a product and
 //   a pass that adds it after (MobileNetV3's input gradient with its residual).
 inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
@@ -265,7 +269,7 @@ inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b
     }
     return;
   }
-  if (out.size(0) < out.size(1)) {
+  if (out.size(0) > out.size(1)) {
     out.copy_(at::mm(b.t(), a.t()).t());
   } else {
     at::mm_out(out, a, b);
