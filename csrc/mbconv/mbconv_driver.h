@@ -251,10 +251,11 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
 //   against 5.3 ms at MobileNetV3's ga2 (6400 x 112 x 672), 13.3 against 15.8 at DeepLab's (AVX2);
 // - a weight gradient, a reduction over the rows: MKL is faster when the shorter side of the small
 //   output is its rows, so a tall output is computed transposed and copied (a few hundred KB).
-//   Operands from memory, torch 2.13 and 2.14's MKL: 1.10-1.22x on AVX-512 and 0.99-1.14x on AVX2
-//   at the six bench_mbconv shapes' (c, e) and (e, c) products, never slower by more than the
-//   noise (session 32 in benchmarks/RESULTS.md; the opposite rule, chosen on an earlier
-//   measurement, was the slower form at every one of them).
+//   Operands from memory, torch 2.14's MKL: 1.10-1.33x as fast on AVX-512 and 0.99-1.27x on
+//   AVX2 at the bench_mbconv shapes' (c, e) and (e, c) weight gradients, and so with torch 2.13's
+//   (session 32 in benchmarks/RESULTS.md, bench_host_gemm.py; the opposite rule, chosen on an
+//   earlier measurement, was the slower form at every one of them). MobileNetV3's block 3-7%
+//   faster on AVX-512, DeepLab's 2-5%.
 // With `addend` defined, out = a b + addend: a copy of it, then beta = 1, as fast as a product and
 //   a pass that adds it after (MobileNetV3's input gradient with its residual).
 inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
