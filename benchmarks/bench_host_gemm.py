@@ -21,9 +21,9 @@ output, two ways round:
 Each shape gives two: the projection's (C_out x E, over the output's rows) and the expansion's
 (E x C, over the input's rows).
 
-The output is reused, as the fused op reuses its host block cache, and a 64 MB buffer is written (untimed) before
-every call so that the operands come from memory, as they do inside the block. Medians of
-interleaved runs (benchmarks/timing.py).
+The output is reused, as the fused op reuses its host block cache, and a 64 MB buffer is written
+(untimed) before every call so that the operands come from memory, as they do inside the block.
+Medians of interleaved runs (benchmarks/timing.py).
 
     python benchmarks/bench_host_gemm.py [--repeats 15] [--cpu-isa avx2] [--json]
 

@@ -120,6 +120,22 @@ def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
     _assert_close(results[""], results["mkl"], rtol=1e-4, atol=1e-4)
 
 
+def test_mkl_weight_gradients_have_the_short_side_as_rows(monkeypatch):
+    """Where MKL runs a weight gradient (a reduction over the rows into a small m x n output),
+    host_matmul hands it the product with the shorter side as its rows, the faster way round
+    (bench_host_gemm.py): C_out x E as it is, E x C_in transposed and copied back."""
+    monkeypatch.setenv("FNA_EXT_CPU_GEMM", "mkl")
+    torch.manual_seed(0)
+    weights, bns = _block(8, 16, 48, affine=True, dtype=torch.float32)
+    x = torch.randn(6, 8, 18, 18, requires_grad=True)  # 1944 rows
+    with torch.profiler.profile(record_shapes=True) as prof:
+        _run(True, x, weights, bns, torch.randn(6, 16, 18, 18), kernel_size=3, expand_channels=37)
+    reductions = sorted(tuple(map(tuple, e.input_shapes[:2])) for e in prof.events()
+                        if e.name == "aten::mm" and len(e.input_shapes) >= 2 and len(e.input_shapes[0]) == 2
+                        and e.input_shapes[0][1] == 1944 and e.input_shapes[1][0] == 1944)
+    assert reductions == [((8, 1944), (1944, 37)), ((16, 1944), (1944, 37))], reductions
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("activation", ["relu6", "relu", "hardswish", "swish"])
 def test_projection_applies_bn2_as_it_loads(dtype, tol, activation):
