@@ -90,21 +90,22 @@ def versions(rows: int, k: int, n: int, with_addend: bool) -> dict:
 
 def run(repeats: int, shapes: list[Shape] = SHAPES) -> dict:
     pollute = torch.empty(POLLUTE_BYTES // 4)
+
+    def milliseconds(fns: dict) -> dict:
+        """Each version's median, with the operands pushed out of the caches before every call."""
+        seconds = interleaved_medians(fns, repeats, "cpu", before_each=lambda: pollute.add_(1.0))
+        return {version: 1e3 * s for version, s in seconds.items()}
+
     rows = []
     for shape in shapes:
         for name, m, k, n in products(shape):
             # only the input gradient has an addend: the residual's gradient
             for with_addend in (False, True) if name == "grad_x" else (False,):
-                seconds = interleaved_medians(versions(m, k, n, with_addend), repeats, "cpu",
-                                              before_each=lambda: pollute.add_(1.0))
-                ms = {version: 1e3 * s for version, s in seconds.items()}
                 rows.append({"shape": shape.name, "product": name, "rows": m, "k": k, "n": n,
-                             "addend": with_addend, "ms": ms})
+                             "addend": with_addend, "ms": milliseconds(versions(m, k, n, with_addend))})
         for name, r, m, n in weight_gradients(shape):
-            seconds = interleaved_medians(reduction_versions(r, m, n), repeats, "cpu",
-                                          before_each=lambda: pollute.add_(1.0))
             rows.append({"shape": shape.name, "product": name, "rows": r, "m": m, "n": n,
-                         "ms": {version: 1e3 * s for version, s in seconds.items()}})
+                         "ms": milliseconds(reduction_versions(r, m, n))})
     return {"date": date.today().isoformat(), "device": "cpu", "hardware": hardware("cpu"),
             **isa_record("cpu"), "torch": torch.__version__, "repeats": repeats, "rows": rows}
 
