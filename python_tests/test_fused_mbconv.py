@@ -92,6 +92,33 @@ def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("c_in, step", [(64, "expansion_backward"), (72, "weight_gradient")])
+def test_weight_gradients_repeat_bit_for_bit_from_reused_cache_blocks(c_in, step):
+    """The row reductions' per-chunk partial sums come from the host block cache, uninitialised,
+    and each chunk's thread zeroes its own: a second step, whose partials reuse the first one's
+    blocks (still holding its sums), gives the same bits. At 6400 rows, 384 hidden channels and
+    32 output channels every partial is over 1 MiB, so from the cache: the projection's (inside
+    its backward's pieces), and the expansion's as one step with BN1's backward (C_in = 64) or
+    alone (C_in = 72)."""
+    torch.manual_seed(c_in)
+    weights, bns = _block(c_in, 32, 384, affine=True, dtype=torch.float32)
+    x = torch.randn(16, c_in, 20, 20, requires_grad=True)
+    grad = torch.randn(16, 32, 20, 20)
+    with torch.profiler.profile() as prof:
+        first = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
+    second = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernels
+        steps = {e.name for e in prof.events()}
+        assert {"fna_ext::mbconv::projection_backward", f"fna_ext::mbconv::{step}"} <= steps
+    for a, b in zip(first[1], second[1]):
+        assert torch.equal(a, b)
+    # swish: a smooth activation, so float32 eager differs only by rounding (ReLU6 flips a value
+    # on its edge, and one such value moved a sum past the tolerance)
+    reference = _run(False, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
+    for a, b in zip(first[1], reference[1]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
+
+
 def test_fna_ext_cpu_gemm_mkl_leaves_the_gemms_to_mkl(monkeypatch):
     """FNA_EXT_CPU_GEMM=mkl switches the backend's own GEMM kernels off (to time them against
     MKL), with the same results within float32 rounding."""
