@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>  // std::unique_ptr (PartialTotals)
 #include <unistd.h>  // sysconf: the L2 size (worth_asking_ahead)
 #include <type_traits>
 #include <utility>
