@@ -246,15 +246,26 @@ def status(compile_if_missing: bool = True) -> ExtensionStatus:
     return _status
 
 
+# Answers for a loaded library, by (op, device type): its kernels do not change while the process
+# runs, and the dispatcher query took 13 us, asked on every fused block call (benchmarks/RESULTS.md,
+# session 36).
+_KERNEL_ANSWERS: dict[tuple[str, str], bool] = {}
+
+
 # torch.compile takes the answer as a constant instead of tracing the dispatcher query (a graph
 # break): the kernels a process has do not change while it runs
 @torch.compiler.assume_constant_result
 def has_kernel(op: str, device: torch.device | str) -> bool:
     """Whether fna_ext::<op> has a compiled kernel for this device type."""
-    device_type = torch.device(device).type
+    device_type = device.type if isinstance(device, torch.device) else torch.device(device).type
+    answer = _KERNEL_ANSWERS.get((op, device_type))
+    if answer is not None:
+        return answer
     if device_type not in _DISPATCH_KEYS or not status().loaded:
-        return False
+        return False  # not kept: the library may load later (compiled on first use)
     try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"fna_ext::{op}", _DISPATCH_KEYS[device_type])
+        answer = torch._C._dispatch_has_kernel_for_dispatch_key(f"fna_ext::{op}", _DISPATCH_KEYS[device_type])
     except RuntimeError:  # an extension built from older sources, without this op
-        return False
+        answer = False
+    _KERNEL_ANSWERS[(op, device_type)] = answer
+    return answer

@@ -230,7 +230,7 @@ def depthwise_project(x: torch.Tensor, hidden: torch.Tensor, dw_weight: torch.Te
     """The rest of the block on ``hidden`` (its channel count is the expansion): depthwise k x k
     (taps ``dilation`` apart) -> BN2 -> activation (-> SE) -> project 1x1 -> BN3, plus the
     residual ``x`` when the shapes allow."""
-    centre_kernel(dw_weight, kernel_size)  # checks that k fits
+    kernel_window(dw_weight.shape[-1], kernel_size)  # checks that k fits, without slicing a tensor
     check_dilation(stride, dilation)
     _check_attributes(activation, se)
     if not takes_fused_path(x, kernel_size):
@@ -254,7 +254,7 @@ def sampled_mbconv(x: torch.Tensor, expand_weight: torch.Tensor | None, dw_weigh
     ``(C_out, E_max, 1, 1)``. ``expand_weight=None`` means no expansion conv (``expand_channels``
     must be C_in). ``act`` is ``activation`` (ReLU6, MobileNetV2's, by default)."""
     _check(x, expand_weight, dw_weight, expand_channels)
-    centre_kernel(dw_weight, kernel_size)
+    kernel_window(dw_weight.shape[-1], kernel_size)  # checks that k fits, without slicing a tensor
     check_dilation(stride, dilation)
     _check_attributes(activation, se)
     bn23 = dict(bn2_weight=bn2_weight, bn2_bias=bn2_bias, bn3_weight=bn3_weight, bn3_bias=bn3_bias, eps=eps,
