@@ -88,3 +88,15 @@ def test_compiles_on_first_use_when_not_prebuilt(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "True compiled on first use True False [1]"
     assert result.stderr.count("compiling the C++ ops once") == 1
+
+
+def test_has_kernel_answers_as_the_dispatcher_does_and_keeps_the_answer():
+    if not _extension.status().loaded:
+        pytest.skip("the extension is not loaded")
+    for op in ("nms", "sampled_mbconv_forward", "no_such_op"):
+        expected = (op != "no_such_op" and
+                    torch._C._dispatch_has_kernel_for_dispatch_key(f"fna_ext::{op}", "CPU"))
+        assert _extension.has_kernel(op, "cpu") is expected
+        assert _extension.has_kernel(op, torch.device("cpu")) is expected  # the same key either way
+        assert _extension._KERNEL_ANSWERS[(op, "cpu")] is expected
+    assert _extension.has_kernel("nms", "meta") is False  # no dispatch key of ours
