@@ -61,20 +61,22 @@ def test_fused_matches_the_reference_in_float64(k, e, stride, c_in, c_out, affin
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
-@pytest.mark.parametrize("c_in, e, c_out", [(8, 37, 5), (8, 48, 16), (8, 40, 16), (8, 9, 24), (72, 48, 16)])
+@pytest.mark.parametrize("c_in, e, c_out",
+                         [(8, 37, 5), (8, 48, 16), (8, 40, 16), (8, 9, 24), (72, 48, 16), (200, 48, 16)])
 def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     """The 1x1 convs' weight gradients over many pixels and few channels take the CPU backend's
     own reduction (outer_product_chunk: at least 8 (m + n) rows, m n <= 32768): widths that end in
     partial vectors and partial output blocks. The projection's runs inside its backward's pieces
     (projection_backward: a2 rebuilt a piece of rows at a time, from the product's registers
     where ga2's rows are whole aligned registers on AVX-512: float at 48 hidden channels, float64
-    at 48 and 40, the last a partial vector; from a buffer otherwise); at C_in = 72, too wide for the
-    expansion's backward as one step, the expansion's runs alone (weight_gradient). float32
-    against the float64 reference on the same values (two float32 sums over 1944 rows differ by
-    more than 1e-4 on their own)."""
+    at 48 and 40, the last a partial vector; from a buffer otherwise). The expansion's runs inside
+    its backward's pieces (expansion_backward) up to 192 input channels (kMaxFusedNarrowOutput;
+    72, past the narrow product's 64 alone); at C_in = 200, too wide for that, it runs alone
+    (weight_gradient). float32 against the float64 reference on the same values (two float32
+    sums over 2268 rows differ by more than 1e-4 on their own)."""
     torch.manual_seed(e * 10 + c_out + c_in)
     weights, bns = _block(c_in, c_out, 48, affine=True, dtype=dtype)
-    x = torch.randn(6, c_in, 18, 18, dtype=dtype, requires_grad=True)  # 1944 rows
+    x = torch.randn(7, c_in, 18, 18, dtype=dtype, requires_grad=True)  # 2268 rows: 8 (48 + 200) and more
     kwargs = dict(kernel_size=3, expand_channels=e)
     y = _run(False, x, weights, bns, None, **kwargs)[0]
     grad = torch.randn_like(y)
@@ -88,33 +90,34 @@ def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
         steps = {e.name for e in prof.events()}
         assert "fna_ext::mbconv::projection_backward" in steps
-        assert ("fna_ext::mbconv::weight_gradient" in steps) == (c_in == 72)
+        assert ("fna_ext::mbconv::weight_gradient" in steps) == (c_in > 192)
+        assert ("fna_ext::mbconv::expansion_backward" in steps) == (c_in <= 192)
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("c_in, step", [(64, "expansion_backward"), (72, "weight_gradient")])
-def test_weight_gradients_repeat_bit_for_bit_from_reused_cache_blocks(c_in, step):
+@pytest.mark.parametrize("c_in, e, step", [(64, 384, "expansion_backward"), (200, 128, "weight_gradient")])
+def test_weight_gradients_repeat_bit_for_bit_from_reused_cache_blocks(c_in, e, step):
     """The row reductions' per-chunk partial sums come from the host block cache, uninitialised,
     and each chunk's thread zeroes its own: a second step, whose partials reuse the first one's
-    blocks (still holding its sums), gives the same bits. At 6400 rows, 384 hidden channels and
-    32 output channels every partial is over 1 MiB, so from the cache: the projection's (inside
-    its backward's pieces), and the expansion's as one step with BN1's backward (C_in = 64) or
-    alone (C_in = 72)."""
+    blocks (still holding its sums), gives the same bits. At 6400 rows the expansion's partials
+    (16 chunks of e x C_in) are over 1 MiB, so from the cache: as one step with BN1's backward
+    (C_in = 64, e = 384) or alone (C_in = 200, e = 128: too wide for the one step); the
+    projection's run inside its backward's pieces."""
     torch.manual_seed(c_in)
-    weights, bns = _block(c_in, 32, 384, affine=True, dtype=torch.float32)
+    weights, bns = _block(c_in, 32, e, affine=True, dtype=torch.float32)
     x = torch.randn(16, c_in, 20, 20, requires_grad=True)
     grad = torch.randn(16, 32, 20, 20)
     with torch.profiler.profile() as prof:
-        first = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
-    second = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
+        first = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=e, activation="swish")
+    second = _run(True, x, weights, bns, grad, kernel_size=3, expand_channels=e, activation="swish")
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernels
-        steps = {e.name for e in prof.events()}
+        steps = {event.name for event in prof.events()}
         assert {"fna_ext::mbconv::projection_backward", f"fna_ext::mbconv::{step}"} <= steps
     for a, b in zip(first[1], second[1]):
         assert torch.equal(a, b)
     # swish: a smooth activation, so float32 eager differs only by rounding (ReLU6 flips a value
     # on its edge, and one such value moved a sum past the tolerance)
-    reference = _run(False, x, weights, bns, grad, kernel_size=3, expand_channels=384, activation="swish")
+    reference = _run(False, x, weights, bns, grad, kernel_size=3, expand_channels=e, activation="swish")
     for a, b in zip(first[1], reference[1]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3 * b.abs().max().item())
 
