@@ -95,6 +95,33 @@ def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("c_out", [112, 24])
+def test_expansion_backward_keeps_dh1_for_a_weight_gradient_too_large_for_the_reduction(dtype, tol, c_out):
+    """Past the row reduction's m n <= 32768 (here 336 x 112, MobileNetV3's shape of block), the
+    expansion's backward still runs by pieces for the input gradient (expansion_backward, up to
+    192 input channels), writing dh1 back over gz for MKL's weight gradient after: with the
+    residual (C_out = C_in) added as the input gradient is stored, and without. float32 against
+    the float64 reference on the same values."""
+    torch.manual_seed(c_out)
+    weights, bns = _block(112, c_out, 336, affine=True, dtype=dtype)
+    x = torch.randn(4, 112, 9, 11, dtype=dtype, requires_grad=True)  # 396 rows: at least k = 336
+    kwargs = dict(kernel_size=5, expand_channels=336, activation="hardswish")
+    grad = torch.randn(4, c_out, 9, 11, dtype=dtype)
+
+    def float64(t):
+        return t.detach().double().requires_grad_()
+    reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
+                     {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
+    with torch.profiler.profile() as prof:
+        y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
+        steps = {event.name for event in prof.events()}
+        assert "fna_ext::mbconv::expansion_backward" in steps
+        assert "fna_ext::mbconv::weight_gradient" not in steps  # MKL's
+    _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("c_in, e, step", [(64, 384, "expansion_backward"), (200, 128, "weight_gradient")])
 def test_weight_gradients_repeat_bit_for_bit_from_reused_cache_blocks(c_in, e, step):
     """The row reductions' per-chunk partial sums come from the host block cache, uninitialised,
