@@ -45,6 +45,19 @@ def _assert_close(fused, reference, **tol):
         torch.testing.assert_close(a, b, **tol)
 
 
+def _fused_against_float64(x, weights, bns, grad, tol, **kwargs):
+    """Checks the fused op against the float64 reference on the same values, and returns the
+    names of the steps the fused op ran (torch.profiler)."""
+    def float64(t):
+        return t.detach().double().requires_grad_()
+    reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
+                     {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
+    with torch.profiler.profile() as prof:
+        y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
+    return {event.name for event in prof.events()}
+
+
 @pytest.mark.parametrize("k", [3, 5, 7])
 @pytest.mark.parametrize("e", [3, 6])
 @pytest.mark.parametrize("stride, c_in, c_out", [(1, 8, 8), (2, 8, 12), (1, 8, 12)])
@@ -80,19 +93,11 @@ def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
     kwargs = dict(kernel_size=3, expand_channels=e)
     y = _run(False, x, weights, bns, None, **kwargs)[0]
     grad = torch.randn_like(y)
-
-    def float64(t):
-        return t.detach().double().requires_grad_()
-    reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
-                     {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
-    with torch.profiler.profile() as prof:
-        y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    steps = _fused_against_float64(x, weights, bns, grad, tol, **kwargs)
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
-        steps = {e.name for e in prof.events()}
         assert "fna_ext::mbconv::projection_backward" in steps
         assert ("fna_ext::mbconv::weight_gradient" in steps) == (c_in > 192)
         assert ("fna_ext::mbconv::expansion_backward" in steps) == (c_in <= 192)
-    _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
@@ -108,18 +113,10 @@ def test_expansion_backward_keeps_dh1_for_a_weight_gradient_too_large_for_the_re
     x = torch.randn(4, 112, 9, 11, dtype=dtype, requires_grad=True)  # 396 rows: at least k = 336
     kwargs = dict(kernel_size=5, expand_channels=336, activation="hardswish")
     grad = torch.randn(4, c_out, 9, 11, dtype=dtype)
-
-    def float64(t):
-        return t.detach().double().requires_grad_()
-    reference = _run(False, float64(x), {k: float64(w) for k, w in weights.items()},
-                     {k: float64(b) for k, b in bns.items()}, grad.double(), **kwargs)
-    with torch.profiler.profile() as prof:
-        y, grads = _run(True, x, weights, bns, grad, **kwargs)
+    steps = _fused_against_float64(x, weights, bns, grad, tol, **kwargs)
     if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
-        steps = {event.name for event in prof.events()}
         assert "fna_ext::mbconv::expansion_backward" in steps
         assert "fna_ext::mbconv::weight_gradient" not in steps  # MKL's
-    _assert_close((y.double(), [g.double() for g in grads]), reference, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("c_in, e, step", [(64, 384, "expansion_backward"), (200, 128, "weight_gradient")])
