@@ -103,20 +103,23 @@ def test_weight_gradients_over_many_rows(dtype, tol, c_in, e, c_out):
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 @pytest.mark.parametrize("c_out", [112, 24])
 def test_expansion_backward_keeps_dh1_for_a_weight_gradient_too_large_for_the_reduction(dtype, tol, c_out):
-    """Past the row reduction's m n <= 32768 (here 336 x 112, MobileNetV3's shape of block), the
-    expansion's backward still runs by pieces for the input gradient (expansion_backward, up to
-    192 input channels), writing dh1 back over gz for MKL's weight gradient after: with the
-    residual (C_out = C_in) added as the input gradient is stored, and without. float32 against
-    the float64 reference on the same values."""
+    """Past the row reduction's m n <= 32768 (here 336 x 112, MobileNetV3's shape of block; the
+    3600 rows are more than its 8 (m + n), so only the size keeps it off), the expansion's
+    backward still runs by pieces for the input gradient (expansion_backward, up to 192 input
+    channels), writing dh1 back over gz for MKL's weight gradient after: with the residual
+    (C_out = C_in) added as the input gradient is stored, and without. The projection into 112
+    channels applies BN2 as it loads h2 (activated_product, up to 192). float32 against the
+    float64 reference on the same values."""
     torch.manual_seed(c_out)
     weights, bns = _block(112, c_out, 336, affine=True, dtype=dtype)
-    x = torch.randn(4, 112, 9, 11, dtype=dtype, requires_grad=True)  # 396 rows: at least k = 336
+    x = torch.randn(4, 112, 30, 30, dtype=dtype, requires_grad=True)
     kwargs = dict(kernel_size=5, expand_channels=336, activation="hardswish")
-    grad = torch.randn(4, c_out, 9, 11, dtype=dtype)
+    grad = torch.randn(4, c_out, 30, 30, dtype=dtype)
     steps = _fused_against_float64(x, weights, bns, grad, tol, **kwargs)
-    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernel
+    if torch.ops.fna_ext.cpu_isa() in ("avx512", "avx2"):  # the copies that have the kernels
         assert "fna_ext::mbconv::expansion_backward" in steps
         assert "fna_ext::mbconv::weight_gradient" not in steps  # MKL's
+        assert "fna_ext::mbconv::activated_product" in steps
 
 
 @pytest.mark.parametrize("c_in, e, step", [(64, 384, "expansion_backward"), (200, 128, "weight_gradient")])

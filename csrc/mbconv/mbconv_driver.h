@@ -257,8 +257,9 @@ inline void host_bn_backward_coefficients(const at::Tensor& sum_g, const at::Ten
 //   earlier measurement, was the slower form at every one of them). MobileNetV3's block 3-7%
 //   faster on AVX-512, DeepLab's 2-5%.
 // With `addend` defined, out = a b + addend: a copy of it, then beta = 1, as fast as a product and
-//   a pass that adds it after (an input gradient with its residual; on x86 the CPU backend's own
-//   narrow product takes those up to 192 channels, adding the residual as it stores).
+//   a pass that adds it after (an input gradient with its residual; in the AVX2 and AVX-512
+//   copies the expansion's backward takes those up to 192 channels on the backend's own narrow
+//   product, adding the residual as it stores).
 inline void host_matmul(at::Tensor out, const at::Tensor& a, const at::Tensor& b,
                         const at::Tensor& addend = at::Tensor()) {
   const bool reduction = a.size(1) > out.size(0) && a.size(1) > out.size(1);
@@ -728,7 +729,8 @@ void product_plus(at::Tensor out, const at::Tensor& a, const at::Tensor& b, cons
 }
 
 // Whether Backend runs BN1's backward and the expansion's two GEMMs as one step
-// (expansion_backward: the CPU builds dh1 a piece of rows at a time, for both products).
+// (expansion_backward: the CPU builds dh1 a piece of rows at a time, for both products, or for
+// the input gradient only where MKL runs the weight gradient after).
 template <class Backend, class = void>
 struct FusesExpansionBackward : std::false_type {};
 template <class Backend>
